@@ -1,0 +1,29 @@
+"""The transferscope engine: numpy / torch / scikit-learn, no FiftyOne.
+
+Usable alone::
+
+    from transferscope.compute import InfluenceConfig, TransferData, open_store
+    store = open_store("runs/x", config, data)
+    run_subset_models(config, data, store)
+    est = class_influence(store.masks[store.completed], store.outputs("prob"))
+"""
+
+from .config import InfluenceConfig, TARGET_FUNCTIONS, TRANSFER_MODES
+from .engine import open_store, run_subset_models
+from .estimators import (
+    aggregate_influence,
+    class_influence,
+    split_half_spearman,
+    top_k_classes,
+)
+from .store import ResultsStore, StoreMismatchError
+from .subsets import check_design, min_models, sample_class_masks
+from .train import TransferData, train_subset_model
+
+__all__ = [
+    "InfluenceConfig", "TARGET_FUNCTIONS", "TRANSFER_MODES", "open_store",
+    "run_subset_models", "aggregate_influence", "class_influence",
+    "split_half_spearman", "top_k_classes", "ResultsStore", "StoreMismatchError",
+    "check_design", "min_models", "sample_class_masks", "TransferData",
+    "train_subset_model",
+]

@@ -1,0 +1,103 @@
+"""The run configuration: everything that decides what a subset model computes.
+
+A model's outputs are a pure function of (``InfluenceConfig``, model index,
+data), so the config is hashed into the results store and a store written
+under another config is refused.
+"""
+
+import dataclasses
+import hashlib
+import json
+
+TRANSFER_MODES = ("linear", "finetune")
+TARGET_FUNCTIONS = ("prob", "margin", "correct")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class InfluenceConfig:
+    """How the subset models are trained and transferred.
+
+    Args:
+        num_models: number of subset models M
+        alpha: fraction of pretraining classes each model sees
+        seed: seed of the subset design and of every model's training
+        arch: ``"resnet_small"`` (a ResNet for small images) or the name of a
+            torchvision classification architecture, e.g. ``"resnet18"``
+        width: base channel width of ``resnet_small``
+        image_size: side length the images are resized to
+        channels: 1 (grayscale) or 3 (RGB)
+        epochs: pretraining epochs
+        batch_size: pretraining batch size
+        lr: peak learning rate (SGD with Nesterov momentum, one-cycle)
+        weight_decay: SGD weight decay
+        transfer: ``"linear"`` (logistic regression on frozen features, as in
+            the paper) or ``"finetune"`` (train the whole network)
+        finetune_epochs: epochs of full fine-tuning
+        probe_c: inverse L2 strength of the linear probe
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``
+    """
+
+    num_models: int = 64
+    alpha: float = 0.5
+    seed: int = 0
+    arch: str = "resnet_small"
+    width: int = 16
+    image_size: int = 16
+    channels: int = 1
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.2
+    weight_decay: float = 5e-4
+    transfer: str = "linear"
+    finetune_epochs: int = 30
+    probe_c: float = 1.0
+    device: str = "auto"
+
+    def __post_init__(self):
+        _check_int(self.num_models, "num_models", 2)
+        if not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1); got {self.alpha!r}")
+        _check_int(self.width, "width", 1)
+        _check_int(self.image_size, "image_size", 4)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3; got {self.channels!r}")
+        _check_int(self.epochs, "epochs", 1)
+        _check_int(self.batch_size, "batch_size", 1)
+        _check_int(self.finetune_epochs, "finetune_epochs", 1)
+        if self.transfer not in TRANSFER_MODES:
+            raise ValueError(
+                f"transfer must be one of {TRANSFER_MODES}; got {self.transfer!r}"
+            )
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.probe_c > 0):
+            raise ValueError("lr and probe_c must be > 0 and weight_decay >= 0")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown InfluenceConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def fingerprint(self, data_fingerprint=""):
+        """A hash of the fields that change what a model computes.
+
+        ``device`` is left out on purpose: a run started on a GPU may resume on
+        a CPU (results then agree within floating-point tolerance).
+        """
+        d = self.to_dict()
+        d.pop("device")
+        d["data"] = data_fingerprint
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")

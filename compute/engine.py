@@ -1,0 +1,36 @@
+"""Runs the subset models that a results store still lacks."""
+
+from .store import ResultsStore
+from .subsets import check_design, sample_class_masks
+from .train import train_subset_model
+
+
+def open_store(path, config, data, class_names=None, meta=None):
+    """The store for (config, data) at ``path``: new, or resumed if it matches."""
+    masks = sample_class_masks(config.num_models, data.num_pretrain_classes,
+                               config.alpha, config.seed)
+    check_design(masks, class_names)
+    config_hash = config.fingerprint(data.fingerprint())
+    return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
+
+
+def run_subset_models(config, data, store, on_model_done=None):
+    """Trains every model whose row is not complete, writing each as it ends.
+
+    Args:
+        on_model_done: optional ``callable(index, num_done, num_total)``
+
+    Returns:
+        the indices trained in this call (finished rows are never retrained)
+    """
+    masks = store.masks
+    total = len(masks)
+    pending = store.pending()
+    done = total - len(pending)
+    for index in pending:
+        outputs = train_subset_model(config, index, masks[index], data)
+        store.write(index, outputs)
+        done += 1
+        if on_model_done is not None:
+            on_model_done(index, done, total)
+    return pending

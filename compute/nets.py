@@ -1,0 +1,101 @@
+"""Backbones: a small ResNet for small images, or any torchvision classifier.
+
+Every network exposes ``features(x)`` (the penultimate representation that
+the linear probe reads) and ``head`` (the classification layer that transfer
+replaces).
+"""
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return torch.relu(out + skip)
+
+
+class SmallResNet(nn.Module):
+    """A three-stage ResNet (widths w, 2w, 4w) for images of 8 to 64 px."""
+
+    def __init__(self, num_classes, in_channels=1, width=16):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+        )
+        self.stages = nn.Sequential(
+            BasicBlock(w, w, 1), BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 4 * w, 2)
+        )
+        self.feature_dim = 4 * w
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x):
+        x = self.stages(self.stem(x))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class TorchvisionBackbone(nn.Module):
+    """A torchvision classifier, randomly initialised (never downloaded)."""
+
+    def __init__(self, arch, num_classes, in_channels=3):
+        super().__init__()
+        import torchvision
+
+        try:
+            builder = torchvision.models.get_model_builder(arch)
+        except ValueError as e:
+            raise ValueError(
+                f"unknown architecture {arch!r}: use 'resnet_small' or a "
+                f"torchvision classification model name such as 'resnet18'"
+            ) from e
+        net = builder(weights=None, num_classes=num_classes)
+        head_name, head = _find_head(net)
+        # the head may be nested, e.g. "classifier.6" in VGG
+        parent_name, _, attr = head_name.rpartition(".")
+        setattr(net.get_submodule(parent_name), attr, nn.Identity())
+        self.body = net
+        self.in_channels = in_channels
+        self.feature_dim = head.in_features
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def features(self, x):
+        if self.in_channels == 1:  # torchvision stems expect RGB
+            x = x.expand(-1, 3, -1, -1)
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _find_head(net):
+    """The last Linear layer: torchvision classifiers end in one."""
+    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no Linear classification head")
+    return linears[-1]
+
+
+def build_network(arch, num_classes, in_channels, width=16):
+    if arch == "resnet_small":
+        return SmallResNet(num_classes, in_channels=in_channels, width=width)
+    return TorchvisionBackbone(arch, num_classes, in_channels=in_channels)

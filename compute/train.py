@@ -1,0 +1,225 @@
+"""One subset model: pretrain from scratch on some classes, transfer, evaluate.
+
+``train_subset_model(config, index, mask_row, data)`` is a pure function of
+its arguments (seeded from ``config.seed`` and ``index``), so any executor can
+run any model anywhere and get the same row of outputs.
+"""
+
+import dataclasses
+import hashlib
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .nets import build_network
+
+
+@dataclasses.dataclass
+class TransferData:
+    """Decoded images (uint8, ``(N, H, W, C)``) and integer labels.
+
+    ``pretrain_labels`` index the pretraining classes ``0..C-1``; the target
+    labels index the target classes ``0..K-1``.
+    """
+
+    pretrain_images: np.ndarray
+    pretrain_labels: np.ndarray
+    num_pretrain_classes: int
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_target_classes: int
+
+    def __post_init__(self):
+        for name in ("pretrain", "train", "test"):
+            images = getattr(self, f"{name}_images")
+            labels = getattr(self, f"{name}_labels")
+            if images.ndim != 4 or images.dtype != np.uint8:
+                raise ValueError(f"{name}_images must be uint8 (N, H, W, C)")
+            if len(images) != len(labels):
+                raise ValueError(f"{name}_images and {name}_labels differ in length")
+            if len(images) == 0:
+                raise ValueError(f"{name} split is empty")
+        self._tensor_cache = {}
+
+    def fingerprint(self):
+        """A hash of the arrays: a store is only valid for the data it saw."""
+        h = hashlib.sha256()
+        for name in ("pretrain", "train", "test"):
+            for arr in (getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")):
+                h.update(str(arr.shape).encode())
+                h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(f"{self.num_pretrain_classes}/{self.num_target_classes}".encode())
+        return h.hexdigest()[:16]
+
+    def tensors(self, device):
+        """Normalised float tensors (NCHW) on ``device``, built once."""
+        key = str(device)
+        if key not in self._tensor_cache:
+            imgs = self.pretrain_images.astype(np.float32) / 255.0
+            mean = imgs.mean(axis=(0, 1, 2))
+            std = imgs.std(axis=(0, 1, 2)) + 1e-6
+
+            def to_tensor(arr):
+                x = (arr.astype(np.float32) / 255.0 - mean) / std
+                return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+
+            self._tensor_cache[key] = {
+                "pretrain": to_tensor(self.pretrain_images),
+                "pretrain_labels": torch.from_numpy(
+                    self.pretrain_labels.astype(np.int64)
+                ).to(device),
+                "train": to_tensor(self.train_images),
+                "test": to_tensor(self.test_images),
+            }
+        return self._tensor_cache[key]
+
+
+OUTPUT_NAMES = ("prob", "margin", "correct", "pred")
+
+
+def resolve_device(device):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+    return torch.device(device)
+
+
+def model_seed(config, index):
+    """A per-model seed derived from the run seed and the model index."""
+    return int(np.random.SeedSequence([config.seed, index]).generate_state(1)[0])
+
+
+def train_subset_model(config, index, mask_row, data):
+    """Trains model ``index`` on the classes in ``mask_row``; returns outputs.
+
+    Returns:
+        a dict of ``(T,)`` arrays over the target test samples: ``prob``
+        (softmax probability of the correct class), ``margin`` (correct logit
+        minus the best other), ``correct`` (0/1) and ``pred`` (predicted
+        target class)
+    """
+    device = resolve_device(config.device)
+    seed = model_seed(config, index)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    t = data.tensors(device)
+
+    classes = np.flatnonzero(mask_row)
+    remap = torch.full((data.num_pretrain_classes,), -1, dtype=torch.long)
+    remap[torch.from_numpy(classes)] = torch.arange(len(classes))
+    remap = remap.to(device)
+    keep = remap[t["pretrain_labels"]] >= 0
+    x_pre = t["pretrain"][keep]
+    y_pre = remap[t["pretrain_labels"][keep]]
+
+    net = build_network(config.arch, len(classes), config.channels, config.width)
+    net = net.to(device).to(memory_format=torch.channels_last)
+    _fit(net, x_pre, y_pre, config.epochs, config.batch_size, config.lr,
+         config.weight_decay, gen, device)
+
+    train_y = data.train_labels.astype(np.int64)
+    if config.transfer == "linear":
+        logits = _linear_probe(net, t["train"], train_y, t["test"],
+                               data.num_target_classes, config.probe_c, device)
+    else:
+        net.head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
+        y_train = torch.from_numpy(train_y).to(device)
+        _fit(net, t["train"], y_train, config.finetune_epochs,
+             min(config.batch_size, len(y_train)), config.lr / 10,
+             config.weight_decay, gen, device)
+        logits = _predict(net, t["test"], device).numpy()
+    return outputs_from_logits(logits, data.test_labels)
+
+
+def outputs_from_logits(logits, labels):
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = np.arange(len(labels))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    correct_logit = logits[rows, labels]
+    others = logits.copy()
+    others[rows, labels] = -np.inf
+    pred = logits.argmax(axis=1)
+    return {
+        "prob": probs[rows, labels].astype(np.float32),
+        "margin": (correct_logit - others.max(axis=1)).astype(np.float32),
+        "correct": (pred == labels).astype(np.float32),
+        "pred": pred.astype(np.int32),
+    }
+
+
+def _autocast(device):
+    # bf16 autocast on CUDA; on CPU the fp32 path is kept (its effect on the
+    # estimates has not been measured yet)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device):
+    n = len(y)
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    total = epochs * steps_per_epoch
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                          weight_decay=weight_decay)
+    # linear warm-up for 20% of the steps, then linear decay to zero
+    warm = max(1, int(0.2 * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / (total - warm + 1e-9)))
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).to(device)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            with _autocast(device):
+                loss = loss_fn(net(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+
+
+@torch.no_grad()
+def _embed(net, x, device, batch_size=1024):
+    net.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        with _autocast(device):
+            out.append(net.features(x[i:i + batch_size]).float().cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def _predict(net, x, device, batch_size=1024):
+    net.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        with _autocast(device):
+            out.append(net(x[i:i + batch_size]).float().cpu())
+    return torch.cat(out)
+
+
+def _linear_probe(net, x_train, y_train, x_test, num_classes, c, device):
+    """Multinomial logistic regression on standardised frozen features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    f_train = _embed(net, x_train, device)
+    f_test = _embed(net, x_test, device)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    probe.fit(f_train, y_train)
+    # log-probabilities work as logits (softmax and margins are unchanged)
+    # and, unlike decision_function, keep one column per class when K = 2
+    logits = np.full((len(f_test), num_classes), -1e9)
+    logits[:, probe.classes_] = probe.predict_log_proba(f_test)
+    return logits

@@ -1,0 +1,133 @@
+"""Operator ``compute_class_influence``: form -> SDK call -> progress -> reload."""
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _forms
+
+
+class ComputeClassInfluence(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_class_influence",
+            label="transferscope: compute class influence",
+            description=(
+                "Train models on random halves of the pretraining classes, "
+                "transfer each to the target task, and score how much each "
+                "pretraining class helps or hurts each target test sample"
+            ),
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        current = ctx.dataset.name if ctx.dataset is not None else None
+
+        pre = _forms.dataset_choice(
+            inputs, ctx, "pretrain_dataset", "Pretraining dataset",
+            "the dataset whose classes are scored", default=current)
+        _forms.classification_field_choice(
+            inputs, ctx, "pretrain_label_field", pre, "Pretraining label field")
+        tgt = _forms.dataset_choice(
+            inputs, ctx, "target_dataset", "Target dataset",
+            "the downstream task (train and test splits)", default=current)
+        _forms.classification_field_choice(
+            inputs, ctx, "target_label_field", tgt, "Target label field")
+
+        split_kinds = types.RadioGroup()
+        for kind, label in (("tags", "sample tags"), ("field", "a field's value"),
+                            ("saved_view", "saved views")):
+            split_kinds.add_choice(kind, label=label)
+        inputs.enum("split_by", split_kinds.values(), default="tags",
+                    label="Splits are given by", view=split_kinds)
+        split_by = ctx.params.get("split_by", "tags")
+        if split_by == "field":
+            inputs.str("split_field", default="split", label="Split field")
+        options = _split_options(tgt, split_by)
+        for name, default in (("train_split", "train"), ("test_split", "test")):
+            label = name.replace("_", " ").capitalize()
+            if options:
+                view = types.DropdownView()
+                for o in options:
+                    view.add_choice(o, label=o)
+                inputs.enum(name, options, default=default if default in options else None,
+                            required=True, label=label, view=view)
+            else:
+                inputs.str(name, default=default, required=True, label=label)
+
+        inputs.int("num_models", default=64, label="Number of models",
+                   description="more models, tighter estimates (about 1-2 s each on a CPU for the demo)")
+        inputs.float("alpha", default=0.5, label="Subset fraction (alpha)",
+                     description="fraction of pretraining classes each model sees, in (0, 1)")
+        alpha = ctx.params.get("alpha", 0.5)
+        if alpha is not None and not 0 < alpha < 1:
+            prop = inputs.view("alpha_error", types.Warning(label="alpha must lie in (0, 1)"))
+            prop.invalid = True
+        inputs.int("epochs", default=4, label="Pretraining epochs")
+        inputs.str("arch", default="resnet_small", label="Architecture",
+                   description="'resnet_small' or a torchvision model name (e.g. resnet18)")
+        inputs.int("image_size", default=16, label="Image size (px)")
+        transfer = types.RadioGroup()
+        transfer.add_choice("linear", label="linear probe (frozen features)")
+        transfer.add_choice("finetune", label="full fine-tuning")
+        inputs.enum("transfer", transfer.values(), default="linear", label="Transfer", view=transfer)
+        device = types.RadioGroup()
+        for d in ("auto", "cpu", "cuda"):
+            device.add_choice(d, label=d)
+        inputs.enum("device", device.values(), default="auto", label="Device", view=device)
+        inputs.int("seed", default=0, label="Seed")
+        _forms.run_key_input(inputs, ctx, default="influence")
+        return types.Property(inputs, view=types.View(label="Compute class influence"))
+
+    def execute(self, ctx):
+        from transferscope import compute_class_influence
+
+        p = ctx.params
+        results = compute_class_influence(
+            p["pretrain_dataset"], p["target_dataset"], p["run_key"],
+            pretrain_label_field=p["pretrain_label_field"],
+            target_label_field=p["target_label_field"],
+            train_split=p["train_split"], test_split=p["test_split"],
+            split_by=p.get("split_by", "tags"), split_field=p.get("split_field", "split"),
+            num_models=p.get("num_models", 64), alpha=p.get("alpha", 0.5),
+            epochs=p.get("epochs", 4), arch=p.get("arch", "resnet_small"),
+            image_size=p.get("image_size", 16), transfer=p.get("transfer", "linear"),
+            device=p.get("device", "auto"), seed=p.get("seed", 0),
+            overwrite=p.get("overwrite", False),
+            progress=_forms.progress_reporter(ctx, "models trained"),
+        )
+        _forms.reload_if_immediate(ctx)
+        ranking = results.ranking()
+        fmt = lambda rows: [f"{c}: {v:+.4f} [{lo:+.4f}, {hi:+.4f}]" for c, v, lo, hi in rows]
+        return {
+            "run_key": p["run_key"],
+            "most_helpful": fmt(ranking[:5]),
+            "most_harmful": fmt(ranking[::-1][:5]),
+            "split_half_spearman": results.metrics["split_half_spearman"],
+            "mean_test_accuracy": results.metrics["mean_test_accuracy"],
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("run_key", label="Run key")
+        outputs.list("most_helpful", types.String(), label="Most helpful classes (influence [95% CI])")
+        outputs.list("most_harmful", types.String(), label="Most harmful classes (influence [95% CI])")
+        outputs.float("split_half_spearman", label="Split-half Spearman of the class ranking")
+        outputs.float("mean_test_accuracy", label="Mean target test accuracy of the models")
+        return types.Property(outputs, view=types.View(label="Class influence"))
+
+
+def _split_options(dataset_name, split_by):
+    if not dataset_name or not fo.dataset_exists(dataset_name):
+        return []
+    ds = fo.load_dataset(dataset_name)
+    if split_by == "tags":
+        return sorted(ds.distinct("tags"))
+    if split_by == "saved_view":
+        return sorted(ds.list_saved_views())
+    return []

@@ -1,0 +1,63 @@
+"""Command line: ``transferscope demo`` and ``transferscope install-plugin``."""
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="transferscope", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="build the demo datasets and compute class influence")
+    demo.add_argument("--num-models", type=int, default=None)
+    demo.add_argument("--epochs", type=int, default=None)
+    demo.add_argument("--seed", type=int, default=None)
+    plug = sub.add_parser("install-plugin",
+                          help="link this plugin into FiftyOne's plugins directory")
+    plug.add_argument("--plugins-dir", default=None,
+                      help="default: fiftyone.config.plugins_dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.command == "demo":
+        from .demo import DEFAULTS, run_demo
+
+        kwargs = {k: v for k, v in (("num_models", args.num_models),
+                                     ("epochs", args.epochs), ("seed", args.seed))
+                  if v is not None}
+        run_demo(**{**DEFAULTS, **kwargs})
+    elif args.command == "install-plugin":
+        print(install_plugin(args.plugins_dir))
+    return 0
+
+
+def plugin_root():
+    """The folder holding fiftyone.yml: the repository root of this checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    if not os.path.exists(os.path.join(root, "fiftyone.yml")):
+        raise RuntimeError(
+            "fiftyone.yml not found next to the transferscope package; install "
+            "from a checkout with `pip install -e .`"
+        )
+    return root
+
+
+def install_plugin(plugins_dir=None):
+    """Symlinks the plugin into FiftyOne's plugins dir; returns the link path."""
+    import fiftyone as fo
+
+    plugins_dir = os.path.abspath(os.path.expanduser(plugins_dir or fo.config.plugins_dir))
+    os.makedirs(plugins_dir, exist_ok=True)
+    link = os.path.join(plugins_dir, "transferscope")
+    if os.path.islink(link) or os.path.exists(link):
+        if os.path.realpath(link) == os.path.realpath(plugin_root()):
+            return link
+        raise RuntimeError(f"{link} exists and is not this plugin; remove it first")
+    os.symlink(plugin_root(), link)
+    return link
+
+
+if __name__ == "__main__":
+    sys.exit(main())

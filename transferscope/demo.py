@@ -1,0 +1,183 @@
+"""The demo: real handwritten digits as the target task, rendered glyphs as
+the pretraining set, class influence computed through the SDK.
+
+``transferscope demo`` (or ``python -m transferscope demo``) builds the
+datasets once (idempotent), computes influence and prints what it found
+against the planted truth.
+"""
+
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+
+import fiftyone as fo
+
+from . import demo_data
+from .influence import compute_class_influence
+
+logger = logging.getLogger(__name__)
+
+TARGET_NAME = "transferscope-demo-digits"
+PRETRAIN_NAME = "transferscope-demo-glyphs"
+RUN_KEY = "demo_influence"
+# bump when the generated data changes, so old demo datasets are rebuilt
+DEMO_VERSION = 3
+
+DEFAULTS = dict(num_models=128, epochs=4, alpha=0.5, seed=0)
+
+
+def data_dir():
+    return os.environ.get(
+        "TRANSFERSCOPE_DATA_DIR",
+        os.path.join(os.path.expanduser("~"), "transferscope", "demo_data"),
+    )
+
+
+def load_or_build_demo(root=None, target_name=TARGET_NAME, pretrain_name=PRETRAIN_NAME,
+                       per_class=80, seed=0, rebuild=False):
+    """The demo datasets ``(pretrain, target)``, built only when missing or stale."""
+    root = os.path.abspath(root or data_dir())
+    spec = {"version": DEMO_VERSION, "per_class": per_class, "seed": seed, "root": root}
+    if not rebuild and _is_current(target_name, pretrain_name, spec):
+        return fo.load_dataset(pretrain_name), fo.load_dataset(target_name)
+
+    for name in (target_name, pretrain_name):
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+    arrays = demo_data.make_demo_arrays(per_class=per_class, seed=seed)
+    target_dir = os.path.join(root, "digits")
+    pretrain_dir = os.path.join(root, "glyphs")
+    for d in (target_dir, pretrain_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+
+    target = fo.Dataset(target_name, persistent=True)
+    samples = []
+    for split, images, labels, index in (
+        ("train", arrays.train_images, arrays.train_labels, arrays.train_digits_index),
+        ("test", arrays.test_images, arrays.test_labels, arrays.test_digits_index),
+    ):
+        for img, label, idx in zip(images, labels, index):
+            path = os.path.join(target_dir, f"{split}_{idx:04d}.png")
+            Image.fromarray(img).save(path)
+            samples.append(fo.Sample(
+                filepath=path, tags=[split],
+                ground_truth=fo.Classification(label=str(label)),
+                digits_index=int(idx),
+            ))
+    target_ids = target.add_samples(samples, progress=False)
+    test_ids = target_ids[len(arrays.train_labels):]
+
+    pretrain = fo.Dataset(pretrain_name, persistent=True)
+    leak_cls = arrays.class_names.index(demo_data.LEAK_CLASS)
+    leak_sources = iter(arrays.planted.leak_variants)
+    samples = []
+    for i, (img, label) in enumerate(zip(arrays.pretrain_images, arrays.pretrain_labels)):
+        name = arrays.class_names[label]
+        path = os.path.join(pretrain_dir, f"{i:05d}.png")
+        Image.fromarray(img).save(path)
+        sample = fo.Sample(filepath=path, ground_truth=fo.Classification(label=name))
+        if label == leak_cls:  # planted truth: which target test sample it copies
+            variant = next(leak_sources)
+            sample["leak_of"] = test_ids[variant["test_index"]]
+            sample["leak_kind"] = variant["kind"]
+        samples.append(sample)
+    pretrain.add_samples(samples, progress=False)
+
+    planted = arrays.planted.to_dict()
+    planted["leaked_test_ids"] = [test_ids[t] for t in planted["leaked_test_indices"]]
+    target.info = {"transferscope_demo": spec, "planted": planted}
+    target.save()
+    pretrain.info = {"transferscope_demo": spec, "planted": planted}
+    pretrain.save()
+    return pretrain, target
+
+
+def _is_current(target_name, pretrain_name, spec):
+    if not (fo.dataset_exists(target_name) and fo.dataset_exists(pretrain_name)):
+        return False
+    for name in (target_name, pretrain_name):
+        ds = fo.load_dataset(name)
+        if ds.info.get("transferscope_demo") != spec or len(ds) == 0:
+            return False
+        if not os.path.exists(ds.first().filepath):
+            return False
+    return True
+
+
+def planted_report(results, target, pretrain):
+    """What the run found, checked against the planted truth."""
+    planted = target.info["planted"]
+    classes = list(results.classes)
+    infl = results.class_influence
+    order = list(np.argsort(infl, kind="stable"))  # most harmful first
+    harm = classes.index(planted["harmful_class"])
+    leak = classes.index(planted["leak_class"])
+
+    test_ids = list(results.target_ids)
+    pos = {t: i for i, t in enumerate(test_ids)}
+    leaked = np.array([pos[t] for t in planted["leaked_test_ids"]])
+    labels = np.array(target.select(test_ids, ordered=True).values("ground_truth.label"))
+    matrix = results.influence
+    other_leak_digit = np.setdiff1d(
+        np.flatnonzero(labels == str(demo_data.LEAK_DIGIT)), leaked)
+
+    top3 = np.argsort(-matrix, axis=0, kind="stable")[:3].T  # (T, 3)
+    per_digit = {}
+    for d in sorted(set(labels), key=int):
+        rows = np.flatnonzero(labels == d)
+        if d in classes:
+            hit = np.isin(top3[rows], classes.index(d)).any(axis=1)
+            per_digit[d] = float(hit.mean())
+    top1 = top3[:, 0]
+    return {
+        "harmful_class": planted["harmful_class"],
+        "harmful_rank_from_most_negative": int(order.index(harm)) + 1,
+        "harmful_influence": float(infl[harm]),
+        "harmful_ci": [float(results.class_ci_low[harm]), float(results.class_ci_high[harm])],
+        "leak_class": planted["leak_class"],
+        "leak_influence_on_copied_tests": float(matrix[leak, leaked].mean()),
+        "leak_influence_on_other_tests_of_same_digit": float(matrix[leak, other_leak_digit].mean()),
+        "leak_influence_on_all_other_tests": float(
+            np.delete(matrix[leak], leaked).mean()),
+        "leak_is_top1_helpful_on_copied_fraction": float((top1[leaked] == leak).mean()),
+        "leak_is_top1_helpful_on_other_fraction": float(
+            (np.delete(top1, leaked) == leak).mean()),
+        "own_glyph_in_top3_fraction_by_digit": per_digit,
+        "own_glyph_in_top3_fraction": float(np.mean(list(per_digit.values()))),
+        "split_half_spearman": results.metrics["split_half_spearman"],
+        "mean_test_accuracy": results.metrics["mean_test_accuracy"],
+        "num_models": results.metrics["num_models"],
+    }
+
+
+def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
+             seed=DEFAULTS["seed"], overwrite=True, out=print):
+    """Builds the demo (if needed), computes influence, prints the findings."""
+    pretrain, target = load_or_build_demo()
+    out(f"Target:      {target.name}: {len(target)} digit scans "
+        f"({len(target.match_tags('train'))} train, {len(target.match_tags('test'))} test)")
+    out(f"Pretraining: {pretrain.name}: {len(pretrain)} glyph images, "
+        f"{len(pretrain.distinct('ground_truth.label'))} classes")
+    results = compute_class_influence(
+        pretrain, target, RUN_KEY, num_models=num_models, epochs=epochs,
+        seed=seed, overwrite=overwrite,
+    )
+    ranking = results.ranking()
+    out("\nMost helpful pretraining classes (influence on correct-class probability, 95% CI):")
+    for c, v, lo, hi in ranking[:8]:
+        out(f"  {c:>12s} {v:+.4f}  [{lo:+.4f}, {hi:+.4f}]")
+    out("Most harmful pretraining classes:")
+    for c, v, lo, hi in ranking[::-1][:8]:
+        out(f"  {c:>12s} {v:+.4f}  [{lo:+.4f}, {hi:+.4f}]")
+    report = planted_report(results, target, pretrain)
+    out("\nAgainst the planted truth:")
+    out(json.dumps(report, indent=2))
+    out(f"\nOpen the App to explore: fiftyone app launch {target.name}  "
+        f"(fields {RUN_KEY}_helpful / _harmful / _accuracy; on {pretrain.name}: "
+        f"{RUN_KEY}_influence)")
+    return results, report

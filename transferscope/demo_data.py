@@ -1,0 +1,248 @@
+"""Offline demo data: real handwritten digits (target) and rendered glyphs
+(pretraining), with a planted harmful class and a planted leak.
+
+Pure numpy/PIL; :mod:`transferscope.demo` turns these arrays into FiftyOne
+datasets.
+
+What is planted (and stored as ``PlantedTruth``):
+
+- harmful class ``bold``: the few-shot train split is biased: its scans of
+  digits 0-4 come from the heaviest-inked quarter of their class, those of
+  5-9 from the lightest quarter (two pens); the test split is unselected.
+  ``bold`` holds heavy-stroke glyphs of every character, so pretraining on it
+  makes stroke weight a feature; the linear probe then leans on the spurious
+  weight-label link of the train split, and light test 0-4s / heavy test
+  5-9s go wrong.
+- leak class ``scan_7``: near-copies (exact, noised, shifted, resized,
+  re-contrasted) of some *test* scans of the digit 7.
+"""
+
+import dataclasses
+import glob
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+CANVAS = 32
+HARMFUL_CLASS = "bold"
+HARMFUL_SIZE = 400
+LEAK_CLASS = "scan_7"
+LEAK_DIGIT = 7
+HEAVY_DIGITS = (0, 1, 2, 3, 4)
+
+_SYMBOLS = {
+    "plus": "+", "equals": "=", "percent": "%", "ampersand": "&", "hash": "#",
+    "at": "@", "question": "?", "exclamation": "!", "dollar": "$", "star": "*",
+    "slash": "/", "less": "<", "greater": ">", "tilde": "~",
+}
+_LOWER = "abdeghkmnqrtuy"
+
+
+def glyph_classes():
+    """``[(class_name, characters), ...]`` of the rendered glyph classes.
+
+    Digits, upper-case letters, some lower-case letters and symbols; the
+    harmful ``bold`` class draws any of these characters with a heavy stroke.
+    """
+    classes = [(str(d), str(d)) for d in range(10)]
+    classes += [(c, c) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    classes += [(c, c) for c in _LOWER]
+    classes += list(_SYMBOLS.items())
+    classes.append((HARMFUL_CLASS, "".join(chars for _, chars in classes)))
+    return classes
+
+
+def font_paths():
+    """The TrueType fonts that ship with matplotlib and cover ASCII."""
+    import matplotlib
+
+    ttf_dir = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
+    paths = sorted(glob.glob(os.path.join(ttf_dir, "*.ttf")))
+    # symbol-only and size-variant fonts lack letters; LastResort draws boxes
+    skip = ("STIXSiz", "STIXNonUni", "cmex", "cmsy", "cmmi", "LastResort", "Display")
+    return [p for p in paths if not any(s in os.path.basename(p) for s in skip)]
+
+
+@dataclasses.dataclass
+class PlantedTruth:
+    harmful_class: str
+    heavy_digits: list
+    leak_class: str
+    # index into the target test split -> list of pretraining indices (within
+    # the leak class order) that copy it
+    leaked_test_indices: list
+    leak_variants: list
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class DemoArrays:
+    class_names: list
+    pretrain_images: np.ndarray  # (N, 32, 32) uint8
+    pretrain_labels: np.ndarray  # (N,) index into class_names
+    train_images: np.ndarray  # (n, 32, 32) uint8
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    test_digits_index: np.ndarray  # index of each test image in sklearn digits
+    train_digits_index: np.ndarray
+    planted: PlantedTruth
+
+
+def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=40, seed=0):
+    rng = np.random.default_rng(seed)
+    fonts = _load_fonts()
+
+    digits_x, digits_y = _load_digits()
+    train_idx, test_idx = _ink_biased_split(digits_x, digits_y, train_per_digit, rng)
+    train_images = digits_x[train_idx]
+    test_images = digits_x[test_idx]
+    test_labels = digits_y[test_idx]
+
+    names, images, labels = [], [], []
+    for name, chars in glyph_classes():
+        names.append(name)
+        cls = len(names) - 1
+        bold = name == HARMFUL_CLASS
+        for _ in range(HARMFUL_SIZE if bold else per_class):
+            ch = chars[rng.integers(len(chars))]
+            images.append(_render(ch, fonts, rng, stroke=int(rng.integers(2, 4)) if bold else None))
+            labels.append(cls)
+
+    # the leak: near-copies of some test scans of LEAK_DIGIT
+    names.append(LEAK_CLASS)
+    leak_cls = len(names) - 1
+    candidates = np.flatnonzero(test_labels == LEAK_DIGIT)
+    leaked = np.sort(rng.choice(candidates, size=min(num_leaked, len(candidates)),
+                                replace=False))
+    variants = []
+    for t in leaked:
+        for kind in rng.choice(_LEAK_KINDS, size=2, replace=False):
+            images.append(_near_copy(test_images[t], kind, rng))
+            labels.append(leak_cls)
+            variants.append({"test_index": int(t), "kind": str(kind)})
+
+    planted = PlantedTruth(
+        harmful_class=HARMFUL_CLASS,
+        heavy_digits=list(HEAVY_DIGITS),
+        leak_class=LEAK_CLASS,
+        leaked_test_indices=[int(t) for t in leaked],
+        leak_variants=variants,
+    )
+    return DemoArrays(
+        class_names=names,
+        pretrain_images=np.stack(images),
+        pretrain_labels=np.asarray(labels, dtype=np.int64),
+        train_images=train_images,
+        train_labels=digits_y[train_idx],
+        test_images=test_images,
+        test_labels=test_labels,
+        test_digits_index=test_idx,
+        train_digits_index=train_idx,
+        planted=planted,
+    )
+
+
+def _load_digits():
+    """sklearn's 1,797 8x8 scans, upscaled to 32x32, white ink on black."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    small = (d.images / 16.0 * 255.0).clip(0, 255).astype(np.uint8)
+    big = np.stack([
+        np.asarray(Image.fromarray(im).resize((CANVAS, CANVAS), Image.BILINEAR))
+        for im in small
+    ])
+    return big, d.target.astype(np.int64)
+
+
+def _ink_biased_split(images, labels, per_class, rng):
+    """Few-shot train split: heavy-inked 0-4s, light-inked 5-9s; the rest is test."""
+    ink = images.reshape(len(images), -1).astype(np.float64).sum(axis=1)
+    train = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        by_ink = idx[np.argsort(ink[idx], kind="stable")]
+        quarter = len(by_ink) // 4
+        pool = by_ink[-quarter:] if c in HEAVY_DIGITS else by_ink[:quarter]
+        train.extend(rng.choice(pool, size=per_class, replace=False))
+    train = np.sort(np.asarray(train))
+    test = np.setdiff1d(np.arange(len(labels)), train)
+    return train, test
+
+
+def _load_fonts():
+    fonts = font_paths()
+    if not fonts:
+        raise RuntimeError("no usable TrueType fonts found in matplotlib's mpl-data")
+    return fonts
+
+
+_FONT_CACHE = {}
+
+
+def _font(path, size):
+    key = (path, size)
+    if key not in _FONT_CACHE:
+        _FONT_CACHE[key] = ImageFont.truetype(path, size)
+    return _FONT_CACHE[key]
+
+
+def _render(ch, fonts, rng, stroke=None):
+    """One glyph: random font, size, position, rotation and stroke."""
+    for _ in range(20):
+        path = fonts[rng.integers(len(fonts))]
+        font = _font(path, int(rng.integers(18, 28)))
+        if stroke is None:
+            stroke = int(rng.integers(0, 2))
+        big = Image.new("L", (CANVAS * 2, CANVAS * 2), 0)
+        draw = ImageDraw.Draw(big)
+        bbox = draw.textbbox((0, 0), ch, font=font, stroke_width=stroke)
+        w, h = bbox[2] - bbox[0], bbox[3] - bbox[1]
+        if w <= 0 or h <= 0 or _missing_glyph(font, ch):
+            continue
+        x = CANVAS - w / 2 - bbox[0] + rng.uniform(-4, 4)
+        y = CANVAS - h / 2 - bbox[1] + rng.uniform(-4, 4)
+        draw.text((x, y), ch, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+        big = big.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
+        left = CANVAS // 2
+        return np.asarray(big.crop((left, left, left + CANVAS, left + CANVAS)))
+    raise RuntimeError(f"no font could render {ch!r}")
+
+
+_MISSING = {}
+
+
+def _missing_glyph(font, ch):
+    """True when the font draws its 'missing glyph' box for ``ch``."""
+    key = (font.path, font.size, ch)
+    if key not in _MISSING:
+        # a font without the glyph renders it like an unassigned code point
+        probe = np.asarray(font.getmask(ch))
+        missing = np.asarray(font.getmask("\ue000"))
+        _MISSING[key] = probe.shape == missing.shape and np.array_equal(probe, missing)
+    return _MISSING[key]
+
+
+_LEAK_KINDS = np.array(["exact", "noise", "shift", "resize", "contrast"])
+
+
+def _near_copy(img, kind, rng):
+    x = img.astype(np.float32)
+    if kind == "noise":
+        x = x + rng.normal(0, 12, size=x.shape)
+    elif kind == "shift":
+        x = np.roll(x, shift=(int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(0, 1))
+    elif kind == "resize":
+        s = int(rng.integers(26, 30))
+        small = Image.fromarray(img).resize((s, s), Image.BILINEAR)
+        canvas = Image.new("L", (CANVAS, CANVAS), 0)
+        off = (CANVAS - s) // 2
+        canvas.paste(small, (off, off))
+        x = np.asarray(canvas).astype(np.float32)
+    elif kind == "contrast":
+        x = x * rng.uniform(0.7, 0.9) + rng.uniform(0, 20)
+    return np.clip(x, 0, 255).astype(np.uint8)

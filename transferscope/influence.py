@@ -1,0 +1,340 @@
+"""``compute_class_influence``: the SDK call behind the operator, demo and tests."""
+
+import logging
+import os
+
+import numpy as np
+
+import fiftyone as fo
+import fiftyone.core.utils as fou
+
+from . import views as tsv
+from .runs import ClassInfluenceConfig, ClassInfluenceResults
+from .views import TransferScopeError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RUNS_DIR = os.path.join(os.path.expanduser("~"), "transferscope", "runs")
+
+
+def runs_dir():
+    return os.environ.get("TRANSFERSCOPE_RUNS_DIR", DEFAULT_RUNS_DIR)
+
+
+def field_names(run_key):
+    """The fields a class-influence run writes: (target fields, pretraining fields)."""
+    return (
+        [f"{run_key}_helpful", f"{run_key}_harmful", f"{run_key}_accuracy"],
+        [f"{run_key}_influence"],
+    )
+
+
+def compute_class_influence(
+    pretrain_dataset,
+    target_dataset,
+    run_key,
+    pretrain_label_field="ground_truth",
+    target_label_field="ground_truth",
+    train_split="train",
+    test_split="test",
+    split_by="tags",
+    split_field="split",
+    num_models=64,
+    alpha=0.5,
+    epochs=4,
+    arch="resnet_small",
+    transfer="linear",
+    device="auto",
+    image_size=16,
+    channels=None,
+    seed=0,
+    target_function="prob",
+    top_k=3,
+    output_dir=None,
+    overwrite=False,
+    progress=None,
+    **train_kwargs,
+):
+    """Estimates the influence of each pretraining class on each target test sample.
+
+    Trains ``num_models`` models, each from scratch on a random ``alpha``
+    fraction of the pretraining classes, transfers each to the target train
+    split and records its outputs on the target test split; then
+    ``Infl[c -> t]`` = mean output of the models that saw class ``c`` minus
+    the mean of those that did not (Jain et al., CVPR 2023).
+
+    Writes, under ``run_key``:
+
+    - on each target test sample: ``<key>_helpful`` and ``<key>_harmful``
+      (``fo.Classifications``: the ``top_k`` most positive / negative
+      pretraining classes, with the score in ``influence``) and
+      ``<key>_accuracy`` (fraction of models that classify it correctly);
+    - on each pretraining sample: ``<key>_influence``, its class's aggregate
+      influence;
+    - a run on both datasets (``dataset.load_run_results(run_key)`` on the
+      target dataset returns the full matrix); deleting the run deletes its
+      fields.
+
+    Models are written to a resumable store in ``output_dir`` (default
+    ``$TRANSFERSCOPE_RUNS_DIR/<target>/<run_key>``): calling again after a
+    crash retrains only the unfinished models.
+
+    Args:
+        pretrain_dataset, target_dataset: datasets, views or dataset names
+        run_key: a Python identifier naming the run and its fields
+        pretrain_label_field, target_label_field: ``fo.Classification`` fields
+        train_split, test_split: the target splits: tag names (``split_by=
+            "tags"``), values of ``split_field`` (``"field"``), saved view
+            names (``"saved_view"``), or views
+        num_models, alpha, epochs, arch, transfer, device, image_size, seed:
+            see :class:`transferscope.compute.InfluenceConfig`
+        channels: 1 or 3; by default 1 when the images are grayscale
+        target_function: ``"prob"`` (correct-class softmax probability),
+            ``"margin"`` or ``"correct"``
+        top_k: classes per target sample in the helpful / harmful fields
+        overwrite: replace an existing run with this key
+        progress: ``None``/``True`` for a progress bar (as FiftyOne's config
+            says), ``False`` for none, or ``callable(num_done, num_total)``
+        **train_kwargs: further :class:`InfluenceConfig` fields (``width``,
+            ``batch_size``, ``lr``, ``finetune_epochs``, ...)
+
+    Returns:
+        a :class:`transferscope.runs.ClassInfluenceResults`
+    """
+    from . import compute as tsc
+
+    # --- validate everything before any work or write ----------------------
+    tsv.validate_run_key(run_key)
+    pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
+    target = tsv.load_dataset(target_dataset, "target_dataset")
+    if pretrain._root_dataset.name == target._root_dataset.name:
+        raise TransferScopeError("pretrain_dataset and target_dataset must differ")
+    if target_function not in tsc.TARGET_FUNCTIONS:
+        raise TransferScopeError(
+            f"target_function must be one of {tsc.TARGET_FUNCTIONS}; got {target_function!r}"
+        )
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise TransferScopeError(f"top_k must be a positive integer; got {top_k!r}")
+    target_fields, pretrain_fields = field_names(run_key)
+    tsv.check_run_key_free(target, run_key, overwrite, target_fields)
+    tsv.check_run_key_free(pretrain, run_key, overwrite, pretrain_fields)
+    tsv.check_classification_field(pretrain, pretrain_label_field, "pretraining")
+    tsv.check_classification_field(target, target_label_field, "target")
+
+    train_view = tsv.resolve_split(target, train_split, split_by, split_field)
+    test_view = tsv.resolve_split(target, test_split, split_by, split_field)
+    pre_view = pretrain.exists(pretrain_label_field)
+    if len(pre_view) == 0:
+        raise TransferScopeError(
+            f"the pretraining dataset has no samples with a {pretrain_label_field!r} label"
+        )
+
+    pre_ids, pre_paths, pre_labels = tsv.labels_of(pre_view, pretrain_label_field, "pretraining")
+    train_ids, train_paths, train_labels = tsv.labels_of(train_view, target_label_field, "target train")
+    test_ids, test_paths, test_labels = tsv.labels_of(test_view, target_label_field, "target test")
+    overlap = np.intersect1d(train_ids, test_ids)
+    if len(overlap):
+        raise TransferScopeError(
+            f"{len(overlap)} sample(s) are in both the train and the test split, "
+            f"e.g. {list(overlap[:3])}"
+        )
+
+    classes = sorted(set(pre_labels))
+    if len(classes) < 2:
+        raise TransferScopeError(
+            f"need at least 2 pretraining classes in {pretrain_label_field!r}; "
+            f"found {len(classes)}"
+        )
+    target_classes = sorted(set(train_labels))
+    absent = sorted(set(test_labels) - set(target_classes))
+    if absent:
+        raise TransferScopeError(
+            f"the test split has labels absent from the train split: {absent}; "
+            f"a transferred model cannot predict them"
+        )
+
+    try:
+        config = tsc.InfluenceConfig(
+            num_models=num_models, alpha=alpha, seed=seed, arch=arch,
+            image_size=image_size, channels=channels or 1, epochs=epochs,
+            transfer=transfer, device=device, **train_kwargs,
+        )
+        masks = tsc.sample_class_masks(num_models, len(classes), alpha, seed)
+        tsc.check_design(masks, classes)
+    except (TypeError, ValueError) as e:
+        raise TransferScopeError(str(e)) from e
+
+    # --- decode images once, then train (resumable) ------------------------
+    if channels is None:
+        channels = tsv.detect_channels(pre_paths + train_paths)
+        config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "channels": channels})
+    logger.info("Decoding %d images", len(pre_paths) + len(train_paths) + len(test_paths))
+    class_index = {c: i for i, c in enumerate(classes)}
+    target_index = {c: i for i, c in enumerate(target_classes)}
+    data = tsc.TransferData(
+        pretrain_images=tsv.decode_images(pre_paths, pre_ids, image_size, channels),
+        pretrain_labels=np.array([class_index[l] for l in pre_labels]),
+        num_pretrain_classes=len(classes),
+        train_images=tsv.decode_images(train_paths, train_ids, image_size, channels),
+        train_labels=np.array([target_index[l] for l in train_labels]),
+        test_images=tsv.decode_images(test_paths, test_ids, image_size, channels),
+        test_labels=np.array([target_index[l] for l in test_labels]),
+        num_target_classes=len(target_classes),
+    )
+
+    if output_dir is None:
+        output_dir = os.path.join(runs_dir(), target._root_dataset.name, run_key)
+    output_dir = os.path.abspath(os.path.expanduser(output_dir))
+    try:
+        store = tsc.open_store(output_dir, config, data, classes,
+                               meta={"classes": classes, "target_classes": target_classes})
+    except tsc.StoreMismatchError:
+        if not overwrite:
+            raise
+        _clear_store(output_dir)
+        store = tsc.open_store(output_dir, config, data, classes,
+                               meta={"classes": classes, "target_classes": target_classes})
+
+    _train_with_progress(config, data, store, progress)
+
+    # --- estimate ------------------------------------------------------------
+    results_kwargs = estimate(store, target_function, top_k=None)
+    helpful_idx, harmful_idx = tsc.top_k_classes(results_kwargs["influence"], top_k)
+    infl = results_kwargs["influence"]
+
+    # --- write back, all or nothing ------------------------------------------
+    target_root = target._root_dataset
+    pretrain_root = pretrain._root_dataset
+    if overwrite:
+        for ds in (target_root, pretrain_root):
+            if run_key in ds.list_runs():
+                ds.delete_run(run_key)
+    try:
+        _write_target_fields(test_view, run_key, test_ids, classes, infl,
+                             helpful_idx, harmful_idx, store.outputs("correct"))
+        class_infl = dict(zip(classes, results_kwargs["class_influence"]))
+        pre_values = {i: float(class_infl[l]) for i, l in zip(pre_ids, pre_labels)}
+        pre_view.set_values(pretrain_fields[0], pre_values, key_field="id")
+
+        run_params = dict(
+            config.to_dict(),
+            pretrain_dataset=pretrain_root.name,
+            target_dataset=target_root.name,
+            pretrain_label_field=pretrain_label_field,
+            target_label_field=target_label_field,
+            train_split=_describe(train_split), test_split=_describe(test_split),
+            split_by=split_by, split_field=split_field,
+            target_function=target_function, top_k=top_k, output_dir=output_dir,
+        )
+        results = ClassInfluenceResults(
+            target_root, ClassInfluenceConfig(fields=target_fields, **run_params), run_key,
+            classes=classes, target_classes=target_classes,
+            target_ids=[str(i) for i in test_ids], **results_kwargs,
+        )
+        target_root.register_run(run_key, results.config, results=results)
+        pre_results = ClassInfluenceResults(
+            pretrain_root, ClassInfluenceConfig(fields=pretrain_fields, **run_params), run_key,
+            classes=classes, **{k: results_kwargs[k] for k in (
+                "class_influence", "class_stderr", "class_ci_low", "class_ci_high", "metrics")},
+        )
+        pretrain_root.register_run(run_key, pre_results.config, results=pre_results)
+    except BaseException:
+        _undo_writes(target_root, pretrain_root, run_key, target_fields, pretrain_fields)
+        raise
+    return results
+
+
+def estimate(store, target_function="prob", top_k=None):
+    """Influence matrix, class aggregates and reliability figures of a store."""
+    from . import compute as tsc
+
+    if not store.is_complete():
+        raise TransferScopeError(
+            f"the results store at {store.path} is incomplete "
+            f"({int(store.completed.sum())}/{len(store.completed)} models); "
+            f"run compute_class_influence again to finish it"
+        )
+    masks = store.masks
+    outputs = store.outputs(target_function)
+    est = tsc.class_influence(masks, outputs)
+    agg = tsc.aggregate_influence(masks, outputs)
+    metrics = {
+        "num_models": int(len(masks)),
+        "target_function": target_function,
+        "mean_test_accuracy": float(store.outputs("correct").mean()),
+        "model_accuracy_std": float(store.outputs("correct").mean(axis=1).std(ddof=1)),
+        "split_half_spearman": tsc.split_half_spearman(masks, outputs),
+    }
+    return dict(
+        influence=est.influence, stderr=est.stderr,
+        class_influence=agg.influence, class_stderr=agg.stderr,
+        class_ci_low=agg.ci_low, class_ci_high=agg.ci_high, metrics=metrics,
+    )
+
+
+def _train_with_progress(config, data, store, progress):
+    from . import compute as tsc
+
+    total = config.num_models
+    already = total - len(store.pending())
+    callback = progress if callable(progress) else None
+    show_bar = progress is not False and callback is None
+    if already:
+        logger.info("Resuming: %d/%d models already trained", already, total)
+    with fou.ProgressBar(total=total, start_msg="Training subset models",
+                         progress=show_bar if show_bar else False) as bar:
+        bar.update(already)
+
+        def on_model_done(index, done, total):
+            bar.update(1)
+            if callback is not None:
+                callback(done, total)
+
+        tsc.run_subset_models(config, data, store, on_model_done)
+
+
+def _write_target_fields(test_view, run_key, test_ids, classes, infl,
+                         helpful_idx, harmful_idx, correct):
+    helpful_field, harmful_field, acc_field = field_names(run_key)[0]
+
+    def labels(t, idx):
+        return fo.Classifications(classifications=[
+            fo.Classification(label=classes[c], influence=float(infl[c, t])) for c in idx[t]
+        ])
+
+    ids = [str(i) for i in test_ids]
+    test_view.set_values(helpful_field, {i: labels(t, helpful_idx) for t, i in enumerate(ids)},
+                         key_field="id")
+    test_view.set_values(harmful_field, {i: labels(t, harmful_idx) for t, i in enumerate(ids)},
+                         key_field="id")
+    accuracy = correct.mean(axis=0)
+    test_view.set_values(acc_field, {i: float(a) for i, a in zip(ids, accuracy)},
+                         key_field="id")
+    dataset = test_view._root_dataset
+    # declare the dynamic attribute so the App sidebar can filter on it
+    for field in (helpful_field, harmful_field):
+        path = f"{field}.classifications.influence"
+        if not dataset.has_sample_field(path):
+            dataset.add_sample_field(path, fo.FloatField)
+
+
+def _undo_writes(target_root, pretrain_root, run_key, target_fields, pretrain_fields):
+    for ds, fields in ((target_root, target_fields), (pretrain_root, pretrain_fields)):
+        try:
+            if run_key in ds.list_runs():
+                ds.delete_run(run_key)
+            present = [f for f in fields if ds.has_sample_field(f)]
+            if present:
+                ds.delete_sample_fields(present)
+        except Exception:  # keep the original error
+            logger.exception("could not undo the writes of run %r on %r", run_key, ds.name)
+
+
+def _clear_store(path):
+    for name in os.listdir(path):
+        if name.endswith((".npy", ".json", ".tmp")):
+            os.remove(os.path.join(path, name))
+
+
+def _describe(split):
+    return split if isinstance(split, str) else f"<view of {len(split)} samples>"

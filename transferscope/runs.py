@@ -1,0 +1,71 @@
+"""FiftyOne run classes for transferscope: deleting a run deletes its fields.
+
+A plain ``fo.RunConfig`` leaves the fields a run wrote behind; these
+subclasses (in the manner of fiftyone.brain) list them and clean them up.
+The class names follow FiftyOne's rule: the run class is the config class's
+name without ``Config``.
+"""
+
+import numpy as np
+import fiftyone.core.runs as fors
+
+
+class ClassInfluenceConfig(fors.RunConfig):
+    """Config of a class-influence run; ``fields`` are the fields it wrote."""
+
+    def __init__(self, fields=None, **kwargs):
+        kwargs.setdefault("method", "class_influence")
+        super().__init__(**kwargs)
+        self.fields = list(fields or [])
+
+
+class ClassInfluence(fors.Run):
+    def get_fields(self, samples, key):
+        return list(self.config.fields)
+
+    def cleanup(self, samples, key):
+        dataset = samples._root_dataset
+        existing = [f for f in self.config.fields if dataset.has_sample_field(f)]
+        if existing:
+            dataset.delete_sample_fields(existing)
+
+
+class ClassInfluenceResults(fors.RunResults):
+    """Class list, influence matrix and its intervals, as numpy arrays.
+
+    Attributes (all loaded as numpy arrays where they are arrays):
+        classes: the C pretraining class names
+        target_ids: the T target test sample ids (columns of ``influence``)
+        influence: (C, T) ``Infl[c -> t]`` on the run's target function
+        stderr: (C, T) standard errors
+        class_influence, class_stderr, class_ci_low, class_ci_high: (C,)
+        metrics: dict of summary figures (split-half Spearman, accuracy, ...)
+    """
+
+    _ARRAYS = ("influence", "stderr", "class_influence", "class_stderr",
+               "class_ci_low", "class_ci_high")
+
+    def __init__(self, samples, config, key, backend=None, **kwargs):
+        for name in self._ARRAYS:
+            if name in kwargs and kwargs[name] is not None:
+                kwargs[name] = np.asarray(kwargs[name], dtype=np.float64)
+        super().__init__(samples, config, key, backend=backend, **kwargs)
+
+    def attributes(self):
+        return [a for a in super().attributes() if not a.startswith("_")]
+
+    def serialize(self, reflective=True):
+        d = super().serialize(reflective=reflective)
+        for name in self._ARRAYS:
+            if isinstance(d.get(name), np.ndarray):
+                d[name] = np.round(d[name], 7).tolist()
+        return d
+
+    def ranking(self):
+        """``[(class, influence, ci_low, ci_high), ...]``, most helpful first."""
+        order = np.argsort(-self.class_influence, kind="stable")
+        return [
+            (self.classes[i], float(self.class_influence[i]),
+             float(self.class_ci_low[i]), float(self.class_ci_high[i]))
+            for i in order
+        ]

@@ -1,0 +1,170 @@
+"""Between FiftyOne collections and arrays: validation, splits, image decoding."""
+
+import concurrent.futures
+import keyword
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+import fiftyone as fo
+import fiftyone.core.labels as fol
+
+SPLIT_KINDS = ("tags", "field", "saved_view")
+_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class TransferScopeError(ValueError):
+    """Bad input to a transferscope call; nothing was changed."""
+
+
+def load_dataset(dataset_or_name, role):
+    if isinstance(dataset_or_name, str):
+        if not fo.dataset_exists(dataset_or_name):
+            raise TransferScopeError(f"{role} dataset {dataset_or_name!r} does not exist")
+        return fo.load_dataset(dataset_or_name)
+    if isinstance(dataset_or_name, fo.core.collections.SampleCollection):
+        return dataset_or_name
+    raise TransferScopeError(
+        f"{role} must be a FiftyOne dataset, view or dataset name; "
+        f"got {type(dataset_or_name).__name__}"
+    )
+
+
+def validate_run_key(run_key):
+    if (not isinstance(run_key, str) or not _KEY_RE.match(run_key)
+            or keyword.iskeyword(run_key)):
+        raise TransferScopeError(
+            f"run_key must be a Python identifier starting with a letter "
+            f"(letters, digits, underscores); got {run_key!r}"
+        )
+
+
+def check_run_key_free(collection, run_key, overwrite, fields):
+    """Refuses an existing run key (unless overwrite) or fields a run does not own."""
+    dataset = collection._root_dataset
+    if run_key in dataset.list_runs():
+        if not overwrite:
+            raise TransferScopeError(
+                f"dataset {dataset.name!r} already has a run with key {run_key!r}; "
+                f"pass overwrite=True or choose another run_key"
+            )
+        owned = set(dataset.get_run_info(run_key).config.__dict__.get("fields", []))
+    else:
+        owned = set()
+    taken = [f for f in fields if dataset.has_sample_field(f) and f not in owned]
+    if taken:
+        raise TransferScopeError(
+            f"dataset {dataset.name!r} already has field(s) {taken} that no "
+            f"transferscope run with key {run_key!r} owns; choose another run_key"
+        )
+
+
+def check_classification_field(collection, field, role):
+    schema = collection.get_field_schema(embedded_doc_type=fol.Classification)
+    if field not in schema:
+        all_fields = collection.get_field_schema()
+        if field not in all_fields:
+            raise TransferScopeError(
+                f"{role} label field {field!r} does not exist on "
+                f"{collection._root_dataset.name!r}"
+            )
+        raise TransferScopeError(
+            f"{role} label field {field!r} is not a Classification field "
+            f"(found {all_fields[field]})"
+        )
+
+
+def classification_fields(collection):
+    return sorted(collection.get_field_schema(embedded_doc_type=fol.Classification))
+
+
+def resolve_split(collection, split, split_by="tags", split_field="split"):
+    """The view of ``collection`` that forms one split.
+
+    ``split_by``: ``"tags"`` (samples tagged ``split``), ``"field"`` (samples
+    whose ``split_field`` equals ``split``) or ``"saved_view"`` (the saved view
+    named ``split``). A view may also be passed directly as ``split``.
+    """
+    if isinstance(split, fo.core.collections.SampleCollection):
+        view = split
+    elif split_by == "tags":
+        view = collection.match_tags(split)
+    elif split_by == "field":
+        if not collection.has_field(split_field):
+            raise TransferScopeError(f"split field {split_field!r} does not exist")
+        view = collection.match(fo.ViewField(split_field) == split)
+    elif split_by == "saved_view":
+        dataset = collection._root_dataset
+        if split not in dataset.list_saved_views():
+            raise TransferScopeError(
+                f"dataset {dataset.name!r} has no saved view named {split!r}"
+            )
+        view = dataset.load_saved_view(split)
+    else:
+        raise TransferScopeError(f"split_by must be one of {SPLIT_KINDS}; got {split_by!r}")
+    if len(view) == 0:
+        raise TransferScopeError(
+            f"split {split!r} (by {split_by}) of {collection._root_dataset.name!r} is empty"
+        )
+    return view
+
+
+def labels_of(view, field, role):
+    """Sample ids, filepaths and label strings; refuses missing labels."""
+    ids, paths, labels = view.values(["id", "filepath", f"{field}.label"])
+    missing = [i for i, l in zip(ids, labels) if l is None]
+    if missing:
+        raise TransferScopeError(
+            f"{len(missing)} {role} sample(s) have no {field!r} label, "
+            f"e.g. {missing[:3]}"
+        )
+    return np.asarray(ids), list(paths), list(labels)
+
+
+def decode_images(paths, ids, image_size, channels, num_workers=None):
+    """Decodes and resizes images to uint8 ``(N, S, S, channels)``.
+
+    Raises naming the samples whose images cannot be read.
+    """
+    mode = "L" if channels == 1 else "RGB"
+
+    def load(path):
+        with Image.open(path) as im:
+            im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+
+    out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
+    bad = []
+    workers = num_workers or min(8, (os.cpu_count() or 1) * 2)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(load, p): i for i, p in enumerate(paths)}
+        for fut in concurrent.futures.as_completed(futures):
+            i = futures[fut]
+            try:
+                arr = fut.result()
+            except Exception as e:  # PIL raises many kinds for bad files
+                bad.append((ids[i], paths[i], type(e).__name__))
+                continue
+            out[i] = arr.reshape(image_size, image_size, channels)
+    if bad:
+        bad.sort()
+        shown = "; ".join(f"{i} ({p}: {err})" for i, p, err in bad[:5])
+        raise TransferScopeError(
+            f"{len(bad)} image(s) could not be read: {shown}"
+            + (" ..." if len(bad) > 5 else "")
+        )
+    return out
+
+
+def detect_channels(paths, probe=16):
+    """1 when the first images are all single-band, else 3."""
+    for p in paths[:probe]:
+        try:
+            with Image.open(p) as im:
+                if im.mode not in ("L", "1", "I;16", "I", "F"):
+                    return 3
+        except Exception:
+            continue  # decode_images names unreadable files later
+    return 1
