@@ -92,7 +92,8 @@ class DemoArrays:
     planted: PlantedTruth
 
 
-def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=40, seed=0):
+def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=40, seed=0,
+                     copies_per_leak=2, leak_select="random", leak_into=None):
     rng = np.random.default_rng(seed)
     fonts = _load_fonts()
 
@@ -113,14 +114,22 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=40, seed=0):
             labels.append(cls)
 
     # the leak: near-copies of some test scans of LEAK_DIGIT
-    names.append(LEAK_CLASS)
-    leak_cls = len(names) - 1
+    if leak_into is None:
+        names.append(LEAK_CLASS)
+        leak_cls = len(names) - 1
+    else:
+        leak_cls = names.index(leak_into)
     candidates = np.flatnonzero(test_labels == LEAK_DIGIT)
-    leaked = np.sort(rng.choice(candidates, size=min(num_leaked, len(candidates)),
-                                replace=False))
+    num_leaked = min(num_leaked, len(candidates))
+    if leak_select == "atypical":
+        flat = test_images[candidates].reshape(len(candidates), -1).astype(np.float64)
+        dist = np.linalg.norm(flat - flat.mean(axis=0), axis=1)
+        leaked = np.sort(candidates[np.argsort(-dist)[:num_leaked]])
+    else:
+        leaked = np.sort(rng.choice(candidates, size=num_leaked, replace=False))
     variants = []
     for t in leaked:
-        for kind in rng.choice(_LEAK_KINDS, size=2, replace=False):
+        for kind in rng.choice(_LEAK_KINDS, size=copies_per_leak, replace=False):
             images.append(_near_copy(test_images[t], kind, rng))
             labels.append(leak_cls)
             variants.append({"test_index": int(t), "kind": str(kind)})
@@ -128,7 +137,7 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=40, seed=0):
     planted = PlantedTruth(
         harmful_class=HARMFUL_CLASS,
         heavy_digits=list(HEAVY_DIGITS),
-        leak_class=LEAK_CLASS,
+        leak_class=LEAK_CLASS if leak_into is None else leak_into,
         leaked_test_indices=[int(t) for t in leaked],
         leak_variants=variants,
     )

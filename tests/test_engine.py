@@ -1,0 +1,141 @@
+"""The engine alone (no FiftyOne): training, the store, kill-and-resume."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from transferscope.compute import (
+    InfluenceConfig, ResultsStore, StoreMismatchError, TransferData, open_store,
+    run_subset_models, train_subset_model,
+)
+from transferscope.compute.train import outputs_from_logits
+
+from conftest import _pattern
+
+
+def tiny_data(num_classes=6, per_class=12, seed=0):
+    rng = np.random.default_rng(seed)
+    pre = np.stack([_pattern(c, rng) for c in range(num_classes) for _ in range(per_class)])
+    pre_y = np.repeat(np.arange(num_classes), per_class)
+    tr = np.stack([_pattern(2 * c, rng) for c in range(3) for _ in range(4)])
+    te = np.stack([_pattern(2 * c, rng) for c in range(3) for _ in range(6)])
+    return TransferData(pre[..., None], pre_y, num_classes, tr[..., None],
+                        np.repeat(np.arange(3), 4), te[..., None], np.repeat(np.arange(3), 6), 3)
+
+
+CFG = dict(epochs=1, width=4, batch_size=16, device="cpu")
+
+
+def test_outputs_from_logits():
+    logits = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    out = outputs_from_logits(logits, np.array([0, 2]))
+    assert out["prob"][0] == pytest.approx(np.exp(2) / np.exp([2, 1, 0]).sum())
+    assert out["margin"].tolist() == [1.0, -2.0]
+    assert out["correct"].tolist() == [1.0, 0.0]
+    assert out["pred"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("transfer", ["linear", "finetune"])
+def test_a_model_is_a_pure_function_of_config_and_index(transfer):
+    data = tiny_data()
+    cfg = InfluenceConfig(num_models=4, transfer=transfer, finetune_epochs=2, **CFG)
+    mask = np.array([1, 0, 1, 0, 1, 0], bool)
+    a = train_subset_model(cfg, 1, mask, data)
+    b = train_subset_model(cfg, 1, mask, data)
+    c = train_subset_model(cfg, 2, mask, data)
+    for name in ("prob", "margin", "correct", "pred"):
+        assert a[name].shape == (18,)
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["prob"], c["prob"])
+    assert ((a["prob"] > 0) & (a["prob"] <= 1)).all()
+
+
+def test_torchvision_architecture_by_name():
+    data = tiny_data()
+    cfg = InfluenceConfig(num_models=4, arch="resnet18", channels=1, **CFG)
+    out = train_subset_model(cfg, 0, np.array([1, 1, 1, 0, 0, 0], bool), data)
+    assert out["prob"].shape == (18,)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        train_subset_model(InfluenceConfig(arch="no_such_net", **CFG), 0,
+                           np.array([1, 1, 1, 0, 0, 0], bool), data)
+
+
+def test_config_validation():
+    for bad in (dict(alpha=0.0), dict(alpha=1.5), dict(num_models=1), dict(transfer="x"),
+                dict(device="tpu"), dict(channels=2), dict(epochs=0)):
+        with pytest.raises(ValueError):
+            InfluenceConfig(**bad)
+    cfg = InfluenceConfig(**CFG)
+    assert InfluenceConfig.from_dict(cfg.to_dict()) == cfg
+    # the device does not change what is computed, so it is not hashed
+    assert cfg.fingerprint("d") == InfluenceConfig(**{**CFG, "device": "auto"}).fingerprint("d")
+    assert cfg.fingerprint("d") != cfg.fingerprint("e")
+
+
+def test_store_resumes_and_refuses_other_configs(tmp_path):
+    data = tiny_data()
+    cfg = InfluenceConfig(num_models=4, **CFG)
+    store = open_store(tmp_path / "run", cfg, data)
+    assert store.pending() == [0, 1, 2, 3]
+    trained = run_subset_models(cfg, data, store)
+    assert trained == [0, 1, 2, 3] and store.is_complete()
+    again = open_store(tmp_path / "run", cfg, data)
+    assert again.pending() == [] and run_subset_models(cfg, data, again) == []
+    np.testing.assert_array_equal(again.outputs("prob"), store.outputs("prob"))
+    with pytest.raises(StoreMismatchError, match="another configuration"):
+        open_store(tmp_path / "run", InfluenceConfig(num_models=4, **{**CFG, "epochs": 2}), data)
+    with pytest.raises(StoreMismatchError):
+        open_store(tmp_path / "run", cfg, tiny_data(seed=1))
+    loaded = ResultsStore.load(tmp_path / "run")
+    assert loaded.is_complete() and loaded.masks.shape == (4, 6)
+    # results are JSON and .npy: nothing pickled
+    spec = json.loads((tmp_path / "run" / "spec.json").read_text())
+    assert spec["num_models"] == 4
+    with pytest.raises(ValueError, match="unknown output"):
+        loaded.outputs("logits")
+
+
+_WORKER = """
+import sys, numpy as np
+sys.path.insert(0, {tests!r})
+from test_engine import tiny_data, CFG
+from transferscope.compute import InfluenceConfig, open_store, run_subset_models
+data = tiny_data()
+cfg = InfluenceConfig(num_models=12, **CFG)
+store = open_store(sys.argv[1], cfg, data)
+run_subset_models(cfg, data, store, lambda i, d, t: print("done", i, flush=True))
+"""
+
+
+def _run_worker(path, kill_after=None):
+    cmd = [sys.executable, "-c", _WORKER.format(tests=os.path.dirname(__file__)), str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    finished = []
+    for line in proc.stdout:
+        finished.append(int(line.split()[1]))
+        if kill_after is not None and len(finished) >= kill_after:
+            proc.kill()
+            break
+    proc.wait(timeout=120)
+    return finished
+
+
+@pytest.mark.slow
+def test_kill_and_resume_retrains_nothing_finished(tmp_path):
+    first = _run_worker(tmp_path / "killed", kill_after=5)
+    store = ResultsStore.load(tmp_path / "killed")
+    done_before = set(np.flatnonzero(store.completed).tolist())
+    assert set(first) <= done_before and 5 <= len(done_before) < 12
+    resumed = _run_worker(tmp_path / "killed")
+    assert not set(resumed) & done_before, "a finished model was retrained"
+    assert sorted(set(resumed) | done_before) == list(range(12))
+
+    _run_worker(tmp_path / "clean")
+    a, b = ResultsStore.load(tmp_path / "killed"), ResultsStore.load(tmp_path / "clean")
+    for name in ("prob", "margin", "correct", "pred"):
+        np.testing.assert_allclose(a.outputs(name), b.outputs(name), rtol=0, atol=1e-6)

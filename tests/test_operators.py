@@ -1,0 +1,106 @@
+"""The plugin through FiftyOne's real loader and operator machinery."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.delegated as food
+from fiftyone.operators.executor import ExecutionRunState
+
+from conftest import TINY_KWARGS
+
+URI = "@transferscope/transferscope/compute_class_influence"
+
+
+def _fiftyone(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_plugin_loads_in_fiftyones_loader():
+    plugins = _fiftyone("plugins", "list")
+    assert "@transferscope/transferscope" in plugins.stdout, plugins.stdout + plugins.stderr
+    ops = _fiftyone("operators", "list")
+    assert URI in ops.stdout, ops.stdout + ops.stderr
+    assert "Failed to register" not in plugins.stderr + ops.stderr
+
+
+def _params(pre, tgt, key, **extra):
+    kw = dict(TINY_KWARGS)
+    params = dict(
+        pretrain_dataset=pre.name, pretrain_label_field="ground_truth",
+        target_dataset=tgt.name, target_label_field="ground_truth",
+        split_by="tags", train_split="train", test_split="test",
+        num_models=kw["num_models"], epochs=kw["epochs"], alpha=0.5,
+        arch="resnet_small", image_size=16, transfer="linear", device="cpu",
+        seed=0, run_key=key, overwrite=False,
+    )
+    params.update(extra)
+    return params
+
+
+def test_operator_runs_immediately_and_writes_fields(tiny_datasets):
+    pre, tgt = tiny_datasets
+    result = foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "op")))
+    assert result.error is None, result.error
+    out = result.result
+    assert out["run_key"] == "op" and len(out["most_helpful"]) == 5
+    assert tgt.has_sample_field("op_helpful") and pre.has_sample_field("op_influence")
+    assert "op" in tgt.list_runs()
+    assert tgt.match_tags("test").exists("op_harmful").count() == 18
+
+
+def test_operator_form_rejects_bad_input(tiny_datasets):
+    pre, tgt = tiny_datasets
+    for bad in (dict(alpha=1.5), dict(run_key="not a key")):
+        with pytest.raises(Exception):
+            foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "x", **bad)))
+    assert not tgt.has_sample_field("x_helpful")
+    assert not any(f.endswith("_helpful") for f in tgt.get_field_schema())
+
+
+def test_operator_error_names_the_problem(tiny_datasets):
+    pre, tgt = tiny_datasets
+    params = _params(pre, tgt, "e", test_split="train", train_split="train")
+    with pytest.raises(Exception, match="in both the train and the test split"):
+        foo.execute_operator(URI, ctx=dict(dataset=tgt, params=params))
+
+
+@pytest.mark.slow
+def test_delegated_run_through_fiftyone_delegated_launch(tiny_datasets):
+    pre, tgt = tiny_datasets
+    pre.persistent = True  # a worker process loads them by name
+    tgt.persistent = True
+    queued = foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "deleg")),
+                                  request_delegation=True)
+    assert queued.delegated
+    dos = food.DelegatedOperationService()
+    ops = dos.list_operations(dataset_name=tgt.name)
+    assert len(ops) == 1 and ops[0].run_state == ExecutionRunState.QUEUED
+    assert not tgt.has_sample_field("deleg_helpful")  # nothing ran yet
+
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    worker = subprocess.Popen([exe, "delegated", "launch"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            op = dos.get(ops[0].id)
+            if op.run_state in ExecutionRunState.TERMINAL_STATES:
+                break
+            time.sleep(1)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        log = worker.communicate(timeout=30)[0]
+    assert op.run_state == ExecutionRunState.COMPLETED, (op.run_state, op.run_link, log[-3000:])
+    assert op.status.progress == pytest.approx(1.0)
+    assert "4/4 models trained" in (op.status.label or "")
+    tgt.reload()
+    assert tgt.match_tags("test").exists("deleg_helpful").count() == 18
+    assert "deleg" in fo.load_dataset(tgt.name).list_runs()

@@ -1,0 +1,179 @@
+"""compute_class_influence against the real database: writes, runs, bad input."""
+
+import os
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+
+import transferscope as ts
+from transferscope import TransferScopeError
+from transferscope.runs import ClassInfluenceResults
+
+from conftest import TINY_KWARGS
+
+
+def _fields(ds):
+    return set(ds.get_field_schema())
+
+
+def test_writes_fields_runs_and_results(tiny_datasets, tmp_path):
+    pre, tgt = tiny_datasets
+    results = ts.compute_class_influence(pre, tgt, "infl", top_k=2,
+                                         output_dir=str(tmp_path / "store"), **TINY_KWARGS)
+    assert isinstance(results, ClassInfluenceResults)
+    assert results.influence.shape == (6, 18)
+    assert len(results.classes) == 6 and len(results.target_ids) == 18
+
+    test = tgt.match_tags("test")
+    helpful = test.values("infl_helpful")
+    assert all(len(h.classifications) == 2 for h in helpful)
+    # scores on samples equal the stored matrix
+    t0 = results.target_ids.index(test.first().id)
+    first = test.first()["infl_helpful"].classifications[0]
+    c = results.classes.index(first.label)
+    assert first.influence == pytest.approx(results.influence[c, t0])
+    assert first.influence == pytest.approx(results.influence[:, t0].max())
+    harm = test.first()["infl_harmful"].classifications[0]
+    assert harm.influence == pytest.approx(results.influence[:, t0].min())
+    assert tgt.match_tags("train").exists("infl_helpful").count() == 0
+    acc = np.array(test.values("infl_accuracy"))
+    assert ((acc >= 0) & (acc <= 1)).all()
+    assert tgt.has_sample_field("infl_helpful.classifications.influence")
+
+    # pretraining samples carry their class's aggregate influence
+    for label, value in zip(*pre.values(["ground_truth.label", "infl_influence"])):
+        assert value == pytest.approx(results.class_influence[results.classes.index(label)])
+
+    # the run is registered on both datasets and loads from the database
+    assert "infl" in tgt.list_runs() and "infl" in pre.list_runs()
+    loaded = fo.load_dataset(tgt.name).load_run_results("infl", cache=False)
+    np.testing.assert_allclose(loaded.influence, results.influence, atol=1e-6)
+    assert loaded.ranking()[0][0] == results.ranking()[0][0]
+    assert loaded.metrics["num_models"] == 4
+    lo, hi = loaded.class_ci_low, loaded.class_ci_high
+    assert (lo <= loaded.class_influence).all() and (loaded.class_influence <= hi).all()
+
+    # re-running with the same key needs overwrite; with it, the store is reused
+    with pytest.raises(TransferScopeError, match="already has a run"):
+        ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "store"),
+                                   **TINY_KWARGS)
+    again = ts.compute_class_influence(pre, tgt, "infl", top_k=2, overwrite=True,
+                                       output_dir=str(tmp_path / "store"), **TINY_KWARGS)
+    np.testing.assert_allclose(again.influence, results.influence)
+
+    # deleting the runs deletes their fields
+    tgt.delete_run("infl")
+    pre.delete_run("infl")
+    assert not {"infl_helpful", "infl_harmful", "infl_accuracy"} & _fields(tgt)
+    assert "infl_influence" not in _fields(pre)
+
+
+def test_progress_callback_reports_every_model(tiny_datasets):
+    pre, tgt = tiny_datasets
+    seen = []
+    ts.compute_class_influence(pre, tgt, "prog", progress=lambda d, t: seen.append((d, t)),
+                               **TINY_KWARGS)
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_splits_by_field_and_saved_view(tiny_datasets):
+    pre, tgt = tiny_datasets
+    tgt.set_values("split", ["train" if "train" in t else "test" for t in tgt.values("tags")])
+    r1 = ts.compute_class_influence(pre, tgt, "byfield", split_by="field", **TINY_KWARGS)
+    tgt.save_view("tr", tgt.match_tags("train"))
+    tgt.save_view("te", tgt.match_tags("test"))
+    r2 = ts.compute_class_influence(pre, tgt, "byview", train_split="tr", test_split="te",
+                                    split_by="saved_view", **TINY_KWARGS)
+    np.testing.assert_allclose(r1.influence, r2.influence)
+
+
+def _assert_unchanged(pre, tgt, before):
+    assert (_fields(pre), _fields(tgt)) == before
+    assert pre.list_runs() == [] and tgt.list_runs() == []
+
+
+BAD_INPUTS = [
+    (dict(pretrain_label_field="nope"), "does not exist"),
+    (dict(target_label_field="filepath"), "not a Classification field"),
+    (dict(test_split="missing_tag"), "is empty"),
+    (dict(alpha=1.0), "alpha must lie in"),
+    (dict(alpha=0.0), "alpha must lie in"),
+    (dict(num_models=3), "too few models"),
+    (dict(run_key="bad key"), "Python identifier"),
+    (dict(run_key="_private"), "Python identifier"),
+    (dict(top_k=0), "top_k"),
+    (dict(target_function="loss"), "target_function"),
+    (dict(split_by="regex"), "split_by"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_INPUTS)
+def test_bad_input_is_refused_and_changes_nothing(tiny_datasets, kwargs, message):
+    pre, tgt = tiny_datasets
+    before = (_fields(pre), _fields(tgt))
+    args = {**TINY_KWARGS, **kwargs}
+    key = args.pop("run_key", "bad")
+    with pytest.raises(TransferScopeError, match=message):
+        ts.compute_class_influence(pre, tgt, key, **args)
+    _assert_unchanged(pre, tgt, before)
+
+
+def test_test_labels_absent_from_train(tiny_datasets):
+    pre, tgt = tiny_datasets
+    before = (_fields(pre), _fields(tgt))
+    view = tgt.match_tags("train").match(fo.ViewField("ground_truth.label") == "t2")
+    view.untag_samples("train")
+    with pytest.raises(TransferScopeError, match=r"absent from the train split: \['t2'\]"):
+        ts.compute_class_influence(pre, tgt, "bad", **TINY_KWARGS)
+    _assert_unchanged(pre, tgt, before)
+
+
+def test_fewer_than_two_pretraining_classes(tiny_datasets):
+    pre, tgt = tiny_datasets
+    before = (_fields(pre), _fields(tgt))
+    one_class = pre.match(fo.ViewField("ground_truth.label") == "class0")
+    with pytest.raises(TransferScopeError, match="at least 2 pretraining classes"):
+        ts.compute_class_influence(one_class, tgt, "bad", **TINY_KWARGS)
+    _assert_unchanged(pre, tgt, before)
+
+
+def test_unreadable_images_are_named(tiny_datasets):
+    pre, tgt = tiny_datasets
+    before = (_fields(pre), _fields(tgt))
+    victim = pre.skip(7).first()
+    with open(victim.filepath, "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(TransferScopeError, match=f"1 image\\(s\\) could not be read: {victim.id}"):
+        ts.compute_class_influence(pre, tgt, "bad", **TINY_KWARGS)
+    _assert_unchanged(pre, tgt, before)
+
+
+def test_missing_labels_and_foreign_fields(tiny_datasets):
+    pre, tgt = tiny_datasets
+    sample = tgt.match_tags("test").first()
+    sample["ground_truth"] = None
+    sample.save()
+    with pytest.raises(TransferScopeError, match="have no 'ground_truth' label"):
+        ts.compute_class_influence(pre, tgt, "bad", **TINY_KWARGS)
+    tgt.add_sample_field("clash_helpful", fo.StringField)
+    with pytest.raises(TransferScopeError, match="no transferscope run"):
+        ts.compute_class_influence(pre, tgt, "clash", **TINY_KWARGS)
+    with pytest.raises(TransferScopeError, match="does not exist"):
+        ts.compute_class_influence("no-such-dataset", tgt, "x", **TINY_KWARGS)
+
+
+def test_a_failure_while_writing_leaves_nothing_behind(tiny_datasets, monkeypatch):
+    pre, tgt = tiny_datasets
+    before = (_fields(pre), _fields(tgt))
+    real_set_values = fo.core.collections.SampleCollection.set_values
+    def flaky_set_values(self, field, *a, **k):
+        if field == "partial_influence":  # the last write, after the target fields
+            raise RuntimeError("disk full")
+        return real_set_values(self, field, *a, **k)
+
+    monkeypatch.setattr(fo.core.collections.SampleCollection, "set_values", flaky_set_values)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ts.compute_class_influence(pre, tgt, "partial", **TINY_KWARGS)
+    _assert_unchanged(pre, tgt, before)
