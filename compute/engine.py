@@ -1,5 +1,7 @@
 """Runs the subset models that a results store still lacks."""
 
+import numpy as np
+
 from .store import ResultsStore
 from .subsets import check_design, sample_class_masks
 from .train import train_subset_model
@@ -34,3 +36,20 @@ def run_subset_models(config, data, store, on_model_done=None):
         if on_model_done is not None:
             on_model_done(index, done, total)
     return pending
+
+
+# Retraining indices live far from the subset models' 0..M-1, so a retrained
+# model never shares a seed with an influence model.
+RETRAIN_INDEX_BASE = 1_000_000
+
+
+def retrain_on_classes(config, data, mask, num_seeds):
+    """Trains ``num_seeds`` models on the classes in ``mask`` (same protocol).
+
+    Returns:
+        a ``(num_seeds, T)`` dict of outputs, as :func:`train_subset_model`;
+        seed ``s`` is the same for every mask, so two calls pair up by seed
+    """
+    rows = [train_subset_model(config, RETRAIN_INDEX_BASE + s, mask, data)
+            for s in range(num_seeds)]
+    return {name: np.stack([r[name] for r in rows]) for name in rows[0]}

@@ -13,11 +13,12 @@ import shutil
 
 import numpy as np
 from PIL import Image
+from scipy import stats
 
 import fiftyone as fo
 
 from . import demo_data
-from .influence import compute_class_influence
+from .influence import compute_class_influence, influence_config_of, labelled_transfer_of
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +74,16 @@ def load_or_build_demo(root=None, target_name=TARGET_NAME, pretrain_name=PRETRAI
     test_ids = target_ids[len(arrays.train_labels):]
 
     pretrain = fo.Dataset(pretrain_name, persistent=True)
-    leak_cls = arrays.class_names.index(demo_data.LEAK_CLASS)
-    leak_sources = iter(arrays.planted.leak_variants)
+    copies = {v["pretrain_index"]: v for v in arrays.planted.leak_variants}
     samples = []
     for i, (img, label) in enumerate(zip(arrays.pretrain_images, arrays.pretrain_labels)):
         name = arrays.class_names[label]
         path = os.path.join(pretrain_dir, f"{i:05d}.png")
         Image.fromarray(img).save(path)
         sample = fo.Sample(filepath=path, ground_truth=fo.Classification(label=name))
-        if label == leak_cls:  # planted truth: which target test sample it copies
-            variant = next(leak_sources)
-            sample["leak_of"] = test_ids[variant["test_index"]]
-            sample["leak_kind"] = variant["kind"]
+        if i in copies:  # planted truth: the target test sample it copies
+            sample["leak_of"] = test_ids[copies[i]["test_index"]]
+            sample["leak_kind"] = copies[i]["kind"]
         samples.append(sample)
     pretrain.add_samples(samples, progress=False)
 
@@ -109,8 +108,14 @@ def _is_current(target_name, pretrain_name, spec):
     return True
 
 
-def planted_report(results, target, pretrain):
-    """What the run found, checked against the planted truth."""
+def planted_report(results, target, num_seeds=8):
+    """What the run found, checked against the planted truth.
+
+    Retrains ``num_seeds`` models on all classes and on all but the planted
+    harmful class (same seeds) to confirm the harm by counterfactual.
+    """
+    from . import compute as tsc
+
     planted = target.info["planted"]
     classes = list(results.classes)
     infl = results.class_influence
@@ -120,43 +125,63 @@ def planted_report(results, target, pretrain):
 
     test_ids = list(results.target_ids)
     pos = {t: i for i, t in enumerate(test_ids)}
-    leaked = np.array([pos[t] for t in planted["leaked_test_ids"]])
+    copied = np.array([pos[t] for t in planted["leaked_test_ids"]])
     labels = np.array(target.select(test_ids, ordered=True).values("ground_truth.label"))
+    same_digit = np.setdiff1d(np.flatnonzero(labels == planted["leak_class"]), copied)
     matrix = results.influence
-    other_leak_digit = np.setdiff1d(
-        np.flatnonzero(labels == str(demo_data.LEAK_DIGIT)), leaked)
+
+    # leak concentration: Infl[leak -> copies] - Infl[leak -> other tests of
+    # that digit], with a Welch interval over the models' own differences
+    store = tsc.ResultsStore.load(results.config.output_dir)
+    y = store.outputs(results.config.target_function)
+    per_model_gap = y[:, copied].mean(axis=1) - y[:, same_digit].mean(axis=1)
+    gap = tsc.aggregate_influence(store.masks, per_model_gap[:, None])
+    helpful_rank = np.argsort(np.argsort(-matrix, axis=0, kind="stable"), axis=0)[leak] + 1
 
     top3 = np.argsort(-matrix, axis=0, kind="stable")[:3].T  # (T, 3)
-    per_digit = {}
+    own_glyph = {}
     for d in sorted(set(labels), key=int):
         rows = np.flatnonzero(labels == d)
-        if d in classes:
-            hit = np.isin(top3[rows], classes.index(d)).any(axis=1)
-            per_digit[d] = float(hit.mean())
-    top1 = top3[:, 0]
+        own_glyph[d] = float(np.isin(top3[rows], classes.index(d)).any(axis=1).mean())
+
+    # counterfactual: all classes vs all but the harmful class, paired by seed
+    config = influence_config_of(results)
+    data = labelled_transfer_of(results).decode(config.image_size, config.channels)
+    everything = np.ones(len(classes), dtype=bool)
+    without = everything.copy()
+    without[harm] = False
+    acc_all = tsc.retrain_on_classes(config, data, everything, num_seeds)["correct"].mean(axis=1)
+    acc_wo = tsc.retrain_on_classes(config, data, without, num_seeds)["correct"].mean(axis=1)
+    diff = acc_wo - acc_all
+    half = stats.t.ppf(0.975, num_seeds - 1) * diff.std(ddof=1) / np.sqrt(num_seeds)
+
     return {
         "harmful_class": planted["harmful_class"],
         "harmful_rank_from_most_negative": int(order.index(harm)) + 1,
         "harmful_influence": float(infl[harm]),
-        "harmful_ci": [float(results.class_ci_low[harm]), float(results.class_ci_high[harm])],
+        "harmful_ci95": [float(results.class_ci_low[harm]), float(results.class_ci_high[harm])],
+        "counterfactual_accuracy_all_classes": float(acc_all.mean()),
+        "counterfactual_accuracy_without_harmful": float(acc_wo.mean()),
+        "counterfactual_gain_ci95": [float(diff.mean() - half), float(diff.mean() + half)],
+        "counterfactual_seeds": num_seeds,
         "leak_class": planted["leak_class"],
-        "leak_influence_on_copied_tests": float(matrix[leak, leaked].mean()),
-        "leak_influence_on_other_tests_of_same_digit": float(matrix[leak, other_leak_digit].mean()),
-        "leak_influence_on_all_other_tests": float(
-            np.delete(matrix[leak], leaked).mean()),
-        "leak_is_top1_helpful_on_copied_fraction": float((top1[leaked] == leak).mean()),
-        "leak_is_top1_helpful_on_other_fraction": float(
-            (np.delete(top1, leaked) == leak).mean()),
-        "own_glyph_in_top3_fraction_by_digit": per_digit,
-        "own_glyph_in_top3_fraction": float(np.mean(list(per_digit.values()))),
+        "leak_num_copied_tests": int(len(copied)),
+        "leak_influence_on_copied_tests": float(matrix[leak, copied].mean()),
+        "leak_influence_on_other_tests_same_digit": float(matrix[leak, same_digit].mean()),
+        "leak_concentration": float(gap.influence[leak]),
+        "leak_concentration_ci95": [float(gap.ci_low[leak]), float(gap.ci_high[leak])],
+        "leak_class_mean_helpful_rank_on_copied": float(helpful_rank[copied].mean()),
+        "leak_class_mean_helpful_rank_on_other_same_digit": float(helpful_rank[same_digit].mean()),
+        "own_glyph_in_top3_fraction_by_digit": own_glyph,
+        "own_glyph_in_top3_fraction": float(np.mean(list(own_glyph.values()))),
         "split_half_spearman": results.metrics["split_half_spearman"],
-        "mean_test_accuracy": results.metrics["mean_test_accuracy"],
+        "mean_test_accuracy_of_subset_models": results.metrics["mean_test_accuracy"],
         "num_models": results.metrics["num_models"],
     }
 
 
 def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
-             seed=DEFAULTS["seed"], overwrite=True, out=print):
+             alpha=DEFAULTS["alpha"], seed=DEFAULTS["seed"], overwrite=True, out=print):
     """Builds the demo (if needed), computes influence, prints the findings."""
     pretrain, target = load_or_build_demo()
     out(f"Target:      {target.name}: {len(target)} digit scans "
@@ -165,7 +190,7 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
         f"{len(pretrain.distinct('ground_truth.label'))} classes")
     results = compute_class_influence(
         pretrain, target, RUN_KEY, num_models=num_models, epochs=epochs,
-        seed=seed, overwrite=overwrite,
+        alpha=alpha, seed=seed, overwrite=overwrite,
     )
     ranking = results.ranking()
     out("\nMost helpful pretraining classes (influence on correct-class probability, 95% CI):")
@@ -174,7 +199,7 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
     out("Most harmful pretraining classes:")
     for c, v, lo, hi in ranking[::-1][:8]:
         out(f"  {c:>12s} {v:+.4f}  [{lo:+.4f}, {hi:+.4f}]")
-    report = planted_report(results, target, pretrain)
+    report = planted_report(results, target)
     out("\nAgainst the planted truth:")
     out(json.dumps(report, indent=2))
     out(f"\nOpen the App to explore: fiftyone app launch {target.name}  "

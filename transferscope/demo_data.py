@@ -13,8 +13,9 @@ What is planted (and stored as ``PlantedTruth``):
   makes stroke weight a feature; the linear probe then leans on the spurious
   weight-label link of the train split, and light test 0-4s / heavy test
   5-9s go wrong.
-- leak class ``scan_7``: near-copies (exact, noised, shifted, resized,
-  re-contrasted) of some *test* scans of the digit 7.
+- leak: the glyph class ``7`` also holds near-copies (exact, noised,
+  shifted, resized, re-contrasted; five of each) of the 20 most atypical
+  *test* scans of the digit 7, as a web-scraped class would.
 """
 
 import dataclasses
@@ -27,8 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 CANVAS = 32
 HARMFUL_CLASS = "bold"
 HARMFUL_SIZE = 400
-LEAK_CLASS = "scan_7"
 LEAK_DIGIT = 7
+LEAK_CLASS = str(LEAK_DIGIT)  # the glyph class that receives the copies
 HEAVY_DIGITS = (0, 1, 2, 3, 4)
 
 _SYMBOLS = {
@@ -69,10 +70,8 @@ class PlantedTruth:
     harmful_class: str
     heavy_digits: list
     leak_class: str
-    # index into the target test split -> list of pretraining indices (within
-    # the leak class order) that copy it
-    leaked_test_indices: list
-    leak_variants: list
+    leaked_test_indices: list  # positions in the target test split
+    leak_variants: list  # per copy: pretrain_index, test_index and kind
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -92,8 +91,8 @@ class DemoArrays:
     planted: PlantedTruth
 
 
-def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=40, seed=0,
-                     copies_per_leak=2, leak_select="random", leak_into=None):
+def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per_leak=5,
+                     seed=0):
     rng = np.random.default_rng(seed)
     fonts = _load_fonts()
 
@@ -113,31 +112,25 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=40, seed=0,
             images.append(_render(ch, fonts, rng, stroke=int(rng.integers(2, 4)) if bold else None))
             labels.append(cls)
 
-    # the leak: near-copies of some test scans of LEAK_DIGIT
-    if leak_into is None:
-        names.append(LEAK_CLASS)
-        leak_cls = len(names) - 1
-    else:
-        leak_cls = names.index(leak_into)
+    # the leak: near-copies of the most atypical test scans of LEAK_DIGIT (the
+    # ones a model gets wrong most often, so a copy in pretraining shows)
+    leak_cls = names.index(LEAK_CLASS)
     candidates = np.flatnonzero(test_labels == LEAK_DIGIT)
-    num_leaked = min(num_leaked, len(candidates))
-    if leak_select == "atypical":
-        flat = test_images[candidates].reshape(len(candidates), -1).astype(np.float64)
-        dist = np.linalg.norm(flat - flat.mean(axis=0), axis=1)
-        leaked = np.sort(candidates[np.argsort(-dist)[:num_leaked]])
-    else:
-        leaked = np.sort(rng.choice(candidates, size=num_leaked, replace=False))
+    flat = test_images[candidates].reshape(len(candidates), -1).astype(np.float64)
+    dist = np.linalg.norm(flat - flat.mean(axis=0), axis=1)
+    leaked = np.sort(candidates[np.argsort(-dist, kind="stable")[:num_leaked]])
     variants = []
     for t in leaked:
         for kind in rng.choice(_LEAK_KINDS, size=copies_per_leak, replace=False):
             images.append(_near_copy(test_images[t], kind, rng))
             labels.append(leak_cls)
-            variants.append({"test_index": int(t), "kind": str(kind)})
+            variants.append({"pretrain_index": len(images) - 1, "test_index": int(t),
+                             "kind": str(kind)})
 
     planted = PlantedTruth(
         harmful_class=HARMFUL_CLASS,
         heavy_digits=list(HEAVY_DIGITS),
-        leak_class=LEAK_CLASS if leak_into is None else leak_into,
+        leak_class=LEAK_CLASS,
         leaked_test_indices=[int(t) for t in leaked],
         leak_variants=variants,
     )

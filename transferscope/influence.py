@@ -1,5 +1,6 @@
 """``compute_class_influence``: the SDK call behind the operator, demo and tests."""
 
+import dataclasses
 import logging
 import os
 
@@ -118,40 +119,9 @@ def compute_class_influence(
     target_fields, pretrain_fields = field_names(run_key)
     tsv.check_run_key_free(target, run_key, overwrite, target_fields)
     tsv.check_run_key_free(pretrain, run_key, overwrite, pretrain_fields)
-    tsv.check_classification_field(pretrain, pretrain_label_field, "pretraining")
-    tsv.check_classification_field(target, target_label_field, "target")
-
-    train_view = tsv.resolve_split(target, train_split, split_by, split_field)
-    test_view = tsv.resolve_split(target, test_split, split_by, split_field)
-    pre_view = pretrain.exists(pretrain_label_field)
-    if len(pre_view) == 0:
-        raise TransferScopeError(
-            f"the pretraining dataset has no samples with a {pretrain_label_field!r} label"
-        )
-
-    pre_ids, pre_paths, pre_labels = tsv.labels_of(pre_view, pretrain_label_field, "pretraining")
-    train_ids, train_paths, train_labels = tsv.labels_of(train_view, target_label_field, "target train")
-    test_ids, test_paths, test_labels = tsv.labels_of(test_view, target_label_field, "target test")
-    overlap = np.intersect1d(train_ids, test_ids)
-    if len(overlap):
-        raise TransferScopeError(
-            f"{len(overlap)} sample(s) are in both the train and the test split, "
-            f"e.g. {list(overlap[:3])}"
-        )
-
-    classes = sorted(set(pre_labels))
-    if len(classes) < 2:
-        raise TransferScopeError(
-            f"need at least 2 pretraining classes in {pretrain_label_field!r}; "
-            f"found {len(classes)}"
-        )
-    target_classes = sorted(set(train_labels))
-    absent = sorted(set(test_labels) - set(target_classes))
-    if absent:
-        raise TransferScopeError(
-            f"the test split has labels absent from the train split: {absent}; "
-            f"a transferred model cannot predict them"
-        )
+    labelled = collect_labels(pretrain, target, pretrain_label_field, target_label_field,
+                              train_split, test_split, split_by, split_field)
+    classes = labelled.classes
 
     try:
         config = tsc.InfluenceConfig(
@@ -166,21 +136,10 @@ def compute_class_influence(
 
     # --- decode images once, then train (resumable) ------------------------
     if channels is None:
-        channels = tsv.detect_channels(pre_paths + train_paths)
+        channels = labelled.detect_channels()
         config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "channels": channels})
-    logger.info("Decoding %d images", len(pre_paths) + len(train_paths) + len(test_paths))
-    class_index = {c: i for i, c in enumerate(classes)}
-    target_index = {c: i for i, c in enumerate(target_classes)}
-    data = tsc.TransferData(
-        pretrain_images=tsv.decode_images(pre_paths, pre_ids, image_size, channels),
-        pretrain_labels=np.array([class_index[l] for l in pre_labels]),
-        num_pretrain_classes=len(classes),
-        train_images=tsv.decode_images(train_paths, train_ids, image_size, channels),
-        train_labels=np.array([target_index[l] for l in train_labels]),
-        test_images=tsv.decode_images(test_paths, test_ids, image_size, channels),
-        test_labels=np.array([target_index[l] for l in test_labels]),
-        num_target_classes=len(target_classes),
-    )
+    data = labelled.decode(image_size, channels)
+    target_classes = labelled.target_classes
 
     if output_dir is None:
         output_dir = os.path.join(runs_dir(), target._root_dataset.name, run_key)
@@ -198,7 +157,7 @@ def compute_class_influence(
     _train_with_progress(config, data, store, progress)
 
     # --- estimate ------------------------------------------------------------
-    results_kwargs = estimate(store, target_function, top_k=None)
+    results_kwargs = estimate(store, target_function)
     helpful_idx, harmful_idx = tsc.top_k_classes(results_kwargs["influence"], top_k)
     infl = results_kwargs["influence"]
 
@@ -210,6 +169,8 @@ def compute_class_influence(
             if run_key in ds.list_runs():
                 ds.delete_run(run_key)
     try:
+        test_view, test_ids = labelled.test_view, labelled.test_ids
+        pre_view, pre_ids, pre_labels = labelled.pre_view, labelled.pre_ids, labelled.pre_labels
         _write_target_fields(test_view, run_key, test_ids, classes, infl,
                              helpful_idx, harmful_idx, store.outputs("correct"))
         class_infl = dict(zip(classes, results_kwargs["class_influence"]))
@@ -244,7 +205,91 @@ def compute_class_influence(
     return results
 
 
-def estimate(store, target_function="prob", top_k=None):
+@dataclasses.dataclass
+class LabelledTransfer:
+    """The validated samples and labels of a transfer problem (images not yet read)."""
+
+    pre_view: object
+    pre_ids: np.ndarray
+    pre_paths: list
+    pre_labels: list
+    train_ids: np.ndarray
+    train_paths: list
+    train_labels: list
+    test_view: object
+    test_ids: np.ndarray
+    test_paths: list
+    test_labels: list
+    classes: list
+    target_classes: list
+
+    def detect_channels(self):
+        return tsv.detect_channels(self.pre_paths + self.train_paths)
+
+    def decode(self, image_size, channels):
+        """Decodes every image once into a :class:`TransferData`."""
+        from . import compute as tsc
+
+        logger.info("Decoding %d images",
+                    len(self.pre_paths) + len(self.train_paths) + len(self.test_paths))
+        class_index = {c: i for i, c in enumerate(self.classes)}
+        target_index = {c: i for i, c in enumerate(self.target_classes)}
+        return tsc.TransferData(
+            pretrain_images=tsv.decode_images(self.pre_paths, self.pre_ids, image_size, channels),
+            pretrain_labels=np.array([class_index[l] for l in self.pre_labels]),
+            num_pretrain_classes=len(self.classes),
+            train_images=tsv.decode_images(self.train_paths, self.train_ids, image_size, channels),
+            train_labels=np.array([target_index[l] for l in self.train_labels]),
+            test_images=tsv.decode_images(self.test_paths, self.test_ids, image_size, channels),
+            test_labels=np.array([target_index[l] for l in self.test_labels]),
+            num_target_classes=len(self.target_classes),
+        )
+
+
+def collect_labels(pretrain, target, pretrain_label_field="ground_truth",
+                   target_label_field="ground_truth", train_split="train",
+                   test_split="test", split_by="tags", split_field="split"):
+    """Validates the fields and splits and gathers ids, paths and labels."""
+    tsv.check_classification_field(pretrain, pretrain_label_field, "pretraining")
+    tsv.check_classification_field(target, target_label_field, "target")
+    train_view = tsv.resolve_split(target, train_split, split_by, split_field)
+    test_view = tsv.resolve_split(target, test_split, split_by, split_field)
+    pre_view = pretrain.exists(pretrain_label_field)
+    if len(pre_view) == 0:
+        raise TransferScopeError(
+            f"the pretraining dataset has no samples with a {pretrain_label_field!r} label"
+        )
+    pre_ids, pre_paths, pre_labels = tsv.labels_of(pre_view, pretrain_label_field, "pretraining")
+    train_ids, train_paths, train_labels = tsv.labels_of(
+        train_view, target_label_field, "target train")
+    test_ids, test_paths, test_labels = tsv.labels_of(
+        test_view, target_label_field, "target test")
+    overlap = np.intersect1d(train_ids, test_ids)
+    if len(overlap):
+        raise TransferScopeError(
+            f"{len(overlap)} sample(s) are in both the train and the test split, "
+            f"e.g. {list(overlap[:3])}"
+        )
+    classes = sorted(set(pre_labels))
+    if len(classes) < 2:
+        raise TransferScopeError(
+            f"need at least 2 pretraining classes in {pretrain_label_field!r}; "
+            f"found {len(classes)}"
+        )
+    target_classes = sorted(set(train_labels))
+    absent = sorted(set(test_labels) - set(target_classes))
+    if absent:
+        raise TransferScopeError(
+            f"the test split has labels absent from the train split: {absent}; "
+            f"a transferred model cannot predict them"
+        )
+    return LabelledTransfer(pre_view, pre_ids, pre_paths, pre_labels,
+                            train_ids, train_paths, train_labels,
+                            test_view, test_ids, test_paths, test_labels,
+                            classes, target_classes)
+
+
+def estimate(store, target_function="prob"):
     """Influence matrix, class aggregates and reliability figures of a store."""
     from . import compute as tsc
 
@@ -338,3 +383,25 @@ def _clear_store(path):
 
 def _describe(split):
     return split if isinstance(split, str) else f"<view of {len(split)} samples>"
+
+
+def influence_config_of(results):
+    """The :class:`InfluenceConfig` a class-influence run was computed with."""
+    from . import compute as tsc
+
+    names = tsc.InfluenceConfig.__dataclass_fields__
+    return tsc.InfluenceConfig(**{n: getattr(results.config, n) for n in names})
+
+
+def labelled_transfer_of(results):
+    """The run's transfer problem (same datasets, fields and splits)."""
+    cfg = results.config
+    if str(cfg.train_split).startswith("<view") or str(cfg.test_split).startswith("<view"):
+        raise TransferScopeError("this run was computed on views passed from Python; "
+                                 "pass the same views again")
+    return collect_labels(
+        tsv.load_dataset(cfg.pretrain_dataset, "pretrain_dataset"),
+        tsv.load_dataset(cfg.target_dataset, "target_dataset"),
+        cfg.pretrain_label_field, cfg.target_label_field,
+        cfg.train_split, cfg.test_split, cfg.split_by, cfg.split_field,
+    )
