@@ -132,7 +132,7 @@ def train_subset_model(config, index, mask_row, data):
         _fit(net, t["train"], y_train, config.finetune_epochs,
              min(config.batch_size, len(y_train)), config.lr / 10,
              config.weight_decay, gen, device)
-        logits = _predict(net, t["test"], device).numpy()
+        logits = _eval_batched(net, net, t["test"], device)
     return outputs_from_logits(logits, data.test_labels)
 
 
@@ -189,23 +189,14 @@ def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device):
 
 
 @torch.no_grad()
-def _embed(net, x, device, batch_size=1024):
+def _eval_batched(fn, net, x, device, batch_size=1024):
+    """``fn(x)`` in eval mode over batches, as float64 numpy."""
     net.eval()
     out = []
     for i in range(0, len(x), batch_size):
         with _autocast(device):
-            out.append(net.features(x[i:i + batch_size]).float().cpu())
+            out.append(fn(x[i:i + batch_size]).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
-
-
-@torch.no_grad()
-def _predict(net, x, device, batch_size=1024):
-    net.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        with _autocast(device):
-            out.append(net(x[i:i + batch_size]).float().cpu())
-    return torch.cat(out)
 
 
 def _linear_probe(net, x_train, y_train, x_test, num_classes, c, device):
@@ -214,8 +205,8 @@ def _linear_probe(net, x_train, y_train, x_test, num_classes, c, device):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    f_train = _embed(net, x_train, device)
-    f_test = _embed(net, x_test, device)
+    f_train = _eval_batched(net.features, net, x_train, device)
+    f_test = _eval_batched(net.features, net, x_test, device)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     probe.fit(f_train, y_train)
     # log-probabilities work as logits (softmax and margins are unchanged)

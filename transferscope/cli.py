@@ -51,10 +51,12 @@ def install_plugin(plugins_dir=None):
     plugins_dir = os.path.abspath(os.path.expanduser(plugins_dir or fo.config.plugins_dir))
     os.makedirs(plugins_dir, exist_ok=True)
     link = os.path.join(plugins_dir, "transferscope")
-    if os.path.islink(link) or os.path.exists(link):
+    if os.path.islink(link):
         if os.path.realpath(link) == os.path.realpath(plugin_root()):
             return link
-        raise RuntimeError(f"{link} exists and is not this plugin; remove it first")
+        os.remove(link)  # a link to another checkout: point it at this one
+    elif os.path.exists(link):
+        raise RuntimeError(f"{link} exists and is not a link to this plugin; remove it first")
     os.symlink(plugin_root(), link)
     return link
 

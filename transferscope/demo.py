@@ -26,7 +26,7 @@ TARGET_NAME = "transferscope-demo-digits"
 PRETRAIN_NAME = "transferscope-demo-glyphs"
 RUN_KEY = "demo_influence"
 # bump when the generated data changes, so old demo datasets are rebuilt
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 
 DEFAULTS = dict(num_models=128, epochs=4, alpha=0.5, seed=0)
 

@@ -14,7 +14,7 @@ What is planted (and stored as ``PlantedTruth``):
   weight-label link of the train split, and light test 0-4s / heavy test
   5-9s go wrong.
 - leak: the glyph class ``7`` also holds near-copies (exact, noised,
-  shifted, resized, re-contrasted; five of each) of the 20 most atypical
+  shifted, resized, re-contrasted; ten per scan) of the 20 most atypical
   *test* scans of the digit 7, as a web-scraped class would.
 """
 
@@ -91,7 +91,7 @@ class DemoArrays:
     planted: PlantedTruth
 
 
-def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per_leak=5,
+def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per_leak=10,
                      seed=0):
     rng = np.random.default_rng(seed)
     fonts = _load_fonts()
@@ -121,7 +121,8 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per
     leaked = np.sort(candidates[np.argsort(-dist, kind="stable")[:num_leaked]])
     variants = []
     for t in leaked:
-        for kind in rng.choice(_LEAK_KINDS, size=copies_per_leak, replace=False):
+        kinds = np.resize(rng.permutation(_LEAK_KINDS), copies_per_leak)  # each kind, then repeats
+        for kind in kinds:
             images.append(_near_copy(test_images[t], kind, rng))
             labels.append(leak_cls)
             variants.append({"pretrain_index": len(images) - 1, "test_index": int(t),

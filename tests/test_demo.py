@@ -1,0 +1,46 @@
+"""The demo end to end: datasets built once, planted truth recovered."""
+
+import pytest
+
+import fiftyone as fo
+
+from transferscope import demo, demo_data
+
+
+def test_glyph_classes_cover_the_brief():
+    names = [n for n, _ in demo_data.glyph_classes()]
+    assert len(names) >= 60 and len(set(names)) == len(names)
+    for lookalike in ("O", "0", "l", "1", "S", "5", "B", "8", "Z", "2", "g", "9"):
+        assert lookalike in names
+    assert demo_data.HARMFUL_CLASS in names and demo_data.LEAK_CLASS in names
+    assert len(demo_data.font_paths()) >= 10
+
+
+@pytest.mark.slow
+def test_demo_recovers_the_planted_truth():
+    pre, tgt = demo.load_or_build_demo()
+    ids = set(tgt.values("id"))
+    again_pre, again_tgt = demo.load_or_build_demo()  # idempotent: nothing rebuilt
+    assert set(again_tgt.values("id")) == ids and len(again_pre) == len(pre)
+    assert len(tgt) == 1797 and len(pre.distinct("ground_truth.label")) >= 60
+    assert len(tgt.match_tags("train")) == 100
+    planted = tgt.info["planted"]
+    assert len(pre.exists("leak_of")) == len(planted["leak_variants"])
+    assert set(pre.exists("leak_of").values("leak_of")) == set(planted["leaked_test_ids"])
+
+    lines = []
+    results, report = demo.run_demo(out=lines.append)
+    text = "\n".join(lines)
+    assert "Most harmful pretraining classes" in text and "bold" in text
+
+    # the planted harmful class ranks among the most negative, its CI below zero
+    assert report["harmful_rank_from_most_negative"] <= 3
+    assert report["harmful_ci95"][1] < 0
+    # retraining without it does better than with it
+    assert (report["counterfactual_accuracy_without_harmful"]
+            > report["counterfactual_accuracy_all_classes"])
+    # the leak shows as influence concentrated on the copied test samples
+    assert report["leak_concentration"] > 0
+    assert (report["leak_class_mean_helpful_rank_on_copied"]
+            < report["leak_class_mean_helpful_rank_on_other_same_digit"])
+    assert fo.load_dataset(tgt.name).has_sample_field("demo_influence_helpful")
