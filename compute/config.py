@@ -12,6 +12,9 @@ import json
 TRANSFER_MODES = ("linear", "finetune")
 TARGET_FUNCTIONS = ("prob", "margin", "correct")
 DEVICES = ("auto", "cpu", "cuda")
+# Bump when a change to the engine changes what a model outputs, so stores
+# written by older code are refused rather than silently mixed.
+ENGINE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +97,7 @@ class InfluenceConfig:
         d = self.to_dict()
         d.pop("device")
         d["data"] = data_fingerprint
+        d["engine_version"] = ENGINE_VERSION
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

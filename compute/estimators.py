@@ -34,6 +34,8 @@ def class_influence(masks, outputs):
         raise ValueError(
             f"masks (M, C) and outputs (M, T) must share M; got {X.shape} and {Y.shape}"
         )
+    if not np.isfinite(Y).all():
+        raise ValueError("outputs contain NaN or infinite values")
     n_in = X.sum(axis=0)
     n_out = X.shape[0] - n_in
     if (n_in < 1).any() or (n_out < 1).any():
@@ -71,8 +73,6 @@ def aggregate_influence(masks, outputs, confidence=0.95):
     per_model = np.asarray(outputs, dtype=np.float64).mean(axis=1, keepdims=True)
     est = class_influence(masks, per_model)
     infl, se = est.influence[:, 0], est.stderr[:, 0]
-    var_in = (se**2)  # placeholder for readability below
-    del var_in
     df = _welch_df(masks, per_model[:, 0])
     q = stats.t.ppf(0.5 + confidence / 2, df)
     return AggregateInfluence(infl, se, infl - q * se, infl + q * se, confidence)

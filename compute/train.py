@@ -209,8 +209,10 @@ def _linear_probe(net, x_train, y_train, x_test, num_classes, c, device):
     f_test = _eval_batched(net.features, net, x_test, device)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     probe.fit(f_train, y_train)
-    # log-probabilities work as logits (softmax and margins are unchanged)
-    # and, unlike decision_function, keep one column per class when K = 2
+    scores = probe.decision_function(f_test)
+    if scores.ndim == 1:  # two classes: one score, the logit of classes_[1]
+        scores = np.stack([np.zeros_like(scores), scores], axis=1)
+    # classes absent from the train split can never be predicted
     logits = np.full((len(f_test), num_classes), -1e9)
-    logits[:, probe.classes_] = probe.predict_log_proba(f_test)
+    logits[:, probe.classes_] = scores
     return logits

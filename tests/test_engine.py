@@ -53,6 +53,21 @@ def test_a_model_is_a_pure_function_of_config_and_index(transfer):
         np.testing.assert_array_equal(a[name], b[name])
     assert not np.array_equal(a["prob"], c["prob"])
     assert ((a["prob"] > 0) & (a["prob"] <= 1)).all()
+    # margins stay finite even when a model is certain (no log(0))
+    assert np.isfinite(a["margin"]).all()
+    assert ((a["margin"] > 0) == (a["correct"] == 1)).all()
+
+
+def test_binary_target_task():
+    data = tiny_data()
+    keep_tr, keep_te = data.train_labels < 2, data.test_labels < 2
+    binary = TransferData(data.pretrain_images, data.pretrain_labels, 6,
+                          data.train_images[keep_tr], data.train_labels[keep_tr],
+                          data.test_images[keep_te], data.test_labels[keep_te], 2)
+    out = train_subset_model(InfluenceConfig(num_models=4, **CFG), 0,
+                             np.array([1, 0, 1, 0, 1, 0], bool), binary)
+    assert out["prob"].shape == (12,) and np.isfinite(out["margin"]).all()
+    assert set(out["pred"].tolist()) <= {0, 1}
 
 
 def test_torchvision_architecture_by_name():

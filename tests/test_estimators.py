@@ -49,9 +49,13 @@ def test_aggregate_is_mean_over_targets_with_welch_interval():
     assert agg.ci_high[1] == pytest.approx(ci.high)
 
 
-def test_influence_refuses_shape_mismatch():
+def test_influence_refuses_shape_mismatch_and_non_finite_outputs():
     with pytest.raises(ValueError, match="share M"):
         class_influence(MASKS, OUTPUTS[:4])
+    bad = OUTPUTS.copy()
+    bad[1, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        class_influence(MASKS, bad)
 
 
 def test_masks_are_balanced_deterministic_and_complementary():

@@ -26,7 +26,7 @@ TARGET_NAME = "transferscope-demo-digits"
 PRETRAIN_NAME = "transferscope-demo-glyphs"
 RUN_KEY = "demo_influence"
 # bump when the generated data changes, so old demo datasets are rebuilt
-DEMO_VERSION = 4
+DEMO_VERSION = 5
 
 DEFAULTS = dict(num_models=128, epochs=4, alpha=0.5, seed=0)
 
@@ -131,11 +131,16 @@ def planted_report(results, target, num_seeds=8):
     matrix = results.influence
 
     # leak concentration: Infl[leak -> copies] - Infl[leak -> other tests of
-    # that digit], with a Welch interval over the models' own differences
+    # that digit], with a Welch interval over the models' own differences,
+    # on each target function the store holds
     store = tsc.ResultsStore.load(results.config.output_dir)
-    y = store.outputs(results.config.target_function)
-    per_model_gap = y[:, copied].mean(axis=1) - y[:, same_digit].mean(axis=1)
-    gap = tsc.aggregate_influence(store.masks, per_model_gap[:, None])
+    concentration = {}
+    for fn in tsc.TARGET_FUNCTIONS:
+        y = store.outputs(fn)
+        per_model_gap = y[:, copied].mean(axis=1) - y[:, same_digit].mean(axis=1)
+        gap = tsc.aggregate_influence(store.masks, per_model_gap[:, None])
+        concentration[fn] = {"gap": float(gap.influence[leak]),
+                             "ci95": [float(gap.ci_low[leak]), float(gap.ci_high[leak])]}
     helpful_rank = np.argsort(np.argsort(-matrix, axis=0, kind="stable"), axis=0)[leak] + 1
 
     top3 = np.argsort(-matrix, axis=0, kind="stable")[:3].T  # (T, 3)
@@ -168,10 +173,12 @@ def planted_report(results, target, num_seeds=8):
         "leak_num_copied_tests": int(len(copied)),
         "leak_influence_on_copied_tests": float(matrix[leak, copied].mean()),
         "leak_influence_on_other_tests_same_digit": float(matrix[leak, same_digit].mean()),
-        "leak_concentration": float(gap.influence[leak]),
-        "leak_concentration_ci95": [float(gap.ci_low[leak]), float(gap.ci_high[leak])],
+        "leak_concentration_by_target_function": concentration,
         "leak_class_mean_helpful_rank_on_copied": float(helpful_rank[copied].mean()),
         "leak_class_mean_helpful_rank_on_other_same_digit": float(helpful_rank[same_digit].mean()),
+        "leak_class_top1_helpful_fraction_on_copied": float((helpful_rank[copied] == 1).mean()),
+        "leak_class_top1_helpful_fraction_on_other_same_digit": float(
+            (helpful_rank[same_digit] == 1).mean()),
         "own_glyph_in_top3_fraction_by_digit": own_glyph,
         "own_glyph_in_top3_fraction": float(np.mean(list(own_glyph.values()))),
         "split_half_spearman": results.metrics["split_half_spearman"],

@@ -37,7 +37,7 @@ _SYMBOLS = {
     "at": "@", "question": "?", "exclamation": "!", "dollar": "$", "star": "*",
     "slash": "/", "less": "<", "greater": ">", "tilde": "~",
 }
-_LOWER = "abdeghkmnqrtuy"
+_LOWER = "abdeghklmnqrtuy"
 
 
 def glyph_classes():
