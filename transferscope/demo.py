@@ -108,7 +108,7 @@ def _is_current(target_name, pretrain_name, spec):
     return True
 
 
-def planted_report(results, target, num_seeds=8):
+def planted_report(results, target, num_seeds=16):
     """What the run found, checked against the planted truth.
 
     Retrains ``num_seeds`` models on all classes and on all but the planted
