@@ -108,8 +108,12 @@ def split_half_spearman(masks, outputs):
     change it; near 0, the ranking beyond the strongest classes is noise.
     """
     first, second = split_halves(len(masks))
-    a = aggregate_influence(masks[first], outputs[first]).influence
-    b = aggregate_influence(masks[second], outputs[second]).influence
+    outputs = np.asarray(outputs, dtype=np.float64)
+    try:
+        a, b = (class_influence(masks[h], outputs[h].mean(axis=1, keepdims=True)).influence[:, 0]
+                for h in (first, second))
+    except ValueError:  # a half in which some class is never in (or never out)
+        return float("nan")
     return float(stats.spearmanr(a, b).statistic)
 
 
