@@ -144,15 +144,14 @@ def compute_class_influence(
     if output_dir is None:
         output_dir = os.path.join(runs_dir(), target._root_dataset.name, run_key)
     output_dir = os.path.abspath(os.path.expanduser(output_dir))
+    meta = {"classes": classes, "target_classes": target_classes}
     try:
-        store = tsc.open_store(output_dir, config, data, classes,
-                               meta={"classes": classes, "target_classes": target_classes})
+        store = tsc.open_store(output_dir, config, data, classes, meta=meta)
     except tsc.StoreMismatchError:
         if not overwrite:
             raise
-        _clear_store(output_dir)
-        store = tsc.open_store(output_dir, config, data, classes,
-                               meta={"classes": classes, "target_classes": target_classes})
+        _clear_store(output_dir)  # overwrite: the old models are for other data
+        store = tsc.open_store(output_dir, config, data, classes, meta=meta)
 
     _train_with_progress(config, data, store, progress)
 
