@@ -177,3 +177,17 @@ def test_a_failure_while_writing_leaves_nothing_behind(tiny_datasets, monkeypatc
     with pytest.raises(RuntimeError, match="disk full"):
         ts.compute_class_influence(pre, tgt, "partial", **TINY_KWARGS)
     _assert_unchanged(pre, tgt, before)
+
+
+def test_a_store_for_another_config_is_refused_unless_overwrite(tiny_datasets, tmp_path):
+    pre, tgt = tiny_datasets
+    store = str(tmp_path / "s")
+    ts.compute_class_influence(pre, tgt, "cfg", output_dir=store, **TINY_KWARGS)
+    tgt.delete_run("cfg")
+    pre.delete_run("cfg")
+    other = {**TINY_KWARGS, "epochs": 2}
+    with pytest.raises(ValueError, match="another configuration"):
+        ts.compute_class_influence(pre, tgt, "cfg", output_dir=store, **other)
+    assert not tgt.has_sample_field("cfg_helpful")
+    results = ts.compute_class_influence(pre, tgt, "cfg", output_dir=store, overwrite=True, **other)
+    assert results.metrics["num_models"] == 4 and results.config.epochs == 2
