@@ -9,7 +9,7 @@ Usable alone::
 """
 
 from .config import InfluenceConfig, TARGET_FUNCTIONS, TRANSFER_MODES
-from .engine import open_store, retrain_on_classes, run_subset_models
+from .engine import design_masks, open_store, retrain_on_classes, run_subset_models
 from .estimators import (
     aggregate_influence,
     class_influence,
@@ -21,7 +21,7 @@ from .subsets import check_design, min_models, sample_class_masks
 from .train import TransferData, train_subset_model
 
 __all__ = [
-    "InfluenceConfig", "TARGET_FUNCTIONS", "TRANSFER_MODES", "open_store",
+    "InfluenceConfig", "TARGET_FUNCTIONS", "design_masks", "TRANSFER_MODES", "open_store",
     "run_subset_models", "retrain_on_classes", "aggregate_influence", "class_influence",
     "split_half_spearman", "top_k_classes", "ResultsStore", "StoreMismatchError",
     "check_design", "min_models", "sample_class_masks", "TransferData",

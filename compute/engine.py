@@ -7,11 +7,16 @@ from .subsets import check_design, sample_class_masks
 from .train import train_subset_model
 
 
+def design_masks(config, num_classes, class_names=None):
+    """The run's class masks, refused if some class is not in and out enough."""
+    masks = sample_class_masks(config.num_models, num_classes, config.alpha, config.seed)
+    check_design(masks, class_names)
+    return masks
+
+
 def open_store(path, config, data, class_names=None, meta=None):
     """The store for (config, data) at ``path``: new, or resumed if it matches."""
-    masks = sample_class_masks(config.num_models, data.num_pretrain_classes,
-                               config.alpha, config.seed)
-    check_design(masks, class_names)
+    masks = design_masks(config, data.num_pretrain_classes, class_names)
     config_hash = config.fingerprint(data.fingerprint())
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
 

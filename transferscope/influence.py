@@ -129,8 +129,7 @@ def compute_class_influence(
             image_size=image_size, channels=channels or 1, epochs=epochs,
             transfer=transfer, device=device, **train_kwargs,
         )
-        masks = tsc.sample_class_masks(num_models, len(classes), alpha, seed)
-        tsc.check_design(masks, classes)
+        tsc.design_masks(config, len(classes), classes)  # before any image is read
     except (TypeError, ValueError) as e:
         raise TransferScopeError(str(e)) from e
 
@@ -302,11 +301,12 @@ def estimate(store, target_function="prob"):
     outputs = store.outputs(target_function)
     est = tsc.class_influence(masks, outputs)
     agg = tsc.aggregate_influence(masks, outputs)
+    correct = store.outputs("correct")
     metrics = {
         "num_models": int(len(masks)),
         "target_function": target_function,
-        "mean_test_accuracy": float(store.outputs("correct").mean()),
-        "model_accuracy_std": float(store.outputs("correct").mean(axis=1).std(ddof=1)),
+        "mean_test_accuracy": float(correct.mean()),
+        "model_accuracy_std": float(correct.mean(axis=1).std(ddof=1)),
         "split_half_spearman": tsc.split_half_spearman(masks, outputs),
     }
     return dict(
