@@ -322,11 +322,12 @@ def _train_with_progress(config, data, store, progress):
     total = config.num_models
     already = total - len(store.pending())
     callback = progress if callable(progress) else None
-    show_bar = progress is not False and callback is None
+    # None defers to fo.config.show_progress_bars, as the docstring says
+    bar_setting = False if callback is not None else progress
     if already:
         logger.info("Resuming: %d/%d models already trained", already, total)
     with fou.ProgressBar(total=total, start_msg="Training subset models",
-                         progress=show_bar if show_bar else False) as bar:
+                         progress=bar_setting) as bar:
         bar.update(already)
 
         def on_model_done(index, done, total):
