@@ -9,7 +9,23 @@ Usable alone::
 """
 
 from .config import InfluenceConfig, TARGET_FUNCTIONS, TRANSFER_MODES
-from .engine import design_masks, open_store, retrain_on_classes, run_subset_models
+from .curation import (
+    ORDERS,
+    SELECTION_RULES,
+    CurationPlan,
+    check_num_removed,
+    paired_comparison,
+    plan_curation,
+    select_classes,
+    summarize_curation,
+)
+from .engine import (
+    design_masks,
+    open_retrain_store,
+    open_store,
+    run_retraining,
+    run_subset_models,
+)
 from .estimators import (
     aggregate_influence,
     class_influence,
@@ -22,8 +38,9 @@ from .train import TransferData, train_subset_model
 
 __all__ = [
     "InfluenceConfig", "TARGET_FUNCTIONS", "design_masks", "TRANSFER_MODES", "open_store",
-    "run_subset_models", "retrain_on_classes", "aggregate_influence", "class_influence",
+    "run_subset_models", "open_retrain_store", "run_retraining", "aggregate_influence", "class_influence",
     "split_half_spearman", "top_k_classes", "ResultsStore", "StoreMismatchError",
     "check_design", "min_models", "sample_class_masks", "TransferData",
-    "train_subset_model",
+    "train_subset_model", "ORDERS", "SELECTION_RULES", "CurationPlan", "check_num_removed",
+    "paired_comparison", "plan_curation", "select_classes", "summarize_curation",
 ]

@@ -1,5 +1,7 @@
 """Runs the subset models that a results store still lacks."""
 
+import hashlib
+
 import numpy as np
 
 from .store import ResultsStore
@@ -21,11 +23,13 @@ def open_store(path, config, data, class_names=None, meta=None):
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
 
 
-def run_subset_models(config, data, store, on_model_done=None):
+def run_subset_models(config, data, store, on_model_done=None, model_indices=None):
     """Trains every model whose row is not complete, writing each as it ends.
 
     Args:
         on_model_done: optional ``callable(index, num_done, num_total)``
+        model_indices: optional ``(M,)`` model index (hence seed) of each row;
+            by default row ``i`` is model ``i``
 
     Returns:
         the indices trained in this call (finished rows are never retrained)
@@ -35,7 +39,8 @@ def run_subset_models(config, data, store, on_model_done=None):
     pending = store.pending()
     done = total - len(pending)
     for index in pending:
-        outputs = train_subset_model(config, index, masks[index], data)
+        model = index if model_indices is None else int(model_indices[index])
+        outputs = train_subset_model(config, model, masks[index], data)
         store.write(index, outputs)
         done += 1
         if on_model_done is not None:
@@ -48,13 +53,25 @@ def run_subset_models(config, data, store, on_model_done=None):
 RETRAIN_INDEX_BASE = 1_000_000
 
 
-def retrain_on_classes(config, data, mask, num_seeds):
-    """Trains ``num_seeds`` models on the classes in ``mask`` (same protocol).
+def open_retrain_store(path, config, data, masks, seeds, meta=None):
+    """A resumable store for retrained models, one row per ``(mask, seed)``.
 
-    Returns:
-        a ``(num_seeds, T)`` dict of outputs, as :func:`train_subset_model`;
-        seed ``s`` is the same for every mask, so two calls pair up by seed
+    Seed ``s`` trains as model ``RETRAIN_INDEX_BASE + s`` whatever its
+    mask, so rows that share a seed pair up (same initialisation and data
+    order, only the classes differ).
     """
-    rows = [train_subset_model(config, RETRAIN_INDEX_BASE + s, mask, data)
-            for s in range(num_seeds)]
-    return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+    masks = np.asarray(masks, dtype=bool)
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if masks.ndim != 2 or seeds.shape != (len(masks),):
+        raise ValueError(f"need (R, C) masks and (R,) seeds; got {masks.shape} and {seeds.shape}")
+    rows_hash = hashlib.sha256(masks.tobytes() + seeds.tobytes()).hexdigest()[:16]
+    config_hash = f"{config.fingerprint(data.fingerprint())}/retrain/{rows_hash}"
+    meta = dict(meta or {}, seeds=seeds.tolist())
+    return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
+
+
+def run_retraining(config, data, store, on_model_done=None):
+    """Trains the rows of a retrain store that are not complete (resumable)."""
+    seeds = np.asarray(store.spec["meta"]["seeds"], dtype=np.int64)
+    return run_subset_models(config, data, store, on_model_done,
+                             model_indices=RETRAIN_INDEX_BASE + seeds)

@@ -1,5 +1,7 @@
 """Thin FiftyOne operators: read the form, call the SDK, report progress, reload."""
 
 from .compute_class_influence import ComputeClassInfluence
+from .evaluate_curation import EvaluateCuration
+from .tag_classes import TagClasses
 
-OPERATORS = [ComputeClassInfluence]
+OPERATORS = [ComputeClassInfluence, TagClasses, EvaluateCuration]

@@ -4,6 +4,14 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 
 
+def block(inputs, name, message):
+    """Shows ``message`` as a warning and blocks the form with it as the reason."""
+    prop = inputs.view(name, types.Warning(label=message))
+    prop.invalid = True
+    prop.error_message = message
+    return prop
+
+
 def dataset_choice(inputs, ctx, name, label, description, default=None):
     """A dropdown of dataset names; returns the chosen name (or None)."""
     names = fo.list_datasets()
@@ -46,9 +54,7 @@ def run_key_input(inputs, ctx, default):
     try:
         validate_run_key(key)
     except TransferScopeError as e:
-        prop = inputs.str("run_key_error", label="Run key", view=types.Warning(label=str(e)))
-        prop.invalid = True
-        prop.error_message = str(e)
+        block(inputs, "run_key_error", str(e))
     inputs.bool("overwrite", default=False, label="Overwrite",
                 description="replace an existing run with this key")
     return key
@@ -66,3 +72,93 @@ def progress_reporter(ctx, what):
 def reload_if_immediate(ctx):
     if not ctx.delegated:
         ctx.trigger("reload_dataset")
+
+
+def influence_run_choice(inputs, ctx, pretraining_only=False):
+    """A dropdown of the class-influence runs on the current dataset.
+
+    Returns ``(run_key, config)``, or ``(None, None)`` (with the form marked
+    invalid) when the dataset has none.
+    """
+    dataset = ctx.dataset
+    keys = []
+    if dataset is not None:
+        for key in dataset.list_runs():
+            config = dataset.get_run_info(key).config
+            if getattr(config, "method", None) != "class_influence":
+                continue
+            if pretraining_only and config.pretrain_dataset != dataset.name:
+                continue
+            keys.append(key)
+    if not keys:
+        what = "as its pretraining dataset " if pretraining_only else ""
+        block(inputs, "no_runs", f"This dataset has no class-influence run {what}yet: "
+                                 f"run 'compute class influence' first")
+        return None, None
+    choices = types.DropdownView()
+    for k in keys:
+        choices.add_choice(k, label=k)
+    inputs.enum("run_key", keys, default=keys[-1], required=True, label="Influence run",
+                view=choices)
+    key = ctx.params.get("run_key") or keys[-1]
+    if key not in keys:
+        return None, None
+    return key, dataset.get_run_info(key).config
+
+
+def class_label(name, influence, lo, hi):
+    return f"{name}   {influence:+.4f}  [{lo:+.4f}, {hi:+.4f}]"
+
+
+def selection_rule_inputs(inputs, ctx, results, rules):
+    """Radio of selection rules and the argument each needs; returns SDK kwargs."""
+    labels = {
+        "tagged": "the classes tagged for removal",
+        "ci_below_zero": "classes whose 95% interval lies below zero",
+        "most_harmful": "the k most harmful classes",
+        "below_threshold": "classes with influence below a threshold",
+        "classes": "classes I pick",
+    }
+    radio = types.RadioGroup()
+    for r in rules:
+        radio.add_choice(r, label=labels[r])
+    inputs.enum("rule", radio.values(), default=rules[0], label="Choose classes", view=radio)
+    rule = ctx.params.get("rule") or rules[0]
+    if rule == "most_harmful":
+        inputs.int("k", default=min(5, len(results.classes) - 2), required=True,
+                   label="k", description=f"of {len(results.classes)} classes")
+        return {"rule": rule, "k": ctx.params.get("k")}
+    if rule == "below_threshold":
+        inputs.float("threshold", default=0.0, required=True, label="Influence threshold")
+        return {"rule": rule, "threshold": ctx.params.get("threshold")}
+    if rule == "classes":
+        order = results.class_influence.argsort(kind="stable")  # most harmful first
+        names = [results.classes[i] for i in order]
+        view = types.DropdownView(multiple=True)
+        for i in order:
+            view.add_choice(results.classes[i], label=class_label(
+                results.classes[i], results.class_influence[i],
+                results.class_ci_low[i], results.class_ci_high[i]))
+        inputs.list("classes", types.Enum(names), required=True, view=view,
+                    label="Classes (influence [95% CI], most harmful first)")
+        return {"rule": rule, "classes": ctx.params.get("classes")}
+    if rule == "tagged":
+        return {"rule": None}
+    return {"rule": rule}
+
+
+def selection_preview(inputs, results, kwargs):
+    """Shows which classes a rule selects, or blocks the form saying why not."""
+    from transferscope.curation import select_removed_classes
+    from transferscope.views import TransferScopeError
+
+    if kwargs.get("rule") is None:
+        return None
+    try:
+        chosen = select_removed_classes(results, **kwargs)
+    except TransferScopeError as e:
+        block(inputs, "selection_error", str(e))
+        return None
+    shown = ", ".join(chosen[:20]) + (" ..." if len(chosen) > 20 else "")
+    inputs.view("selection", types.Notice(label=f"{len(chosen)} class(es): {shown}"))
+    return chosen

@@ -66,8 +66,7 @@ class ComputeClassInfluence(foo.Operator):
                      description="fraction of pretraining classes each model sees, in (0, 1)")
         alpha = ctx.params.get("alpha", 0.5)
         if alpha is not None and not 0 < alpha < 1:
-            prop = inputs.view("alpha_error", types.Warning(label="alpha must lie in (0, 1)"))
-            prop.invalid = True
+            _forms.block(inputs, "alpha_error", "alpha must lie in (0, 1)")
         inputs.int("epochs", default=4, label="Pretraining epochs")
         inputs.str("arch", default="resnet_small", label="Architecture",
                    description="'resnet_small' or a torchvision model name (e.g. resnet18)")

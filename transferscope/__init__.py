@@ -4,13 +4,19 @@ The SDK (one function per job, used by the operators, the demo and the tests)::
 
     import transferscope as ts
     results = ts.compute_class_influence("glyphs", "digits", "influence")
+    ts.tag_classes("glyphs", "influence", rule="ci_below_zero")
+    summary = ts.evaluate_curation("digits", "influence", sweep_ks=[4, 8])
 
 The engine lives in :mod:`transferscope.compute` (no FiftyOne import).
 """
 
+from .curation import curation_of, evaluate_curation, tag_classes, untag_classes
 from .influence import compute_class_influence, field_names, runs_dir
 from .views import TransferScopeError
 
 __version__ = "0.1.0"
 
-__all__ = ["compute_class_influence", "field_names", "runs_dir", "TransferScopeError"]
+__all__ = [
+    "compute_class_influence", "field_names", "runs_dir", "TransferScopeError",
+    "tag_classes", "untag_classes", "evaluate_curation", "curation_of",
+]

@@ -13,13 +13,38 @@ def main(argv=None):
     demo.add_argument("--num-models", type=int, default=None)
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--seed", type=int, default=None)
+    cur = sub.add_parser("evaluate-curation",
+                         help="retrain on the full, curated and random sets; print and plot")
+    cur.add_argument("dataset", help="the run's target or pretraining dataset")
+    cur.add_argument("run_key", help="a class-influence run")
+    cur.add_argument("--rule", default=None,
+                     help="ci_below_zero, most_harmful, below_threshold (default: the "
+                          "tagged classes, else ci_below_zero)")
+    cur.add_argument("--k", type=int, default=None)
+    cur.add_argument("--threshold", type=float, default=None)
+    cur.add_argument("--seeds", type=int, default=8, help="models per arm")
+    cur.add_argument("--sweep", default="", help="comma-separated k values, e.g. 4,8,16")
+    cur.add_argument("--png", default=None, help="write the accuracy-vs-removed plot here")
+    plot = sub.add_parser("plot-curation", help="write a run's stored curation plot as PNG")
+    plot.add_argument("dataset")
+    plot.add_argument("run_key")
+    plot.add_argument("--out", required=True, help="PNG path")
     plug = sub.add_parser("install-plugin",
                           help="link this plugin into FiftyOne's plugins directory")
     plug.add_argument("--plugins-dir", default=None,
                       help="default: fiftyone.config.plugins_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .views import TransferScopeError
 
+    try:
+        return _dispatch(args)
+    except TransferScopeError as e:  # bad input: say what, no traceback
+        print(f"transferscope {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args):
     if args.command == "demo":
         from .demo import DEFAULTS, run_demo
 
@@ -27,6 +52,22 @@ def main(argv=None):
                                      ("epochs", args.epochs), ("seed", args.seed))
                   if v is not None}
         run_demo(**{**DEFAULTS, **kwargs})
+    elif args.command == "evaluate-curation":
+        from .curation import describe_curation, evaluate_curation
+        from .plots import save_curation_png
+
+        sweep = [int(k) for k in args.sweep.split(",") if k.strip()]
+        summary = evaluate_curation(args.dataset, args.run_key, rule=args.rule, k=args.k,
+                                    threshold=args.threshold, num_seeds=args.seeds,
+                                    sweep_ks=sweep)
+        print("\n".join(describe_curation(summary)))
+        if args.png:
+            print(f"plot: {save_curation_png(summary, args.png)}")
+    elif args.command == "plot-curation":
+        from .curation import curation_of
+        from .plots import save_curation_png
+
+        print(save_curation_png(curation_of(args.dataset, args.run_key), args.out))
     elif args.command == "install-plugin":
         print(install_plugin(args.plugins_dir))
     return 0

@@ -291,12 +291,7 @@ def estimate(store, target_function="prob"):
     """Influence matrix, class aggregates and reliability figures of a store."""
     from . import compute as tsc
 
-    if not store.is_complete():
-        raise TransferScopeError(
-            f"the results store at {store.path} is incomplete "
-            f"({int(store.completed.sum())}/{len(store.completed)} models); "
-            f"run compute_class_influence again to finish it"
-        )
+    check_store_complete(store)
     masks = store.masks
     outputs = store.outputs(target_function)
     est = tsc.class_influence(masks, outputs)
@@ -319,15 +314,24 @@ def estimate(store, target_function="prob"):
 def _train_with_progress(config, data, store, progress):
     from . import compute as tsc
 
-    total = config.num_models
+    run_with_progress(store, lambda done: tsc.run_subset_models(config, data, store, done),
+                      progress, "Training subset models")
+
+
+def run_with_progress(store, run, progress, start_msg):
+    """Runs ``run(on_model_done)`` over a store's pending rows with progress.
+
+    ``progress``: ``None``/``True`` for a progress bar (as FiftyOne's config
+    says), ``False`` for none, or ``callable(num_done, num_total)``.
+    """
+    total = len(store.completed)
     already = total - len(store.pending())
     callback = progress if callable(progress) else None
     # None defers to fo.config.show_progress_bars, as the docstring says
     bar_setting = False if callback is not None else progress
     if already:
         logger.info("Resuming: %d/%d models already trained", already, total)
-    with fou.ProgressBar(total=total, start_msg="Training subset models",
-                         progress=bar_setting) as bar:
+    with fou.ProgressBar(total=total, start_msg=start_msg, progress=bar_setting) as bar:
         bar.update(already)
 
         def on_model_done(index, done, total):
@@ -335,7 +339,7 @@ def _train_with_progress(config, data, store, progress):
             if callback is not None:
                 callback(done, total)
 
-        tsc.run_subset_models(config, data, store, on_model_done)
+        run(on_model_done)
 
 
 def _write_target_fields(test_view, run_key, test_ids, classes, infl,
@@ -405,3 +409,56 @@ def labelled_transfer_of(results):
         cfg.pretrain_label_field, cfg.target_label_field,
         cfg.train_split, cfg.test_split, cfg.split_by, cfg.split_field,
     )
+
+
+def load_influence_run(dataset, run_key, role="dataset"):
+    """``(root dataset, config)`` of a class-influence run on ``dataset``.
+
+    Raises naming the problem: unknown dataset, unknown run key, or a run
+    that is not a transferscope class-influence run.
+    """
+    tsv.validate_run_key(run_key)
+    root = tsv.load_dataset(dataset, role)._root_dataset
+    if run_key not in root.list_runs():
+        known = [k for k in root.list_runs()
+                 if getattr(root.get_run_info(k).config, "method", None) == "class_influence"]
+        raise TransferScopeError(
+            f"dataset {root.name!r} has no run {run_key!r}; its class-influence runs: {known}"
+        )
+    config = root.get_run_info(run_key).config
+    if getattr(config, "method", None) != "class_influence":
+        raise TransferScopeError(
+            f"run {run_key!r} on {root.name!r} is not a transferscope class-influence run"
+        )
+    return root, config
+
+
+def run_datasets(config):
+    """The ``(pretraining, target)`` root datasets a run was computed on."""
+    return (tsv.load_dataset(config.pretrain_dataset, "the run's pretraining dataset"),
+            tsv.load_dataset(config.target_dataset, "the run's target dataset"))
+
+
+def complete_store_of(results):
+    """The run's results store, refused when missing or incomplete."""
+    from . import compute as tsc
+
+    path = results.config.output_dir
+    try:
+        store = tsc.ResultsStore.load(path)
+    except FileNotFoundError:
+        raise TransferScopeError(
+            f"the results store of run {results.key!r} is missing ({path}); "
+            f"run compute_class_influence again with overwrite=True"
+        ) from None
+    check_store_complete(store)
+    return store
+
+
+def check_store_complete(store):
+    if not store.is_complete():
+        raise TransferScopeError(
+            f"the results store at {store.path} is incomplete "
+            f"({int(store.completed.sum())}/{len(store.completed)} models); run "
+            f"compute_class_influence again with the same arguments to finish it"
+        )

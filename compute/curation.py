@@ -1,0 +1,236 @@
+"""Curation: choose pretraining classes to remove, and prove the choice by retraining.
+
+The counterfactual of Jain et al. (CVPR 2023): retrain from scratch with the
+same protocol on the full pretraining set, on the curated set, and on the
+same number of randomly removed classes, several seeds each. Seed ``s`` is
+the same model seed in every arm, so arms compare in pairs (common random
+numbers: initialisation and data order match, only the classes differ).
+"""
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+from scipy import stats
+
+SELECTION_RULES = ("most_harmful", "below_threshold", "ci_below_zero", "classes")
+ORDERS = ("harmful_first", "helpful_first", "random")
+# the smallest pretraining set a curated set may leave
+MIN_REMAINING_CLASSES = 2
+
+
+def select_classes(class_names, class_influence, ci_high=None, rule="ci_below_zero",
+                   k=None, threshold=None, classes=None):
+    """Indices of the classes a rule selects for removal, most harmful first.
+
+    Rules:
+        ``"most_harmful"``: the ``k`` classes with the lowest aggregate influence
+        ``"below_threshold"``: every class with influence below ``threshold``
+        ``"ci_below_zero"``: every class whose confidence interval lies below 0
+            (its upper bound ``ci_high`` < 0)
+        ``"classes"``: the names in ``classes``
+
+    Raises:
+        ValueError: naming the problem, when the rule's argument is bad or
+        the rule selects nothing
+    """
+    names = list(class_names)
+    infl = np.asarray(class_influence, dtype=np.float64)
+    num = len(names)
+    if infl.shape != (num,):
+        raise ValueError(f"class_influence must have one value per class ({num}); "
+                         f"got shape {infl.shape}")
+    if rule == "most_harmful":
+        check_num_removed(k, num)
+        chosen = np.argsort(infl, kind="stable")[:k]
+    elif rule == "below_threshold":
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not np.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number; got {threshold!r}")
+        chosen = np.flatnonzero(infl < threshold)
+        if len(chosen) == 0:
+            raise ValueError(
+                f"no class has influence below {threshold:g} (the lowest is "
+                f"{names[int(np.argmin(infl))]!r} at {infl.min():+.4g}); nothing selected"
+            )
+    elif rule == "ci_below_zero":
+        if ci_high is None:
+            raise ValueError("rule 'ci_below_zero' needs the classes' ci_high")
+        chosen = np.flatnonzero(np.asarray(ci_high) < 0)
+        if len(chosen) == 0:
+            raise ValueError(
+                "no class's confidence interval lies below zero: no class is "
+                "harmful with confidence; nothing selected (try more models, or "
+                "rule 'most_harmful' with k)"
+            )
+    elif rule == "classes":
+        if isinstance(classes, str) or not classes:
+            raise ValueError(f"rule 'classes' needs a non-empty list of class names; "
+                             f"got {classes!r}")
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise ValueError(f"unknown pretraining class(es): {unknown}")
+        chosen = np.array(sorted({names.index(c) for c in classes}))
+    else:
+        raise ValueError(f"rule must be one of {SELECTION_RULES}; got {rule!r}")
+    if num - len(chosen) < MIN_REMAINING_CLASSES:
+        raise ValueError(
+            f"the rule selects {len(chosen)} of {num} classes; at least "
+            f"{MIN_REMAINING_CLASSES} must remain to pretrain on"
+        )
+    chosen = np.asarray(chosen, dtype=int)
+    return chosen[np.argsort(infl[chosen], kind="stable")].tolist()
+
+
+def check_num_removed(k, num_classes, name="k"):
+    largest = num_classes - MIN_REMAINING_CLASSES
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= largest:
+        raise ValueError(
+            f"{name} must be an integer from 1 to {largest} (the number of classes, "
+            f"{num_classes}, minus the {MIN_REMAINING_CLASSES} that must remain); got {k!r}"
+        )
+
+
+@dataclasses.dataclass
+class CurationPlan:
+    """The retraining runs of a counterfactual, deduplicated.
+
+    Attributes:
+        masks: ``(R, C)`` bool, the classes each retrained model sees
+        seeds: ``(R,)`` model seed index of each row
+        cells: ``[{"arm", "k", "rows"}]``; ``rows[s]`` is the row of seed ``s``.
+            Arms: ``"full"`` (k=0), ``"curated"``, and the orders
+            ``"harmful_first"``, ``"helpful_first"``, ``"random"``
+        removed: the curated set's class indices
+    """
+
+    masks: np.ndarray
+    seeds: np.ndarray
+    cells: list
+    removed: list
+
+    def fingerprint(self):
+        blob = json.dumps({"masks": np.packbits(self.masks).tolist(),
+                           "shape": list(self.masks.shape),
+                           "seeds": self.seeds.tolist()}).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def cell(self, arm, k):
+        for c in self.cells:
+            if c["arm"] == arm and c["k"] == k:
+                return c
+        raise KeyError((arm, k))
+
+
+def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0):
+    """Plans the counterfactual: full, curated and random (and an optional sweep).
+
+    The curated set removes ``removed``. The random baseline removes, for
+    each seed, its own random set of the same size. With ``sweep_ks`` each
+    ``k`` is also tried most-harmful-first, most-helpful-first and at random;
+    the most-helpful-first arm at the curated ``k`` is always included (the
+    paper's sanity check: removing helpful classes must hurt).
+    """
+    infl = np.asarray(class_influence, dtype=np.float64)
+    num = len(infl)
+    if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 2:
+        raise ValueError(f"num_seeds must be an integer >= 2 (for a paired interval); "
+                         f"got {num_seeds!r}")
+    removed = [int(c) for c in removed]
+    if not removed or len(set(removed)) != len(removed) or not all(0 <= c < num for c in removed):
+        raise ValueError(f"removed must be distinct class indices in [0, {num}); got {removed}")
+    check_num_removed(len(removed), num, "the number of removed classes")
+    ks = sorted({int(k) for k in (sweep_ks or ())})
+    for k in ks:
+        check_num_removed(k, num, "every sweep k")
+    k_cur = len(removed)
+
+    harmful_first = np.argsort(infl, kind="stable")
+    helpful_first = harmful_first[::-1]
+    rows, masks, seeds, cells = {}, [], [], []
+
+    def row_of(mask, s):
+        key = (mask.tobytes(), s)
+        if key not in rows:
+            rows[key] = len(masks)
+            masks.append(mask)
+            seeds.append(s)
+        return rows[key]
+
+    def add(arm, k, removed_for_seed):
+        idx = []
+        for s in range(num_seeds):
+            mask = np.ones(num, dtype=bool)
+            mask[removed_for_seed(s)] = False
+            idx.append(row_of(mask, s))
+        cells.append({"arm": arm, "k": int(k), "rows": idx})
+
+    def random_classes(k):
+        # its own stream per (k, seed): arms and sweeps that share k share draws
+        return lambda s: np.random.default_rng([seed, k, s]).choice(num, k, replace=False)
+
+    add("full", 0, lambda s: [])
+    add("curated", k_cur, lambda s: removed)
+    for k in sorted(set(ks) | {k_cur}):
+        add("harmful_first", k, lambda s, k=k: harmful_first[:k])
+        add("helpful_first", k, lambda s, k=k: helpful_first[:k])
+        add("random", k, random_classes(k))
+    return CurationPlan(np.array(masks), np.array(seeds), cells, removed)
+
+
+def _mean_ci(x, confidence=0.95):
+    x = np.asarray(x, dtype=np.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return mean, mean - float(half), mean + float(half)
+
+
+def paired_comparison(a, b, confidence=0.95):
+    """``a - b`` paired by seed: mean, CI, paired t-test p-value, wins."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = a - b
+    mean, lo, hi = _mean_ci(diff, confidence)
+    if np.allclose(diff, diff[0]):
+        p = 0.0 if diff[0] != 0 else 1.0  # no spread: the t statistic is undefined
+    else:
+        p = float(stats.ttest_rel(a, b).pvalue)
+    return {"diff": mean, "ci95": [lo, hi], "p_value": p,
+            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
+            "num_pairs": int(len(diff))}
+
+
+def summarize_curation(plan, accuracy, class_names=None):
+    """Accuracy per arm with 95% CIs, and the paired tests of the curated set.
+
+    Args:
+        plan: a :class:`CurationPlan`
+        accuracy: ``(R,)`` target test accuracy of each planned row
+
+    Returns:
+        a JSON-serialisable dict (stored in the run, drawn by the plots)
+    """
+    acc = np.asarray(accuracy, dtype=np.float64)
+    cells = []
+    for c in plan.cells:
+        per_seed = acc[c["rows"]]
+        mean, lo, hi = _mean_ci(per_seed)
+        cells.append({"arm": c["arm"], "k": c["k"], "accuracy": mean, "ci95": [lo, hi],
+                      "per_seed": per_seed.round(6).tolist()})
+    k_cur = len(plan.removed)
+    full = acc[plan.cell("full", 0)["rows"]]
+    curated = acc[plan.cell("curated", k_cur)["rows"]]
+    random_k = acc[plan.cell("random", k_cur)["rows"]]
+    helpful_k = acc[plan.cell("helpful_first", k_cur)["rows"]]
+    names = list(class_names) if class_names is not None else None
+    return {
+        "removed": [names[c] for c in plan.removed] if names else list(plan.removed),
+        "num_removed": k_cur,
+        "num_seeds": len(full),
+        "cells": cells,
+        "curated_vs_full": paired_comparison(curated, full),
+        "curated_vs_random": paired_comparison(curated, random_k),
+        "most_helpful_removed_vs_full": paired_comparison(helpful_k, full),
+    }

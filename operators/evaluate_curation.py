@@ -1,0 +1,91 @@
+"""Operator ``evaluate_curation``: retrain to prove a curation (the paper's counterfactual)."""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _forms
+
+RULES = ("ci_below_zero", "most_harmful", "below_threshold")
+
+
+class EvaluateCuration(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="evaluate_curation",
+            label="transferscope: evaluate a curation by retraining",
+            description=(
+                "Retrain on the full, curated and randomly curated pretraining "
+                "sets (several seeds each) and compare target accuracy"
+            ),
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key, config = _forms.influence_run_choice(inputs, ctx)
+        if key is None:
+            return types.Property(inputs, view=types.View(label="Evaluate a curation"))
+        results = ctx.dataset.load_run_results(key, cache=False)
+        pre = _pretraining_results(config, key)
+        tagged = getattr(pre, "curation_tags", None) if pre is not None else None
+        rules = (("tagged",) if tagged else ()) + RULES
+        kwargs = _forms.selection_rule_inputs(inputs, ctx, results, rules)
+        if kwargs["rule"] is None:
+            inputs.view("selection", types.Notice(
+                label=f"{len(tagged['classes'])} tagged class(es): {', '.join(tagged['classes'])}"))
+        else:
+            _forms.selection_preview(inputs, results, kwargs)
+
+        num_classes = len(results.classes)
+        inputs.int("num_seeds", default=8, required=True, label="Seeds per arm",
+                   description="models per arm (full, curated, random, helpful removed)")
+        if (ctx.params.get("num_seeds") or 8) < 2:
+            _forms.block(inputs, "seeds_error", "at least 2 seeds per arm")
+        inputs.bool("sweep", default=True, label="Sweep the number of classes removed",
+                    description="also k = step, 2*step, ... up to the maximum, in three orders")
+        if ctx.params.get("sweep", True):
+            inputs.int("sweep_max", default=min(16, num_classes - 2), label="Up to k =")
+            inputs.int("sweep_step", default=4, label="in steps of")
+        device = types.RadioGroup()
+        for d in ("auto", "cpu", "cuda"):
+            device.add_choice(d, label=d)
+        inputs.enum("device", device.values(), default="auto", label="Device", view=device)
+        return types.Property(inputs, view=types.View(label="Evaluate a curation"))
+
+    def execute(self, ctx):
+        from transferscope.curation import describe_curation, evaluate_curation
+        from transferscope.plots import curation_plotly
+
+        p = ctx.params
+        sweep_ks = None
+        if p.get("sweep", True):
+            step = max(1, int(p.get("sweep_step") or 4))
+            sweep_ks = list(range(step, int(p.get("sweep_max") or 0) + 1, step))
+        summary = evaluate_curation(
+            ctx.dataset, p["run_key"], rule=p.get("rule") if p.get("rule") != "tagged" else None,
+            k=p.get("k"), threshold=p.get("threshold"), num_seeds=p.get("num_seeds", 8),
+            sweep_ks=sweep_ks, device=p.get("device", "auto"),
+            progress=_forms.progress_reporter(ctx, "models retrained"),
+        )
+        traces, _ = curation_plotly(summary)
+        return {"report": describe_curation(summary), "accuracy_vs_removed": traces}
+
+    def resolve_output(self, ctx):
+        from transferscope.plots import CURATION_LAYOUT
+
+        outputs = types.Object()
+        outputs.list("report", types.String(), label="Counterfactual")
+        outputs.plot("accuracy_vs_removed", layout=CURATION_LAYOUT)
+        return types.Property(outputs, view=types.View(label="Curation evaluated"))
+
+
+def _pretraining_results(config, key):
+    import fiftyone as fo
+
+    if not fo.dataset_exists(config.pretrain_dataset):
+        return None
+    return fo.load_dataset(config.pretrain_dataset).load_run_results(key, cache=False)

@@ -1,0 +1,170 @@
+"""tag_classes / untag_classes / evaluate_curation: real database, real operators."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+import fiftyone.operators as foo
+
+import transferscope as ts
+from transferscope import TransferScopeError
+from transferscope.plots import curation_figure, save_curation_png
+
+from conftest import TINY_KWARGS
+
+PLUGIN = "@transferscope/transferscope"
+
+
+@pytest.fixture()
+def influence_run(tiny_datasets, tmp_path):
+    pre, tgt = tiny_datasets
+    results = ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "store"),
+                                         progress=False, **TINY_KWARGS)
+    return pre, tgt, results
+
+
+def _snapshot(ds):
+    return (sorted(map(tuple, map(sorted, ds.values("tags")))), ds.list_saved_views(),
+            getattr(ds.load_run_results("infl", cache=False), "curation_tags", None))
+
+
+def test_tag_view_and_undo_leave_other_tags_alone(influence_run):
+    pre, tgt, results = influence_run
+    worst = [results.classes[i] for i in np.argsort(results.class_influence, kind="stable")[:2]]
+    # samples tagged before: one already 'remove' in a chosen class, one 'keepme'
+    chosen_ids = pre.match(fo.ViewField("ground_truth.label") == worst[1]).values("id")
+    pre.select(chosen_ids[0]).tag_samples("remove")
+    pre.select(chosen_ids[1]).tag_samples("keepme")
+
+    record = ts.tag_classes(pre, "infl", rule="most_harmful", k=2)
+    assert record["classes"] == worst and record["num_samples"] == 20
+    assert len(record["tagged_ids"]) == 19  # the pre-tagged sample is not claimed
+    assert pre.match_tags("remove").count() == 20
+    view = pre.load_saved_view("infl_curated")
+    assert len(view) == 40 and not set(view.distinct("ground_truth.label")) & set(worst)
+    stored = pre.load_run_results("infl", cache=False).curation_tags
+    assert stored["classes"] == worst and stored["rule"] == "most_harmful"
+
+    # tagging again replaces the previous choice
+    ts.tag_classes(pre, "infl", rule="classes", classes=[worst[0]])
+    assert pre.match_tags("remove").count() == 11  # 10 of the class + the pre-tagged one
+    assert set(pre.match_tags("remove").distinct("ground_truth.label")) == set(worst)
+
+    ts.untag_classes(pre, "infl")
+    assert pre.match_tags("remove").values("id") == [chosen_ids[0]]  # tagged before: kept
+    assert pre.match_tags("keepme").values("id") == [chosen_ids[1]]
+    assert not pre.has_saved_view("infl_curated")
+    with pytest.raises(TransferScopeError, match="no tagged classes to undo"):
+        ts.untag_classes(pre, "infl")
+
+
+def test_bad_tagging_input_changes_nothing(influence_run):
+    pre, tgt, results = influence_run
+    before = _snapshot(pre)
+    cases = [
+        (dict(run_key="nope"), "has no run 'nope'"),
+        (dict(rule="most_harmful", k=0), "k must be an integer from 1 to 4"),
+        (dict(rule="most_harmful", k=7), "k must be an integer from 1 to 4"),
+        (dict(rule="below_threshold", threshold=-10.0), "no class has influence below"),
+        (dict(rule="classes", classes=["nope"]), "unknown pretraining class"),
+        (dict(tag=" "), "tag must be a non-empty string"),
+    ]
+    for kw, message in cases:
+        kw = {"run_key": "infl", "rule": "most_harmful", "k": 1, **kw}
+        with pytest.raises(TransferScopeError, match=message):
+            ts.tag_classes(pre, **kw)
+        assert _snapshot(pre) == before
+    with pytest.raises(TransferScopeError, match="is not the pretraining dataset of run"):
+        ts.tag_classes(tgt, "infl", rule="most_harmful", k=1)
+    assert tgt.count_sample_tags().keys() == {"train", "test"}
+    pre.save_view("taken", pre.limit(3))
+    with pytest.raises(TransferScopeError, match="did not create"):
+        ts.tag_classes(pre, "infl", rule="most_harmful", k=1, view_name="taken")
+    assert "remove" not in pre.count_sample_tags()
+
+
+def test_counterfactual_end_to_end_is_stored_and_plotted(influence_run, tmp_path):
+    pre, tgt, results = influence_run
+    ts.tag_classes(pre, "infl", rule="most_harmful", k=1)
+    calls = []
+    summary = ts.evaluate_curation(tgt, "infl", num_seeds=2, sweep_ks=[2],
+                                   progress=lambda d, t: calls.append((d, t)))
+    # full, curated (= the most harmful), random and helpful at k=1, k=2 x 3 orders:
+    # 14 (mask, seed) rows at most, fewer where a random draw repeats another row
+    done, total = calls[-1]
+    assert done == total and 10 <= total <= 14
+    assert summary["removed"] == [results.classes[int(np.argmin(results.class_influence))]]
+    assert summary["rule"] == "tagged (most_harmful)"
+    arms = {(c["arm"], c["k"]) for c in summary["cells"]}
+    assert {("full", 0), ("curated", 1), ("random", 1), ("helpful_first", 2)} <= arms
+    for c in summary["cells"]:
+        assert len(c["per_seed"]) == 2 and 0 <= c["accuracy"] <= 1
+    for name in ("curated_vs_full", "curated_vs_random", "most_helpful_removed_vs_full"):
+        assert summary[name]["num_pairs"] == 2
+    # stored in the run on both datasets
+    for ds in (pre, tgt):
+        assert ts.curation_of(ds, "infl")["cells"] == summary["cells"]
+
+    # a second call finds every model done: same numbers, nothing retrained
+    calls.clear()
+    again = ts.evaluate_curation(pre, "infl", num_seeds=2, sweep_ks=[2],
+                                 progress=lambda d, t: calls.append((d, t)))
+    assert calls == [] and again["cells"] == summary["cells"]
+
+    fig = curation_figure(summary)
+    assert {t.name for t in fig.data} >= {"most harmful removed first", "random classes removed"}
+    png = save_curation_png(summary, str(tmp_path / "curation.png"))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    exe = os.path.join(os.path.dirname(sys.executable), "transferscope")
+    out = str(tmp_path / "cli.png")
+    proc = subprocess.run([exe, "plot-curation", tgt.name, "infl", "--out", out],
+                          capture_output=True, text=True, timeout=120, env=os.environ)
+    assert proc.returncode == 0 and os.path.getsize(out) > 1000, proc.stderr
+
+
+def test_evaluation_refuses_an_incomplete_store(influence_run):
+    pre, tgt, results = influence_run
+    completed = np.load(os.path.join(results.config.output_dir, "completed.npy"), mmap_mode="r+")
+    completed[1] = False
+    completed.flush()
+    with pytest.raises(TransferScopeError, match=r"incomplete \(3/4 models\)"):
+        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, num_seeds=2)
+    with pytest.raises(TransferScopeError, match="has no curation evaluation"):
+        ts.curation_of(tgt, "infl")
+    with pytest.raises(TransferScopeError, match="has no run 'other'"):
+        ts.evaluate_curation(tgt, "other", num_seeds=2)
+
+
+def test_operators_tag_view_undo_and_evaluate(influence_run):
+    pre, tgt, results = influence_run
+    worst = results.ranking()[-1][0]
+    tag = foo.execute_operator(f"{PLUGIN}/tag_classes", ctx=dict(dataset=pre, params=dict(
+        run_key="infl", action="tag", rule="classes", classes=[worst], tag="remove",
+        view_name="curated")))
+    assert tag.error is None, tag.error
+    assert tag.result["classes"] == [worst] and tag.result["num_samples"] == 10
+    assert set(pre.load_saved_view("curated").distinct("ground_truth.label")) == (
+        set(results.classes) - {worst})
+
+    ev = foo.execute_operator(f"{PLUGIN}/evaluate_curation", ctx=dict(dataset=tgt, params=dict(
+        run_key="infl", rule="tagged", num_seeds=2, sweep=False, device="cpu")))
+    assert ev.error is None, ev.error
+    assert any("curated - full" in line for line in ev.result["report"])
+    assert {t["name"] for t in ev.result["accuracy_vs_removed"]} >= {"random classes removed"}
+
+    undo = foo.execute_operator(f"{PLUGIN}/tag_classes", ctx=dict(dataset=pre, params=dict(
+        run_key="infl", action="undo")))
+    assert undo.error is None, undo.error
+    assert "remove" not in pre.count_sample_tags() and not pre.has_saved_view("curated")
+
+    # the form refuses a rule that selects nothing, before anything runs
+    with pytest.raises(Exception, match="no class has influence below"):
+        foo.execute_operator(f"{PLUGIN}/tag_classes", ctx=dict(dataset=pre, params=dict(
+            run_key="infl", action="tag", rule="below_threshold", threshold=-5.0)))
+    assert "remove" not in pre.count_sample_tags()

@@ -1,0 +1,282 @@
+"""Curation: tag the pretraining classes that hurt, and prove it by retraining.
+
+``tag_classes`` / ``untag_classes`` act on the pretraining dataset of a
+class-influence run; ``evaluate_curation`` retrains on the full, curated and
+randomly curated sets (the counterfactual of Jain et al., CVPR 2023) and
+stores the result in the run.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+import fiftyone as fo
+
+from . import views as tsv
+from .influence import (
+    complete_store_of,
+    influence_config_of,
+    labelled_transfer_of,
+    load_influence_run,
+    run_datasets,
+    run_with_progress,
+)
+from .views import TransferScopeError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TAG = "remove"
+DEFAULT_RULE = "ci_below_zero"
+
+
+def curated_view_name(run_key):
+    return f"{run_key}_curated"
+
+
+def select_removed_classes(results, rule=DEFAULT_RULE, k=None, threshold=None, classes=None):
+    """The class names a rule selects from a run, most harmful first."""
+    from . import compute as tsc
+
+    try:
+        idx = tsc.select_classes(results.classes, results.class_influence,
+                                 results.class_ci_high, rule=rule, k=k,
+                                 threshold=threshold, classes=classes)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    return [results.classes[i] for i in idx]
+
+
+def _pretraining_run(dataset, run_key):
+    """The run's pretraining dataset and results; refuses its target dataset."""
+    root, config = load_influence_run(dataset, run_key)
+    if config.pretrain_dataset != root.name:
+        raise TransferScopeError(
+            f"{root.name!r} is not the pretraining dataset of run {run_key!r} "
+            f"(that is {config.pretrain_dataset!r}); tag classes there"
+        )
+    return root, root.load_run_results(run_key, cache=False)
+
+
+def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=None,
+                classes=None, tag=DEFAULT_TAG, view_name=None):
+    """Tags the pretraining samples of the classes a rule selects for removal.
+
+    Chooses classes from the class-influence run ``run_key`` by ``rule``
+    (see :func:`transferscope.compute.select_classes`: ``"most_harmful"``
+    with ``k``, ``"below_threshold"`` with ``threshold``, ``"ci_below_zero"``
+    or ``"classes"`` with a list of names), adds ``tag`` to their samples,
+    saves the view of the pretraining dataset without ``tag``-ged samples as
+    ``view_name`` (default ``<run_key>_curated``) and records the choice in
+    the run. Tagging again replaces the previous choice;
+    :func:`untag_classes` undoes it. Bad input raises before anything changes.
+
+    Returns:
+        the record stored in the run (a dict)
+    """
+    dataset, results = _pretraining_run(pretrain_dataset, run_key)
+    if not isinstance(tag, str) or not tag.strip() or tag != tag.strip():
+        raise TransferScopeError(f"tag must be a non-empty string without surrounding "
+                                 f"spaces; got {tag!r}")
+    view_name = curated_view_name(run_key) if view_name is None else view_name
+    if not isinstance(view_name, str) or not view_name.strip():
+        raise TransferScopeError(f"view_name must be a non-empty string; got {view_name!r}")
+    previous = getattr(results, "curation_tags", None)
+    ours = previous["view_name"] if previous else None
+    if dataset.has_saved_view(view_name) and view_name != ours:
+        raise TransferScopeError(
+            f"{dataset.name!r} already has a saved view {view_name!r} that this run did "
+            f"not create; choose another view_name"
+        )
+    removed = select_removed_classes(results, rule, k, threshold, classes)
+
+    if previous:
+        _undo_tags(dataset, previous)
+    label_path = f"{results.config.pretrain_label_field}.label"
+    in_classes = dataset.match(fo.ViewField(label_path).is_in(removed))
+    ids, tags = in_classes.values(["id", "tags"])
+    newly_tagged = [i for i, t in zip(ids, tags) if tag not in (t or [])]
+    index = {c: i for i, c in enumerate(results.classes)}
+    record = {
+        "rule": rule, "k": k, "threshold": threshold, "tag": tag, "view_name": view_name,
+        "classes": removed,
+        "influence": [float(results.class_influence[index[c]]) for c in removed],
+        "ci95": [[float(results.class_ci_low[index[c]]), float(results.class_ci_high[index[c]])]
+                 for c in removed],
+        "num_samples": len(ids),
+        "tagged_ids": newly_tagged,  # only these are untagged on undo
+    }
+    try:
+        dataset.select(newly_tagged).tag_samples(tag)
+        dataset.save_view(view_name, dataset.match_tags(tag, bool=False), overwrite=True,
+                          description=f"{dataset.name} without the samples tagged {tag!r} "
+                                      f"(classes chosen from run {run_key!r})")
+        _save_record(dataset, run_key, results, "curation_tags", record)
+    except BaseException:
+        _undo_tags(dataset, record)
+        if previous:  # put the earlier choice back as it was
+            _redo_tags(dataset, previous)
+        raise
+    return record
+
+
+def untag_classes(pretrain_dataset, run_key):
+    """Undoes :func:`tag_classes`: removes the tag from the samples it tagged
+    (other tags, and samples tagged before, are left alone) and deletes the
+    saved view it created."""
+    dataset, results = _pretraining_run(pretrain_dataset, run_key)
+    record = getattr(results, "curation_tags", None)
+    if not record:
+        raise TransferScopeError(
+            f"run {run_key!r} on {dataset.name!r} has no tagged classes to undo; nothing changed"
+        )
+    _undo_tags(dataset, record)
+    _save_record(dataset, run_key, results, "curation_tags", None)
+    return record
+
+
+def _undo_tags(dataset, record):
+    dataset.select(record["tagged_ids"]).untag_samples(record["tag"])
+    if dataset.has_saved_view(record["view_name"]):
+        dataset.delete_saved_view(record["view_name"])
+
+
+def _redo_tags(dataset, record):
+    dataset.select(record["tagged_ids"]).tag_samples(record["tag"])
+    dataset.save_view(record["view_name"], dataset.match_tags(record["tag"], bool=False),
+                      overwrite=True)
+
+
+def _save_record(dataset, run_key, results, name, value):
+    setattr(results, name, value)
+    dataset.save_run_results(run_key, results, overwrite=True, cache=False)
+
+
+def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, classes=None,
+                      num_seeds=8, sweep_ks=None, seed=0, device=None, progress=None):
+    """Proves (or refutes) a curation by retraining: the paper's counterfactual.
+
+    Retrains from scratch, with the run's own protocol (architecture, epochs,
+    transfer), ``num_seeds`` models on each of: the full pretraining set; the
+    curated set; the same number of classes removed at random (a new draw per
+    seed); and the most helpful classes removed. Seed ``s`` is shared by all
+    arms, so arms compare in pairs. With ``sweep_ks`` (e.g. ``[4, 8, 12]``)
+    each ``k`` is also tried most-harmful-first, most-helpful-first and at
+    random, for the accuracy-vs-classes-removed plot.
+
+    The curated set is chosen by ``rule`` (as :func:`tag_classes`); by
+    default, the classes last tagged with :func:`tag_classes`, else the
+    classes whose interval lies below zero.
+
+    Models go to a resumable store under the run's output directory; calling
+    again after a crash trains only the unfinished ones. The summary is
+    stored in the run (``results.curation`` on both datasets).
+
+    Args:
+        dataset: the run's target or pretraining dataset (or its name)
+        run_key: a class-influence run
+        num_seeds: models per arm (>= 2)
+        sweep_ks: optional numbers of classes to remove for the sweep
+        seed: seed of the random-removal draws
+        device: override the run's device (``"cpu"``, ``"cuda"``, ``"auto"``)
+        progress: as :func:`transferscope.compute_class_influence`
+
+    Returns:
+        the summary dict (accuracy per arm with 95% CIs, paired tests)
+    """
+    from . import compute as tsc
+
+    root, config = load_influence_run(dataset, run_key)
+    pretrain, target = run_datasets(config)
+    results = target.load_run_results(run_key, cache=False)
+    pre_results = pretrain.load_run_results(run_key, cache=False)
+    complete_store_of(results)
+
+    rule_label = rule
+    if rule is None:
+        tagged = getattr(pre_results, "curation_tags", None)
+        if tagged:
+            rule, classes = "classes", tagged["classes"]
+            rule_label = f"tagged ({tagged['rule']})"
+        else:
+            rule = rule_label = DEFAULT_RULE
+    removed = select_removed_classes(results, rule, k, threshold, classes)
+    index = {c: i for i, c in enumerate(results.classes)}
+    try:
+        plan = tsc.plan_curation(results.class_influence, [index[c] for c in removed],
+                                 num_seeds, sweep_ks or (), seed)
+        train_config = influence_config_of(results)
+        if device is not None:
+            train_config = tsc.InfluenceConfig.from_dict(
+                {**train_config.to_dict(), "device": device})
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+
+    labelled = labelled_transfer_of(results)
+    if (labelled.classes != list(results.classes)
+            or labelled.target_classes != list(results.target_classes)
+            or [str(i) for i in labelled.test_ids] != list(results.target_ids)):
+        raise TransferScopeError(
+            f"the datasets of run {run_key!r} changed since it was computed (classes or "
+            f"test samples differ); compute the run again before evaluating a curation"
+        )
+    data = labelled.decode(train_config.image_size, train_config.channels)
+    path = os.path.join(results.config.output_dir, "curation", plan.fingerprint())
+    store = tsc.open_retrain_store(path, train_config, data, plan.masks, plan.seeds,
+                                   meta={"classes": list(results.classes)})
+    run_with_progress(store, lambda done: tsc.run_retraining(train_config, data, store, done),
+                      progress, "Retraining for the curation counterfactual")
+
+    accuracy = store.outputs("correct").mean(axis=1)
+    summary = tsc.summarize_curation(plan, accuracy, results.classes)
+    summary.update(rule=rule_label, k=k, threshold=threshold, seed=seed, store=path,
+                   target_dataset=target.name, pretrain_dataset=pretrain.name)
+    _save_record(target, run_key, results, "curation", summary)
+    _save_record(pretrain, run_key, pre_results, "curation", summary)
+    return summary
+
+
+def curation_of(dataset, run_key):
+    """The stored summary of :func:`evaluate_curation` for a run."""
+    root, _ = load_influence_run(dataset, run_key)
+    summary = getattr(root.load_run_results(run_key, cache=False), "curation", None)
+    if not summary:
+        raise TransferScopeError(
+            f"run {run_key!r} on {root.name!r} has no curation evaluation; "
+            f"run evaluate_curation first"
+        )
+    return summary
+
+
+def describe_curation(summary):
+    """Lines of text that report a curation summary honestly."""
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    def ci(c):
+        return f"[{100 * c[0]:+.1f}, {100 * c[1]:+.1f}] points"
+
+    cells = {(c["arm"], c["k"]): c for c in summary["cells"]}
+    k = summary["num_removed"]
+    full, cur = cells[("full", 0)], cells[("curated", k)]
+    rnd, helpful = cells[("random", k)], cells[("helpful_first", k)]
+    lines = [
+        f"Curated set: {k} class(es) removed by rule {summary['rule']!r}: "
+        f"{', '.join(summary['removed'])}",
+        f"Target accuracy over {summary['num_seeds']} seeds (mean, 95% CI):",
+        f"  full pretraining set        {pct(full['accuracy'])}  "
+        f"[{pct(full['ci95'][0])}, {pct(full['ci95'][1])}]",
+        f"  curated ({k} removed)        {pct(cur['accuracy'])}  "
+        f"[{pct(cur['ci95'][0])}, {pct(cur['ci95'][1])}]",
+        f"  {k} random classes removed   {pct(rnd['accuracy'])}  "
+        f"[{pct(rnd['ci95'][0])}, {pct(rnd['ci95'][1])}]",
+        f"  {k} most helpful removed     {pct(helpful['accuracy'])}  "
+        f"[{pct(helpful['ci95'][0])}, {pct(helpful['ci95'][1])}]",
+    ]
+    for name, label in (("curated_vs_full", "curated - full"),
+                        ("curated_vs_random", "curated - random"),
+                        ("most_helpful_removed_vs_full", "helpful removed - full")):
+        t = summary[name]
+        lines.append(f"  {label:<24s} {100 * t['diff']:+.1f} points, 95% CI {ci(t['ci95'])}, "
+                     f"paired t p={t['p_value']:.2g}, better in {t['wins']}/{t['num_pairs']} seeds")
+    return lines
