@@ -225,6 +225,9 @@ def summarize_curation(plan, accuracy, class_names=None):
     random_k = acc[plan.cell("random", k_cur)["rows"]]
     helpful_k = acc[plan.cell("helpful_first", k_cur)["rows"]]
     names = list(class_names) if class_names is not None else None
+    # every order at every k against the full set, paired by seed
+    vs_full = [{"arm": c["arm"], "k": c["k"], **paired_comparison(acc[c["rows"]], full)}
+               for c in plan.cells if c["arm"] in ORDERS]
     return {
         "removed": [names[c] for c in plan.removed] if names else list(plan.removed),
         "num_removed": k_cur,
@@ -233,4 +236,5 @@ def summarize_curation(plan, accuracy, class_names=None):
         "curated_vs_full": paired_comparison(curated, full),
         "curated_vs_random": paired_comparison(curated, random_k),
         "most_helpful_removed_vs_full": paired_comparison(helpful_k, full),
+        "vs_full": vs_full,
     }

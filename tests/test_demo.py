@@ -1,5 +1,7 @@
 """The demo end to end: datasets built once, planted truth recovered."""
 
+import os
+
 import pytest
 
 import fiftyone as fo
@@ -36,9 +38,18 @@ def test_demo_recovers_the_planted_truth():
     # the planted harmful class ranks among the most negative, its CI below zero
     assert report["harmful_rank_from_most_negative"] <= 3
     assert report["harmful_ci95"][1] < 0
-    # retraining without it does better than with it
-    assert (report["counterfactual_accuracy_without_harmful"]
-            > report["counterfactual_accuracy_all_classes"])
+    # curation: the rule removes it, and retraining proves the gain against the
+    # full set and against as many random classes; removing helpful classes hurts
+    cur = report["curation"]
+    assert cur["harmful_class_removed"]
+    assert cur["curated_vs_full"]["diff"] > 0 and cur["curated_vs_full"]["ci95"][0] > 0
+    assert cur["curated_vs_random"]["diff"] > 0
+    # removing the most helpful classes lowers accuracy (measured: not at k=4,
+    # clearly at k=8, the interval below zero)
+    helpful = cur["helpful_first_vs_full_by_k"]
+    assert helpful[8]["diff"] < 0 and helpful[8]["ci95"][1] < 0
+    assert os.path.getsize(os.path.join(demo.data_dir(), "curation.png")) > 1000
+    assert "demo_influence_curated" in fo.load_dataset(pre.name).list_saved_views()
     # the leak shows as influence concentrated on the copied test samples
     conc = report["leak_concentration_by_target_function"]
     assert all(conc[fn]["gap"] > 0 for fn in ("prob", "margin", "correct"))

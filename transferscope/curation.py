@@ -279,4 +279,15 @@ def describe_curation(summary):
         t = summary[name]
         lines.append(f"  {label:<24s} {100 * t['diff']:+.1f} points, 95% CI {ci(t['ci95'])}, "
                      f"paired t p={t['p_value']:.2g}, better in {t['wins']}/{t['num_pairs']} seeds")
+    ks = sorted({row["k"] for row in summary.get("vs_full", [])})
+    if len(ks) > 1:
+        by = {(row["arm"], row["k"]): row for row in summary["vs_full"]}
+        lines.append("Sweep, accuracy change against the full set (points, paired 95% CI):")
+        lines.append(f"  {'k':>4s}  {'most harmful first':>22s}  {'most helpful first':>22s}  "
+                     f"{'random':>22s}")
+        for kk in ks:
+            cols = [f"{100 * by[(o, kk)]['diff']:+5.1f} [{100 * by[(o, kk)]['ci95'][0]:+5.1f}, "
+                    f"{100 * by[(o, kk)]['ci95'][1]:+5.1f}]" for o in
+                    ("harmful_first", "helpful_first", "random")]
+            lines.append(f"  {kk:>4d}  " + "  ".join(f"{c:>22s}" for c in cols))
     return lines

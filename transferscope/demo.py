@@ -13,12 +13,13 @@ import shutil
 
 import numpy as np
 from PIL import Image
-from scipy import stats
 
 import fiftyone as fo
 
 from . import demo_data
-from .influence import compute_class_influence, influence_config_of, labelled_transfer_of
+from .curation import describe_curation, evaluate_curation, tag_classes
+from .influence import compute_class_influence
+from .plots import save_curation_png
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ RUN_KEY = "demo_influence"
 DEMO_VERSION = 5
 
 DEFAULTS = dict(num_models=128, epochs=4, alpha=0.5, seed=0)
+# the curation counterfactual: models per arm, and the sweep of classes removed
+CURATION = dict(num_seeds=10, sweep_ks=[4, 8, 16])
 
 
 def data_dir():
@@ -108,12 +111,8 @@ def _is_current(target_name, pretrain_name, spec):
     return True
 
 
-def planted_report(results, target, num_seeds=16):
-    """What the run found, checked against the planted truth.
-
-    Retrains ``num_seeds`` models on all classes and on all but the planted
-    harmful class (same seeds) to confirm the harm by counterfactual.
-    """
+def planted_report(results, target, curation=None):
+    """What the run (and its curation, if evaluated) found, against the planted truth."""
     from . import compute as tsc
 
     planted = target.info["planted"]
@@ -149,26 +148,11 @@ def planted_report(results, target, num_seeds=16):
         rows = np.flatnonzero(labels == d)
         own_glyph[d] = float(np.isin(top3[rows], classes.index(d)).any(axis=1).mean())
 
-    # counterfactual: all classes vs all but the harmful class, paired by seed
-    config = influence_config_of(results)
-    data = labelled_transfer_of(results).decode(config.image_size, config.channels)
-    everything = np.ones(len(classes), dtype=bool)
-    without = everything.copy()
-    without[harm] = False
-    acc_all = tsc.retrain_on_classes(config, data, everything, num_seeds)["correct"].mean(axis=1)
-    acc_wo = tsc.retrain_on_classes(config, data, without, num_seeds)["correct"].mean(axis=1)
-    diff = acc_wo - acc_all
-    half = stats.t.ppf(0.975, num_seeds - 1) * diff.std(ddof=1) / np.sqrt(num_seeds)
-
-    return {
+    report = {
         "harmful_class": planted["harmful_class"],
         "harmful_rank_from_most_negative": int(order.index(harm)) + 1,
         "harmful_influence": float(infl[harm]),
         "harmful_ci95": [float(results.class_ci_low[harm]), float(results.class_ci_high[harm])],
-        "counterfactual_accuracy_all_classes": float(acc_all.mean()),
-        "counterfactual_accuracy_without_harmful": float(acc_wo.mean()),
-        "counterfactual_gain_ci95": [float(diff.mean() - half), float(diff.mean() + half)],
-        "counterfactual_seeds": num_seeds,
         "leak_class": planted["leak_class"],
         "leak_num_copied_tests": int(len(copied)),
         "leak_influence_on_copied_tests": float(matrix[leak, copied].mean()),
@@ -185,11 +169,33 @@ def planted_report(results, target, num_seeds=16):
         "mean_test_accuracy_of_subset_models": results.metrics["mean_test_accuracy"],
         "num_models": results.metrics["num_models"],
     }
+    if curation is not None:
+        cells = {(c["arm"], c["k"]): c for c in curation["cells"]}
+        k = curation["num_removed"]
+        report["curation"] = {
+            "rule": curation["rule"],
+            "removed": curation["removed"],
+            "harmful_class_removed": planted["harmful_class"] in curation["removed"],
+            "num_seeds": curation["num_seeds"],
+            **{f"accuracy_{arm}": cells[(arm, kk)]["accuracy"] for arm, kk in (
+                ("full", 0), ("curated", k), ("random", k), ("helpful_first", k))},
+            **{name: {key: curation[name][key] for key in ("diff", "ci95", "p_value", "wins")}
+               for name in ("curated_vs_full", "curated_vs_random",
+                            "most_helpful_removed_vs_full")},
+            "helpful_first_vs_full_by_k": {
+                row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
+                for row in curation["vs_full"] if row["arm"] == "helpful_first"},
+        }
+    return report
 
 
 def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
-             alpha=DEFAULTS["alpha"], seed=DEFAULTS["seed"], overwrite=True, out=print):
-    """Builds the demo (if needed), computes influence, prints the findings."""
+             alpha=DEFAULTS["alpha"], seed=DEFAULTS["seed"], overwrite=True,
+             curation_seeds=CURATION["num_seeds"], sweep_ks=CURATION["sweep_ks"], out=print):
+    """Builds the demo (if needed), computes influence, curates, prints the findings.
+
+    With ``curation_seeds=0`` the curation step is skipped.
+    """
     pretrain, target = load_or_build_demo()
     out(f"Target:      {target.name}: {len(target)} digit scans "
         f"({len(target.match_tags('train'))} train, {len(target.match_tags('test'))} test)")
@@ -206,10 +212,23 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
     out("Most harmful pretraining classes:")
     for c, v, lo, hi in ranking[::-1][:8]:
         out(f"  {c:>12s} {v:+.4f}  [{lo:+.4f}, {hi:+.4f}]")
-    report = planted_report(results, target)
+    summary = None
+    if curation_seeds:
+        record = tag_classes(pretrain, RUN_KEY, rule="ci_below_zero")
+        out(f"\nTagged {len(record['classes'])} class(es) whose interval lies below zero "
+            f"({', '.join(record['classes'])}): {record['num_samples']} pretraining samples "
+            f"tagged {record['tag']!r}; saved view {record['view_name']!r}")
+        out("Retraining to check the curation (full / curated / random / helpful removed, "
+            f"{curation_seeds} seeds each, sweep k={sweep_ks}) ...")
+        summary = evaluate_curation(target, RUN_KEY, num_seeds=curation_seeds,
+                                    sweep_ks=sweep_ks)
+        out("\n".join(describe_curation(summary)))
+        png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
+        out(f"Plot: {png}")
+    report = planted_report(results, target, summary)
     out("\nAgainst the planted truth:")
     out(json.dumps(report, indent=2))
     out(f"\nOpen the App to explore: fiftyone app launch {target.name}  "
         f"(fields {RUN_KEY}_helpful / _harmful / _accuracy; on {pretrain.name}: "
-        f"{RUN_KEY}_influence)")
+        f"{RUN_KEY}_influence, tag 'remove', saved view {RUN_KEY}_curated)")
     return results, report

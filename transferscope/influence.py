@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import shutil
 
 import numpy as np
 
@@ -383,6 +384,8 @@ def _clear_store(path):
     for name in os.listdir(path):
         if name.endswith((".npy", ".json", ".tmp")):
             os.remove(os.path.join(path, name))
+    # retrained models (curation) were for the old run's ranking and data
+    shutil.rmtree(os.path.join(path, "curation"), ignore_errors=True)
 
 
 def _describe(split):
