@@ -61,6 +61,13 @@ def test_tag_view_and_undo_leave_other_tags_alone(influence_run):
     with pytest.raises(TransferScopeError, match="no tagged classes to undo"):
         ts.untag_classes(pre, "infl")
 
+    # deleting the run also removes the tags and the view it added
+    ts.tag_classes(pre, "infl", rule="most_harmful", k=2)
+    assert pre.match_tags("remove").count() == 20 and pre.has_saved_view("infl_curated")
+    pre.delete_run("infl")
+    assert pre.match_tags("remove").values("id") == [chosen_ids[0]]
+    assert not pre.has_saved_view("infl_curated") and not pre.has_sample_field("infl_influence")
+
 
 def test_bad_tagging_input_changes_nothing(influence_run):
     pre, tgt, results = influence_run

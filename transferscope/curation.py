@@ -91,7 +91,7 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
     removed = select_removed_classes(results, rule, k, threshold, classes)
 
     if previous:
-        _undo_tags(dataset, previous)
+        undo_tagging(dataset, previous)
     label_path = f"{results.config.pretrain_label_field}.label"
     in_classes = dataset.match(fo.ViewField(label_path).is_in(removed))
     ids, tags = in_classes.values(["id", "tags"])
@@ -113,7 +113,7 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
                                       f"(classes chosen from run {run_key!r})")
         _save_record(dataset, run_key, results, "curation_tags", record)
     except BaseException:
-        _undo_tags(dataset, record)
+        undo_tagging(dataset, record)
         if previous:  # put the earlier choice back as it was
             _redo_tags(dataset, previous)
         raise
@@ -130,12 +130,13 @@ def untag_classes(pretrain_dataset, run_key):
         raise TransferScopeError(
             f"run {run_key!r} on {dataset.name!r} has no tagged classes to undo; nothing changed"
         )
-    _undo_tags(dataset, record)
+    undo_tagging(dataset, record)
     _save_record(dataset, run_key, results, "curation_tags", None)
     return record
 
 
-def _undo_tags(dataset, record):
+def undo_tagging(dataset, record):
+    """Removes a tagging record's tag from the samples it tagged, and its saved view."""
     dataset.select(record["tagged_ids"]).untag_samples(record["tag"])
     if dataset.has_saved_view(record["view_name"]):
         dataset.delete_saved_view(record["view_name"])

@@ -28,6 +28,13 @@ class ClassInfluence(fors.Run):
         existing = [f for f in self.config.fields if dataset.has_sample_field(f)]
         if existing:
             dataset.delete_sample_fields(existing)
+        # the tags and saved view that tag_classes added for this run go with it
+        results = dataset.load_run_results(key, cache=False)
+        record = getattr(results, "curation_tags", None)
+        if record:
+            from .curation import undo_tagging
+
+            undo_tagging(dataset, record)
 
 
 class ClassInfluenceResults(fors.RunResults):
