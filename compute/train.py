@@ -55,13 +55,16 @@ class TransferData:
         h.update(f"{self.num_pretrain_classes}/{self.num_target_classes}".encode())
         return h.hexdigest()[:16]
 
+    def normalisation(self):
+        """Per-channel mean and std of the pretraining images (in [0, 1])."""
+        imgs = self.pretrain_images.astype(np.float32) / 255.0
+        return imgs.mean(axis=(0, 1, 2)), imgs.std(axis=(0, 1, 2)) + 1e-6
+
     def tensors(self, device):
         """Normalised float tensors (NCHW) on ``device``, built once."""
         key = str(device)
         if key not in self._tensor_cache:
-            imgs = self.pretrain_images.astype(np.float32) / 255.0
-            mean = imgs.mean(axis=(0, 1, 2))
-            std = imgs.std(axis=(0, 1, 2)) + 1e-6
+            mean, std = self.normalisation()
 
             def to_tensor(arr):
                 x = (arr.astype(np.float32) / 255.0 - mean) / std
@@ -103,6 +106,28 @@ def train_subset_model(config, index, mask_row, data):
         minus the best other), ``correct`` (0/1) and ``pred`` (predicted
         target class)
     """
+    net, gen, device = pretrain_network(config, index, mask_row, data)
+    t = data.tensors(device)
+    train_y = data.train_labels.astype(np.int64)
+    if config.transfer == "linear":
+        logits = _linear_probe(net, t["train"], train_y, t["test"],
+                               data.num_target_classes, config.probe_c, device)
+    else:
+        net.head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
+        y_train = torch.from_numpy(train_y).to(device)
+        _fit(net, t["train"], y_train, config.finetune_epochs,
+             min(config.batch_size, len(y_train)), config.lr / 10,
+             config.weight_decay, gen, device)
+        logits = _eval_batched(net, net, t["test"], device)
+    return outputs_from_logits(logits, data.test_labels)
+
+
+def pretrain_network(config, index, mask_row, data):
+    """Model ``index`` pretrained from scratch on the classes in ``mask_row``.
+
+    Returns ``(net, generator, device)``; the generator continues the model's
+    seeded stream (transfer draws from it after pretraining).
+    """
     device = resolve_device(config.device)
     seed = model_seed(config, index)
     torch.manual_seed(seed)
@@ -121,19 +146,25 @@ def train_subset_model(config, index, mask_row, data):
     net = net.to(device).to(memory_format=torch.channels_last)
     _fit(net, x_pre, y_pre, config.epochs, config.batch_size, config.lr,
          config.weight_decay, gen, device)
+    return net, gen, device
 
-    train_y = data.train_labels.astype(np.int64)
-    if config.transfer == "linear":
-        logits = _linear_probe(net, t["train"], train_y, t["test"],
-                               data.num_target_classes, config.probe_c, device)
-    else:
-        net.head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
-        y_train = torch.from_numpy(train_y).to(device)
-        _fit(net, t["train"], y_train, config.finetune_epochs,
-             min(config.batch_size, len(y_train)), config.lr / 10,
-             config.weight_decay, gen, device)
-        logits = _eval_batched(net, net, t["test"], device)
-    return outputs_from_logits(logits, data.test_labels)
+
+def embed_images(net, images, device, mean_std=None, batch_size=1024):
+    """Frozen features of uint8 ``(N, H, W, C)`` images, ``(N, D)`` float32.
+
+    ``mean_std``: the normalisation the network was trained with (see
+    :meth:`TransferData.normalisation`).
+    """
+    mean, std = mean_std
+    out = []
+    net.eval()
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = (images[i:i + batch_size].astype(np.float32) / 255.0 - mean) / std
+            x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+            with _autocast(device):
+                out.append(net.features(x).float().cpu())
+    return torch.cat(out).numpy().astype(np.float32)
 
 
 def outputs_from_logits(logits, labels):
