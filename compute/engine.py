@@ -1,12 +1,15 @@
 """Runs the subset models that a results store still lacks."""
 
 import hashlib
+import os
 
 import numpy as np
+import torch
 
+from .nets import build_network
 from .store import ResultsStore
 from .subsets import check_design, sample_class_masks
-from .train import train_subset_model
+from .train import pretrain_network, resolve_device, train_subset_model
 
 
 def design_masks(config, num_classes, class_names=None):
@@ -75,3 +78,29 @@ def run_retraining(config, data, store, on_model_done=None):
     seeds = np.asarray(store.spec["meta"]["seeds"], dtype=np.int64)
     return run_subset_models(config, data, store, on_model_done,
                              model_indices=RETRAIN_INDEX_BASE + seeds)
+
+
+# The backbone used for embeddings: one model on every class, its own seed.
+BACKBONE_INDEX = 2_000_000
+
+
+def load_or_train_backbone(config, data, cache_dir):
+    """A network pretrained on every class (same protocol), cached on disk.
+
+    The state dict is saved with ``torch.save`` and read back with
+    ``weights_only=True`` (never unpickled), under a name that hashes the
+    config and the data, so a cache for other data is never used.
+    """
+    path = os.path.join(cache_dir, f"backbone-{config.fingerprint(data.fingerprint())}.pt")
+    device = resolve_device(config.device)
+    if os.path.exists(path):
+        net = build_network(config.arch, data.num_pretrain_classes, config.channels, config.width)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return net.to(device).to(memory_format=torch.channels_last), device
+    everything = np.ones(data.num_pretrain_classes, dtype=bool)
+    net, _, device = pretrain_network(config, BACKBONE_INDEX, everything, data)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, path)
+    return net, device

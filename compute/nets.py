@@ -59,20 +59,8 @@ class TorchvisionBackbone(nn.Module):
 
     def __init__(self, arch, num_classes, in_channels=3):
         super().__init__()
-        import torchvision
-
-        try:
-            builder = torchvision.models.get_model_builder(arch)
-        except ValueError as e:
-            raise ValueError(
-                f"unknown architecture {arch!r}: use 'resnet_small' or a "
-                f"torchvision classification model name such as 'resnet18'"
-            ) from e
-        net = builder(weights=None, num_classes=num_classes)
-        head_name, head = _find_head(net)
-        # the head may be nested, e.g. "classifier.6" in VGG
-        parent_name, _, attr = head_name.rpartition(".")
-        setattr(net.get_submodule(parent_name), attr, nn.Identity())
+        net = _torchvision_builder(arch)(weights=None, num_classes=num_classes)
+        head = _strip_head(net)
         self.body = net
         self.in_channels = in_channels
         self.feature_dim = head.in_features
@@ -85,6 +73,52 @@ class TorchvisionBackbone(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+def _torchvision_builder(arch):
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_builder(arch)
+    except ValueError as e:
+        raise ValueError(
+            f"unknown architecture {arch!r}: use 'resnet_small' or a "
+            f"torchvision classification model name such as 'resnet18'"
+        ) from e
+
+
+def _strip_head(net):
+    """Replaces the classification head by an identity; returns the head."""
+    head_name, head = _find_head(net)
+    # the head may be nested, e.g. "classifier.6" in VGG
+    parent_name, _, attr = head_name.rpartition(".")
+    setattr(net.get_submodule(parent_name), attr, nn.Identity())
+    return head
+
+
+class FeatureExtractor(nn.Module):
+    """A torchvision classifier without its head, with ``features(x)``.
+
+    ``weights_path``: a state dict saved with ``torch.save`` (e.g. torchvision's
+    own ``.pth`` files), loaded with ``weights_only=True``: never unpickled.
+    Without it the network keeps its random initialisation.
+    """
+
+    def __init__(self, arch, weights_path=None):
+        super().__init__()
+        import torch
+
+        net = _torchvision_builder(arch)(weights=None)
+        if weights_path is not None:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+            net.load_state_dict(state)
+        self.feature_dim = _strip_head(net).in_features
+        self.body = net
+
+    def features(self, x):
+        return self.body(x)
 
 
 def _find_head(net):

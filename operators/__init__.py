@@ -2,6 +2,8 @@
 
 from .compute_class_influence import ComputeClassInfluence
 from .evaluate_curation import EvaluateCuration
+from .leakage import DetectLeakage, FindNearDuplicates
 from .tag_classes import TagClasses
 
-OPERATORS = [ComputeClassInfluence, TagClasses, EvaluateCuration]
+OPERATORS = [ComputeClassInfluence, TagClasses, EvaluateCuration, DetectLeakage,
+             FindNearDuplicates]

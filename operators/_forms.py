@@ -162,3 +162,52 @@ def selection_preview(inputs, results, kwargs):
     shown = ", ".join(chosen[:20]) + (" ..." if len(chosen) > 20 else "")
     inputs.view("selection", types.Notice(label=f"{len(chosen)} class(es): {shown}"))
     return chosen
+
+
+def embeddings_source_inputs(inputs, ctx, dataset_role):
+    """Radio: a class-influence run's backbone, an embeddings field, or a model.
+
+    Returns the SDK keyword arguments for the chosen source.
+    """
+    radio = types.RadioGroup()
+    radio.add_choice("run", label="the backbone of a class-influence run")
+    radio.add_choice("field", label="an embeddings field")
+    radio.add_choice("model", label="a torchvision model with local weights")
+    inputs.enum("source", radio.values(), default="run", label="Embeddings", view=radio)
+    source = ctx.params.get("source", "run")
+    if source == "run":
+        key, _ = influence_run_choice(inputs, ctx)
+        return {"run_key": key}
+    if source == "field":
+        inputs.str("embeddings_field", required=True, label="Embeddings field",
+                   description=f"a vector field on the {dataset_role}")
+        return {"embeddings_field": ctx.params.get("embeddings_field")}
+    inputs.str("model", default="resnet18", required=True, label="torchvision architecture")
+    inputs.str("weights_path", required=False, label="Weights file (state dict)",
+               description="loaded with torch.load(weights_only=True); nothing is downloaded")
+    inputs.int("image_size", default=64, label="Image size (px)")
+    return {"model": ctx.params.get("model"), "weights_path": ctx.params.get("weights_path"),
+            "image_size": ctx.params.get("image_size", 64)}
+
+
+def index_and_device_inputs(inputs):
+    index = types.RadioGroup()
+    for k, label in (("auto", "auto (exact up to 250k vectors, IVF beyond)"),
+                     ("flat", "exact"), ("ivf", "IVF"), ("hnsw", "HNSW (CPU)")):
+        index.add_choice(k, label=label)
+    inputs.enum("index", index.values(), default="auto", label="FAISS index", view=index)
+    device = types.RadioGroup()
+    for d in ("auto", "cpu", "cuda"):
+        device.add_choice(d, label=d)
+    inputs.enum("device", device.values(), default="auto", label="Device", view=device)
+
+
+def embeddings_kwargs(params):
+    """The SDK's embeddings arguments from a form's parameters."""
+    source = params.get("source", "run")
+    if source == "run":
+        return {"run_key": params.get("run_key")}
+    if source == "field":
+        return {"embeddings_field": params.get("embeddings_field")}
+    return {"model": params.get("model"), "weights_path": params.get("weights_path") or None,
+            "image_size": params.get("image_size", 64)}

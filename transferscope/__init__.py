@@ -14,6 +14,10 @@ from .curation import curation_of, evaluate_curation, tag_classes, untag_classes
 from .influence import compute_class_influence, field_names, runs_dir
 from .views import TransferScopeError
 
+from . import faiss_backend as _faiss_backend
+
+_faiss_backend.register()  # fob.compute_similarity(..., backend="faiss")
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -76,3 +76,42 @@ class ClassInfluenceResults(fors.RunResults):
              float(self.class_ci_low[i]), float(self.class_ci_high[i]))
             for i in order
         ]
+
+
+class TransferScopeRunConfig(fors.RunConfig):
+    """Config of a leakage or near-duplicate run.
+
+    ``fields`` and ``saved_views`` are what the run wrote; the tag it added
+    and the samples it added it to are in the results (``tagged``).
+    """
+
+    def __init__(self, method=None, fields=None, saved_views=None, **kwargs):
+        kwargs["method"] = method
+        super().__init__(**kwargs)
+        self.fields = list(fields or [])
+        self.saved_views = list(saved_views or [])
+
+
+class TransferScopeRun(fors.Run):
+    def get_fields(self, samples, key):
+        return list(self.config.fields)
+
+    def cleanup(self, samples, key):
+        dataset = samples._root_dataset
+        undo_writes(dataset, self.config.fields, self.config.saved_views,
+                    getattr(dataset.load_run_results(key, cache=False), "tagged", None))
+
+
+def undo_writes(dataset, fields, saved_views, tagged=None):
+    """Deletes fields and saved views, and removes a tag from the samples it was added to.
+
+    ``tagged``: ``{"tag": ..., "ids": [...]}``; only those samples lose the tag.
+    """
+    present = [f for f in fields if dataset.has_sample_field(f)]
+    if present:
+        dataset.delete_sample_fields(present)
+    for name in saved_views:
+        if dataset.has_saved_view(name):
+            dataset.delete_saved_view(name)
+    if tagged and tagged.get("ids"):
+        dataset.select(tagged["ids"]).untag_samples(tagged["tag"])

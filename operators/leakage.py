@@ -1,0 +1,120 @@
+"""Operators ``detect_leakage`` and ``find_near_duplicates`` (FAISS)."""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from . import _forms
+
+
+class DetectLeakage(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="detect_leakage",
+            label="transferscope: detect leakage from the pretraining set",
+            description="Find target samples that (nearly) copy a pretraining image",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        from transferscope.leakage import DEFAULT_MAX_DISTANCE
+
+        inputs = types.Object()
+        kwargs = _forms.embeddings_source_inputs(inputs, ctx, "target and pretraining datasets")
+        if ctx.params.get("source", "run") != "run":
+            _forms.dataset_choice(inputs, ctx, "pretrain_dataset", "Pretraining dataset",
+                                  "the dataset that may contain copies")
+            inputs.str("target_split", required=False, label="Target split (tag)",
+                       description="only samples with this tag (default: all)")
+        inputs.float("max_distance", default=DEFAULT_MAX_DISTANCE, label="Max cosine distance",
+                     description="closeness is 1 for a copy and 0 at this distance")
+        inputs.float("threshold", default=0.5, label="Leak score threshold, in (0, 1]")
+        if kwargs.get("run_key") is not None:
+            inputs.float("influence_weight", default=0.25, label="Weight of the influence signal")
+        thr = ctx.params.get("threshold", 0.5)
+        if thr is not None and not 0 < thr <= 1:
+            _forms.block(inputs, "threshold_error", "the threshold must lie in (0, 1]")
+        _forms.index_and_device_inputs(inputs)
+        inputs.str("tag", default="leak", label="Tag for likely leaks")
+        _forms.run_key_input(inputs, ctx, default="leakage")
+        return types.Property(inputs, view=types.View(label="Detect leakage"))
+
+    def execute(self, ctx):
+        from transferscope.leakage import detect_leakage
+
+        p = ctx.params
+        summary = detect_leakage(
+            ctx.dataset, pretrain_dataset=p.get("pretrain_dataset"), key=p["run_key"],
+            target_split=p.get("target_split") or None,
+            max_distance=p.get("max_distance", 0.01), threshold=p.get("threshold", 0.5),
+            influence_weight=p.get("influence_weight", 0.25), index=p.get("index", "auto"),
+            device=p.get("device", "auto"), tag=p.get("tag", "leak"),
+            overwrite=p.get("overwrite", False),
+            progress=_forms.progress_reporter(ctx, "steps"), **_forms.embeddings_kwargs(p),
+        )
+        _forms.reload_if_immediate(ctx)
+        return {k: summary[k] for k in ("num_targets", "num_leaks", "num_exact_file_copies",
+                                        "index", "recall_at_1")} | {
+            "saved_view": f"{p['run_key']}_likely_leaks"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_targets", label="Target samples checked")
+        outputs.int("num_leaks", label="Likely leaks (tagged)")
+        outputs.int("num_exact_file_copies", label="Byte-identical copies")
+        outputs.str("index", label="FAISS index")
+        outputs.float("recall_at_1", label="Index recall@1 (1.0 for exact)")
+        outputs.str("saved_view", label="Saved view")
+        return types.Property(outputs, view=types.View(label="Leakage"))
+
+
+class FindNearDuplicates(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="find_near_duplicates",
+            label="transferscope: find near-duplicate groups",
+            description="Group near-identical images of this dataset (FAISS and file hashes)",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+        )
+
+    def resolve_input(self, ctx):
+        from transferscope.leakage import DEFAULT_MAX_DISTANCE
+
+        inputs = types.Object()
+        _forms.embeddings_source_inputs(inputs, ctx, "dataset")
+        inputs.float("max_distance", default=DEFAULT_MAX_DISTANCE, label="Max cosine distance")
+        inputs.int("num_neighbors", default=16, label="Neighbours checked per sample")
+        _forms.index_and_device_inputs(inputs)
+        inputs.str("tag", default="near_duplicate", label="Tag for grouped samples")
+        _forms.run_key_input(inputs, ctx, default="near_duplicates")
+        return types.Property(inputs, view=types.View(label="Find near-duplicates"))
+
+    def execute(self, ctx):
+        from transferscope.leakage import find_near_duplicates
+
+        p = ctx.params
+        summary = find_near_duplicates(
+            ctx.dataset, key=p["run_key"], max_distance=p.get("max_distance", 0.01),
+            num_neighbors=p.get("num_neighbors", 16), index=p.get("index", "auto"),
+            device=p.get("device", "auto"), tag=p.get("tag", "near_duplicate"),
+            overwrite=p.get("overwrite", False),
+            progress=_forms.progress_reporter(ctx, "steps"), **_forms.embeddings_kwargs(p),
+        )
+        _forms.reload_if_immediate(ctx)
+        return {"num_groups": summary["num_groups"],
+                "num_grouped_samples": summary["num_grouped_samples"],
+                "saved_view": f"{p['run_key']}_groups"}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_groups", label="Groups")
+        outputs.int("num_grouped_samples", label="Samples in a group (tagged)")
+        outputs.str("saved_view", label="Saved view")
+        return types.Property(outputs, view=types.View(label="Near-duplicates"))

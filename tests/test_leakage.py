@@ -1,0 +1,197 @@
+"""Leakage and near-duplicates through the SDK, the operators and the Brain backend."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fiftyone as fo
+import fiftyone.brain as fob
+import fiftyone.operators as foo
+
+import transferscope as ts  # registers the faiss similarity backend
+from transferscope import TransferScopeError
+from transferscope.leakage import detect_leakage, find_near_duplicates
+
+from conftest import TINY_KWARGS
+
+PLUGIN = "@transferscope/transferscope"
+
+
+def _pixels(paths):
+    return [np.asarray(Image.open(p).convert("L"), np.float32).ravel() / 255 for p in paths]
+
+
+@pytest.fixture()
+def leaky(tiny_datasets, tmp_path):
+    """Three target test images copied into the pretraining set (exact, noised,
+    re-contrasted); flattened pixels as an embeddings field on both datasets."""
+    pre, tgt = tiny_datasets
+    rng = np.random.default_rng(1)
+    leaked = tgt.match_tags("test").take(3, seed=0)
+    copies = []
+    for kind, (sid, path) in zip(("exact", "noise", "contrast"), zip(*leaked.values(["id", "filepath"]))):
+        out = str(tmp_path / f"copy_{kind}.png")
+        if kind == "exact":
+            shutil.copy(path, out)
+        else:
+            img = np.asarray(Image.open(path), np.float32)
+            img = img + rng.normal(0, 3, img.shape) if kind == "noise" else 0.95 * img + 8
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(out)
+        copies.append(fo.Sample(filepath=out, ground_truth=fo.Classification(label="class0"),
+                                leak_of=sid))
+    pre.add_samples(copies, progress=False)
+    for ds in (pre, tgt):
+        ds.set_values("emb", _pixels(ds.values("filepath")))
+    return pre, tgt, set(leaked.values("id"))
+
+
+def test_planted_copies_are_found_written_and_undone(leaky):
+    pre, tgt, planted = leaky
+    summary = detect_leakage(tgt, pre, key="lk", embeddings_field="emb", target_split="test",
+                             max_distance=0.05, threshold=0.5)
+    d = dict(zip(*tgt.match_tags("test").values(["id", "lk_distance"])))
+    assert set(summary["leak_ids"]) == planted, (sorted(d.values())[:6], [d[i] for i in planted])
+    assert summary["num_exact_file_copies"] == 1 and summary["index"] == "flat"
+    test = tgt.match_tags("test")
+    assert test.exists("lk_score").count() == 18 and tgt.match_tags("train").exists("lk_score").count() == 0
+    assert set(tgt.match_tags("leak").values("id")) == planted
+    for s in tgt.select(list(planted)):
+        near = pre[s.lk_nearest_id]
+        assert near.leak_of == s.id and s.lk_nearest_label == "class0"
+        assert s.lk_distance < 0.05 and s.lk_score >= 0.5
+    view = tgt.load_saved_view("lk_likely_leaks")
+    assert set(view.values("id")) == planted
+    scores = view.values("lk_score")
+    assert scores == sorted(scores, reverse=True)
+    assert "lk" in tgt.list_runs()
+    assert tgt.load_run_results("lk").summary["num_leaks"] == 3
+
+    with pytest.raises(TransferScopeError, match="already has a run"):
+        detect_leakage(tgt, pre, key="lk", embeddings_field="emb")
+    tgt.delete_run("lk")  # removes fields, tag and view
+    assert not tgt.has_sample_field("lk_score") and "leak" not in tgt.count_sample_tags()
+    assert not tgt.has_saved_view("lk_likely_leaks")
+
+
+def test_near_duplicate_groups_in_the_pretraining_set(leaky):
+    pre, tgt, planted = leaky
+    # a second exact copy of a leaked image: the copies group with each other
+    first = pre.exists("leak_of").first()
+    pre.add_sample(fo.Sample(filepath=first.filepath, emb=first.emb,
+                             ground_truth=fo.Classification(label="class1")))
+    summary = find_near_duplicates(pre, key="dups", embeddings_field="emb", max_distance=0.01)
+    assert summary["num_groups"] >= 1 and summary["num_exact_pairs"] >= 1
+    groups = pre.match(fo.ViewField("filepath") == first.filepath).values("dups_group")
+    assert len(set(groups)) == 1 and groups[0] is not None
+    assert pre.match_tags("near_duplicate").count() == summary["num_grouped_samples"]
+    assert len(pre.load_saved_view("dups_groups")) == summary["num_grouped_samples"]
+    pre.delete_run("dups")
+    assert "near_duplicate" not in pre.count_sample_tags() and not pre.has_sample_field("dups_group")
+
+
+def test_bad_input_is_refused_and_changes_nothing(leaky, tmp_path):
+    pre, tgt, planted = leaky
+    before = set(tgt.get_field_schema())
+    for ds in (pre, tgt):
+        ds.set_values("short", list(np.random.default_rng(0).normal(size=(len(ds), 8))))
+    nan = pre.values("emb")
+    nan[4] = nan[4].copy()
+    nan[4][0] = np.nan
+    pre.set_values("nan_emb", nan)
+    tgt.set_values("nan_emb", tgt.values("emb"))
+    cases = [
+        (dict(embeddings_field="emb", pretrain_embeddings_field="short"), "dimension"),
+        (dict(embeddings_field="short", pretrain_embeddings_field="emb"), "dimension"),
+        (dict(embeddings_field="nan_emb"), "NaN or infinite values, e.g. sample"),
+        (dict(embeddings_field="nope"), "has no embeddings field 'nope'"),
+        (dict(embeddings_field="emb", threshold=0.0), r"threshold must lie in \(0, 1\]"),
+        (dict(embeddings_field="emb", threshold=1.5), r"threshold must lie in \(0, 1\]"),
+        (dict(embeddings_field="emb", max_distance=3), r"max_distance must lie in \(0, 2\]"),
+        (dict(embeddings_field="emb", index="lsh"), "index must be one of"),
+        (dict(embeddings_field="emb", target_split="nosuchtag"), "is empty"),
+        (dict(), "name an embeddings source"),
+        (dict(model="resnet18", weights_path=str(tmp_path / "none.pth")), "is not a file"),
+        (dict(model="not_a_model"), "unknown architecture"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(TransferScopeError, match=message):
+            detect_leakage(tgt, pre, key="bad", **kw)
+        assert "bad" not in tgt.list_runs()
+        assert set(tgt.get_field_schema()) - before <= {"short", "nan_emb"}
+    empty = fo.Dataset()
+    with pytest.raises(TransferScopeError, match="empty"):
+        detect_leakage(tgt, empty, key="bad", embeddings_field="emb")
+    with pytest.raises(TransferScopeError, match="fewer than 2 samples"):
+        find_near_duplicates(empty, key="bad", embeddings_field="emb")
+    empty.delete()
+
+
+def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
+    import torch
+    import torchvision
+
+    pre, tgt, planted = leaky
+    ts.compute_class_influence(pre, tgt, "infl", progress=False,
+                               output_dir=str(tmp_path / "store"), **TINY_KWARGS)
+    summary = detect_leakage(tgt, key="bb", run_key="infl", max_distance=0.05)
+    assert summary["num_targets"] == 18 and planted <= set(summary["leak_ids"])
+    assert tgt.match_tags("test").exists("bb_influence_z").count() == 18
+    # the backbone is cached next to the run's models, loaded without pickle
+    cache = os.path.join(str(tmp_path / "store"), "backbone")
+    assert len(os.listdir(cache)) == 1
+    again = detect_leakage(tgt, key="bb2", run_key="infl", max_distance=0.05)
+    assert again["leak_ids"] == summary["leak_ids"]
+    dups = find_near_duplicates(pre, key="nd", run_key="infl")
+    assert dups["num_exact_pairs"] == 0 and dups["num_samples"] == 63
+
+    weights = str(tmp_path / "resnet18.pth")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    summary = detect_leakage(tgt, pre, key="tv", model="resnet18", weights_path=weights,
+                             image_size=32, target_split="test", max_distance=0.01)
+    # byte-identical copy at least; random weights make the rest noise
+    assert summary["num_exact_file_copies"] == 1 and summary["num_targets"] == 18
+
+
+def test_faiss_brain_backend_matches_sklearn(leaky):
+    pre, tgt, planted = leaky
+    faiss_index = fob.compute_similarity(pre, embeddings="emb", backend="faiss", brain_key="fs")
+    sk_index = fob.compute_similarity(pre, embeddings="emb", backend="sklearn", brain_key="sk")
+    query = pre.first().id
+    by_faiss = pre.sort_by_similarity(query, k=5, brain_key="fs").values("id")
+    by_sklearn = pre.sort_by_similarity(query, k=5, brain_key="sk").values("id")
+    assert by_faiss == by_sklearn and by_faiss[0] == query
+    faiss_index.find_duplicates(thresh=0.05)
+    sk_index.find_duplicates(thresh=0.05)
+    assert set(faiss_index.duplicate_ids) == set(sk_index.duplicate_ids)
+    loaded = fo.load_dataset(pre.name).load_brain_results("fs")
+    assert type(loaded).__name__ == "FaissSimilarityIndex"
+    # an index built for other samples refuses their ids
+    with pytest.raises(ValueError, match="do not exist in this index"):
+        pre.sort_by_similarity(tgt.first().id, brain_key="fs")
+    # and Brain's own leaky-splits runs on it
+    leaks = fob.compute_leaky_splits(pre, splits={"a": pre.limit(30), "b": pre.skip(30)},
+                                     similarity_index=faiss_index, threshold=0.05)
+    assert leaks.leaks_view() is not None
+
+
+def test_operators_detect_leakage_and_find_duplicates(leaky):
+    pre, tgt, planted = leaky
+    out = foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=dict(
+        source="field", embeddings_field="emb", pretrain_dataset=pre.name, target_split="test",
+        max_distance=0.05, threshold=0.5, index="flat", device="cpu", tag="leak",
+        run_key="op_leak", overwrite=False)))
+    assert out.error is None, out.error
+    assert out.result["num_leaks"] == 3 and out.result["saved_view"] == "op_leak_likely_leaks"
+    assert set(tgt.match_tags("leak").values("id")) == planted
+    out = foo.execute_operator(f"{PLUGIN}/find_near_duplicates", ctx=dict(dataset=pre, params=dict(
+        source="field", embeddings_field="emb", max_distance=0.01, num_neighbors=8,
+        index="auto", device="cpu", tag="near_duplicate", run_key="op_dups", overwrite=False)))
+    assert out.error is None, out.error
+    assert pre.has_sample_field("op_dups_group") or out.result["num_groups"] == 0
+    with pytest.raises(Exception, match=r"the threshold must lie in \(0, 1\]"):
+        foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=dict(
+            source="field", embeddings_field="emb", pretrain_dataset=pre.name,
+            threshold=2.0, run_key="bad")))

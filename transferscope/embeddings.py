@@ -1,0 +1,137 @@
+"""Embeddings of FiftyOne samples from one of three sources.
+
+- ``run_key``: the backbone of a class-influence run (one network pretrained
+  on every pretraining class with the run's protocol; trained once, cached
+  next to the run's models);
+- ``embeddings_field``: vectors the user already stored on the samples;
+- ``model``: a torchvision architecture by name with weights the user has
+  locally (``weights_path``; nothing is downloaded).
+"""
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from . import views as tsv
+from .views import TransferScopeError
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclasses.dataclass
+class Embedded:
+    """Sample ids, their vectors, and (where known) their class labels."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    labels: list = None
+
+
+def from_field(view, field, role):
+    """The vectors stored in ``field``; refuses a missing field or vector."""
+    from .compute.neighbors import as_vectors
+
+    if len(view) == 0:
+        raise TransferScopeError(f"the {role} samples are empty")
+    root = view._root_dataset
+    if not root.has_sample_field(field):
+        raise TransferScopeError(f"the {role} dataset {root.name!r} has no embeddings "
+                                 f"field {field!r}")
+    ids, vectors = view.values(["id", field])
+    missing = [i for i, v in zip(ids, vectors) if v is None]
+    if missing:
+        raise TransferScopeError(f"{len(missing)} {role} sample(s) have no {field!r} "
+                                 f"embedding, e.g. {missing[:3]}")
+    lengths = {np.asarray(v).size for v in vectors}
+    if len(lengths) > 1:
+        raise TransferScopeError(f"the {role} embeddings in {field!r} have different "
+                                 f"lengths: {sorted(lengths)[:5]}")
+    try:
+        arr = as_vectors(np.stack([np.asarray(v, dtype=np.float32).ravel() for v in vectors]),
+                         f"the {role} embeddings {field!r}", ids)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    return Embedded(np.asarray(ids), arr)
+
+
+def from_model(view, arch, weights_path, role, image_size=64, device="auto", batch_size=256):
+    """Features of a torchvision model (its head removed) on RGB images."""
+    import torch
+
+    from .compute.nets import FeatureExtractor
+    from .compute.train import embed_images, resolve_device
+
+    if len(view) == 0:
+        raise TransferScopeError(f"the {role} samples are empty")
+    if weights_path is not None:
+        weights_path = os.path.abspath(os.path.expanduser(weights_path))
+        if not os.path.isfile(weights_path):
+            raise TransferScopeError(f"weights_path {weights_path!r} is not a file")
+    else:
+        logger.warning("model %r without weights_path: randomly initialised features", arch)
+    try:
+        net = FeatureExtractor(arch, weights_path)
+    except (ValueError, RuntimeError) as e:  # unknown arch; weights that do not fit
+        raise TransferScopeError(f"cannot build model {arch!r}: {e}") from e
+    ids, paths = view.values(["id", "filepath"])
+    images = tsv.decode_images(paths, ids, image_size, 3)
+    dev = resolve_device(device)
+    net = net.to(dev).to(memory_format=torch.channels_last)
+    vectors = embed_images(net, images, dev, (IMAGENET_MEAN, IMAGENET_STD), batch_size)
+    return Embedded(np.asarray(ids), vectors)
+
+
+def from_run(results, device=None):
+    """``(pretraining, target test)`` embeddings from a class-influence run's backbone."""
+    from . import compute as tsc
+    from .compute.engine import load_or_train_backbone
+    from .compute.train import embed_images
+    from .influence import influence_config_of, labelled_transfer_of
+
+    config = influence_config_of(results)
+    if device is not None:
+        config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "device": device})
+    labelled = labelled_transfer_of(results)
+    data = labelled.decode(config.image_size, config.channels)
+    net, dev = load_or_train_backbone(config, data,
+                                      os.path.join(results.config.output_dir, "backbone"))
+    norm = data.normalisation()
+    pre = Embedded(np.asarray(labelled.pre_ids, dtype=str),
+                   embed_images(net, data.pretrain_images, dev, norm), list(labelled.pre_labels))
+    test = Embedded(np.asarray(labelled.test_ids, dtype=str),
+                    embed_images(net, data.test_images, dev, norm), list(labelled.test_labels))
+    return pre, test
+
+
+def content_hashes(view):
+    """SHA-256 of each sample's file (exact duplicates share one)."""
+    import concurrent.futures
+    import hashlib
+
+    ids, paths = view.values(["id", "filepath"])
+
+    def digest(path):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        hashes = list(pool.map(_or_none(digest), paths))
+    return dict(zip(ids, hashes))
+
+
+def _or_none(fn):
+    def call(x):
+        try:
+            return fn(x)
+        except OSError:  # unreadable files simply have no hash
+            return None
+
+    return call

@@ -1,0 +1,375 @@
+"""Leakage between a target task and its pretraining set, and near-duplicates within it.
+
+``detect_leakage``: for every target (test) sample, its nearest pretraining
+image by FAISS (exact copies also by content hash), scored with the influence
+signal of a class-influence run when one is named. ``find_near_duplicates``:
+groups of near-identical images inside the pretraining set.
+"""
+
+import logging
+import time
+
+import numpy as np
+
+import fiftyone as fo
+import fiftyone.core.runs as fors
+
+from . import embeddings as tse
+from . import views as tsv
+from .runs import TransferScopeRunConfig, undo_writes
+from .views import TransferScopeError
+
+logger = logging.getLogger(__name__)
+
+# chosen on the demo's run-backbone embeddings (README); tune it for yours
+DEFAULT_MAX_DISTANCE = 0.01
+
+
+def leakage_fields(key):
+    return [f"{key}_score", f"{key}_distance", f"{key}_nearest_id",
+            f"{key}_nearest_label", f"{key}_influence_z"]
+
+
+def duplicate_fields(key):
+    return [f"{key}_group"]
+
+
+def _check_range(value, name, low, high, low_open=True):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if not ok or not ((low < value) if low_open else (low <= value)) or not value <= high:
+        bracket = "(" if low_open else "["
+        raise TransferScopeError(f"{name} must lie in {bracket}{low}, {high}]; got {value!r}")
+
+
+def _check_tag(tag):
+    if not isinstance(tag, str) or not tag.strip() or tag != tag.strip():
+        raise TransferScopeError(f"tag must be a non-empty string without surrounding "
+                                 f"spaces; got {tag!r}")
+
+
+def _prepare_key(dataset, key, overwrite, fields):
+    tsv.validate_run_key(key)
+    tsv.check_run_key_free(dataset, key, overwrite, fields)
+
+
+def _embed_sources(run_key, embeddings_field, model):
+    named = [n for n, v in (("run_key", run_key), ("embeddings_field", embeddings_field),
+                            ("model", model)) if v is not None]
+    if not named:
+        raise TransferScopeError("name an embeddings source: run_key= (a class-influence "
+                                 "run's backbone), embeddings_field= or model=")
+    return named
+
+
+def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key=None,
+                   embeddings_field=None, pretrain_embeddings_field=None, model=None,
+                   weights_path=None, image_size=64, target_split=None, split_by="tags",
+                   split_field="split", pretrain_label_field="ground_truth",
+                   max_distance=DEFAULT_MAX_DISTANCE, threshold=0.5, influence_weight=0.25,
+                   index="auto", device="auto", tag="leak", hash_files=True,
+                   overwrite=False, progress=None):
+    """Finds target samples that (nearly) copy a pretraining image.
+
+    For each target sample: the nearest pretraining image (cosine distance
+    between embeddings, FAISS; exact copies by file hash too), and a leak
+    score in [0, 1] (see :func:`transferscope.compute.neighbors.leak_scores`)
+    that combines the distance (1 for a copy, 0 at ``max_distance`` or
+    beyond) with, when ``run_key`` names a class-influence run, how unusually
+    the nearest image's class helps the sample (a leaked copy makes its class
+    stand out). Samples scoring ``>= threshold`` get ``tag``.
+
+    Embeddings (one source): ``run_key`` (the run's backbone: one network
+    pretrained on every class with the run's protocol), ``embeddings_field``
+    (on both datasets; ``pretrain_embeddings_field`` if named differently) or
+    ``model`` (a torchvision name, with local ``weights_path``).
+
+    Writes on the target samples ``<key>_score``, ``<key>_distance``,
+    ``<key>_nearest_id``, ``<key>_nearest_label`` and (with a run)
+    ``<key>_influence_z``; the saved view ``<key>_likely_leaks``; and a run
+    ``key`` on the target dataset (deleting it removes all of this).
+
+    Args:
+        target_dataset: the target dataset or view
+        pretrain_dataset: the pretraining dataset (default: the run's)
+        target_split: which target samples to check (default: the run's test
+            split with ``run_key``, else every sample); as in
+            :func:`transferscope.compute_class_influence`
+        max_distance: cosine distance in (0, 2] at which closeness reaches 0
+        threshold: leak score in (0, 1] from which a sample is tagged
+        influence_weight: weight of the influence signal in [0, 1)
+        index: ``"auto"``, ``"flat"``, ``"ivf"`` or ``"hnsw"``
+        device: for FAISS and the embedding network
+        progress: ``callable(step, num_steps)``
+
+    Returns:
+        a dict of what was found (counts, index kind and recall, timings)
+    """
+    from .compute import neighbors as nb
+
+    _check_range(max_distance, "max_distance", 0, 2)
+    _check_range(threshold, "threshold", 0, 1)
+    _check_range(influence_weight, "influence_weight", 0, 0.999, low_open=False)
+    _check_tag(tag)
+    if index not in nb.INDEX_KINDS:
+        raise TransferScopeError(f"index must be one of {nb.INDEX_KINDS}; got {index!r}")
+    sources = _embed_sources(run_key, embeddings_field, model)
+    target = tsv.load_dataset(target_dataset, "target_dataset")
+    results = None
+    if run_key is not None:
+        from .influence import load_influence_run, run_datasets
+
+        _, run_config = load_influence_run(target, run_key)
+        run_pre, run_target = run_datasets(run_config)
+        results = run_target.load_run_results(run_key, cache=False)
+        pretrain = tsv.load_dataset(pretrain_dataset or run_pre, "pretrain_dataset")
+        if pretrain._root_dataset.name != run_pre.name:
+            raise TransferScopeError(f"run {run_key!r} was computed on pretraining dataset "
+                                     f"{run_pre.name!r}, not {pretrain._root_dataset.name!r}")
+        pretrain_label_field = run_config.pretrain_label_field
+    else:
+        if pretrain_dataset is None:
+            raise TransferScopeError("pretrain_dataset is required without run_key")
+        pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
+    if pretrain._root_dataset.name == target._root_dataset.name:
+        raise TransferScopeError("pretrain_dataset and target_dataset must differ")
+    root = target._root_dataset
+    fields = leakage_fields(key)
+    _prepare_key(root, key, overwrite, fields)
+
+    steps = 4
+    report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
+    t0 = time.perf_counter()
+    if results is not None and len(sources) == 1:
+        pre, tgt = tse.from_run(results, device=None if device == "auto" else device)
+        if target_split is not None:
+            keep = set(tsv.resolve_split(target, target_split, split_by, split_field)
+                       .values("id"))
+            rows = np.array([i in keep for i in tgt.ids])
+            tgt = tse.Embedded(tgt.ids[rows], tgt.vectors[rows])
+    else:
+        if results is not None and target_split is None:
+            target_view = root.select(list(results.target_ids))
+        elif target_split is None:
+            target_view = target
+        else:
+            target_view = tsv.resolve_split(target, target_split, split_by, split_field)
+        if embeddings_field is not None:
+            tgt = tse.from_field(target_view, embeddings_field, "target")
+            pre = tse.from_field(pretrain, pretrain_embeddings_field or embeddings_field,
+                                 "pretraining")
+        else:
+            tgt = tse.from_model(target_view, model, weights_path, "target", image_size, device)
+            pre = tse.from_model(pretrain, model, weights_path, "pretraining", image_size, device)
+    if len(tgt.ids) == 0:
+        raise TransferScopeError("no target samples to check")
+    t_embed = time.perf_counter() - t0
+    report(1)
+
+    t0 = time.perf_counter()
+    try:
+        index_ = nb.NeighborIndex(pre.vectors, kind=index, device=device, ids=pre.ids,
+                                  name="pretraining embeddings")
+        queries = index_.prepare(tgt.vectors, "target embeddings", tgt.ids)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    t_build = time.perf_counter() - t0
+    report(2)
+    t0 = time.perf_counter()
+    dist, idx = index_.search(queries, 1, prepared=True)
+    dist, idx = dist[:, 0].astype(np.float64), idx[:, 0]
+    t_search = time.perf_counter() - t0
+    recall = index_.recall(queries, k=1, prepared=True)
+
+    exact = 0
+    if hash_files:  # exact file copies: distance 0 whatever the embeddings say
+        pre_hash = tse.content_hashes(pretrain.select(list(pre.ids)))
+        by_hash = {}
+        for j, pid in enumerate(pre.ids):
+            by_hash.setdefault(pre_hash.get(pid), j)
+        by_hash.pop(None, None)
+        tgt_hash = tse.content_hashes(root.select(list(tgt.ids)))
+        for t, tid in enumerate(tgt.ids):
+            j = by_hash.get(tgt_hash.get(tid))
+            if j is not None:
+                dist[t], idx[t] = 0.0, j
+                exact += 1
+    report(3)
+
+    nearest_ids = pre.ids[idx]
+    if pre.labels is not None:
+        nearest_labels = [pre.labels[j] for j in idx]
+    elif pretrain._root_dataset.has_sample_field(pretrain_label_field):
+        label_of = dict(zip(*pretrain.values(["id", f"{pretrain_label_field}.label"])))
+        nearest_labels = [label_of.get(i) for i in nearest_ids]
+    else:
+        nearest_labels = [None] * len(idx)
+    support = None
+    if results is not None:
+        col = {t: i for i, t in enumerate(results.target_ids)}
+        cls = {c: i for i, c in enumerate(results.classes)}
+        cols = np.array([col.get(t, -1) for t in tgt.ids])
+        rows = np.array([cls.get(l, -1) for l in nearest_labels])
+        ok = (cols >= 0) & (rows >= 0)
+        support = np.zeros(len(tgt.ids))
+        support[ok] = nb.influence_support(results.influence[:, cols[ok]], rows[ok])
+    scores = nb.leak_scores(dist, max_distance, support,
+                            influence_weight if support is not None else 0.0)
+
+    score_f, dist_f, id_f, label_f, z_f = fields
+    ids = [str(i) for i in tgt.ids]
+    leaks = [i for i, s in zip(ids, scores) if s >= threshold]
+    already = set(root.select(leaks).match_tags(tag).values("id"))
+    tagged = {"tag": tag, "ids": [i for i in leaks if i not in already]}
+    view_name = f"{key}_likely_leaks"
+    written = fields if support is not None else fields[:4]
+    params = dict(pretrain_dataset=pretrain._root_dataset.name, run_key=run_key,
+                  embeddings=sources[-1] if len(sources) > 1 else sources[0],
+                  embeddings_field=embeddings_field, model=model,
+                  max_distance=max_distance, threshold=threshold,
+                  influence_weight=influence_weight if support is not None else 0.0,
+                  index=index_.kind, tag=tag)
+    summary = {
+        "num_targets": len(ids), "num_pretrain": len(pre.ids), "num_leaks": len(leaks),
+        "num_exact_file_copies": exact, "index": index_.kind, "on_gpu": index_.on_gpu,
+        "recall_at_1": recall,
+        # to choose max_distance: how far typical target samples are from the pretraining set
+        "nearest_distance_quantiles": dict(zip(
+            ("1%", "5%", "50%"), np.quantile(dist, [0.01, 0.05, 0.5]).round(5).tolist())),
+        "seconds": {"embed": t_embed, "build": t_build,
+                                           "search": t_search},
+        "leak_ids": leaks,
+    }
+    if overwrite and key in root.list_runs():
+        root.delete_run(key)
+    target_view = root.select(ids)
+    try:
+        for f, ftype in zip(written, (fo.FloatField, fo.FloatField, fo.StringField,
+                                      fo.StringField, fo.FloatField)):
+            root.add_sample_field(f, ftype)  # declared: values may all be None
+        target_view.set_values(score_f, dict(zip(ids, scores.tolist())), key_field="id")
+        target_view.set_values(dist_f, dict(zip(ids, dist.tolist())), key_field="id")
+        target_view.set_values(id_f, dict(zip(ids, map(str, nearest_ids))), key_field="id")
+        target_view.set_values(label_f, dict(zip(ids, nearest_labels)), key_field="id")
+        if support is not None:
+            target_view.set_values(z_f, dict(zip(ids, support.tolist())), key_field="id")
+        root.select(tagged["ids"]).tag_samples(tag)
+        root.save_view(view_name, root.match(fo.ViewField(score_f) >= threshold)
+                       .sort_by(score_f, reverse=True), overwrite=True)
+        config = TransferScopeRunConfig(method="leakage", fields=written,
+                                        saved_views=[view_name], **params)
+        root.register_run(key, config, results=fors.RunResults(
+            root, config, key, tagged=tagged, summary=summary))
+    except BaseException:
+        undo_writes(root, written, [view_name], tagged)
+        if key in root.list_runs():
+            root.delete_run(key, cleanup=False)
+        raise
+    report(4)
+    return summary
+
+
+def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
+                         embeddings_field=None, model=None, weights_path=None, image_size=64,
+                         max_distance=DEFAULT_MAX_DISTANCE, num_neighbors=16, index="auto",
+                         device="auto", tag="near_duplicate", hash_files=True,
+                         overwrite=False, progress=None):
+    """Groups near-identical images inside a (pretraining) dataset.
+
+    Two samples are linked when one is among the other's ``num_neighbors``
+    nearest and their cosine distance is at most ``max_distance``, or when
+    their files are byte-identical; groups are the connected components.
+    Writes ``<key>_group`` (an integer id) on every sample in a group of two
+    or more, adds ``tag`` to them, saves the view ``<key>_groups`` (grouped
+    samples sorted by group) and registers run ``key``.
+
+    Embeddings as in :func:`detect_leakage` (``run_key`` on this dataset's
+    class-influence run, ``embeddings_field`` or ``model``).
+
+    Returns:
+        a dict (number of groups and grouped samples, index kind, timings)
+    """
+    from .compute import neighbors as nb
+
+    _check_range(max_distance, "max_distance", 0, 2)
+    _check_tag(tag)
+    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) \
+            or num_neighbors < 1:
+        raise TransferScopeError(f"num_neighbors must be a positive integer; "
+                                 f"got {num_neighbors!r}")
+    sources = _embed_sources(run_key, embeddings_field, model)
+    dataset = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
+    root = dataset._root_dataset
+    fields = duplicate_fields(key)
+    _prepare_key(root, key, overwrite, fields)
+    if len(dataset) < 2:
+        raise TransferScopeError(f"{root.name!r} has fewer than 2 samples: no duplicates")
+
+    steps = 3
+    report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
+    t0 = time.perf_counter()
+    if embeddings_field is not None:
+        emb = tse.from_field(dataset, embeddings_field, "pretraining")
+    elif model is not None:
+        emb = tse.from_model(dataset, model, weights_path, "pretraining", image_size, device)
+    else:
+        from .influence import load_influence_run, run_datasets
+
+        _, run_config = load_influence_run(root, run_key)
+        run_pre, run_target = run_datasets(run_config)
+        if run_pre.name != root.name:
+            raise TransferScopeError(f"{root.name!r} is not the pretraining dataset of run "
+                                     f"{run_key!r} (that is {run_pre.name!r})")
+        emb, _ = tse.from_run(run_target.load_run_results(run_key, cache=False),
+                              device=None if device == "auto" else device)
+    t_embed = time.perf_counter() - t0
+    report(1)
+
+    t0 = time.perf_counter()
+    try:
+        index_ = nb.NeighborIndex(emb.vectors, kind=index, device=device, ids=emb.ids,
+                                  name="embeddings")
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    pairs = nb.near_pairs(index_, max_distance, min(num_neighbors, len(emb.ids) - 1))
+    exact_pairs = np.empty((0, 2), dtype=np.int64)
+    if hash_files:
+        hashes = tse.content_hashes(root.select(list(emb.ids)))
+        values = [hashes.get(i) or f"unread:{i}" for i in emb.ids]
+        exact_pairs = nb.equal_value_pairs(values)
+    groups = nb.duplicate_groups(len(emb.ids), np.concatenate([pairs, exact_pairs]))
+    t_search = time.perf_counter() - t0
+    report(2)
+
+    members = np.flatnonzero(groups >= 0)
+    ids = [str(emb.ids[i]) for i in members]
+    already = set(root.select(ids).match_tags(tag).values("id"))
+    tagged = {"tag": tag, "ids": [i for i in ids if i not in already]}
+    view_name = f"{key}_groups"
+    group_f = fields[0]
+    summary = {
+        "num_samples": len(emb.ids), "num_groups": int(groups.max() + 1) if len(members) else 0,
+        "num_grouped_samples": len(members), "num_exact_pairs": len(exact_pairs),
+        "index": index_.kind, "on_gpu": index_.on_gpu,
+        "seconds": {"embed": t_embed, "search": t_search},
+    }
+    if overwrite and key in root.list_runs():
+        root.delete_run(key)
+    try:
+        root.add_sample_field(group_f, fo.IntField)  # declared even when no group is found
+        root.select(ids).set_values(group_f, dict(zip(ids, groups[members].tolist())),
+                                    key_field="id")
+        root.select(tagged["ids"]).tag_samples(tag)
+        root.save_view(view_name, root.exists(group_f).sort_by(group_f), overwrite=True)
+        config = TransferScopeRunConfig(
+            method="near_duplicates", fields=fields, saved_views=[view_name],
+            run_key=run_key, embeddings_field=embeddings_field, model=model,
+            max_distance=max_distance, num_neighbors=num_neighbors, index=index_.kind, tag=tag)
+        root.register_run(key, config, results=fors.RunResults(
+            root, config, key, tagged=tagged, summary=summary))
+    except BaseException:
+        undo_writes(root, fields, [view_name], tagged)
+        if key in root.list_runs():
+            root.delete_run(key, cleanup=False)
+        raise
+    report(3)
+    return summary
