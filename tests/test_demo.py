@@ -56,3 +56,11 @@ def test_demo_recovers_the_planted_truth():
     assert (report["leak_class_mean_helpful_rank_on_copied"]
             < report["leak_class_mean_helpful_rank_on_other_same_digit"])
     assert fo.load_dataset(tgt.name).has_sample_field("demo_influence_helpful")
+    # leakage: the planted copies are found, few others flagged
+    leak = report["leakage"]
+    assert leak["recall"] >= 0.95 and leak["precision"] >= 0.9
+    assert len(tgt.load_saved_view("demo_leakage_likely_leaks")) == leak["flagged"]
+    dups = report["near_duplicates"]
+    assert dups["groups"] > 0 and pre.exists("demo_duplicates_group").count() == dups["grouped_samples"]
+    # measured: 143 of the 200 planted copies (the byte-identical ones and most variants)
+    assert dups["planted_copies_grouped"] >= 0.5 * dups["planted_copies"]

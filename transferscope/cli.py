@@ -35,6 +35,7 @@ def main(argv=None):
                       help="default: fiftyone.config.plugins_dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it tried
     from .views import TransferScopeError
 
     try:

@@ -19,6 +19,7 @@ import fiftyone as fo
 from . import demo_data
 from .curation import describe_curation, evaluate_curation, tag_classes
 from .influence import compute_class_influence
+from .leakage import detect_leakage, find_near_duplicates
 from .plots import save_curation_png
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 TARGET_NAME = "transferscope-demo-digits"
 PRETRAIN_NAME = "transferscope-demo-glyphs"
 RUN_KEY = "demo_influence"
+LEAKAGE_KEY = "demo_leakage"
+DUPLICATES_KEY = "demo_duplicates"
 # bump when the generated data changes, so old demo datasets are rebuilt
 DEMO_VERSION = 5
 
@@ -111,8 +114,9 @@ def _is_current(target_name, pretrain_name, spec):
     return True
 
 
-def planted_report(results, target, curation=None):
-    """What the run (and its curation, if evaluated) found, against the planted truth."""
+def planted_report(results, target, curation=None, leakage=None, duplicates=None,
+                   pretrain=None):
+    """What the run (curation, leakage search) found, against the planted truth."""
     from . import compute as tsc
 
     planted = target.info["planted"]
@@ -186,6 +190,32 @@ def planted_report(results, target, curation=None):
                 row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
                 for row in curation["vs_full"] if row["arm"] == "helpful_first"},
         }
+    if leakage is not None:
+        truth = set(planted["leaked_test_ids"])
+        found = set(leakage["leak_ids"])
+        hits = len(truth & found)
+        report["leakage"] = {
+            "planted_leaked_tests": len(truth), "flagged": len(found), "true_positives": hits,
+            "recall": hits / len(truth), "precision": hits / len(found) if found else None,
+            "exact_file_copies": leakage["num_exact_file_copies"],
+            "index": leakage["index"], "seconds": leakage["seconds"],
+        }
+    if duplicates is not None and pretrain is not None:
+        group_f = f"{DUPLICATES_KEY}_group"
+        copies = pretrain.exists("leak_of")
+        grouped = copies.exists(group_f)
+        of, groups = grouped.values(["leak_of", group_f]) if len(grouped) else ([], [])
+        by_group = {}
+        for test_id, g in zip(of, groups):
+            by_group.setdefault(g, set()).add(test_id)
+        report["near_duplicates"] = {
+            "groups": duplicates["num_groups"],
+            "grouped_samples": duplicates["num_grouped_samples"],
+            "planted_copies_grouped": len(grouped), "planted_copies": len(copies),
+            # a group holding copies of one test image only, and every copy of it
+            "copy_groups_pure": sum(len(v) == 1 for v in by_group.values()),
+            "copy_groups": len(by_group),
+        }
     return report
 
 
@@ -225,7 +255,16 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
         out("\n".join(describe_curation(summary)))
         png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
         out(f"Plot: {png}")
-    report = planted_report(results, target, summary)
+    out("\nLooking for leaks (FAISS on the run's backbone embeddings, file hashes, influence) ...")
+    leakage = detect_leakage(target, key=LEAKAGE_KEY, run_key=RUN_KEY, overwrite=True)
+    out(f"  {leakage['num_leaks']} of {leakage['num_targets']} test samples tagged 'leak' "
+        f"({leakage['num_exact_file_copies']} byte-identical); saved view "
+        f"{LEAKAGE_KEY}_likely_leaks")
+    duplicates = find_near_duplicates(pretrain, key=DUPLICATES_KEY, run_key=RUN_KEY,
+                                      overwrite=True)
+    out(f"  {duplicates['num_groups']} near-duplicate groups ({duplicates['num_grouped_samples']}"
+        f" pretraining samples) tagged 'near_duplicate'; saved view {DUPLICATES_KEY}_groups")
+    report = planted_report(results, target, summary, leakage, duplicates, pretrain)
     out("\nAgainst the planted truth:")
     out(json.dumps(report, indent=2))
     out(f"\nOpen the App to explore: fiftyone app launch {target.name}  "
