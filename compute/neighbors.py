@@ -144,6 +144,42 @@ class NeighborIndex:
         keep[np.arange(len(self)), drop] = False
         return dist[keep].reshape(len(self), k), idx[keep].reshape(len(self), k)
 
+    def within(self, queries, max_distance, start_k=16):
+        """Every index row within ``max_distance`` of each query, nearest first.
+
+        ``queries``: prepared query vectors, or None for the index rows
+        themselves (each row's own match excluded). Returns two lists of
+        arrays (distances, indices). A CPU flat index answers with FAISS's
+        exact range search; other indexes search the k nearest and double k
+        only for the queries whose k-th neighbour is still within range.
+        """
+        self_query = queries is None
+        q = self.vectors if self_query else queries
+        n = len(self)
+        if self.kind == "flat" and not self.on_gpu:
+            lims, sims, ids = self._index.range_search(q, float(1.0 - max_distance))
+            dists = [np.clip(1.0 - sims[lims[i]:lims[i + 1]], 0, 2) for i in range(len(q))]
+            found = [ids[lims[i]:lims[i + 1]] for i in range(len(q))]
+        else:
+            found, dists = [None] * len(q), [None] * len(q)
+            todo, k = np.arange(len(q)), min(start_k, n)
+            while len(todo):
+                dist, idx = self.search(q[todo], k, prepared=True)
+                full = (dist[:, -1] <= max_distance) & (k < n)
+                for row, d, i, more in zip(todo, dist, idx, full):
+                    if not more:
+                        found[row], dists[row] = i, d
+                todo, k = todo[full], min(2 * k, n)
+        out_d, out_i = [], []
+        for row, (d, i) in enumerate(zip(dists, found)):
+            keep = (d <= max_distance) & (i >= 0)
+            if self_query:
+                keep &= i != row
+            order = np.argsort(d[keep], kind="stable")
+            out_d.append(d[keep][order].astype(np.float32))
+            out_i.append(i[keep][order].astype(np.int64))
+        return out_d, out_i
+
     def recall(self, queries, k=1, sample=1000, prepared=False, seed=0):
         """Recall@k of this index against exact search on up to ``sample`` queries.
 

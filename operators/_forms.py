@@ -1,7 +1,18 @@
 """Form helpers shared by the operators."""
 
 import fiftyone as fo
+import fiftyone.operators as foo
 import fiftyone.operators.types as types
+
+
+def operator_config(name, label, description, delegated=True):
+    """The config every transferscope operator shares: dynamic form; long jobs
+    delegated by default, short ones immediate only."""
+    return foo.OperatorConfig(
+        name=name, label=label, description=description, dynamic=True,
+        allow_immediate_execution=True, allow_delegated_execution=delegated,
+        default_choice_to_delegated=delegated,
+    )
 
 
 def block(inputs, name, message):

@@ -10,18 +10,13 @@ from . import _forms
 class ComputeClassInfluence(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="compute_class_influence",
-            label="transferscope: compute class influence",
-            description=(
+        return _forms.operator_config(
+            "compute_class_influence", "transferscope: compute class influence",
+            (
                 "Train models on random halves of the pretraining classes, "
                 "transfer each to the target task, and score how much each "
                 "pretraining class helps or hurts each target test sample"
             ),
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
         )
 
     def resolve_input(self, ctx):

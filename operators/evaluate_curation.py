@@ -11,17 +11,12 @@ RULES = ("ci_below_zero", "most_harmful", "below_threshold")
 class EvaluateCuration(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="evaluate_curation",
-            label="transferscope: evaluate a curation by retraining",
-            description=(
+        return _forms.operator_config(
+            "evaluate_curation", "transferscope: evaluate a curation by retraining",
+            (
                 "Retrain on the full, curated and randomly curated pretraining "
                 "sets (several seeds each) and compare target accuracy"
             ),
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
         )
 
     def resolve_input(self, ctx):

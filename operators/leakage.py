@@ -9,14 +9,9 @@ from . import _forms
 class DetectLeakage(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="detect_leakage",
-            label="transferscope: detect leakage from the pretraining set",
-            description="Find target samples that (nearly) copy a pretraining image",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
+        return _forms.operator_config(
+            "detect_leakage", "transferscope: detect leakage from the pretraining set",
+            "Find target samples that (nearly) copy a pretraining image",
         )
 
     def resolve_input(self, ctx):
@@ -74,14 +69,9 @@ class DetectLeakage(foo.Operator):
 class FindNearDuplicates(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="find_near_duplicates",
-            label="transferscope: find near-duplicate groups",
-            description="Group near-identical images of this dataset (FAISS and file hashes)",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
+        return _forms.operator_config(
+            "find_near_duplicates", "transferscope: find near-duplicate groups",
+            "Group near-identical images of this dataset (FAISS and file hashes)",
         )
 
     def resolve_input(self, ctx):

@@ -11,16 +11,12 @@ RULES = ("ci_below_zero", "most_harmful", "below_threshold", "classes")
 class TagClasses(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="tag_classes",
-            label="transferscope: tag classes for removal",
-            description=(
+        return _forms.operator_config(
+            "tag_classes", "transferscope: tag classes for removal",
+            (
                 "Tag the pretraining samples of harmful classes (chosen from a "
                 "class-influence run) and save the curated view without them"
-            ),
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=False,
+            ), delegated=False,
         )
 
     def resolve_input(self, ctx):

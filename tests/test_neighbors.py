@@ -84,3 +84,18 @@ def test_leak_scores_combine_distance_and_influence():
     assert z[0] > 1 and z[1] > 1
     with pytest.raises(ValueError, match="max_distance"):
         nb.leak_scores(d, 0)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_within_returns_every_neighbour_in_range(kind):
+    base = _vectors(400)
+    base[100:140] = base[7] + np.random.default_rng(2).normal(0, 0.01, (40, 16))  # a dense clump
+    index = nb.NeighborIndex(base, kind=kind, device="cpu", center=False)
+    dist, idx = index.within(None, 0.01)
+    b = base / np.linalg.norm(base, axis=1, keepdims=True)
+    exact = 1 - b @ b.T
+    np.fill_diagonal(exact, np.inf)
+    for row in (7, 100, 0):
+        truth = set(np.flatnonzero(exact[row] <= 0.01))
+        assert set(idx[row]) == truth and (np.diff(dist[row]) >= 0).all()
+    assert len(idx[100]) >= 39  # more than the first k = 16: k grew where needed

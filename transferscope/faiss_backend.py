@@ -101,20 +101,9 @@ class FaissNeighbors:
         return (dist, idx) if return_distance else idx
 
     def radius_neighbors(self, X=None, radius=0.2, return_distance=True):
-        """Neighbours within ``radius``: k-NN with k doubled until all fit."""
-        n = len(self.index)
-        k = min(16, n - 1 if X is None else n)
-        while True:
-            dist, idx = self.kneighbors(X, k)
-            full = (dist[:, -1] <= radius).any() if k < (n - 1 if X is None else n) else False
-            if not full:
-                break
-            k = min(2 * k, n - 1 if X is None else n)
-        inds, dists = [], []
-        for d, i in zip(dist, idx):
-            keep = (d <= radius) & (i >= 0)
-            inds.append(i[keep])
-            dists.append(d[keep])
-        inds = np.array(inds + [None], dtype=object)[:-1]
-        dists = np.array(dists + [None], dtype=object)[:-1]
+        """Neighbours within ``radius`` (cosine distance), nearest first."""
+        dist, idx = self.index.within(None if X is None else self.index.prepare(X), radius)
+        inds = np.empty(len(idx), dtype=object)
+        dists = np.empty(len(idx), dtype=object)
+        inds[:], dists[:] = idx, dist
         return (dists, inds) if return_distance else inds

@@ -218,8 +218,7 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
     score_f, dist_f, id_f, label_f, z_f = fields
     ids = [str(i) for i in tgt.ids]
     leaks = [i for i, s in zip(ids, scores) if s >= threshold]
-    already = set(root.select(leaks).match_tags(tag).values("id"))
-    tagged = {"tag": tag, "ids": [i for i in leaks if i not in already]}
+    tagged = _newly_tagged(root, leaks, tag)
     view_name = f"{key}_likely_leaks"
     written = fields if support is not None else fields[:4]
     params = dict(pretrain_dataset=pretrain._root_dataset.name, run_key=run_key,
@@ -239,31 +238,21 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
                                            "search": t_search},
         "leak_ids": leaks,
     }
-    if overwrite and key in root.list_runs():
-        root.delete_run(key)
     target_view = root.select(ids)
-    try:
-        for f, ftype in zip(written, (fo.FloatField, fo.FloatField, fo.StringField,
-                                      fo.StringField, fo.FloatField)):
-            root.add_sample_field(f, ftype)  # declared: values may all be None
+
+    def write_values():
         target_view.set_values(score_f, dict(zip(ids, scores.tolist())), key_field="id")
         target_view.set_values(dist_f, dict(zip(ids, dist.tolist())), key_field="id")
         target_view.set_values(id_f, dict(zip(ids, map(str, nearest_ids))), key_field="id")
         target_view.set_values(label_f, dict(zip(ids, nearest_labels)), key_field="id")
         if support is not None:
             target_view.set_values(z_f, dict(zip(ids, support.tolist())), key_field="id")
-        root.select(tagged["ids"]).tag_samples(tag)
-        root.save_view(view_name, root.match(fo.ViewField(score_f) >= threshold)
-                       .sort_by(score_f, reverse=True), overwrite=True)
-        config = TransferScopeRunConfig(method="leakage", fields=written,
-                                        saved_views=[view_name], **params)
-        root.register_run(key, config, results=fors.RunResults(
-            root, config, key, tagged=tagged, summary=summary))
-    except BaseException:
-        undo_writes(root, written, [view_name], tagged)
-        if key in root.list_runs():
-            root.delete_run(key, cleanup=False)
-        raise
+
+    _commit(root, key, overwrite, "leakage", written,
+            (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField, fo.FloatField),
+            write_values, tagged, view_name,
+            lambda: root.match(fo.ViewField(score_f) >= threshold).sort_by(score_f, reverse=True),
+            summary, params)
     report(4)
     return summary
 
@@ -342,8 +331,7 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
 
     members = np.flatnonzero(groups >= 0)
     ids = [str(emb.ids[i]) for i in members]
-    already = set(root.select(ids).match_tags(tag).values("id"))
-    tagged = {"tag": tag, "ids": [i for i in ids if i not in already]}
+    tagged = _newly_tagged(root, ids, tag)
     view_name = f"{key}_groups"
     group_f = fields[0]
     summary = {
@@ -352,18 +340,39 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
         "index": index_.kind, "on_gpu": index_.on_gpu,
         "seconds": {"embed": t_embed, "search": t_search},
     }
-    if overwrite and key in root.list_runs():
-        root.delete_run(key)
-    try:
-        root.add_sample_field(group_f, fo.IntField)  # declared even when no group is found
+    params = dict(run_key=run_key, embeddings_field=embeddings_field, model=model,
+                  max_distance=max_distance, num_neighbors=num_neighbors, index=index_.kind,
+                  tag=tag)
+
+    def write_values():
         root.select(ids).set_values(group_f, dict(zip(ids, groups[members].tolist())),
                                     key_field="id")
-        root.select(tagged["ids"]).tag_samples(tag)
-        root.save_view(view_name, root.exists(group_f).sort_by(group_f), overwrite=True)
-        config = TransferScopeRunConfig(
-            method="near_duplicates", fields=fields, saved_views=[view_name],
-            run_key=run_key, embeddings_field=embeddings_field, model=model,
-            max_distance=max_distance, num_neighbors=num_neighbors, index=index_.kind, tag=tag)
+
+    _commit(root, key, overwrite, "near_duplicates", fields, (fo.IntField,), write_values,
+            tagged, view_name, lambda: root.exists(group_f).sort_by(group_f), summary, params)
+    report(3)
+    return summary
+
+
+def _newly_tagged(dataset, ids, tag):
+    """``{"tag", "ids"}``: the samples among ``ids`` that do not carry ``tag`` yet."""
+    already = set(dataset.select(ids).match_tags(tag).values("id"))
+    return {"tag": tag, "ids": [i for i in ids if i not in already]}
+
+
+def _commit(root, key, overwrite, method, fields, field_types, write_values, tagged,
+            view_name, make_view, summary, params):
+    """Writes fields, tag, saved view and run together; undoes all of it on failure."""
+    if overwrite and key in root.list_runs():
+        root.delete_run(key)  # its cleanup removes the old fields, tags and view
+    try:
+        for field, ftype in zip(fields, field_types):
+            root.add_sample_field(field, ftype)  # declared: values may all be None
+        write_values()
+        root.select(tagged["ids"]).tag_samples(tagged["tag"])
+        root.save_view(view_name, make_view(), overwrite=True)
+        config = TransferScopeRunConfig(method=method, fields=fields,
+                                        saved_views=[view_name], **params)
         root.register_run(key, config, results=fors.RunResults(
             root, config, key, tagged=tagged, summary=summary))
     except BaseException:
@@ -371,5 +380,3 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
         if key in root.list_runs():
             root.delete_run(key, cleanup=False)
         raise
-    report(3)
-    return summary
