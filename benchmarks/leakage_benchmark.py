@@ -138,6 +138,38 @@ def run_brain(p, t, threshold, backend):
         ds.delete()
 
 
+def faiss_scale(sizes, num_target, dim, seed):
+    """FAISS alone at larger sizes, on synthetic vectors with planted noisy copies."""
+    from transferscope.compute.neighbors import NeighborIndex
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n in sizes:
+        p = rng.normal(size=(n, dim)).astype(np.float32)
+        t = rng.normal(size=(num_target, dim)).astype(np.float32)
+        planted = rng.choice(num_target, num_target // 20, replace=False)
+        slots = rng.choice(n, len(planted), replace=False)
+        p[slots] = t[planted] + rng.normal(0, 0.05, size=(len(planted), dim)).astype(np.float32)
+        row = {}
+        for kind in ("flat", "ivf"):
+            t0 = time.perf_counter()
+            index = NeighborIndex(p, kind=kind, device="auto", center=False)
+            built = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, idx = index.search(t, 1)
+            searched = time.perf_counter() - t0
+            row[kind] = {"build_s": built, "search_s": searched,
+                         "planted_found": float((idx[planted, 0] == slots).mean()),
+                         "recall_at_1": index.recall(t, 1)}
+            print(f"  FAISS {kind} at {n} x {num_target} (dim {dim}): build {built:.1f} s, "
+                  f"search {searched:.1f} s, planted copies found "
+                  f"{row[kind]['planted_found']:.3f}, recall@1 {row[kind]['recall_at_1']:.3f}",
+                  flush=True)
+            del index
+        out[str(n)] = row
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretrain", type=int, default=100_000)
@@ -147,6 +179,8 @@ def main():
                         help="cosine distance (best F1 for FAISS at 10k x 1k: 0.035)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-brain", action="store_true")
+    parser.add_argument("--faiss-sizes", default="",
+                        help="also time FAISS alone at these pretraining sizes (comma-separated)")
     args = parser.parse_args()
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     if "FIFTYONE_DATABASE_NAME" not in os.environ:  # keep the user's database clean
@@ -184,7 +218,13 @@ def main():
         print(f"{name:<52s} {r['seconds']:8.2f}s {r['seconds'] / base:8.1f} {r['recall']:7.3f} "
               f"{r['precision']:9.3f}  " + " ".join(f"{r['recall_by_kind'][k]:8.2f}" for k in KINDS))
 
+    scale = {}
+    if args.faiss_sizes:
+        print("\nFAISS alone, synthetic 128-d vectors:")
+        scale = faiss_scale([int(x) for x in args.faiss_sizes.split(",")], args.target, 128,
+                            args.seed)
     out = {
+        "faiss_scale": scale,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "processor": platform.processor()},
         "args": vars(args), "dim": int(p.shape[1]), "rows": rows,
