@@ -104,3 +104,87 @@ def load_or_train_backbone(config, data, cache_dir):
     torch.save(net.state_dict(), tmp)
     os.replace(tmp, path)
     return net, device
+
+
+# Diversity sweeps: seed s is model DIVERSITY_INDEX_BASE + s in every cell,
+# so the cells of a budget differ only in which classes and samples they see.
+DIVERSITY_INDEX_BASE = 3_000_000
+
+
+def diversity_subset(labels, num_classes, classes_count, per_class, seed, eligible=None,
+                     class_order=None):
+    """The class mask and sample mask of one ``(K, n)`` cell.
+
+    Classes: the first ``K`` of ``class_order`` if given, else ``K`` drawn at
+    random from ``eligible`` (classes with at least ``n`` samples); samples:
+    ``n`` drawn at random within each class. Deterministic in ``seed``.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, classes_count, per_class])
+    pool = np.arange(num_classes) if eligible is None else np.asarray(eligible)
+    if class_order is not None:
+        chosen = np.asarray(class_order)[:classes_count]
+    else:
+        chosen = rng.choice(pool, classes_count, replace=False)
+    class_mask = np.zeros(num_classes, dtype=bool)
+    class_mask[chosen] = True
+    sample_mask = np.zeros(len(labels), dtype=bool)
+    for c in sorted(chosen):
+        members = np.flatnonzero(labels == c)
+        sample_mask[rng.choice(members, per_class, replace=False)] = True
+    return class_mask, sample_mask
+
+
+def diversity_cell_masks(cell, labels, num_classes):
+    """``(class_mask, sample_mask)`` of a sweep cell.
+
+    A cell names ``classes`` (K), ``per_class`` (n) and ``seed`` (random
+    classes among those with at least n samples, random samples), or lists
+    its pretraining rows in ``sample_rows``.
+    """
+    labels = np.asarray(labels)
+    if cell.get("sample_rows") is not None:
+        sample_mask = np.zeros(len(labels), dtype=bool)
+        sample_mask[np.asarray(cell["sample_rows"], dtype=np.int64)] = True
+        class_mask = np.zeros(num_classes, dtype=bool)
+        class_mask[np.unique(labels[sample_mask])] = True
+        return class_mask, sample_mask
+    counts = np.bincount(labels, minlength=num_classes)
+    eligible = np.flatnonzero(counts >= cell["per_class"])
+    return diversity_subset(labels, num_classes, cell["classes"], cell["per_class"],
+                            cell["seed"], eligible)
+
+
+def run_diversity_cells(config, data, store, cells, on_model_done=None):
+    """Trains the store's pending cells (resumable); row ``i`` is ``cells[i]``.
+
+    Each cell trains for its own ``epochs`` with model seed
+    ``DIVERSITY_INDEX_BASE + seed``.
+    """
+    total = len(cells)
+    pending = store.pending()
+    done = total - len(pending)
+    for row in pending:
+        cell = cells[row]
+        class_mask, sample_mask = diversity_cell_masks(cell, data.pretrain_labels,
+                                                       data.num_pretrain_classes)
+        cell_config = type(config).from_dict({**config.to_dict(), "epochs": cell["epochs"]})
+        outputs = train_subset_model(cell_config, DIVERSITY_INDEX_BASE + cell["seed"],
+                                     class_mask, data, sample_mask)
+        store.write(row, outputs)
+        done += 1
+        if on_model_done is not None:
+            on_model_done(row, done, total)
+    return pending
+
+
+def open_cells_store(path, config, data, cells):
+    """A resumable store for sweep cells, refused if written for other cells."""
+    import json
+
+    masks = np.array([diversity_cell_masks(c, data.pretrain_labels,
+                                           data.num_pretrain_classes)[0] for c in cells])
+    blob = json.dumps(cells, sort_keys=True).encode()
+    config_hash = (f"{config.fingerprint(data.fingerprint())}/cells/"
+                   f"{hashlib.sha256(blob).hexdigest()[:16]}")
+    return ResultsStore.open(path, config_hash, masks, len(data.test_labels))

@@ -97,7 +97,7 @@ def model_seed(config, index):
     return int(np.random.SeedSequence([config.seed, index]).generate_state(1)[0])
 
 
-def train_subset_model(config, index, mask_row, data):
+def train_subset_model(config, index, mask_row, data, sample_mask=None):
     """Trains model ``index`` on the classes in ``mask_row``; returns outputs.
 
     Returns:
@@ -106,7 +106,7 @@ def train_subset_model(config, index, mask_row, data):
         minus the best other), ``correct`` (0/1) and ``pred`` (predicted
         target class)
     """
-    net, gen, device = pretrain_network(config, index, mask_row, data)
+    net, gen, device = pretrain_network(config, index, mask_row, data, sample_mask)
     t = data.tensors(device)
     train_y = data.train_labels.astype(np.int64)
     if config.transfer == "linear":
@@ -122,8 +122,9 @@ def train_subset_model(config, index, mask_row, data):
     return outputs_from_logits(logits, data.test_labels)
 
 
-def pretrain_network(config, index, mask_row, data):
-    """Model ``index`` pretrained from scratch on the classes in ``mask_row``.
+def pretrain_network(config, index, mask_row, data, sample_mask=None):
+    """Model ``index`` pretrained from scratch on the classes in ``mask_row``
+    (and, with ``sample_mask``, only on those of their samples it marks).
 
     Returns ``(net, generator, device)``; the generator continues the model's
     seeded stream (transfer draws from it after pretraining).
@@ -139,6 +140,8 @@ def pretrain_network(config, index, mask_row, data):
     remap[torch.from_numpy(classes)] = torch.arange(len(classes))
     remap = remap.to(device)
     keep = remap[t["pretrain_labels"]] >= 0
+    if sample_mask is not None:
+        keep &= torch.from_numpy(np.asarray(sample_mask, dtype=bool)).to(device)
     x_pre = t["pretrain"][keep]
     y_pre = remap[t["pretrain_labels"][keep]]
 

@@ -1,0 +1,64 @@
+"""plan_class_diversity end to end on a tiny configuration, and its bad input."""
+
+import pytest
+
+import fiftyone.operators as foo
+
+import transferscope as ts
+from transferscope import TransferScopeError
+from transferscope.diversity import plan_class_diversity
+
+from conftest import TINY_KWARGS
+
+PLUGIN = "@transferscope/transferscope"
+
+
+@pytest.fixture()
+def influence_run(tiny_datasets, tmp_path):
+    pre, tgt = tiny_datasets
+    ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "store"),
+                               progress=False, **TINY_KWARGS)
+    return pre, tgt
+
+
+def test_plan_end_to_end_writes_the_plan_view_and_run(influence_run):
+    pre, tgt = influence_run
+    calls = []
+    summary = plan_class_diversity(tgt, "infl", key="div", budgets=[12, 20], full_budget=30,
+                                   num_points=4, num_seeds=2, sample_choice="coverage",
+                                   progress=lambda d, t: calls.append((d, t)))
+    pred = summary["prediction"]
+    assert set(summary["per_budget"]) == {"12", "20", "30"}
+    for N, row in summary["per_budget"].items():
+        assert len(row["grid"]) >= 3 and row["sweep_best_K"] > 0
+    k, n = pred["K_plan"], pred["n_plan"]
+    assert 2 <= k <= 6 and k * n <= 30
+    view = pre.load_saved_view("div_plan")
+    assert len(view) == k * n
+    assert len(view.distinct("ground_truth.label")) == k
+    assert view.count_values("ground_truth.label") == {c: n for c in summary["plan_classes"]}
+    ver = summary["verification"]
+    for name in ("accuracy_at_predicted_K", "accuracy_all_classes", "accuracy_plan"):
+        assert 0 <= ver[name] <= 1
+    assert "div" in pre.list_runs()
+    assert pre.load_run_results("div").summary["prediction"]["K_plan"] == k
+    assert calls and calls[-1][0] == calls[-1][1]
+    pre.delete_run("div")
+    assert not pre.has_saved_view("div_plan")
+
+
+def test_bad_input_is_refused(influence_run):
+    pre, tgt = influence_run
+    cases = [
+        (dict(budgets=[12], full_budget=30), "at least two different small budgets"),
+        (dict(budgets=[12, 40], full_budget=30), "must lie below the full budget"),
+        (dict(budgets=[12, 20], full_budget=1000), "exceeds the 60 pretraining samples"),
+        (dict(budgets=[12, 20], full_budget=30, num_points=2), "num_points must be an integer >= 3"),
+        (dict(budgets=[2, 20], full_budget=30), "too small"),
+        (dict(budgets=[12, 20], full_budget=30, class_choice="best"), "class_choice must be"),
+        (dict(budgets=[12, 20], full_budget=59), "feasible points"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(TransferScopeError, match=message):
+            plan_class_diversity(tgt, "infl", key="bad", **kw)
+        assert "bad" not in pre.list_runs()
