@@ -3,7 +3,8 @@
 from .compute_class_influence import ComputeClassInfluence
 from .evaluate_curation import EvaluateCuration
 from .leakage import DetectLeakage, FindNearDuplicates
+from .plan_class_diversity import PlanClassDiversity
 from .tag_classes import TagClasses
 
 OPERATORS = [ComputeClassInfluence, TagClasses, EvaluateCuration, DetectLeakage,
-             FindNearDuplicates]
+             FindNearDuplicates, PlanClassDiversity]

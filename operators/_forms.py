@@ -85,8 +85,8 @@ def reload_if_immediate(ctx):
         ctx.trigger("reload_dataset")
 
 
-def influence_run_choice(inputs, ctx, pretraining_only=False):
-    """A dropdown of the class-influence runs on the current dataset.
+def influence_run_choice(inputs, ctx, pretraining_only=False, name="run_key"):
+    """A dropdown (parameter ``name``) of the class-influence runs on the current dataset.
 
     Returns ``(run_key, config)``, or ``(None, None)`` (with the form marked
     invalid) when the dataset has none.
@@ -109,9 +109,9 @@ def influence_run_choice(inputs, ctx, pretraining_only=False):
     choices = types.DropdownView()
     for k in keys:
         choices.add_choice(k, label=k)
-    inputs.enum("run_key", keys, default=keys[-1], required=True, label="Influence run",
+    inputs.enum(name, keys, default=keys[-1], required=True, label="Influence run",
                 view=choices)
-    key = ctx.params.get("run_key") or keys[-1]
+    key = ctx.params.get(name) or keys[-1]
     if key not in keys:
         return None, None
     return key, dataset.get_run_info(key).config
@@ -186,8 +186,8 @@ def embeddings_source_inputs(inputs, ctx, dataset_role):
     radio.add_choice("model", label="a torchvision model with local weights")
     inputs.enum("source", radio.values(), default="run", label="Embeddings", view=radio)
     source = ctx.params.get("source", "run")
-    if source == "run":
-        key, _ = influence_run_choice(inputs, ctx)
+    if source == "run":  # the output's key is "run_key": this one is "influence_run"
+        key, _ = influence_run_choice(inputs, ctx, name="influence_run")
         return {"run_key": key}
     if source == "field":
         inputs.str("embeddings_field", required=True, label="Embeddings field",
@@ -217,7 +217,7 @@ def embeddings_kwargs(params):
     """The SDK's embeddings arguments from a form's parameters."""
     source = params.get("source", "run")
     if source == "run":
-        return {"run_key": params.get("run_key")}
+        return {"run_key": params.get("influence_run")}
     if source == "field":
         return {"embeddings_field": params.get("embeddings_field")}
     return {"model": params.get("model"), "weights_path": params.get("weights_path") or None,

@@ -62,3 +62,23 @@ def test_bad_input_is_refused(influence_run):
         with pytest.raises(TransferScopeError, match=message):
             plan_class_diversity(tgt, "infl", key="bad", **kw)
         assert "bad" not in pre.list_runs()
+
+
+def test_operator_through_fiftyones_machinery(influence_run, tmp_path):
+    pre, tgt = influence_run
+    out = foo.execute_operator(f"{PLUGIN}/plan_class_diversity", ctx=dict(dataset=tgt, params=dict(
+        influence_run="infl", budgets="12,20", full_budget=30, num_points=4, num_seeds=2,
+        class_choice="random", sample_choice="random", verify=False, run_key="op_div",
+        overwrite=False)))
+    assert out.error is None, out.error
+    assert any("predicted K*" in line for line in out.result["report"])
+    assert out.result["saved_view"] == "op_div_plan" and pre.has_saved_view("op_div_plan")
+    assert {t["name"] for t in out.result["error_vs_classes"]} >= {"N = 12 measured"}
+    from transferscope.plots import save_diversity_png
+
+    png = save_diversity_png(pre.load_run_results("op_div").summary, str(tmp_path / "d.png"))
+    with open(png, "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+    with pytest.raises(Exception, match="the K grid needs at least 3 points"):
+        foo.execute_operator(f"{PLUGIN}/plan_class_diversity", ctx=dict(dataset=tgt, params=dict(
+            influence_run="infl", num_points=2, run_key="bad")))

@@ -144,6 +144,11 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     assert len(os.listdir(cache)) == 1
     again = detect_leakage(tgt, key="bb2", run_key="infl", max_distance=0.05)
     assert again["leak_ids"] == summary["leak_ids"]
+    op = foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=dict(
+        source="run", influence_run="infl", max_distance=0.05, threshold=0.5, index="auto",
+        device="cpu", tag="leak", run_key="op_bb", overwrite=False)))
+    assert op.error is None, op.error
+    assert op.result["num_targets"] == 18 and "op_bb" in tgt.list_runs()
     dups = find_near_duplicates(pre, key="nd", run_key="infl")
     assert dups["num_exact_pairs"] == 0 and dups["num_samples"] == 63
 

@@ -317,3 +317,49 @@ def _coverage(vectors, k, seed):
     rest = [i for i in range(len(x)) if i not in picked]
     picked += rest[:k - len(picked)]  # rare: centroids sharing all their neighbours
     return np.array(picked[:k])
+
+
+def describe_diversity(summary):
+    """Lines of text that report a plan and its check."""
+    pred, ver = summary["prediction"], summary["verification"]
+    lines = ["Best number of classes per budget (sweep: parabola in log K, 95% bootstrap CI; "
+             "fit: a K^-p + b n^-q + c on the small budgets):"]
+    for N, row in summary["per_budget"].items():
+        fit_k = f"{row['fit_best_K']:.1f}" if row["fit_best_K"] is not None else "-"
+        lo, hi = row["sweep_best_K_ci95"]
+        lines.append(f"  N = {int(N):>6d}: sweep K* = {row['sweep_best_K']:.1f} [{lo:.1f}, {hi:.1f}]"
+                     f"{'' if row['interior'] else ' (at the edge of the grid)'}, ratio K/n = "
+                     f"{row['sweep_best_ratio']:.2f}; fit K* = {fit_k}")
+    f = pred["fit"]
+    lines.append(f"Fit: a={f['a']:.3g} p={f['p']:.3g} b={f['b']:.3g} q={f['q']:.3g} "
+                 f"c={f['c']:.3g}, rmse {f['rmse']:.4f}"
+                 + ("" if pred["fit_converged"] else f" (not used: {pred['fit_message']})"))
+    ci = pred["K_from_fit_ci95"]
+    lines.append(f"Full budget N = {pred['full_budget']}: predicted K* = "
+                 + (f"{pred['K_from_fit']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] (fit)"
+                    if pred["K_from_fit"] else "-")
+                 + f", {pred['K_from_pooled_sweep_ratio']:.1f} (pooled sweep ratio); "
+                 f"plan: {pred['K_plan']} classes x {pred['n_plan']} samples")
+    if pred["adapted"]:
+        lines.append(f"  adapted: {pred['adapted']}")
+    if pred["classes_too_small"]:
+        lines.append(f"  classes with fewer than {pred['n_plan']} samples, left out: "
+                     f"{pred['classes_too_small']}")
+    if ver:
+        lines += [
+            f"Check at the full budget: measured best K = {ver['measured_best_K']:.1f} "
+            f"[{ver['measured_best_K_ci95'][0]:.1f}, {ver['measured_best_K_ci95'][1]:.1f}] "
+            f"(best grid point K = {ver['measured_best_grid_K']})",
+            f"  accuracy at the best grid K      {100 * ver['accuracy_at_best_grid_K']:.1f}%",
+            f"  accuracy at the predicted K      {100 * ver['accuracy_at_predicted_K']:.1f}% "
+            f"[{100 * ver['accuracy_at_predicted_K_ci95'][0]:.1f}, "
+            f"{100 * ver['accuracy_at_predicted_K_ci95'][1]:.1f}] (random classes)",
+            f"  accuracy of the plan             {100 * ver['accuracy_plan']:.1f}% "
+            f"[{100 * ver['accuracy_plan_ci95'][0]:.1f}, {100 * ver['accuracy_plan_ci95'][1]:.1f}]"
+            f" ({summary['class_choice']} classes, {summary['sample_choice']} samples)",
+            f"  accuracy with all {ver['all_classes_K']} classes      "
+            f"{100 * ver['accuracy_all_classes']:.1f}% "
+            f"[{100 * ver['accuracy_all_classes_ci95'][0]:.1f}, "
+            f"{100 * ver['accuracy_all_classes_ci95'][1]:.1f}]",
+        ]
+    return lines

@@ -103,3 +103,93 @@ def save_curation_png(summary, path):
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+DIVERSITY_TITLE = "Target error against the number of pretraining classes at fixed budgets"
+
+
+def diversity_series(summary):
+    """Per budget: swept K, mean error and 95% CI, the fitted curve, the optima."""
+    import numpy as np
+
+    fit = summary["prediction"]["fit"]
+    converged = summary["prediction"]["fit_converged"]
+    out = {}
+    for N, row in summary["per_budget"].items():
+        N = int(N)
+        cells = [c for c in summary["cells"] if c["budget"] == N and c["arm"] == "sweep"]
+        ks = sorted({c["classes"] for c in cells})
+        errs = [[c["error"] for c in cells if c["classes"] == k] for k in ks]
+        mean = [100 * float(np.mean(e)) for e in errs]
+        half = [100 * 1.96 * float(np.std(e, ddof=1)) / np.sqrt(len(e)) if len(e) > 1 else 0.0
+                for e in errs]
+        curve_k = np.geomspace(min(ks), max(ks), 50)
+        curve = (100 * (fit["a"] * curve_k ** -fit["p"] + fit["b"] * (N / curve_k) ** -fit["q"]
+                        + fit["c"])).tolist() if converged else None
+        out[N] = {"K": ks, "error": mean, "half_ci": half, "curve_K": curve_k.tolist(),
+                  "curve": curve, "sweep_best_K": row["sweep_best_K"],
+                  "fit_best_K": row["fit_best_K"]}
+    return out
+
+
+def diversity_plotly(summary):
+    """``(traces, layout)``: error vs K per budget, fitted curves, optima."""
+    traces = []
+    for N, s in diversity_series(summary).items():
+        traces.append({"type": "scatter", "mode": "markers+lines", "name": f"N = {N} measured",
+                       "x": s["K"], "y": s["error"],
+                       "error_y": {"type": "data", "array": s["half_ci"]}})
+        if s["curve"] is not None:
+            traces.append({"type": "scatter", "mode": "lines", "name": f"N = {N} fit",
+                           "x": s["curve_K"], "y": s["curve"], "line": {"dash": "dash"}})
+    layout = {"title": {"text": DIVERSITY_TITLE},
+              "xaxis": {"title": {"text": "classes K (n = N / K samples each)"}, "type": "log"},
+              "yaxis": {"title": {"text": "target test error (%)"}}}
+    return traces, layout
+
+
+def save_diversity_png(summary, path):
+    """Error vs K per budget (with fits and optima), and predicted vs measured best K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = diversity_series(summary)
+    pred = summary["prediction"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    for i, (N, s) in enumerate(series.items()):
+        colour = f"C{i}"
+        full = N == pred["full_budget"]
+        ax.errorbar(s["K"], s["error"], yerr=s["half_ci"], marker="o", capsize=3, color=colour,
+                    label=f"N = {N}" + (" (full, measured)" if full else ""))
+        if s["curve"] is not None:
+            ax.plot(s["curve_K"], s["curve"], "--", color=colour, alpha=0.7)
+        if s["fit_best_K"] is not None:
+            ax.axvline(s["fit_best_K"], color=colour, ls=":", alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("classes K (n = N / K samples each); dotted: fitted optimum")
+    ax.set_ylabel("target test error (%)")
+    ax.set_title("error vs K (dashed: fit on the small budgets)", fontsize=9)
+    ax.legend(fontsize=8)
+
+    budgets = sorted(series)
+    measured = [summary["per_budget"][str(N)]["sweep_best_K"] for N in budgets]
+    ci = [summary["per_budget"][str(N)]["sweep_best_K_ci95"] for N in budgets]
+    bx.errorbar(budgets, measured, yerr=[[m - c[0] for m, c in zip(measured, ci)],
+                                         [c[1] - m for m, c in zip(measured, ci)]],
+                fmt="o", capsize=3, label="best K of each sweep (95% CI)")
+    if pred["fit_converged"]:
+        fit_k = [summary["per_budget"][str(N)]["fit_best_K"] for N in budgets]
+        bx.plot(budgets, fit_k, "s--", label="fit on the small budgets")
+    bx.plot([pred["full_budget"]], [pred["K_plan"]], "*", ms=14, color="black",
+            label=f"planned K* = {pred['K_plan']}")
+    bx.set_xscale("log")
+    bx.set_xlabel("budget N")
+    bx.set_ylabel("best number of classes K*")
+    bx.set_title("predicted vs measured best K", fontsize=9)
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
