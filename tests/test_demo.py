@@ -64,3 +64,9 @@ def test_demo_recovers_the_planted_truth():
     assert dups["groups"] > 0 and pre.exists("demo_duplicates_group").count() == dups["grouped_samples"]
     # measured: 143 of the 200 planted copies (the byte-identical ones and most variants)
     assert dups["planted_copies_grouped"] >= 0.5 * dups["planted_copies"]
+    # the diversity planner: a prediction, checked at the full budget, a plan view
+    div = report["diversity"]
+    pred, ver = div["prediction"], div["verification"]
+    assert pred["K_plan"] * pred["n_plan"] <= 660 and set(div["per_budget"]) == {"165", "330", "660"}
+    assert 0 < ver["accuracy_plan"] <= 1 and 0 < ver["accuracy_all_classes"] <= 1
+    assert len(pre.load_saved_view("demo_diversity_plan")) == pred["K_plan"] * pred["n_plan"]

@@ -19,8 +19,9 @@ import fiftyone as fo
 from . import demo_data
 from .curation import describe_curation, evaluate_curation, tag_classes
 from .influence import compute_class_influence
+from .diversity import describe_diversity, plan_class_diversity
 from .leakage import detect_leakage, find_near_duplicates
-from .plots import save_curation_png
+from .plots import save_curation_png, save_diversity_png
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ PRETRAIN_NAME = "transferscope-demo-glyphs"
 RUN_KEY = "demo_influence"
 LEAKAGE_KEY = "demo_leakage"
 DUPLICATES_KEY = "demo_duplicates"
+DIVERSITY_KEY = "demo_diversity"
+# the diversity planner: small budgets, the full budget it predicts, and its check
+DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=3)
 # bump when the generated data changes, so old demo datasets are rebuilt
 DEMO_VERSION = 5
 
@@ -264,7 +268,17 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
                                       overwrite=True)
     out(f"  {duplicates['num_groups']} near-duplicate groups ({duplicates['num_grouped_samples']}"
         f" pretraining samples) tagged 'near_duplicate'; saved view {DUPLICATES_KEY}_groups")
+    out(f"\nPlanning the number of classes (budgets {DIVERSITY['budgets']} -> "
+        f"{DIVERSITY['full_budget']}, {DIVERSITY['num_seeds']} seeds per point) ...")
+    diversity = plan_class_diversity(target, RUN_KEY, key=DIVERSITY_KEY, overwrite=True,
+                                     **DIVERSITY)
+    out("\n".join(describe_diversity(diversity)))
+    png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
+    out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")
     report = planted_report(results, target, summary, leakage, duplicates, pretrain)
+    report["diversity"] = {"prediction": diversity["prediction"],
+                           "verification": diversity["verification"],
+                           "per_budget": diversity["per_budget"]}
     out("\nAgainst the planted truth:")
     out(json.dumps(report, indent=2))
     out(f"\nOpen the App to explore: fiftyone app launch {target.name}  "

@@ -155,6 +155,8 @@ def save_diversity_png(summary, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     series = diversity_series(summary)
     pred = summary["prediction"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
@@ -185,6 +187,11 @@ def save_diversity_png(summary, path):
     bx.plot([pred["full_budget"]], [pred["K_plan"]], "*", ms=14, color="black",
             label=f"planned K* = {pred['K_plan']}")
     bx.set_xscale("log")
+    for axis in (ax.xaxis, bx.xaxis):  # plain numbers on the log axes
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(sorted({k for s in series.values() for k in s["K"]}))
+    bx.set_xticks(budgets)
     bx.set_xlabel("budget N")
     bx.set_ylabel("best number of classes K*")
     bx.set_title("predicted vs measured best K", fontsize=9)
