@@ -32,7 +32,7 @@ LEAKAGE_KEY = "demo_leakage"
 DUPLICATES_KEY = "demo_duplicates"
 DIVERSITY_KEY = "demo_diversity"
 # the diversity planner: small budgets, the full budget it predicts, and its check
-DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=3)
+DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=8)
 # bump when the generated data changes, so old demo datasets are rebuilt
 DEMO_VERSION = 5
 
