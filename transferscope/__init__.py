@@ -6,12 +6,17 @@ The SDK (one function per job, used by the operators, the demo and the tests)::
     results = ts.compute_class_influence("glyphs", "digits", "influence")
     ts.tag_classes("glyphs", "influence", rule="ci_below_zero")
     summary = ts.evaluate_curation("digits", "influence", sweep_ks=[4, 8])
+    ts.detect_leakage("digits", run_key="influence")
+    ts.find_near_duplicates("glyphs", run_key="influence")
+    plan = ts.plan_class_diversity("digits", "influence", budgets=[500, 1000], full_budget=4000)
 
 The engine lives in :mod:`transferscope.compute` (no FiftyOne import).
 """
 
 from .curation import curation_of, evaluate_curation, tag_classes, untag_classes
+from .diversity import plan_class_diversity
 from .influence import compute_class_influence, field_names, runs_dir
+from .leakage import detect_leakage, find_near_duplicates
 from .views import TransferScopeError
 
 from . import faiss_backend as _faiss_backend
@@ -23,4 +28,5 @@ __version__ = "0.1.0"
 __all__ = [
     "compute_class_influence", "field_names", "runs_dir", "TransferScopeError",
     "tag_classes", "untag_classes", "evaluate_curation", "curation_of",
+    "detect_leakage", "find_near_duplicates", "plan_class_diversity",
 ]
