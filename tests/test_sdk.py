@@ -160,7 +160,7 @@ def test_missing_labels_and_foreign_fields(tiny_datasets):
     tgt.add_sample_field("clash_helpful", fo.StringField)
     with pytest.raises(TransferScopeError, match="no transferscope run"):
         ts.compute_class_influence(pre, tgt, "clash", **TINY_KWARGS)
-    with pytest.raises(TransferScopeError, match="does not exist"):
+    with pytest.raises(TransferScopeError, match="no dataset named .no-such-dataset. exists"):
         ts.compute_class_influence("no-such-dataset", tgt, "x", **TINY_KWARGS)
 
 

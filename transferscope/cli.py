@@ -34,8 +34,13 @@ def main(argv=None):
     plug.add_argument("--plugins-dir", default=None,
                       help="default: fiftyone.config.plugins_dir")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it tried
+    # our own messages only: FiftyOne prints its own through its handler, and
+    # a root handler would print those twice
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("transferscope")
+    ours.setLevel(logging.INFO)
+    ours.addHandler(handler)
     from .views import TransferScopeError
 
     try:

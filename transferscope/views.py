@@ -22,7 +22,7 @@ class TransferScopeError(ValueError):
 def load_dataset(dataset_or_name, role):
     if isinstance(dataset_or_name, str):
         if not fo.dataset_exists(dataset_or_name):
-            raise TransferScopeError(f"{role} dataset {dataset_or_name!r} does not exist")
+            raise TransferScopeError(f"{role}: no dataset named {dataset_or_name!r} exists")
         return fo.load_dataset(dataset_or_name)
     if isinstance(dataset_or_name, fo.core.collections.SampleCollection):
         return dataset_or_name
