@@ -7,12 +7,20 @@ exact cosine similarity. One code path: GPU FAISS when a GPU build and a GPU
 are present, faiss-cpu otherwise.
 """
 
+import os
+
 import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 from scipy import stats
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+# faiss-cpu wheels bundle their own libgomp next to torch's: two OpenMP
+# runtimes in one process. After FAISS had run multithreaded, torch training
+# in the same process segfaulted once in our test suite, so CPU FAISS runs
+# single-threaded unless TRANSFERSCOPE_FAISS_THREADS says otherwise (safe in a
+# process that never trains).
+FAISS_THREADS_ENV = "TRANSFERSCOPE_FAISS_THREADS"
 # Up to this many index vectors an exact (flat) search is both exact and fast
 # enough; measured in benchmarks/leakage_benchmark.py
 EXACT_MAX = 250_000
@@ -100,6 +108,7 @@ class NeighborIndex:
         else:
             index = faiss.IndexFlatIP(d)
         self.on_gpu = bool(use_gpu)
+        faiss.omp_set_num_threads(int(os.environ.get(FAISS_THREADS_ENV, "1")))
         if self.on_gpu:
             self._resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._resources, 0, index)

@@ -304,6 +304,9 @@ def _coverage(vectors, k, seed):
     """Indices of ``k`` samples nearest to the centroids of a FAISS k-means."""
     import faiss
 
+    from .compute.neighbors import FAISS_THREADS_ENV
+
+    faiss.omp_set_num_threads(int(os.environ.get(FAISS_THREADS_ENV, "1")))  # see there
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     # small classes are the normal case here: no "too few points" warning
     km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False,
