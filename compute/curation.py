@@ -14,6 +14,8 @@ import json
 import numpy as np
 from scipy import stats
 
+from .estimators import mean_ci
+
 SELECTION_RULES = ("most_harmful", "below_threshold", "ci_below_zero", "classes")
 ORDERS = ("harmful_first", "helpful_first", "random")
 # the smallest pretraining set a curated set may leave
@@ -179,20 +181,11 @@ def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0):
     return CurationPlan(np.array(masks), np.array(seeds), cells, removed)
 
 
-def _mean_ci(x, confidence=0.95):
-    x = np.asarray(x, dtype=np.float64)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return mean, mean - float(half), mean + float(half)
-
-
 def paired_comparison(a, b, confidence=0.95):
     """``a - b`` paired by seed: mean, CI, paired t-test p-value, wins."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     diff = a - b
-    mean, lo, hi = _mean_ci(diff, confidence)
+    mean, lo, hi = mean_ci(diff, confidence)
     if np.allclose(diff, diff[0]):
         p = 0.0 if diff[0] != 0 else 1.0  # no spread: the t statistic is undefined
     else:
@@ -216,7 +209,7 @@ def summarize_curation(plan, accuracy, class_names=None):
     cells = []
     for c in plan.cells:
         per_seed = acc[c["rows"]]
-        mean, lo, hi = _mean_ci(per_seed)
+        mean, lo, hi = mean_ci(per_seed)
         cells.append({"arm": c["arm"], "k": c["k"], "accuracy": mean, "ci95": [lo, hi],
                       "per_seed": per_seed.round(6).tolist()})
     k_cur = len(plan.removed)

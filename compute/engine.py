@@ -1,6 +1,7 @@
 """Runs the subset models that a results store still lacks."""
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -38,13 +39,21 @@ def run_subset_models(config, data, store, on_model_done=None, model_indices=Non
         the indices trained in this call (finished rows are never retrained)
     """
     masks = store.masks
-    total = len(masks)
+
+    def train_row(index):
+        model = index if model_indices is None else int(model_indices[index])
+        return train_subset_model(config, model, masks[index], data)
+
+    return _train_pending(store, train_row, on_model_done)
+
+
+def _train_pending(store, train_row, on_model_done=None):
+    """Trains ``train_row(index)`` for every incomplete row, writing each as it ends."""
+    total = len(store.completed)
     pending = store.pending()
     done = total - len(pending)
     for index in pending:
-        model = index if model_indices is None else int(model_indices[index])
-        outputs = train_subset_model(config, model, masks[index], data)
-        store.write(index, outputs)
+        store.write(index, train_row(index))
         done += 1
         if on_model_done is not None:
             on_model_done(index, done, total)
@@ -111,21 +120,17 @@ def load_or_train_backbone(config, data, cache_dir):
 DIVERSITY_INDEX_BASE = 3_000_000
 
 
-def diversity_subset(labels, num_classes, classes_count, per_class, seed, eligible=None,
-                     class_order=None):
+def diversity_subset(labels, num_classes, classes_count, per_class, seed, eligible=None):
     """The class mask and sample mask of one ``(K, n)`` cell.
 
-    Classes: the first ``K`` of ``class_order`` if given, else ``K`` drawn at
-    random from ``eligible`` (classes with at least ``n`` samples); samples:
-    ``n`` drawn at random within each class. Deterministic in ``seed``.
+    Classes: ``K`` drawn at random from ``eligible`` (classes with at least
+    ``n`` samples; all by default); samples: ``n`` drawn at random within
+    each class. Deterministic in ``seed``.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng([seed, classes_count, per_class])
     pool = np.arange(num_classes) if eligible is None else np.asarray(eligible)
-    if class_order is not None:
-        chosen = np.asarray(class_order)[:classes_count]
-    else:
-        chosen = rng.choice(pool, classes_count, replace=False)
+    chosen = rng.choice(pool, classes_count, replace=False)
     class_mask = np.zeros(num_classes, dtype=bool)
     class_mask[chosen] = True
     sample_mask = np.zeros(len(labels), dtype=bool)
@@ -161,30 +166,25 @@ def run_diversity_cells(config, data, store, cells, on_model_done=None):
     Each cell trains for its own ``epochs`` with model seed
     ``DIVERSITY_INDEX_BASE + seed``.
     """
-    total = len(cells)
-    pending = store.pending()
-    done = total - len(pending)
-    for row in pending:
+    def train_row(row):
         cell = cells[row]
         class_mask, sample_mask = diversity_cell_masks(cell, data.pretrain_labels,
                                                        data.num_pretrain_classes)
         cell_config = type(config).from_dict({**config.to_dict(), "epochs": cell["epochs"]})
-        outputs = train_subset_model(cell_config, DIVERSITY_INDEX_BASE + cell["seed"],
-                                     class_mask, data, sample_mask)
-        store.write(row, outputs)
-        done += 1
-        if on_model_done is not None:
-            on_model_done(row, done, total)
-    return pending
+        return train_subset_model(cell_config, DIVERSITY_INDEX_BASE + cell["seed"],
+                                  class_mask, data, sample_mask)
+
+    return _train_pending(store, train_row, on_model_done)
+
+
+def cells_digest(cells):
+    """A short hash of a list of sweep cells (their JSON)."""
+    return hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def open_cells_store(path, config, data, cells):
     """A resumable store for sweep cells, refused if written for other cells."""
-    import json
-
     masks = np.array([diversity_cell_masks(c, data.pretrain_labels,
                                            data.num_pretrain_classes)[0] for c in cells])
-    blob = json.dumps(cells, sort_keys=True).encode()
-    config_hash = (f"{config.fingerprint(data.fingerprint())}/cells/"
-                   f"{hashlib.sha256(blob).hexdigest()[:16]}")
+    config_hash = f"{config.fingerprint(data.fingerprint())}/cells/{cells_digest(cells)}"
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels))

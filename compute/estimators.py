@@ -89,6 +89,16 @@ def _welch_df(masks, y):
     return df
 
 
+def mean_ci(x, confidence=0.95):
+    """``(mean, low, high)``: the mean of ``x`` with its Student-t interval."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return mean, mean - float(half), mean + float(half)
+
+
 def split_halves(num_models):
     """Two disjoint halves of the model indices that keep pairs together.
 

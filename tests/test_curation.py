@@ -175,3 +175,17 @@ def test_operators_tag_view_undo_and_evaluate(influence_run):
         foo.execute_operator(f"{PLUGIN}/tag_classes", ctx=dict(dataset=pre, params=dict(
             run_key="infl", action="tag", rule="below_threshold", threshold=-5.0)))
     assert "remove" not in pre.count_sample_tags()
+
+
+def test_evaluation_and_planning_refuse_datasets_changed_since_the_run(influence_run):
+    from transferscope.diversity import plan_class_diversity
+
+    pre, tgt, results = influence_run
+    first = pre.first()
+    pre.add_sample(fo.Sample(filepath=first.filepath,
+                             ground_truth=fo.Classification(label="a_new_class")))
+    with pytest.raises(TransferScopeError, match="changed since it was computed.*curation"):
+        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, num_seeds=2)
+    with pytest.raises(TransferScopeError, match="changed since it was computed.*diversity"):
+        plan_class_diversity(tgt, "infl", budgets=[12, 20], full_budget=30)
+    assert not pre.has_saved_view("diversity_plan") and "diversity" not in pre.list_runs()

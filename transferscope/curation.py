@@ -22,6 +22,7 @@ from .influence import (
     run_datasets,
     run_with_progress,
 )
+from .runs import newly_tagged, undo_writes
 from .views import TransferScopeError
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,7 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
         the record stored in the run (a dict)
     """
     dataset, results = _pretraining_run(pretrain_dataset, run_key)
-    if not isinstance(tag, str) or not tag.strip() or tag != tag.strip():
-        raise TransferScopeError(f"tag must be a non-empty string without surrounding "
-                                 f"spaces; got {tag!r}")
+    tsv.validate_tag(tag)
     view_name = curated_view_name(run_key) if view_name is None else view_name
     if not isinstance(view_name, str) or not view_name.strip():
         raise TransferScopeError(f"view_name must be a non-empty string; got {view_name!r}")
@@ -94,8 +93,8 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
         undo_tagging(dataset, previous)
     label_path = f"{results.config.pretrain_label_field}.label"
     in_classes = dataset.match(fo.ViewField(label_path).is_in(removed))
-    ids, tags = in_classes.values(["id", "tags"])
-    newly_tagged = [i for i, t in zip(ids, tags) if tag not in (t or [])]
+    ids = in_classes.values("id")
+    tagged = newly_tagged(dataset, ids, tag)
     index = {c: i for i, c in enumerate(results.classes)}
     record = {
         "rule": rule, "k": k, "threshold": threshold, "tag": tag, "view_name": view_name,
@@ -104,18 +103,15 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
         "ci95": [[float(results.class_ci_low[index[c]]), float(results.class_ci_high[index[c]])]
                  for c in removed],
         "num_samples": len(ids),
-        "tagged_ids": newly_tagged,  # only these are untagged on undo
+        "tagged_ids": tagged["ids"],  # only these are untagged on undo
     }
     try:
-        dataset.select(newly_tagged).tag_samples(tag)
-        dataset.save_view(view_name, dataset.match_tags(tag, bool=False), overwrite=True,
-                          description=f"{dataset.name} without the samples tagged {tag!r} "
-                                      f"(classes chosen from run {run_key!r})")
+        _apply_tagging(dataset, record)
         _save_record(dataset, run_key, results, "curation_tags", record)
     except BaseException:
         undo_tagging(dataset, record)
         if previous:  # put the earlier choice back as it was
-            _redo_tags(dataset, previous)
+            _apply_tagging(dataset, previous)
         raise
     return record
 
@@ -137,15 +133,17 @@ def untag_classes(pretrain_dataset, run_key):
 
 def undo_tagging(dataset, record):
     """Removes a tagging record's tag from the samples it tagged, and its saved view."""
-    dataset.select(record["tagged_ids"]).untag_samples(record["tag"])
-    if dataset.has_saved_view(record["view_name"]):
-        dataset.delete_saved_view(record["view_name"])
+    undo_writes(dataset, [], [record["view_name"]],
+                {"tag": record["tag"], "ids": record["tagged_ids"]})
 
 
-def _redo_tags(dataset, record):
-    dataset.select(record["tagged_ids"]).tag_samples(record["tag"])
-    dataset.save_view(record["view_name"], dataset.match_tags(record["tag"], bool=False),
-                      overwrite=True)
+def _apply_tagging(dataset, record):
+    """Tags the record's samples and saves the view without the tag."""
+    tag = record["tag"]
+    dataset.select(record["tagged_ids"]).tag_samples(tag)
+    dataset.save_view(record["view_name"], dataset.match_tags(tag, bool=False), overwrite=True,
+                      description=f"{dataset.name} without the samples tagged {tag!r} "
+                                  f"(classes: {', '.join(record['classes'])})")
 
 
 def _save_record(dataset, run_key, results, name, value):
@@ -213,14 +211,7 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
 
-    labelled = labelled_transfer_of(results)
-    if (labelled.classes != list(results.classes)
-            or labelled.target_classes != list(results.target_classes)
-            or [str(i) for i in labelled.test_ids] != list(results.target_ids)):
-        raise TransferScopeError(
-            f"the datasets of run {run_key!r} changed since it was computed (classes or "
-            f"test samples differ); compute the run again before evaluating a curation"
-        )
+    labelled = labelled_transfer_of(results, unchanged_for="evaluating a curation")
     data = labelled.decode(train_config.image_size, train_config.channels)
     path = os.path.join(results.config.output_dir, "curation", plan.fingerprint())
     store = tsc.open_retrain_store(path, train_config, data, plan.masks, plan.seeds,

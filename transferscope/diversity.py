@@ -8,6 +8,7 @@ samples each) at small budgets ``N``, fit the error surface, predict the best
 plan as a view of the pretraining dataset.
 """
 
+import collections
 import logging
 import math
 import os
@@ -62,7 +63,8 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     """
     from . import compute as tsc
     from .compute import diversity as dv
-    from .compute.engine import open_cells_store, run_diversity_cells
+    from .compute.estimators import mean_ci
+    from .compute.engine import cells_digest, open_cells_store, run_diversity_cells
 
     _, config = load_influence_run(dataset, run_key)
     pretrain, target = run_datasets(config)
@@ -79,9 +81,9 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise TransferScopeError(f"{name} must be an integer >= {low}; got {value!r}")
     results = target.load_run_results(run_key, cache=False)
-    labelled = labelled_transfer_of(results)
+    labelled = labelled_transfer_of(results, unchanged_for="planning class diversity")
     class_names = list(results.classes)
-    counts = {c: labelled.pre_labels.count(c) for c in class_names}
+    counts = collections.Counter(labelled.pre_labels)
     sizes = np.array([counts[c] for c in class_names])
     num_classes = len(class_names)
 
@@ -126,16 +128,13 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     cells = [{"budget": N, "classes": K, "per_class": N // K, "seed": s,
               "epochs": epochs_for(N), "arm": "sweep"}
              for N, grid in grids.items() for K in grid for s in range(num_seeds)]
-    labels = np.array([class_names.index(l) for l in labelled.pre_labels])
     data = labelled.decode(base.image_size, base.channels)
+    labels = data.pretrain_labels  # class indices in the order of class_names
     store_root = os.path.join(results.config.output_dir, "diversity")
 
     def run_cells(group, name):
-        import hashlib
-        import json
-
-        digest = hashlib.sha256(json.dumps(group, sort_keys=True).encode()).hexdigest()[:16]
-        store = open_cells_store(os.path.join(store_root, digest), base, data, group)
+        store = open_cells_store(os.path.join(store_root, cells_digest(group)), base, data,
+                                 group)
         run_with_progress(store, lambda done: run_diversity_cells(base, data, store, group, done),
                           progress, f"Training the diversity {name}")
         accuracy = store.outputs("correct").mean(axis=1)
@@ -191,7 +190,8 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     else:
         order = list(np.random.default_rng(seed).permutation(eligible))
     chosen = order[:k_plan]
-    plan_rows = _choose_samples(labels, chosen, n_plan, sample_choice, results, device, seed)
+    plan_rows = _choose_samples(labels, chosen, n_plan, sample_choice, results, device, seed,
+                                labelled, data)
     plan_ids = [str(labelled.pre_ids[i]) for i in plan_rows]
 
     verification = None
@@ -214,8 +214,8 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
         best_grid_k = min(by_k, key=lambda k: np.mean(by_k[k]))
 
         def acc(arm):
-            e = [c["error"] for c in table if c["arm"] == arm]
-            return 1 - float(np.mean(e)), _ci([1 - x for x in e])
+            mean, lo, hi = mean_ci([1 - c["error"] for c in table if c["arm"] == arm])
+            return mean, [lo, hi]
 
         verification = {
             "measured_best_K": per_budget[str(full_budget)]["sweep_best_K"],
@@ -254,16 +254,6 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     return summary
 
 
-def _ci(values):
-    from scipy import stats
-
-    v = np.asarray(values, float)
-    if len(v) < 2:
-        return [float("nan"), float("nan")]
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return [float(v.mean() - half), float(v.mean() + half)]
-
-
 def _feasible_plan(k_pred, budget, sizes):
     """Rounds ``K*`` and lowers it until enough classes hold ``n* = N // K*`` samples."""
     k = int(np.clip(round(k_pred), 2, len(sizes)))
@@ -283,14 +273,14 @@ def _feasible_plan(k_pred, budget, sizes):
     return k, n, excluded, adapted
 
 
-def _choose_samples(labels, chosen, per_class, how, results, device, seed):
+def _choose_samples(labels, chosen, per_class, how, results, device, seed, labelled, data):
     rows = []
     rng = np.random.default_rng(seed)
     vectors = None
     if how == "coverage":
         from .embeddings import from_run
 
-        vectors = from_run(results, device=device)[0].vectors
+        vectors = from_run(results, device=device, labelled=labelled, data=data)[0].vectors
     for c in chosen:
         members = np.flatnonzero(labels == c)
         if how == "random" or len(members) <= per_class:

@@ -86,8 +86,12 @@ def from_model(view, arch, weights_path, role, image_size=64, device="auto", bat
     return Embedded(np.asarray(ids), vectors)
 
 
-def from_run(results, device=None):
-    """``(pretraining, target test)`` embeddings from a class-influence run's backbone."""
+def from_run(results, device=None, labelled=None, data=None):
+    """``(pretraining, target test)`` embeddings from a class-influence run's backbone.
+
+    ``labelled`` and ``data``: the run's transfer problem and its decoded
+    images, when the caller has them already (decoded at the run's size).
+    """
     from . import compute as tsc
     from .compute.engine import load_or_train_backbone
     from .compute.train import embed_images
@@ -96,8 +100,10 @@ def from_run(results, device=None):
     config = influence_config_of(results)
     if device is not None:
         config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "device": device})
-    labelled = labelled_transfer_of(results)
-    data = labelled.decode(config.image_size, config.channels)
+    if labelled is None:
+        labelled = labelled_transfer_of(results)
+    if data is None:
+        data = labelled.decode(config.image_size, config.channels)
     net, dev = load_or_train_backbone(config, data,
                                       os.path.join(results.config.output_dir, "backbone"))
     norm = data.normalisation()

@@ -400,18 +400,30 @@ def influence_config_of(results):
     return tsc.InfluenceConfig(**{n: getattr(results.config, n) for n in names})
 
 
-def labelled_transfer_of(results):
-    """The run's transfer problem (same datasets, fields and splits)."""
+def labelled_transfer_of(results, unchanged_for=None):
+    """The run's transfer problem (same datasets, fields and splits).
+
+    ``unchanged_for``: what the caller is about to do; when given, refuses
+    datasets whose classes or test samples changed since the run.
+    """
     cfg = results.config
     if str(cfg.train_split).startswith("<view") or str(cfg.test_split).startswith("<view"):
         raise TransferScopeError("this run was computed on views passed from Python; "
                                  "pass the same views again")
-    return collect_labels(
+    labelled = collect_labels(
         tsv.load_dataset(cfg.pretrain_dataset, "pretrain_dataset"),
         tsv.load_dataset(cfg.target_dataset, "target_dataset"),
         cfg.pretrain_label_field, cfg.target_label_field,
         cfg.train_split, cfg.test_split, cfg.split_by, cfg.split_field,
     )
+    if unchanged_for and (labelled.classes != list(results.classes)
+                          or labelled.target_classes != list(results.target_classes)
+                          or [str(i) for i in labelled.test_ids] != list(results.target_ids)):
+        raise TransferScopeError(
+            f"the datasets of run {results.key!r} changed since it was computed (classes or "
+            f"test samples differ); compute the run again before {unchanged_for}"
+        )
+    return labelled
 
 
 def load_influence_run(dataset, run_key, role="dataset"):

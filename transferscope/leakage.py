@@ -16,7 +16,7 @@ import fiftyone.core.runs as fors
 
 from . import embeddings as tse
 from . import views as tsv
-from .runs import TransferScopeRunConfig, undo_writes
+from .runs import TransferScopeRunConfig, newly_tagged, undo_writes
 from .views import TransferScopeError
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,6 @@ def _check_range(value, name, low, high, low_open=True):
     if not ok or not ((low < value) if low_open else (low <= value)) or not value <= high:
         bracket = "(" if low_open else "["
         raise TransferScopeError(f"{name} must lie in {bracket}{low}, {high}]; got {value!r}")
-
-
-def _check_tag(tag):
-    if not isinstance(tag, str) or not tag.strip() or tag != tag.strip():
-        raise TransferScopeError(f"tag must be a non-empty string without surrounding "
-                                 f"spaces; got {tag!r}")
 
 
 def _prepare_key(dataset, key, overwrite, fields):
@@ -109,7 +103,7 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
     _check_range(max_distance, "max_distance", 0, 2)
     _check_range(threshold, "threshold", 0, 1)
     _check_range(influence_weight, "influence_weight", 0, 0.999, low_open=False)
-    _check_tag(tag)
+    tsv.validate_tag(tag)
     if index not in nb.INDEX_KINDS:
         raise TransferScopeError(f"index must be one of {nb.INDEX_KINDS}; got {index!r}")
     sources = _embed_sources(run_key, embeddings_field, model)
@@ -218,7 +212,7 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
     score_f, dist_f, id_f, label_f, z_f = fields
     ids = [str(i) for i in tgt.ids]
     leaks = [i for i, s in zip(ids, scores) if s >= threshold]
-    tagged = _newly_tagged(root, leaks, tag)
+    tagged = newly_tagged(root, leaks, tag)
     view_name = f"{key}_likely_leaks"
     written = fields if support is not None else fields[:4]
     params = dict(pretrain_dataset=pretrain._root_dataset.name, run_key=run_key,
@@ -280,7 +274,7 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
     from .compute import neighbors as nb
 
     _check_range(max_distance, "max_distance", 0, 2)
-    _check_tag(tag)
+    tsv.validate_tag(tag)
     if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) \
             or num_neighbors < 1:
         raise TransferScopeError(f"num_neighbors must be a positive integer; "
@@ -331,7 +325,7 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
 
     members = np.flatnonzero(groups >= 0)
     ids = [str(emb.ids[i]) for i in members]
-    tagged = _newly_tagged(root, ids, tag)
+    tagged = newly_tagged(root, ids, tag)
     view_name = f"{key}_groups"
     group_f = fields[0]
     summary = {
@@ -352,12 +346,6 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
             tagged, view_name, lambda: root.exists(group_f).sort_by(group_f), summary, params)
     report(3)
     return summary
-
-
-def _newly_tagged(dataset, ids, tag):
-    """``{"tag", "ids"}``: the samples among ``ids`` that do not carry ``tag`` yet."""
-    already = set(dataset.select(ids).match_tags(tag).values("id"))
-    return {"tag": tag, "ids": [i for i in ids if i not in already]}
 
 
 def _commit(root, key, overwrite, method, fields, field_types, write_values, tagged,

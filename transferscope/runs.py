@@ -102,6 +102,13 @@ class TransferScopeRun(fors.Run):
                     getattr(dataset.load_run_results(key, cache=False), "tagged", None))
 
 
+def newly_tagged(dataset, ids, tag):
+    """``{"tag", "ids"}``: the samples among ``ids`` that do not carry ``tag`` yet
+    (only these lose it again on undo)."""
+    already = set(dataset.select(ids).match_tags(tag).values("id"))
+    return {"tag": tag, "ids": [i for i in ids if i not in already]}
+
+
 def undo_writes(dataset, fields, saved_views, tagged=None):
     """Deletes fields and saved views, and removes a tag from the samples it was added to.
 

@@ -41,6 +41,12 @@ def validate_run_key(run_key):
         )
 
 
+def validate_tag(tag):
+    if not isinstance(tag, str) or not tag.strip() or tag != tag.strip():
+        raise TransferScopeError(f"tag must be a non-empty string without surrounding "
+                                 f"spaces; got {tag!r}")
+
+
 def check_run_key_free(collection, run_key, overwrite, fields):
     """Refuses an existing run key (unless overwrite) or fields a run does not own."""
     dataset = collection._root_dataset
