@@ -26,6 +26,7 @@ from .engine import (
     run_retraining,
     run_subset_models,
 )
+from .executors import LocalExecutor, ModelsFailedError, RayExecutor, make_executor
 from .estimators import (
     aggregate_influence,
     class_influence,
@@ -43,4 +44,5 @@ __all__ = [
     "check_design", "min_models", "sample_class_masks", "TransferData",
     "train_subset_model", "ORDERS", "SELECTION_RULES", "CurationPlan", "check_num_removed",
     "paired_comparison", "plan_curation", "select_classes", "summarize_curation",
+    "LocalExecutor", "RayExecutor", "ModelsFailedError", "make_executor",
 ]

@@ -12,6 +12,7 @@ import json
 TRANSFER_MODES = ("linear", "finetune")
 TARGET_FUNCTIONS = ("prob", "margin", "correct")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 # Bump when a change to the engine changes what a model outputs, so stores
 # written by older code are refused rather than silently mixed.
 ENGINE_VERSION = 2
@@ -39,6 +40,8 @@ class InfluenceConfig:
         finetune_epochs: epochs of full fine-tuning
         probe_c: inverse L2 strength of the linear probe
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on a CPU),
+            ``"fp32"`` or ``"bf16"`` (autocast on either device)
     """
 
     num_models: int = 64
@@ -56,6 +59,7 @@ class InfluenceConfig:
     finetune_epochs: int = 30
     probe_c: float = 1.0
     device: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self):
         _check_int(self.num_models, "num_models", 2)
@@ -72,6 +76,8 @@ class InfluenceConfig:
             raise ValueError(
                 f"transfer must be one of {TRANSFER_MODES}; got {self.transfer!r}"
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.probe_c > 0):
@@ -96,6 +102,8 @@ class InfluenceConfig:
         """
         d = self.to_dict()
         d.pop("device")
+        if d["precision"] == "auto":  # runs from before this field keep their hash
+            d.pop("precision")
         d["data"] = data_fingerprint
         d["engine_version"] = ENGINE_VERSION
         blob = json.dumps(d, sort_keys=True).encode()

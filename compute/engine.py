@@ -7,10 +7,11 @@ import os
 import numpy as np
 import torch
 
+from .executors import LocalExecutor, ModelJob, ModelsFailedError
 from .nets import build_network
 from .store import ResultsStore
 from .subsets import check_design, sample_class_masks
-from .train import pretrain_network, resolve_device, train_subset_model
+from .train import pretrain_network, resolve_device
 
 
 def design_masks(config, num_classes, class_names=None):
@@ -27,36 +28,49 @@ def open_store(path, config, data, class_names=None, meta=None):
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
 
 
-def run_subset_models(config, data, store, on_model_done=None, model_indices=None):
+def run_subset_models(config, data, store, on_model_done=None, model_indices=None,
+                      executor=None):
     """Trains every model whose row is not complete, writing each as it ends.
 
     Args:
         on_model_done: optional ``callable(index, num_done, num_total)``
         model_indices: optional ``(M,)`` model index (hence seed) of each row;
             by default row ``i`` is model ``i``
+        executor: where the models train (see :mod:`.executors`; default:
+            in this process)
 
     Returns:
         the indices trained in this call (finished rows are never retrained)
+
+    Raises:
+        ModelsFailedError: some models failed; all the others are stored
     """
     masks = store.masks
 
-    def train_row(index):
+    def job(index):
         model = index if model_indices is None else int(model_indices[index])
-        return train_subset_model(config, model, masks[index], data)
+        return ModelJob(index, config, model, masks[index])
 
-    return _train_pending(store, train_row, on_model_done)
+    return _train_pending(store, job, data, on_model_done, executor)
 
 
-def _train_pending(store, train_row, on_model_done=None):
-    """Trains ``train_row(index)`` for every incomplete row, writing each as it ends."""
+def _train_pending(store, job_for_row, data, on_model_done=None, executor=None):
+    """Trains ``job_for_row(row)`` for every incomplete row; the driver writes each."""
+    executor = executor or LocalExecutor()
     total = len(store.completed)
     pending = store.pending()
     done = total - len(pending)
-    for index in pending:
-        store.write(index, train_row(index))
+
+    def write(row, outputs):
+        nonlocal done
+        store.write(row, outputs)
         done += 1
         if on_model_done is not None:
-            on_model_done(index, done, total)
+            on_model_done(row, done, total)
+
+    failures = executor.run([job_for_row(row) for row in pending], data, write)
+    if failures:
+        raise ModelsFailedError(failures, done, total)
     return pending
 
 
@@ -82,11 +96,11 @@ def open_retrain_store(path, config, data, masks, seeds, meta=None):
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
 
 
-def run_retraining(config, data, store, on_model_done=None):
+def run_retraining(config, data, store, on_model_done=None, executor=None):
     """Trains the rows of a retrain store that are not complete (resumable)."""
     seeds = np.asarray(store.spec["meta"]["seeds"], dtype=np.int64)
     return run_subset_models(config, data, store, on_model_done,
-                             model_indices=RETRAIN_INDEX_BASE + seeds)
+                             model_indices=RETRAIN_INDEX_BASE + seeds, executor=executor)
 
 
 # The backbone used for embeddings: one model on every class, its own seed.
@@ -160,21 +174,21 @@ def diversity_cell_masks(cell, labels, num_classes):
                             cell["seed"], eligible)
 
 
-def run_diversity_cells(config, data, store, cells, on_model_done=None):
+def run_diversity_cells(config, data, store, cells, on_model_done=None, executor=None):
     """Trains the store's pending cells (resumable); row ``i`` is ``cells[i]``.
 
     Each cell trains for its own ``epochs`` with model seed
     ``DIVERSITY_INDEX_BASE + seed``.
     """
-    def train_row(row):
+    def job(row):
         cell = cells[row]
         class_mask, sample_mask = diversity_cell_masks(cell, data.pretrain_labels,
                                                        data.num_pretrain_classes)
         cell_config = type(config).from_dict({**config.to_dict(), "epochs": cell["epochs"]})
-        return train_subset_model(cell_config, DIVERSITY_INDEX_BASE + cell["seed"],
-                                  class_mask, data, sample_mask)
+        return ModelJob(row, cell_config, DIVERSITY_INDEX_BASE + cell["seed"],
+                        class_mask, sample_mask)
 
-    return _train_pending(store, train_row, on_model_done)
+    return _train_pending(store, job, data, on_model_done, executor)
 
 
 def cells_digest(cells):

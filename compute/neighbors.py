@@ -15,12 +15,22 @@ from scipy.sparse import csgraph
 from scipy import stats
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
-# faiss-cpu wheels bundle their own libgomp next to torch's: two OpenMP
-# runtimes in one process. After FAISS had run multithreaded, torch training
-# in the same process segfaulted once in our test suite, so CPU FAISS runs
-# single-threaded unless TRANSFERSCOPE_FAISS_THREADS says otherwise (safe in a
-# process that never trains).
+# After FAISS had run multithreaded, torch training in the same process
+# segfaulted once in our test suite, so CPU FAISS runs single-threaded unless
+# TRANSFERSCOPE_FAISS_THREADS says otherwise. FAISS and torch share one OpenMP
+# thread setting here, so this also leaves torch on that many threads for the
+# rest of the process; giving torch its count back right after a FAISS call
+# aborted the process once in our test suite, so it is not done (see README).
 FAISS_THREADS_ENV = "TRANSFERSCOPE_FAISS_THREADS"
+
+
+def set_faiss_threads():
+    """Sets FAISS's thread count (see FAISS_THREADS_ENV); called before each FAISS call."""
+    import faiss
+
+    faiss.omp_set_num_threads(int(os.environ.get(FAISS_THREADS_ENV, "1")))
+
+
 # Up to this many index vectors an exact (flat) search is both exact and fast
 # enough; measured in benchmarks/leakage_benchmark.py
 EXACT_MAX = 250_000
@@ -108,7 +118,7 @@ class NeighborIndex:
         else:
             index = faiss.IndexFlatIP(d)
         self.on_gpu = bool(use_gpu)
-        faiss.omp_set_num_threads(int(os.environ.get(FAISS_THREADS_ENV, "1")))
+        set_faiss_threads()
         if self.on_gpu:
             self._resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._resources, 0, index)
@@ -137,6 +147,7 @@ class NeighborIndex:
         """
         q = queries if prepared else self.prepare(queries, name, ids)
         k = int(min(k, len(self)))
+        set_faiss_threads()
         sims, idx = self._index.search(q, k)
         dist = np.clip(1.0 - sims, 0.0, 2.0).astype(np.float32)
         dist[idx < 0] = np.inf
@@ -166,6 +177,7 @@ class NeighborIndex:
         q = self.vectors if self_query else queries
         n = len(self)
         if self.kind == "flat" and not self.on_gpu:
+            set_faiss_threads()
             lims, sims, ids = self._index.range_search(q, float(1.0 - max_distance))
             dists = [np.clip(1.0 - sims[lims[i]:lims[i + 1]], 0, 2) for i in range(len(q))]
             found = [ids[lims[i]:lims[i + 1]] for i in range(len(q))]
@@ -201,6 +213,7 @@ class NeighborIndex:
         q = queries if prepared else self.prepare(queries)
         rng = np.random.default_rng(seed)
         q = q[rng.choice(len(q), min(sample, len(q)), replace=False)]
+        set_faiss_threads()
         exact = faiss.IndexFlatIP(self.dim)
         exact.add(self.vectors)
         _, truth = exact.search(q, k)

@@ -45,6 +45,12 @@ class TransferData:
                 raise ValueError(f"{name} split is empty")
         self._tensor_cache = {}
 
+    def __getstate__(self):
+        # shipped to other processes (Ray) as arrays; tensors are rebuilt there
+        state = dict(self.__dict__)
+        state["_tensor_cache"] = {}
+        return state
+
     def fingerprint(self):
         """A hash of the arrays: a store is only valid for the data it saw."""
         h = hashlib.sha256()
@@ -111,14 +117,15 @@ def train_subset_model(config, index, mask_row, data, sample_mask=None):
     train_y = data.train_labels.astype(np.int64)
     if config.transfer == "linear":
         logits = _linear_probe(net, t["train"], train_y, t["test"],
-                               data.num_target_classes, config.probe_c, device)
+                               data.num_target_classes, config.probe_c, device,
+                               config.precision)
     else:
         net.head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
         y_train = torch.from_numpy(train_y).to(device)
         _fit(net, t["train"], y_train, config.finetune_epochs,
              min(config.batch_size, len(y_train)), config.lr / 10,
-             config.weight_decay, gen, device)
-        logits = _eval_batched(net, net, t["test"], device)
+             config.weight_decay, gen, device, config.precision)
+        logits = _eval_batched(net, net, t["test"], device, config.precision)
     return outputs_from_logits(logits, data.test_labels)
 
 
@@ -144,11 +151,14 @@ def pretrain_network(config, index, mask_row, data, sample_mask=None):
         keep &= torch.from_numpy(np.asarray(sample_mask, dtype=bool)).to(device)
     x_pre = t["pretrain"][keep]
     y_pre = remap[t["pretrain_labels"][keep]]
+    if len(y_pre) == 0:
+        raise ValueError(f"model {index} would pretrain on no samples: its mask "
+                         "selects no class or no sample")
 
     net = build_network(config.arch, len(classes), config.channels, config.width)
     net = net.to(device).to(memory_format=torch.channels_last)
     _fit(net, x_pre, y_pre, config.epochs, config.batch_size, config.lr,
-         config.weight_decay, gen, device)
+         config.weight_decay, gen, device, config.precision)
     return net, gen, device
 
 
@@ -189,13 +199,14 @@ def outputs_from_logits(logits, labels):
     }
 
 
-def _autocast(device):
-    # bf16 autocast on CUDA; on CPU the fp32 path is kept (its effect on the
-    # estimates has not been measured yet)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device, precision="auto"):
+    # "auto": bf16 on CUDA, fp32 on a CPU (bf16 there is opt-in: see the README
+    # for its measured speed and its effect on the estimates)
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device):
+def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device, precision="auto"):
     n = len(y)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = epochs * steps_per_epoch
@@ -214,7 +225,7 @@ def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device):
             idx = order[i * batch_size:(i + 1) * batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            with _autocast(device):
+            with _autocast(device, precision):
                 loss = loss_fn(net(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,24 +234,24 @@ def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device):
 
 
 @torch.no_grad()
-def _eval_batched(fn, net, x, device, batch_size=1024):
+def _eval_batched(fn, net, x, device, precision="auto", batch_size=1024):
     """``fn(x)`` in eval mode over batches, as float64 numpy."""
     net.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        with _autocast(device):
+        with _autocast(device, precision):
             out.append(fn(x[i:i + batch_size]).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def _linear_probe(net, x_train, y_train, x_test, num_classes, c, device):
+def _linear_probe(net, x_train, y_train, x_test, num_classes, c, device, precision="auto"):
     """Multinomial logistic regression on standardised frozen features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    f_train = _eval_batched(net.features, net, x_train, device)
-    f_test = _eval_batched(net.features, net, x_test, device)
+    f_train = _eval_batched(net.features, net, x_train, device, precision)
+    f_test = _eval_batched(net.features, net, x_test, device, precision)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
     probe.fit(f_train, y_train)
     scores = probe.decision_function(f_test)

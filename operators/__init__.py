@@ -2,9 +2,11 @@
 
 from .compute_class_influence import ComputeClassInfluence
 from .evaluate_curation import EvaluateCuration
+from .influence_panel import ClassInfluencePanel
 from .leakage import DetectLeakage, FindNearDuplicates
 from .plan_class_diversity import PlanClassDiversity
 from .tag_classes import TagClasses
 
 OPERATORS = [ComputeClassInfluence, TagClasses, EvaluateCuration, DetectLeakage,
              FindNearDuplicates, PlanClassDiversity]
+PANELS = [ClassInfluencePanel]

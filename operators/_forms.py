@@ -91,16 +91,10 @@ def influence_run_choice(inputs, ctx, pretraining_only=False, name="run_key"):
     Returns ``(run_key, config)``, or ``(None, None)`` (with the form marked
     invalid) when the dataset has none.
     """
+    from transferscope.influence import influence_run_keys
+
     dataset = ctx.dataset
-    keys = []
-    if dataset is not None:
-        for key in dataset.list_runs():
-            config = dataset.get_run_info(key).config
-            if getattr(config, "method", None) != "class_influence":
-                continue
-            if pretraining_only and config.pretrain_dataset != dataset.name:
-                continue
-            keys.append(key)
+    keys = influence_run_keys(dataset, pretraining_only) if dataset is not None else []
     if not keys:
         what = "as its pretraining dataset " if pretraining_only else ""
         block(inputs, "no_runs", f"This dataset has no class-influence run {what}yet: "
@@ -207,10 +201,50 @@ def index_and_device_inputs(inputs):
                      ("flat", "exact"), ("ivf", "IVF"), ("hnsw", "HNSW (CPU)")):
         index.add_choice(k, label=label)
     inputs.enum("index", index.values(), default="auto", label="FAISS index", view=index)
+    device_input(inputs)
+
+
+def device_input(inputs):
     device = types.RadioGroup()
     for d in ("auto", "cpu", "cuda"):
         device.add_choice(d, label=d)
     inputs.enum("device", device.values(), default="auto", label="Device", view=device)
+
+
+def training_inputs(inputs, ctx):
+    """Device, and where the models train: here, or as tasks on a Ray cluster."""
+    device_input(inputs)
+    executor = types.RadioGroup()
+    executor.add_choice("local", label="here (in the operator's process)")
+    executor.add_choice("ray", label="on a Ray cluster (one task per model)")
+    inputs.enum("executor", executor.values(), default="local", label="Train the models",
+                view=executor)
+    if ctx.params.get("executor", "local") != "ray":
+        return
+    inputs.str("ray_address", default="auto", required=True, label="Ray address",
+               description="'auto' (the cluster this machine belongs to, or $RAY_ADDRESS), "
+                           "HOST:PORT or ray://HOST:PORT")
+    inputs.int("cpus_per_model", default=1, label="CPUs per model")
+    inputs.float("gpus_per_model", required=False, label="GPUs per model",
+                 description="empty: 1 when the device is cuda, or auto on a cluster with "
+                             "GPUs; fractions share a GPU")
+    if (ctx.params.get("cpus_per_model") or 1) < 1:
+        block(inputs, "cpus_error", "at least 1 CPU per model")
+    if (ctx.params.get("gpus_per_model") or 0) < 0:
+        block(inputs, "gpus_error", "GPUs per model cannot be negative")
+
+
+def executor_kwargs(params):
+    """The SDK's ``device``, ``executor`` and ``executor_options`` from a form."""
+    kwargs = {"device": params.get("device") or "auto", "executor": "local"}
+    if params.get("executor") == "ray":
+        gpus = params.get("gpus_per_model")
+        kwargs.update(executor="ray", executor_options={
+            "address": params.get("ray_address") or "auto",
+            "cpus_per_model": int(params.get("cpus_per_model") or 1),
+            "gpus_per_model": None if gpus is None else float(gpus),
+        })
+    return kwargs
 
 
 def embeddings_kwargs(params):

@@ -70,10 +70,13 @@ class ComputeClassInfluence(foo.Operator):
         transfer.add_choice("linear", label="linear probe (frozen features)")
         transfer.add_choice("finetune", label="full fine-tuning")
         inputs.enum("transfer", transfer.values(), default="linear", label="Transfer", view=transfer)
-        device = types.RadioGroup()
-        for d in ("auto", "cpu", "cuda"):
-            device.add_choice(d, label=d)
-        inputs.enum("device", device.values(), default="auto", label="Device", view=device)
+        _forms.training_inputs(inputs, ctx)
+        precision = types.RadioGroup()
+        for value, label in (("auto", "auto (bf16 on CUDA, fp32 on a CPU)"), ("fp32", "fp32"),
+                             ("bf16", "bf16 autocast")):
+            precision.add_choice(value, label=label)
+        inputs.enum("precision", precision.values(), default="auto", label="Precision",
+                    view=precision)
         inputs.int("seed", default=0, label="Seed")
         _forms.run_key_input(inputs, ctx, default="influence")
         return types.Property(inputs, view=types.View(label="Compute class influence"))
@@ -91,9 +94,10 @@ class ComputeClassInfluence(foo.Operator):
             num_models=p.get("num_models", 64), alpha=p.get("alpha", 0.5),
             epochs=p.get("epochs", 4), arch=p.get("arch", "resnet_small"),
             image_size=p.get("image_size", 16), transfer=p.get("transfer", "linear"),
-            device=p.get("device", "auto"), seed=p.get("seed", 0),
-            overwrite=p.get("overwrite", False),
+            seed=p.get("seed", 0), overwrite=p.get("overwrite", False),
+            precision=p.get("precision", "auto"),
             progress=_forms.progress_reporter(ctx, "models trained"),
+            **_forms.executor_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)
         ranking = results.ranking()

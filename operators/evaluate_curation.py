@@ -45,10 +45,7 @@ class EvaluateCuration(foo.Operator):
         if ctx.params.get("sweep", True):
             inputs.int("sweep_max", default=min(16, num_classes - 2), label="Up to k =")
             inputs.int("sweep_step", default=4, label="in steps of")
-        device = types.RadioGroup()
-        for d in ("auto", "cpu", "cuda"):
-            device.add_choice(d, label=d)
-        inputs.enum("device", device.values(), default="auto", label="Device", view=device)
+        _forms.training_inputs(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Evaluate a curation"))
 
     def execute(self, ctx):
@@ -63,8 +60,8 @@ class EvaluateCuration(foo.Operator):
         summary = evaluate_curation(
             ctx.dataset, p["run_key"], rule=p.get("rule") if p.get("rule") != "tagged" else None,
             k=p.get("k"), threshold=p.get("threshold"), num_seeds=p.get("num_seeds", 8),
-            sweep_ks=sweep_ks, device=p.get("device", "auto"),
-            progress=_forms.progress_reporter(ctx, "models retrained"),
+            sweep_ks=sweep_ks, progress=_forms.progress_reporter(ctx, "models retrained"),
+            **_forms.executor_kwargs(p),
         )
         traces, _ = curation_plotly(summary)
         return {"report": describe_curation(summary), "accuracy_vs_removed": traces}

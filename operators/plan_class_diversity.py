@@ -45,6 +45,7 @@ class PlanClassDiversity(foo.Operator):
                     label="Samples of the plan", view=samples)
         inputs.bool("verify", default=True, label="Check at the full budget",
                     description="sweep the full budget too, and train the plan")
+        _forms.training_inputs(inputs, ctx)
         _forms.run_key_input(inputs, ctx, default="diversity")
         return types.Property(inputs, view=types.View(label="Plan class diversity"))
 
@@ -62,6 +63,7 @@ class PlanClassDiversity(foo.Operator):
             sample_choice=p.get("sample_choice", "coverage"), verify=p.get("verify", True),
             overwrite=p.get("overwrite", False),
             progress=_forms.progress_reporter(ctx, "models trained"),
+            **_forms.executor_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)
         traces, _ = diversity_plotly(summary)

@@ -5,9 +5,9 @@ operators, so it imports only the light operator classes; torch and the
 engine are imported inside ``execute``.
 """
 
-from transferscope.operators import OPERATORS
+from transferscope.operators import OPERATORS, PANELS
 
 
 def register(p):
-    for operator_cls in OPERATORS:
+    for operator_cls in OPERATORS + PANELS:
         p.register(operator_cls)

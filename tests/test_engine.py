@@ -154,3 +154,33 @@ def test_kill_and_resume_retrains_nothing_finished(tmp_path):
     a, b = ResultsStore.load(tmp_path / "killed"), ResultsStore.load(tmp_path / "clean")
     for name in ("prob", "margin", "correct", "pred"):
         np.testing.assert_allclose(a.outputs(name), b.outputs(name), rtol=0, atol=1e-6)
+
+
+def test_precision_option_is_validated_hashed_and_keeps_old_hashes():
+    import hashlib
+    import json
+
+    from transferscope.compute.config import ENGINE_VERSION
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        InfluenceConfig(precision="fp16")
+    cfg = InfluenceConfig(**CFG)
+    # "auto" hashes as configs did before the field existed: old stores stay valid
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "precision")}
+    old.update(data="d", engine_version=ENGINE_VERSION)
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.fingerprint("d") == expected
+    assert InfluenceConfig(**CFG, precision="bf16").fingerprint("d") != expected
+
+
+def test_bf16_on_cpu_trains_and_differs_from_fp32():
+    data = tiny_data()
+    mask = np.array([1, 0, 1, 0, 1, 0], bool)
+    fp32 = train_subset_model(InfluenceConfig(num_models=4, **CFG), 1, mask, data)
+    bf16 = train_subset_model(InfluenceConfig(num_models=4, precision="bf16", **CFG), 1, mask,
+                              data)
+    again = train_subset_model(InfluenceConfig(num_models=4, precision="bf16", **CFG), 1, mask,
+                               data)
+    np.testing.assert_array_equal(bf16["prob"], again["prob"])  # still deterministic
+    assert not np.array_equal(bf16["prob"], fp32["prob"])  # but other arithmetic
+    assert ((bf16["prob"] > 0) & (bf16["prob"] <= 1)).all()

@@ -13,7 +13,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.delegated as food
 from fiftyone.operators.executor import ExecutionRunState
 
-from conftest import TINY_KWARGS
+from tiny import operator_params
 
 URI = "@transferscope/transferscope/compute_class_influence"
 
@@ -33,18 +33,7 @@ def test_plugin_loads_in_fiftyones_loader():
     assert "Failed to register" not in plugins.stderr + ops.stderr
 
 
-def _params(pre, tgt, key, **extra):
-    kw = dict(TINY_KWARGS)
-    params = dict(
-        pretrain_dataset=pre.name, pretrain_label_field="ground_truth",
-        target_dataset=tgt.name, target_label_field="ground_truth",
-        split_by="tags", train_split="train", test_split="test",
-        num_models=kw["num_models"], epochs=kw["epochs"], alpha=0.5,
-        arch="resnet_small", image_size=16, transfer="linear", device="cpu",
-        seed=0, run_key=key, overwrite=False,
-    )
-    params.update(extra)
-    return params
+_params = operator_params
 
 
 def test_operator_runs_immediately_and_writes_fields(tiny_datasets):

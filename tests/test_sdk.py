@@ -191,3 +191,36 @@ def test_a_store_for_another_config_is_refused_unless_overwrite(tiny_datasets, t
     assert not tgt.has_sample_field("cfg_helpful")
     results = ts.compute_class_influence(pre, tgt, "cfg", output_dir=store, overwrite=True, **other)
     assert results.metrics["num_models"] == 4 and results.config.epochs == 2
+
+
+def test_a_failing_model_leaves_the_run_incomplete_and_a_rerun_trains_only_it(
+        tiny_datasets, tmp_path, monkeypatch):
+    import transferscope.compute.executors as executors
+
+    pre, tgt = tiny_datasets
+    real = executors.train_subset_model
+    trained, failed = [], []
+
+    def fails_for_model_2(config, index, *args, **kwargs):
+        trained.append(index)
+        if index == 2 and not failed:  # fails once
+            failed.append(index)
+            raise RuntimeError("simulated out of memory")
+        return real(config, index, *args, **kwargs)
+
+    monkeypatch.setattr(executors, "train_subset_model", fails_for_model_2)
+    store = str(tmp_path / "store")
+    with pytest.raises(TransferScopeError,
+                       match=r"1 model\(s\) failed: row 2: RuntimeError: simulated out of "
+                             r"memory\. The run is incomplete: 3 of 4 models are stored"):
+        ts.compute_class_influence(pre, tgt, "f", output_dir=store, progress=False,
+                                   **TINY_KWARGS)
+    assert trained == [0, 1, 2, 3]  # the others still trained
+    assert "f" not in tgt.list_runs() and not tgt.has_sample_field("f_helpful")
+    assert not pre.has_sample_field("f_influence")
+
+    trained.clear()
+    ts.compute_class_influence(pre, tgt, "f", output_dir=store, progress=False,
+                               executor_options={"threads": 1}, **TINY_KWARGS)
+    assert trained == [2]  # the rerun trains only the missing model
+    assert tgt.match_tags("test").exists("f_helpful").count() == 18

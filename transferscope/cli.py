@@ -13,6 +13,12 @@ def main(argv=None):
     demo.add_argument("--num-models", type=int, default=None)
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--executor", choices=("local", "ray"), default="local",
+                      help="where the models train (ray: one task per model)")
+    demo.add_argument("--ray-address", default="auto",
+                      help="with --executor ray: auto, HOST:PORT or ray://HOST:PORT")
+    demo.add_argument("--cpus-per-model", type=int, default=1,
+                      help="with --executor ray: CPUs (and torch threads) per model")
     cur = sub.add_parser("evaluate-curation",
                          help="retrain on the full, curated and random sets; print and plot")
     cur.add_argument("dataset", help="the run's target or pretraining dataset")
@@ -57,6 +63,9 @@ def _dispatch(args):
         kwargs = {k: v for k, v in (("num_models", args.num_models),
                                      ("epochs", args.epochs), ("seed", args.seed))
                   if v is not None}
+        if args.executor == "ray":
+            kwargs.update(executor="ray", executor_options={
+                "address": args.ray_address, "cpus_per_model": args.cpus_per_model})
         run_demo(**{**DEFAULTS, **kwargs})
     elif args.command == "evaluate-curation":
         from .curation import describe_curation, evaluate_curation

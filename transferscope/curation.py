@@ -20,6 +20,7 @@ from .influence import (
     labelled_transfer_of,
     load_influence_run,
     run_datasets,
+    prepare_executor,
     run_with_progress,
 )
 from .runs import newly_tagged, undo_writes
@@ -152,7 +153,8 @@ def _save_record(dataset, run_key, results, name, value):
 
 
 def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, classes=None,
-                      num_seeds=8, sweep_ks=None, seed=0, device=None, progress=None):
+                      num_seeds=8, sweep_ks=None, seed=0, device=None, progress=None,
+                      executor="local", executor_options=None):
     """Proves (or refutes) a curation by retraining: the paper's counterfactual.
 
     Retrains from scratch, with the run's own protocol (architecture, epochs,
@@ -178,7 +180,8 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
         sweep_ks: optional numbers of classes to remove for the sweep
         seed: seed of the random-removal draws
         device: override the run's device (``"cpu"``, ``"cuda"``, ``"auto"``)
-        progress: as :func:`transferscope.compute_class_influence`
+        progress, executor, executor_options: as
+            :func:`transferscope.compute_class_influence`
 
     Returns:
         the summary dict (accuracy per arm with 95% CIs, paired tests)
@@ -212,12 +215,14 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
         raise TransferScopeError(str(e)) from e
 
     labelled = labelled_transfer_of(results, unchanged_for="evaluating a curation")
+    runner = prepare_executor(executor, executor_options, train_config)
     data = labelled.decode(train_config.image_size, train_config.channels)
     path = os.path.join(results.config.output_dir, "curation", plan.fingerprint())
     store = tsc.open_retrain_store(path, train_config, data, plan.masks, plan.seeds,
                                    meta={"classes": list(results.classes)})
-    run_with_progress(store, lambda done: tsc.run_retraining(train_config, data, store, done),
-                      progress, "Retraining for the curation counterfactual")
+    run_with_progress(
+        store, lambda done: tsc.run_retraining(train_config, data, store, done, runner),
+        progress, "Retraining for the curation counterfactual")
 
     accuracy = store.outputs("correct").mean(axis=1)
     summary = tsc.summarize_curation(plan, accuracy, results.classes)

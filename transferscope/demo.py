@@ -18,7 +18,7 @@ import fiftyone as fo
 
 from . import demo_data
 from .curation import describe_curation, evaluate_curation, tag_classes
-from .influence import compute_class_influence
+from .influence import compute_class_influence, prepare_executor
 from .diversity import describe_diversity, plan_class_diversity
 from .leakage import detect_leakage, find_near_duplicates
 from .plots import save_curation_png, save_diversity_png
@@ -225,11 +225,19 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
 
 def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
              alpha=DEFAULTS["alpha"], seed=DEFAULTS["seed"], overwrite=True,
-             curation_seeds=CURATION["num_seeds"], sweep_ks=CURATION["sweep_ks"], out=print):
+             curation_seeds=CURATION["num_seeds"], sweep_ks=CURATION["sweep_ks"], out=print,
+             executor="local", executor_options=None):
     """Builds the demo (if needed), computes influence, curates, prints the findings.
 
-    With ``curation_seeds=0`` the curation step is skipped.
+    With ``curation_seeds=0`` the curation step is skipped. ``executor`` and
+    ``executor_options`` (as in :func:`compute_class_influence`) say where
+    every model trains; the figures are the same on either.
     """
+    where = dict(executor=executor, executor_options=executor_options)
+    from .compute import InfluenceConfig
+
+    # an unreachable cluster is refused before the demo data is built
+    prepare_executor(executor, executor_options, InfluenceConfig(num_models=num_models))
     pretrain, target = load_or_build_demo()
     out(f"Target:      {target.name}: {len(target)} digit scans "
         f"({len(target.match_tags('train'))} train, {len(target.match_tags('test'))} test)")
@@ -237,7 +245,7 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
         f"{len(pretrain.distinct('ground_truth.label'))} classes")
     results = compute_class_influence(
         pretrain, target, RUN_KEY, num_models=num_models, epochs=epochs,
-        alpha=alpha, seed=seed, overwrite=overwrite,
+        alpha=alpha, seed=seed, overwrite=overwrite, **where,
     )
     ranking = results.ranking()
     out("\nMost helpful pretraining classes (influence on correct-class probability, 95% CI):")
@@ -255,7 +263,7 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
         out("Retraining to check the curation (full / curated / random / helpful removed, "
             f"{curation_seeds} seeds each, sweep k={sweep_ks}) ...")
         summary = evaluate_curation(target, RUN_KEY, num_seeds=curation_seeds,
-                                    sweep_ks=sweep_ks)
+                                    sweep_ks=sweep_ks, **where)
         out("\n".join(describe_curation(summary)))
         png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
         out(f"Plot: {png}")
@@ -271,7 +279,7 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
     out(f"\nPlanning the number of classes (budgets {DIVERSITY['budgets']} -> "
         f"{DIVERSITY['full_budget']}, {DIVERSITY['num_seeds']} seeds per point) ...")
     diversity = plan_class_diversity(target, RUN_KEY, key=DIVERSITY_KEY, overwrite=True,
-                                     **DIVERSITY)
+                                     **DIVERSITY, **where)
     out("\n".join(describe_diversity(diversity)))
     png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
     out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")

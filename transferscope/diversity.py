@@ -23,6 +23,7 @@ from .influence import (
     labelled_transfer_of,
     load_influence_run,
     run_datasets,
+    prepare_executor,
     run_with_progress,
 )
 from .runs import TransferScopeRunConfig, undo_writes
@@ -37,7 +38,8 @@ SAMPLE_CHOICES = ("coverage", "random")
 def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_budget=None,
                          num_points=4, num_seeds=3, class_choice="influence",
                          sample_choice="coverage", verify=True, device=None, seed=0,
-                         overwrite=False, progress=None):
+                         overwrite=False, progress=None, executor="local",
+                         executor_options=None):
     """Plans the number of classes ``K*`` and samples per class ``n*`` for a budget.
 
     With the protocol of class-influence run ``run_key`` (architecture,
@@ -57,6 +59,9 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     classes with at least ``n*`` samples; ``n*`` samples per class nearest to
     the centroids of a FAISS k-means on the run's backbone embeddings
     (``sample_choice="coverage"``) or at random.
+
+    ``progress``, ``executor`` and ``executor_options`` are as in
+    :func:`transferscope.compute_class_influence`.
 
     Returns:
         the summary dict stored in run ``key`` on the pretraining dataset
@@ -128,6 +133,7 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     cells = [{"budget": N, "classes": K, "per_class": N // K, "seed": s,
               "epochs": epochs_for(N), "arm": "sweep"}
              for N, grid in grids.items() for K in grid for s in range(num_seeds)]
+    runner = prepare_executor(executor, executor_options, base)
     data = labelled.decode(base.image_size, base.channels)
     labels = data.pretrain_labels  # class indices in the order of class_names
     store_root = os.path.join(results.config.output_dir, "diversity")
@@ -135,8 +141,9 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     def run_cells(group, name):
         store = open_cells_store(os.path.join(store_root, cells_digest(group)), base, data,
                                  group)
-        run_with_progress(store, lambda done: run_diversity_cells(base, data, store, group, done),
-                          progress, f"Training the diversity {name}")
+        run_with_progress(
+            store, lambda done: run_diversity_cells(base, data, store, group, done, runner),
+            progress, f"Training the diversity {name}")
         accuracy = store.outputs("correct").mean(axis=1)
         return [dict(c, error=float(1 - a)) for c, a in zip(group, accuracy)]
 
@@ -294,10 +301,10 @@ def _coverage(vectors, k, seed):
     """Indices of ``k`` samples nearest to the centroids of a FAISS k-means."""
     import faiss
 
-    from .compute.neighbors import FAISS_THREADS_ENV
+    from .compute.neighbors import set_faiss_threads
 
-    faiss.omp_set_num_threads(int(os.environ.get(FAISS_THREADS_ENV, "1")))  # see there
     x = np.ascontiguousarray(vectors, dtype=np.float32)
+    set_faiss_threads()
     # small classes are the normal case here: no "too few points" warning
     km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False,
                       min_points_per_centroid=1)

@@ -55,6 +55,8 @@ def compute_class_influence(
     output_dir=None,
     overwrite=False,
     progress=None,
+    executor="local",
+    executor_options=None,
     **train_kwargs,
 ):
     """Estimates the influence of each pretraining class on each target test sample.
@@ -97,6 +99,12 @@ def compute_class_influence(
         overwrite: replace an existing run with this key
         progress: ``None``/``True`` for a progress bar (as FiftyOne's config
             says), ``False`` for none, or ``callable(num_done, num_total)``
+        executor: where the models train: ``"local"`` (this process),
+            ``"ray"`` (tasks on a Ray cluster; the results are the same) or a
+            :mod:`transferscope.compute.executors` executor
+        executor_options: options of the named executor, e.g.
+            ``{"address": "auto", "cpus_per_model": 1, "gpus_per_model": 0.5}``
+            for Ray or ``{"threads": 2}`` for local
         **train_kwargs: further :class:`InfluenceConfig` fields (``width``,
             ``batch_size``, ``lr``, ``finetune_epochs``, ...)
 
@@ -138,13 +146,14 @@ def compute_class_influence(
     if channels is None:
         channels = labelled.detect_channels()
         config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "channels": channels})
-    data = labelled.decode(image_size, channels)
     target_classes = labelled.target_classes
-
     if output_dir is None:
         output_dir = os.path.join(runs_dir(), target._root_dataset.name, run_key)
     output_dir = os.path.abspath(os.path.expanduser(output_dir))
     meta = {"classes": classes, "target_classes": target_classes}
+
+    runner = prepare_executor(executor, executor_options, config)
+    data = labelled.decode(image_size, channels)
     try:
         store = tsc.open_store(output_dir, config, data, classes, meta=meta)
     except tsc.StoreMismatchError:
@@ -152,8 +161,9 @@ def compute_class_influence(
             raise
         _clear_store(output_dir)  # overwrite: the old models are for other data
         store = tsc.open_store(output_dir, config, data, classes, meta=meta)
-
-    _train_with_progress(config, data, store, progress)
+    run_with_progress(
+        store, lambda done: tsc.run_subset_models(config, data, store, done, executor=runner),
+        progress, "Training subset models")
 
     # --- estimate ------------------------------------------------------------
     results_kwargs = estimate(store, target_function)
@@ -226,10 +236,10 @@ class LabelledTransfer:
         return tsv.detect_channels(self.pre_paths + self.train_paths)
 
     def decode(self, image_size, channels):
-        """Decodes every image once into a :class:`TransferData`."""
+        """Every image, decoded (or read from the image cache), as :class:`TransferData`."""
         from . import compute as tsc
 
-        logger.info("Decoding %d images",
+        logger.info("Reading %d images (decoded once, then from the image cache)",
                     len(self.pre_paths) + len(self.train_paths) + len(self.test_paths))
         class_index = {c: i for i, c in enumerate(self.classes)}
         target_index = {c: i for i, c in enumerate(self.target_classes)}
@@ -312,11 +322,18 @@ def estimate(store, target_function="prob"):
     )
 
 
-def _train_with_progress(config, data, store, progress):
-    from . import compute as tsc
+def prepare_executor(executor="local", executor_options=None, config=None):
+    """The executor for a job, checked against ``config`` before any work: bad
+    options, an unreachable cluster or one without the resources asked for
+    are refused here, with the reason."""
+    from .compute.executors import make_executor
 
-    run_with_progress(store, lambda done: tsc.run_subset_models(config, data, store, done),
-                      progress, "Training subset models")
+    try:
+        runner = make_executor(executor, **(executor_options or {}))
+        runner.check(config)
+    except (ValueError, TypeError, ImportError, ConnectionError) as e:
+        raise TransferScopeError(f"executor {executor!r}: {e}") from e
+    return runner
 
 
 def run_with_progress(store, run, progress, start_msg):
@@ -340,7 +357,12 @@ def run_with_progress(store, run, progress, start_msg):
             if callback is not None:
                 callback(done, total)
 
-        run(on_model_done)
+        from .compute.executors import ModelsFailedError
+
+        try:
+            run(on_model_done)
+        except ModelsFailedError as e:  # the others are stored; a rerun retries these
+            raise TransferScopeError(str(e)) from e
 
 
 def _write_target_fields(test_view, run_key, test_ids, classes, infl,
@@ -396,8 +418,10 @@ def influence_config_of(results):
     """The :class:`InfluenceConfig` a class-influence run was computed with."""
     from . import compute as tsc
 
-    names = tsc.InfluenceConfig.__dataclass_fields__
-    return tsc.InfluenceConfig(**{n: getattr(results.config, n) for n in names})
+    # fields added since a run was stored take their defaults
+    fields = dataclasses.fields(tsc.InfluenceConfig)
+    return tsc.InfluenceConfig(**{f.name: getattr(results.config, f.name, f.default)
+                                  for f in fields})
 
 
 def labelled_transfer_of(results, unchanged_for=None):
@@ -426,6 +450,19 @@ def labelled_transfer_of(results, unchanged_for=None):
     return labelled
 
 
+def influence_run_keys(dataset, pretraining_only=False):
+    """The class-influence runs on ``dataset`` (on its pretraining side only, if asked)."""
+    keys = []
+    for key in dataset.list_runs():
+        config = dataset.get_run_info(key).config
+        if getattr(config, "method", None) != "class_influence":
+            continue
+        if pretraining_only and config.pretrain_dataset != dataset.name:
+            continue
+        keys.append(key)
+    return keys
+
+
 def load_influence_run(dataset, run_key, role="dataset"):
     """``(root dataset, config)`` of a class-influence run on ``dataset``.
 
@@ -435,8 +472,7 @@ def load_influence_run(dataset, run_key, role="dataset"):
     tsv.validate_run_key(run_key)
     root = tsv.load_dataset(dataset, role)._root_dataset
     if run_key not in root.list_runs():
-        known = [k for k in root.list_runs()
-                 if getattr(root.get_run_info(k).config, "method", None) == "class_influence"]
+        known = influence_run_keys(root)
         raise TransferScopeError(
             f"dataset {root.name!r} has no run {run_key!r}; its class-influence runs: {known}"
         )

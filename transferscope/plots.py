@@ -200,3 +200,36 @@ def save_diversity_png(summary, path):
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+INFLUENCE_TITLE = "Influence of each pretraining class on the target task (mean, 95% CI)"
+INFLUENCE_COLOURS = {"helps": "#2a9d8f", "hurts": "#e76f51", "unclear": "#9e9e9e"}
+
+
+def influence_plotly(results):
+    """``(trace, layout)``: one bar per class, most helpful first, 95% CI error bars.
+
+    Green: the interval lies above zero; red: below; grey: it spans zero. The
+    bars' ``ids`` are the class names, so a click or a lasso names classes.
+    """
+    rows = results.ranking()
+    names = [r[0] for r in rows]
+    values = [r[1] for r in rows]
+    colours = [INFLUENCE_COLOURS["helps"] if lo > 0 else INFLUENCE_COLOURS["hurts"] if hi < 0
+               else INFLUENCE_COLOURS["unclear"] for _, _, lo, hi in rows]
+    trace = {
+        "type": "bar", "x": names, "y": values, "ids": names, "name": "influence",
+        "marker": {"color": colours},
+        "error_y": {"type": "data", "symmetric": False,
+                    "array": [hi - v for _, v, _, hi in rows],
+                    "arrayminus": [v - lo for _, v, lo, _ in rows]},
+        "hovertemplate": "%{x}: %{y:+.4f}<extra></extra>",
+    }
+    layout = {
+        "title": {"text": INFLUENCE_TITLE},
+        "xaxis": {"title": {"text": "pretraining class (click: show its samples)"},
+                  "tickangle": -60, "automargin": True},
+        "yaxis": {"title": {"text": "influence on the target output"}},
+        "dragmode": "select", "showlegend": False, "margin": {"t": 40},
+    }
+    return trace, layout

@@ -1,7 +1,9 @@
 """Between FiftyOne collections and arrays: validation, splits, image decoding."""
 
 import concurrent.futures
+import hashlib
 import keyword
+import logging
 import os
 import re
 
@@ -10,6 +12,8 @@ from PIL import Image
 
 import fiftyone as fo
 import fiftyone.core.labels as fol
+
+logger = logging.getLogger(__name__)
 
 SPLIT_KINDS = ("tags", "field", "saved_view")
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -129,11 +133,66 @@ def labels_of(view, field, role):
     return np.asarray(ids), list(paths), list(labels)
 
 
-def decode_images(paths, ids, image_size, channels, num_workers=None):
-    """Decodes and resizes images to uint8 ``(N, S, S, channels)``.
+IMAGE_CACHE_ENV = "TRANSFERSCOPE_IMAGE_CACHE"  # a folder, or "off"
 
+
+def image_cache_dir():
+    """Where decoded images are kept (``$TRANSFERSCOPE_IMAGE_CACHE``, default
+    ``~/transferscope/cache/images``), or ``None`` when it is ``"off"``."""
+    folder = os.environ.get(IMAGE_CACHE_ENV, "")
+    if folder.lower() == "off":
+        return None
+    return folder or os.path.join(os.path.expanduser("~"), "transferscope", "cache", "images")
+
+
+def _cache_path(paths, ids, image_size, channels):
+    """The cache file for these images, keyed by each sample's id, file, size
+    and modification time and by the decoding; ``None`` if a file is missing."""
+    folder = image_cache_dir()
+    if folder is None:
+        return None
+    h = hashlib.sha256(f"{image_size}/{channels}/{len(paths)}".encode())
+    for i, p in zip(ids, paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None  # decoding names the unreadable files
+        h.update(f"\0{i}\0{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return os.path.join(folder, f"{h.hexdigest()[:32]}.npy")
+
+
+def decode_images(paths, ids, image_size, channels, num_workers=None):
+    """Decodes and resizes images to uint8 ``(N, S, S, channels)``, once.
+
+    The result is cached on disk (see :func:`image_cache_dir`) as a ``.npy``
+    file keyed by the samples' ids, files (size and modification time) and
+    the decoding, and memory-mapped on later calls: every job on the same
+    samples (influence, curation, planner, leakage) decodes them once.
     Raises naming the samples whose images cannot be read.
     """
+    cache = _cache_path(paths, ids, image_size, channels)
+    shape = (len(paths), image_size, image_size, channels)
+    if cache is not None and os.path.exists(cache):
+        try:
+            cached = np.load(cache, mmap_mode="r", allow_pickle=False)
+            if cached.shape == shape and cached.dtype == np.uint8:
+                return cached
+        except (OSError, ValueError):
+            pass  # a damaged cache file is decoded again and replaced
+    out = _decode(paths, ids, image_size, channels, num_workers)
+    if cache is not None:
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            tmp = f"{cache}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, out, allow_pickle=False)
+            os.replace(tmp, cache)
+        except OSError as e:  # a read-only or full disk costs speed, not results
+            logger.warning("could not cache decoded images at %s: %s", cache, e)
+    return out
+
+
+def _decode(paths, ids, image_size, channels, num_workers=None):
     mode = "L" if channels == 1 else "RGB"
 
     def load(path):

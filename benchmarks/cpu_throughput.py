@@ -1,0 +1,181 @@
+"""How close subset-model training comes to this machine's arithmetic limit, fp32 and bf16.
+
+Measured in one run, with torch's threads as they are (all cores by default):
+
+1. the matrix-multiply throughput of this CPU (2048^3 products), fp32 and bf16:
+   the physical limit training is compared against;
+2. one training step of the demo's network (resnet_small, width 16, 16x16,
+   batch 128, channels_last), FLOPs counted by torch.utils.flop_counter,
+   fp32 and bf16 autocast;
+3. whole demo-scale subset models (pretrain 4 epochs on half the 66 classes,
+   linear probe, outputs on 1,697 test scans): FLOPs of one model counted the
+   same way, wall time per model, achieved FLOP/s, models per hour;
+4. with ``--agreement M``: M models per precision (same seeds and masks) and
+   the Spearman correlation of the per-class influence, bf16 vs fp32, next to
+   fp32 with 2 threads vs 1 thread (the same arithmetic in another order) and
+   the fp32 run's split-half Spearman (its own noise).
+
+    .venv/bin/python benchmarks/cpu_throughput.py                  # 8 models per precision
+    .venv/bin/python benchmarks/cpu_throughput.py --agreement 128
+
+Writes benchmarks/results/cpu_throughput.json (and, with --agreement,
+cpu_precision_agreement.json).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from ray_benchmark import demo_transfer_data  # noqa: E402  (same data as the Ray benchmark)
+
+
+def matmul_flops(dtype, n=2048, reps=10):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def step_flops(bf16, batch=128, reps=20):
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from transferscope.compute.nets import build_network
+
+    torch.manual_seed(0)
+    net = build_network("resnet_small", 33, 1, 16).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(batch, 1, 16, 16).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 33, (batch,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(reps):
+        step()
+    seconds = (time.perf_counter() - start) / reps
+    return counter.get_total_flops(), seconds
+
+
+def models(data, precision, count, threads=None):
+    """``(outputs, masks, seconds per model)`` of ``count`` subset models."""
+    from transferscope.compute import InfluenceConfig, LocalExecutor, sample_class_masks
+    from transferscope.compute.executors import ModelJob
+
+    config = InfluenceConfig(num_models=max(count, 2), epochs=4, seed=0, device="cpu",
+                             precision=precision)
+    masks = sample_class_masks(max(count, 2), data.num_pretrain_classes, 0.5, 0)[:count]
+    jobs = [ModelJob(i, config, i, mask) for i, mask in enumerate(masks)]
+    outputs = [None] * count
+    start = time.perf_counter()
+    LocalExecutor(threads).run(jobs, data, lambda row, out: outputs.__setitem__(row, out["prob"]))
+    seconds = (time.perf_counter() - start) / count
+    return np.array(outputs), masks, seconds
+
+
+def model_flops(data, precision):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from transferscope.compute import InfluenceConfig, sample_class_masks, train_subset_model
+
+    config = InfluenceConfig(num_models=2, epochs=4, seed=0, device="cpu", precision=precision)
+    mask = sample_class_masks(2, data.num_pretrain_classes, 0.5, 0)[0]
+    with FlopCounterMode(display=False) as counter:
+        train_subset_model(config, 0, mask, data)
+    return counter.get_total_flops()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=8, help="models timed per precision")
+    parser.add_argument("--agreement", type=int, default=0,
+                        help="models per precision for the influence agreement (0: skip)")
+    args = parser.parse_args()
+    from scipy import stats
+
+    from transferscope.compute.estimators import aggregate_influence, split_half_spearman
+
+    threads = torch.get_num_threads()
+    result = {"machine": f"{platform.processor() or platform.machine()}, "
+                         f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"}
+    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    result["matmul_gflops"] = {k: v / 1e9 for k, v in peak.items()}
+    print(f"{result['machine']}\nmatmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+
+    data = demo_transfer_data()
+    for precision in ("fp32", "bf16"):
+        flops, seconds = step_flops(precision == "bf16")
+        per_model = model_flops(data, precision)
+        _, _, model_seconds = models(data, precision, args.models)
+        row = {
+            "step_gflop": flops / 1e9, "step_ms": 1e3 * seconds,
+            "step_gflops": flops / seconds / 1e9,
+            "step_fraction_of_own_peak": flops / seconds / peak[precision],
+            "model_gflop": per_model / 1e9, "model_seconds": model_seconds,
+            "model_gflops": per_model / model_seconds / 1e9,
+            "model_fraction_of_own_peak": per_model / model_seconds / peak[precision],
+            "model_fraction_of_fp32_peak": per_model / model_seconds / peak["fp32"],
+            "models_per_hour": 3600 / model_seconds,
+        }
+        result[precision] = row
+        print(f"{precision}: step {row['step_ms']:.1f} ms = {row['step_gflops']:.0f} GFLOP/s "
+              f"({100 * row['step_fraction_of_own_peak']:.0f}% of {precision} matmul); "
+              f"whole model {row['model_seconds']:.2f} s, {row['model_gflop']:.0f} GFLOP = "
+              f"{row['model_gflops']:.0f} GFLOP/s ({100 * row['model_fraction_of_own_peak']:.0f}%"
+              f" of {precision} matmul, {100 * row['model_fraction_of_fp32_peak']:.0f}% of fp32);"
+              f" {row['models_per_hour']:.0f} models/hour")
+    result["bf16_speedup_models_per_hour"] = (result["bf16"]["models_per_hour"]
+                                              / result["fp32"]["models_per_hour"])
+    print(f"bf16 / fp32 models per hour: {result['bf16_speedup_models_per_hour']:.2f}x")
+
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    if args.agreement:
+        m = args.agreement
+        fp32, masks, _ = models(data, "fp32", m)
+        bf16, _, _ = models(data, "bf16", m)
+        one_thread, _, _ = models(data, "fp32", m, threads=1)
+        infl = {name: aggregate_influence(masks, out).influence
+                for name, out in (("fp32", fp32), ("bf16", bf16), ("fp32_1thread", one_thread))}
+        agreement = {
+            "models": m,
+            "bf16_vs_fp32": stats.spearmanr(infl["bf16"], infl["fp32"])[0],
+            "fp32_1thread_vs_fp32": stats.spearmanr(infl["fp32_1thread"], infl["fp32"])[0],
+            "fp32_split_half": split_half_spearman(masks, fp32),
+            "bf16_split_half": split_half_spearman(masks, bf16),
+        }
+        with open(os.path.join(HERE, "results", "cpu_precision_agreement.json"), "w") as f:
+            json.dump(dict(agreement, machine=result["machine"]), f, indent=2)
+        print(f"per-class influence, {m} models each (Spearman): bf16 vs fp32 "
+              f"{agreement['bf16_vs_fp32']:.3f}; fp32 1 thread vs fp32 {threads} threads "
+              f"{agreement['fp32_1thread_vs_fp32']:.3f}; split-half fp32 "
+              f"{agreement['fp32_split_half']:.3f}, bf16 {agreement['bf16_split_half']:.3f}")
+    with open(os.path.join(HERE, "results", "cpu_throughput.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

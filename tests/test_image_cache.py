@@ -1,0 +1,64 @@
+"""Images are decoded once: the on-disk cache behind decode_images."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferscope import views
+
+
+@pytest.fixture()
+def images(tmp_path, monkeypatch):
+    monkeypatch.setenv(views.IMAGE_CACHE_ENV, str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        p = str(tmp_path / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths, [f"id{i}" for i in range(5)], tmp_path / "cache"
+
+
+def test_second_decode_is_read_from_the_cache(images, monkeypatch):
+    paths, ids, cache = images
+    first = views.decode_images(paths, ids, 8, 1)
+    assert len(os.listdir(cache)) == 1
+    monkeypatch.setattr(views, "_decode", lambda *a, **k: pytest.fail("decoded again"))
+    second = views.decode_images(paths, ids, 8, 1)
+    assert isinstance(second, np.memmap)  # memory-mapped, not read into memory
+    np.testing.assert_array_equal(first, second)
+
+
+def test_a_changed_file_a_new_size_or_other_samples_decode_again(images):
+    paths, ids, cache = images
+    views.decode_images(paths, ids, 8, 1)
+    views.decode_images(paths, ids, 12, 1)  # another size
+    views.decode_images(paths[:3], ids[:3], 8, 1)  # other samples
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(paths[0])
+    os.utime(paths[0], ns=(1, 1))  # a rewritten file: another mtime
+    fresh = views.decode_images(paths, ids, 8, 1)
+    assert len(os.listdir(cache)) == 4
+    assert fresh[0].max() == 0
+
+
+def test_damaged_cache_file_is_replaced_and_off_writes_nothing(images, monkeypatch):
+    paths, ids, cache = images
+    good = np.array(views.decode_images(paths, ids, 8, 1))
+    (path,) = [cache / f for f in os.listdir(cache)]
+    path.write_bytes(b"not an npy file")
+    np.testing.assert_array_equal(views.decode_images(paths, ids, 8, 1), good)
+    np.testing.assert_array_equal(np.load(path, allow_pickle=False), good)
+    monkeypatch.setenv(views.IMAGE_CACHE_ENV, "off")
+    os.remove(path)
+    views.decode_images(paths, ids, 8, 1)
+    assert os.listdir(cache) == []
+
+
+def test_unreadable_images_are_still_named(images):
+    paths, ids, _ = images
+    with open(paths[2], "wb") as f:
+        f.write(b"broken")
+    with pytest.raises(views.TransferScopeError, match=r"1 image\(s\) could not be read: id2"):
+        views.decode_images(paths, ids, 8, 1)
