@@ -73,6 +73,7 @@ def main(scenario, store_dir):
     workers = [int(p) for p in os.environ.get("TS_RAY_WORKER_PGIDS", "").split(",") if p]
 
     written = 0
+    checks = {}
 
     def on_model_done(row, done, total):
         nonlocal written
@@ -80,13 +81,13 @@ def main(scenario, store_dir):
         log.write(json.dumps({"row": row, "done": done}) + "\n")
         log.flush()
         if scenario == "kill_worker" and written == 1 and workers:
-            os.killpg(workers[0], signal.SIGKILL)
+            # kill the node while one of our tasks runs there, so that it must be retried
+            checks["killed_tasks"] = kill_node(workers[0])
         if scenario == "kill_driver" and written == 2:
             os._exit(3)
 
     executor = RayExecutor(address=os.environ["RAY_ADDRESS"], cpus_per_model=1)
     executor.check(CONFIG)
-    checks = {}
     if scenario == "complete":
         checks.update(refusals(executor, data))
     run_subset_models(CONFIG, data, store, on_model_done, executor=executor)
@@ -94,6 +95,44 @@ def main(scenario, store_dir):
         checks["alive_nodes"] = alive_nodes(expect=1 if scenario == "kill_worker" else 2)
     with open(os.path.join(store_dir, "checks.json"), "w") as f:
         json.dump(checks, f)
+
+
+def tasks_on_node(pgid, timeout=60):
+    """Pids of our tasks running on the node whose processes form group ``pgid``.
+
+    Ray titles a worker ``ray::_remote_job`` while it runs one of our tasks
+    (``ray::IDLE`` otherwise); workers have their own session, so they are
+    found by their parent, the node's raylet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if not f.read().startswith(b"ray::_remote_job"):
+                        continue
+                with open(f"/proc/{pid}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                if os.getpgid(parent) == pgid:
+                    found.append(int(pid))
+            except (OSError, ValueError):
+                continue
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def kill_node(pgid):
+    """SIGKILL a whole node, as a lost machine: its processes and its task workers."""
+    running = tasks_on_node(pgid)
+    os.killpg(pgid, signal.SIGKILL)
+    for pid in running:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return running
 
 
 def alive_nodes(expect, timeout=60):

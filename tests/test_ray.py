@@ -102,8 +102,10 @@ def test_killed_worker_node_still_completes_without_duplicates(tmp_path, local_r
     out = run_on_cluster("kill_worker", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     with open(tmp_path / "checks.json") as f:
-        assert json.load(f)["alive_nodes"] == 1  # the worker node really died
-    assert "will be retried" in out.stdout + out.stderr  # with a task of ours on it
+        checks = json.load(f)
+    assert checks["alive_nodes"] == 1  # the worker node really died
+    assert checks["killed_tasks"]  # with a task of ours on it: the store is
+    # complete below only because Ray retried that task elsewhere
     assert_same_outputs(ResultsStore.load(tmp_path), local_reference)
     assert sorted(written_rows(tmp_path)) == list(range(ray_driver.CONFIG.num_models))
 
