@@ -9,6 +9,8 @@ The SDK (one function per job, used by the operators, the demo and the tests)::
     ts.detect_leakage("digits", run_key="influence")
     ts.find_near_duplicates("glyphs", run_key="influence")
     plan = ts.plan_class_diversity("digits", "influence", budgets=[500, 1000], full_budget=4000)
+    groups = ts.find_subpopulations("digits", "influence", k=2)
+    failures = ts.explain_failures("digits", "influence")
 
 The engine lives in :mod:`transferscope.compute` (no FiftyOne import).
 """
@@ -17,6 +19,7 @@ from .curation import curation_of, evaluate_curation, tag_classes, untag_classes
 from .diversity import plan_class_diversity
 from .influence import compute_class_influence, field_names, runs_dir
 from .leakage import detect_leakage, find_near_duplicates
+from .subpopulations import explain_failures, find_subpopulations
 from .views import TransferScopeError
 
 from . import faiss_backend as _faiss_backend
@@ -29,4 +32,5 @@ __all__ = [
     "compute_class_influence", "field_names", "runs_dir", "TransferScopeError",
     "tag_classes", "untag_classes", "evaluate_curation", "curation_of",
     "detect_leakage", "find_near_duplicates", "plan_class_diversity",
+    "find_subpopulations", "explain_failures",
 ]

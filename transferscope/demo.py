@@ -34,7 +34,7 @@ DIVERSITY_KEY = "demo_diversity"
 # the diversity planner: small budgets, the full budget it predicts, and its check
 DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=8)
 # bump when the generated data changes, so old demo datasets are rebuilt
-DEMO_VERSION = 5
+DEMO_VERSION = 6
 
 DEFAULTS = dict(num_models=128, epochs=4, alpha=0.5, seed=0)
 # the curation counterfactual: models per arm, and the sweep of classes removed
@@ -99,6 +99,8 @@ def load_or_build_demo(root=None, target_name=TARGET_NAME, pretrain_name=PRETRAI
 
     planted = arrays.planted.to_dict()
     planted["leaked_test_ids"] = [test_ids[t] for t in planted["leaked_test_indices"]]
+    planted["subpop_styles_by_id"] = {test_ids[int(t)]: style
+                                      for t, style in planted["subpop_test_styles"].items()}
     target.info = {"transferscope_demo": spec, "planted": planted}
     target.save()
     pretrain.info = {"transferscope_demo": spec, "planted": planted}

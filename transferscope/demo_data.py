@@ -16,6 +16,11 @@ What is planted (and stored as ``PlantedTruth``):
 - leak: the glyph class ``7`` also holds near-copies (exact, noised,
   shifted, resized, re-contrasted; ten per scan) of the 20 most atypical
   *test* scans of the digit 7, as a web-scraped class would.
+- subpopulations: every scan of the digit 9 (train and test) is drawn in one
+  of two styles, ``outline`` (hollow strokes) or ``dotted`` (strokes broken
+  into dots), alternating; the pretraining set has a class of each style
+  (random characters drawn that way). The 9s that the ``outline`` class
+  helps most are the outlined ones, and likewise for ``dotted``.
 """
 
 import dataclasses
@@ -24,6 +29,7 @@ import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 CANVAS = 32
 HARMFUL_CLASS = "bold"
@@ -31,6 +37,9 @@ HARMFUL_SIZE = 400
 LEAK_DIGIT = 7
 LEAK_CLASS = str(LEAK_DIGIT)  # the glyph class that receives the copies
 HEAVY_DIGITS = (0, 1, 2, 3, 4)
+SUBPOP_DIGIT = 9
+SUBPOP_STYLES = ("outline", "dotted")  # also the names of their pretraining classes
+SUBPOP_CLASS_SIZE = 200
 
 _SYMBOLS = {
     "plus": "+", "equals": "=", "percent": "%", "ampersand": "&", "hash": "#",
@@ -72,6 +81,8 @@ class PlantedTruth:
     leak_class: str
     leaked_test_indices: list  # positions in the target test split
     leak_variants: list  # per copy: pretrain_index, test_index and kind
+    subpop_digit: int = SUBPOP_DIGIT
+    subpop_test_styles: dict = dataclasses.field(default_factory=dict)  # str(test index) -> style
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -128,12 +139,26 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per
             variants.append({"pretrain_index": len(images) - 1, "test_index": int(t),
                              "kind": str(kind)})
 
+    # the subpopulations: a stream of its own, so the data above stays as it was
+    style_rng = np.random.default_rng([seed, SUBPOP_DIGIT])
+    all_chars = "".join(chars for name, chars in glyph_classes() if name != HARMFUL_CLASS)
+    for style in SUBPOP_STYLES:
+        names.append(style)
+        for _ in range(SUBPOP_CLASS_SIZE):
+            glyph = _render(all_chars[style_rng.integers(len(all_chars))], fonts, style_rng)
+            images.append(_STYLES[style](glyph))
+            labels.append(len(names) - 1)
+    train_images, _ = _restyle(train_images, digits_y[train_idx])
+    test_images, test_styles = _restyle(test_images, test_labels)
+
     planted = PlantedTruth(
         harmful_class=HARMFUL_CLASS,
         heavy_digits=list(HEAVY_DIGITS),
         leak_class=LEAK_CLASS,
         leaked_test_indices=[int(t) for t in leaked],
         leak_variants=variants,
+        subpop_digit=SUBPOP_DIGIT,
+        subpop_test_styles=test_styles,
     )
     return DemoArrays(
         class_names=names,
@@ -147,6 +172,38 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per
         train_digits_index=train_idx,
         planted=planted,
     )
+
+
+def _outline(img):
+    """Hollow strokes: the morphological gradient (dilation minus erosion)."""
+    x = img.astype(np.int32)
+    return np.clip(ndimage.grey_dilation(x, size=3) - ndimage.grey_erosion(x, size=3),
+                   0, 255).astype(np.uint8)
+
+
+_yy, _xx = np.mgrid[:CANVAS, :CANVAS]
+_DOTS = ((_yy // 2) % 2 == 0) & ((_xx // 2) % 2 == 0)
+
+
+def _dotted(img):
+    """Strokes broken into 2x2 dots on a 4-pixel grid (thickened first, so dots land)."""
+    return (ndimage.grey_dilation(img, size=3) * _DOTS).astype(np.uint8)
+
+
+_STYLES = {"outline": _outline, "dotted": _dotted}
+
+
+def _restyle(images, labels):
+    """The SUBPOP_DIGIT images drawn in the two styles, alternating.
+
+    Returns ``(images, {str(index): style})`` (string keys: stored as JSON)."""
+    images = images.copy()
+    styles = {}
+    for j, i in enumerate(np.flatnonzero(labels == SUBPOP_DIGIT)):
+        style = SUBPOP_STYLES[j % len(SUBPOP_STYLES)]
+        images[i] = _STYLES[style](images[i])
+        styles[str(int(i))] = style
+    return images, styles
 
 
 def _load_digits():

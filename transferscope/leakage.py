@@ -12,11 +12,10 @@ import time
 import numpy as np
 
 import fiftyone as fo
-import fiftyone.core.runs as fors
 
 from . import embeddings as tse
 from . import views as tsv
-from .runs import TransferScopeRunConfig, newly_tagged, undo_writes
+from .runs import commit_run, newly_tagged
 from .views import TransferScopeError
 
 logger = logging.getLogger(__name__)
@@ -242,11 +241,11 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
         if support is not None:
             target_view.set_values(z_f, dict(zip(ids, support.tolist())), key_field="id")
 
-    _commit(root, key, overwrite, "leakage", written,
-            (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField, fo.FloatField),
-            write_values, tagged, view_name,
-            lambda: root.match(fo.ViewField(score_f) >= threshold).sort_by(score_f, reverse=True),
-            summary, params)
+    commit_run(root, key, overwrite, "leakage", written,
+               (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField, fo.FloatField),
+               write_values, {view_name: lambda: root.match(fo.ViewField(score_f) >= threshold)
+                              .sort_by(score_f, reverse=True)},
+               summary, params, tagged)
     report(4)
     return summary
 
@@ -342,29 +341,9 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
         root.select(ids).set_values(group_f, dict(zip(ids, groups[members].tolist())),
                                     key_field="id")
 
-    _commit(root, key, overwrite, "near_duplicates", fields, (fo.IntField,), write_values,
-            tagged, view_name, lambda: root.exists(group_f).sort_by(group_f), summary, params)
+    commit_run(root, key, overwrite, "near_duplicates", fields, (fo.IntField,), write_values,
+               {view_name: lambda: root.exists(group_f).sort_by(group_f)}, summary, params,
+               tagged)
     report(3)
     return summary
 
-
-def _commit(root, key, overwrite, method, fields, field_types, write_values, tagged,
-            view_name, make_view, summary, params):
-    """Writes fields, tag, saved view and run together; undoes all of it on failure."""
-    if overwrite and key in root.list_runs():
-        root.delete_run(key)  # its cleanup removes the old fields, tags and view
-    try:
-        for field, ftype in zip(fields, field_types):
-            root.add_sample_field(field, ftype)  # declared: values may all be None
-        write_values()
-        root.select(tagged["ids"]).tag_samples(tagged["tag"])
-        root.save_view(view_name, make_view(), overwrite=True)
-        config = TransferScopeRunConfig(method=method, fields=fields,
-                                        saved_views=[view_name], **params)
-        root.register_run(key, config, results=fors.RunResults(
-            root, config, key, tagged=tagged, summary=summary))
-    except BaseException:
-        undo_writes(root, fields, [view_name], tagged)
-        if key in root.list_runs():
-            root.delete_run(key, cleanup=False)
-        raise

@@ -7,6 +7,8 @@ name without ``Config``.
 """
 
 import numpy as np
+import fiftyone as fo
+import fiftyone.core.labels as fol
 import fiftyone.core.runs as fors
 
 
@@ -122,3 +124,39 @@ def undo_writes(dataset, fields, saved_views, tagged=None):
             dataset.delete_saved_view(name)
     if tagged and tagged.get("ids"):
         dataset.select(tagged["ids"]).untag_samples(tagged["tag"])
+
+
+def commit_run(root, key, overwrite, method, fields, field_types, write_values, saved_views,
+               summary, params, tagged=None):
+    """Writes a run's fields, tag, saved views and record together; undoes all of it on failure.
+
+    Args:
+        fields, field_types: declared first (values may all be None); a type
+            is a field class or a label class (``fo.Classification``)
+        write_values: ``callable()`` that sets the fields' values
+        saved_views: ``{name: callable() -> view}``
+        tagged: ``{"tag", "ids"}`` from :func:`newly_tagged`, or None
+    """
+    if overwrite and key in root.list_runs():
+        root.delete_run(key)  # its cleanup removes the old fields, tags and views
+    tagged = tagged or {"tag": None, "ids": []}
+    try:
+        for field, ftype in zip(fields, field_types):
+            if issubclass(ftype, fol.Label):
+                root.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=ftype)
+            else:
+                root.add_sample_field(field, ftype)
+        write_values()
+        if tagged["ids"]:
+            root.select(tagged["ids"]).tag_samples(tagged["tag"])
+        for name, make_view in saved_views.items():
+            root.save_view(name, make_view(), overwrite=True)
+        config = TransferScopeRunConfig(method=method, fields=fields,
+                                        saved_views=list(saved_views), **params)
+        root.register_run(key, config, results=fors.RunResults(
+            root, config, key, tagged=tagged, summary=summary))
+    except BaseException:
+        undo_writes(root, fields, list(saved_views), tagged)
+        if key in root.list_runs():
+            root.delete_run(key, cleanup=False)
+        raise

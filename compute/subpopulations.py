@@ -1,0 +1,210 @@
+"""Subpopulations and failure explanations from a class-influence matrix.
+
+Two uses of ``Infl[c -> t]`` from Jain et al. (CVPR 2023):
+
+- the pretraining classes that help a target sample most reveal finer
+  subpopulations than the target labels (birds that look like ostriches):
+  group a target class's samples by their most helpful pretraining class, or
+  cluster their influence vectors into ``k`` groups;
+- the classes that push a misclassified sample toward its wrong answer
+  explain the failure: the influence of class ``c`` on "model predicts the
+  wrong label w for t" (from the stored per-model predictions).
+
+Influence is compared in units of its own standard error (a t-statistic):
+classes differ in size and so in noise, and the raw difference of means lets
+a large noisy class win by chance.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from .estimators import class_influence
+
+
+def z_scores(influence, stderr):
+    """``influence / stderr``, 0 where the standard error is 0 (no variation)."""
+    influence = np.asarray(influence, dtype=np.float64)
+    stderr = np.asarray(stderr, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(stderr > 0, influence / stderr, 0.0)
+    return z
+
+
+@dataclasses.dataclass
+class Grouping:
+    """Subpopulations of one target class.
+
+    Attributes:
+        labels: ``(n,)`` group index of each sample
+        names: per group, the pretraining class that characterises it (the
+            highest mean z-score in the group)
+        strength: ``(n,)`` how firmly each sample belongs: its top class's
+            z-score (``k=None``), or its silhouette in ``[-1, 1]`` (``k``)
+    """
+
+    labels: np.ndarray
+    names: list
+    strength: np.ndarray
+
+
+def group_by_influence(z, class_names, k=None, seed=0):
+    """Groups samples by the pretraining classes that help them most.
+
+    Args:
+        z: ``(n, C)`` influence z-scores of the ``n`` samples of one target class
+        class_names: the ``C`` pretraining class names
+        k: ``None``: a sample's group is its most helpful class; an integer:
+            k-means on the z-score vectors (``2 <= k <= n``), each group named
+            by its most helpful class on average
+        seed: of k-means
+
+    Returns:
+        a :class:`Grouping`
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n = len(z)
+    if z.ndim != 2 or z.shape[1] != len(class_names):
+        raise ValueError(f"z must be (n, {len(class_names)}); got {z.shape}")
+    if n == 0:
+        raise ValueError("no samples to group")
+    if k is None:
+        top = z.argmax(axis=1)
+        classes, labels = np.unique(top, return_inverse=True)
+        return Grouping(labels, [class_names[c] for c in classes], z[np.arange(n), top])
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"k must be an integer >= 2; got {k!r}")
+    if k > n:
+        raise ValueError(f"k={k} groups but the class has only {n} sample(s)")
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_samples
+
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(z)
+    if len(np.unique(labels)) < 2 or n <= k:
+        strength = np.zeros(n)
+    else:
+        strength = silhouette_samples(z, labels)
+    used = np.unique(labels)
+    labels = np.searchsorted(used, labels)  # drop empty clusters
+    names = [class_names[int(z[labels == g].mean(axis=0).argmax())] for g in range(len(used))]
+    return Grouping(labels, _unique_names(names), strength)
+
+
+def _unique_names(names):
+    """Suffixes repeats: two groups characterised by one class stay apart."""
+    seen = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
+def wrong_answers(predictions, labels):
+    """Per target: the label the models give most often, and whether it is wrong.
+
+    Args:
+        predictions: ``(M, T)`` predicted target class of each model
+        labels: ``(T,)`` true target class
+
+    Returns:
+        ``(modal prediction (T,), fraction of models that predict it (T,))``
+    """
+    predictions = np.asarray(predictions, dtype=np.int64)
+    num_classes = int(max(predictions.max(), np.max(labels))) + 1
+    counts = np.stack([(predictions == c).sum(axis=0) for c in range(num_classes)])
+    modal = counts.argmax(axis=0)
+    return modal, counts.max(axis=0) / len(predictions)
+
+
+def failure_influence(masks, predictions, wrong_labels):
+    """Influence of each class on "the model predicts ``wrong_labels[t]``" for each target.
+
+    Positive: models that saw the class give that wrong answer more often.
+
+    Args:
+        masks: ``(M, C)`` bool
+        predictions: ``(M, F)`` predicted target class, for the ``F`` failures
+        wrong_labels: ``(F,)`` the wrong answer of each failure
+
+    Returns:
+        ``(influence (C, F), z-scores (C, F))``
+    """
+    outputs = (np.asarray(predictions) == np.asarray(wrong_labels)[None, :]).astype(np.float64)
+    est = class_influence(masks, outputs)
+    return est.influence, z_scores(est.influence, est.stderr)
+
+
+def culprit_summary(z, class_names, top_k=3):
+    """The classes behind the most failures.
+
+    Returns rows ``{"class", "top1", "in_top_k", "mean_z"}``, sorted by how
+    many failures have the class as their strongest culprit, then by how many
+    have it among their ``top_k``.
+    """
+    z = np.asarray(z, dtype=np.float64)  # (C, F)
+    k = min(top_k, z.shape[0])
+    order = np.argsort(-z, axis=0, kind="stable")[:k]  # (k, F)
+    top1 = np.bincount(order[0], minlength=z.shape[0])
+    in_top = np.bincount(order.ravel(), minlength=z.shape[0])
+    rows = [{"class": class_names[c], "top1": int(top1[c]), "in_top_k": int(in_top[c]),
+             "mean_z": float(z[c].mean())} for c in range(z.shape[0])]
+    rows.sort(key=lambda r: (-r["top1"], -r["in_top_k"], -r["mean_z"]))
+    return rows
+
+
+def plan_culprit_check(num_classes, culprit, num_seeds, seed=0):
+    """Retraining rows for the counterfactual of one culprit class.
+
+    Per seed ``s``: every class; every class but the culprit; every class but
+    one other class drawn at random (a new draw per seed). Seed ``s`` is
+    shared by the three arms, so they compare in pairs.
+
+    Returns:
+        ``(masks (3S, C), seeds (3S,), random classes (S,))``; rows ``3s``,
+        ``3s + 1``, ``3s + 2`` are seed ``s``'s full, culprit-removed and
+        random-removed models
+    """
+    if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
+        raise ValueError(f"num_seeds must be a positive integer; got {num_seeds!r}")
+    if num_classes < 3:
+        raise ValueError("need at least 3 pretraining classes (one removed, others to "
+                         "draw a random one from)")
+    rng = np.random.default_rng([seed, culprit])
+    others = np.array([c for c in range(num_classes) if c != culprit])
+    randoms = rng.choice(others, size=num_seeds, replace=True)
+    masks, seeds = [], []
+    for s in range(num_seeds):
+        for removed in (None, culprit, randoms[s]):
+            mask = np.ones(num_classes, dtype=bool)
+            if removed is not None:
+                mask[removed] = False
+            masks.append(mask)
+            seeds.append(s)
+    return np.array(masks), np.array(seeds, dtype=np.int64), randoms
+
+
+def flip_counts(correct, num_seeds):
+    """Failures fixed and broken by each removal, paired with the full model of the same seed.
+
+    Args:
+        correct: ``(3S, F)`` 0/1 correctness of the planned rows on the failures
+
+    Returns:
+        per arm (``"full"``, ``"culprit_removed"``, ``"random_removed"``):
+        ``correct`` (mean number of the failures a model gets right) and,
+        for the removals, ``fixed`` / ``broken`` (mean per seed, against the
+        full model of the same seed)
+    """
+    c = np.asarray(correct, dtype=bool).reshape(num_seeds, 3, -1)
+    full = c[:, 0]
+    out = {"full": {"correct": float(full.sum(axis=1).mean())}}
+    for arm, j in (("culprit_removed", 1), ("random_removed", 2)):
+        arm_c = c[:, j]
+        out[arm] = {
+            "correct": float(arm_c.sum(axis=1).mean()),
+            "fixed": float((arm_c & ~full).sum(axis=1).mean()),
+            "broken": float((~arm_c & full).sum(axis=1).mean()),
+            "per_seed_fixed": (arm_c & ~full).sum(axis=1).tolist(),
+        }
+    return out

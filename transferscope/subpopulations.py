@@ -1,0 +1,335 @@
+"""``find_subpopulations`` and ``explain_failures``: two readings of a class-influence run.
+
+    ts.find_subpopulations("digits", "influence", k=2)      # finer groups than the labels
+    ts.explain_failures("digits", "influence")               # which classes cause the errors
+
+Both read the run's stored influence and per-model outputs; only the
+counterfactual check of ``explain_failures`` trains models (resumable).
+"""
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+
+import fiftyone as fo
+
+from . import views as tsv
+from .influence import (
+    complete_store_of,
+    influence_config_of,
+    labelled_transfer_of,
+    load_influence_run,
+    prepare_executor,
+    run_datasets,
+    run_with_progress,
+)
+from .runs import commit_run
+from .views import TransferScopeError
+
+logger = logging.getLogger(__name__)
+
+# top-class grouping makes a group per helpful class; tiny ones get no saved view
+MIN_VIEW_SIZE = 5
+
+
+def _run_and_labels(dataset, run_key):
+    """The run's target dataset, results, complete store and test labels (as indices)."""
+    _, config = load_influence_run(dataset, run_key)
+    _, target = run_datasets(config)
+    results = target.load_run_results(run_key, cache=False)
+    store = complete_store_of(results)
+    ids = list(results.target_ids)
+    labels = target.select(ids, ordered=True).values(f"{config.target_label_field}.label")
+    if len(labels) != len(ids) or any(l is None for l in labels):
+        raise TransferScopeError(
+            f"the test samples of run {run_key!r} changed since it was computed (some are "
+            f"gone or unlabelled); compute the run again")
+    index = {c: i for i, c in enumerate(results.target_classes)}
+    unknown = sorted({l for l in labels if l not in index})
+    if unknown:
+        raise TransferScopeError(f"test labels {unknown} are not among the run's target "
+                                 f"classes; compute the run again")
+    return target, results, store, ids, np.array([index[l] for l in labels])
+
+
+def subpopulation_fields(key):
+    return [key, f"{key}_strength"]
+
+
+def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None, seed=0,
+                        overwrite=False):
+    """Splits each target class into subpopulations by the pretraining classes that help it.
+
+    For each target class, its test samples are grouped by their influence
+    z-scores (``Infl[c -> t]`` over its standard error): with ``k=None`` by
+    the single most helpful pretraining class, with ``k`` by k-means into
+    ``k`` groups, each named by its most helpful class on average.
+
+    Writes on the run's target test samples ``<key>`` (a Classification
+    ``"<target class> / <pretraining class>"``) and ``<key>_strength`` (the
+    top class's z-score, or with ``k`` the sample's silhouette in [-1, 1]);
+    a saved view ``"<key> <subpopulation>"`` per subpopulation of at least
+    5 samples; and run ``key`` on the target dataset (deleting it removes
+    all of this).
+
+    Args:
+        dataset: the run's target (or pretraining) dataset, or its name
+        run_key: a class-influence run
+        key: run key of this analysis (default ``<run_key>_subpops``)
+        k: groups per target class, or None for top-class grouping
+        target_classes: the target classes to split (default: all)
+        seed: of k-means
+
+    Returns:
+        the summary: per target class, each subpopulation's name, size,
+        accuracy of the run's models on it and mean strength
+    """
+    from .compute import subpopulations as sp
+
+    key = key or f"{run_key}_subpops"
+    tsv.validate_run_key(key)
+    target, results, store, ids, labels = _run_and_labels(dataset, run_key)
+    fields = subpopulation_fields(key)
+    tsv.check_run_key_free(target, key, overwrite, fields)
+    names = list(results.target_classes)
+    chosen = names if target_classes is None else list(target_classes)
+    if isinstance(target_classes, str) or not chosen:
+        raise TransferScopeError(f"target_classes must be a non-empty list of names; "
+                                 f"got {target_classes!r}")
+    unknown = [c for c in chosen if c not in names]
+    if unknown:
+        raise TransferScopeError(f"unknown target class(es) {unknown}; the run has {names}")
+    z = sp.z_scores(results.influence, results.stderr).T  # (T, C)
+    accuracy = store.outputs("correct").mean(axis=0)
+    members = {c: np.flatnonzero(labels == names.index(c)) for c in chosen}
+    if k is not None:  # every class checked before anything is computed or written
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise TransferScopeError(f"k must be an integer >= 2 (or None for the top "
+                                     f"class); got {k!r}")
+        for c, cols in members.items():
+            if k > len(cols):
+                raise TransferScopeError(
+                    f"k={k} groups but target class {c!r} has only {len(cols)} test sample(s)")
+
+    label_of, strength_of, summary = {}, {}, {"k": k, "classes": {}}
+    for c, cols in members.items():
+        if len(cols) == 0:
+            continue
+        try:
+            grouping = sp.group_by_influence(z[cols], list(results.classes), k=k, seed=seed)
+        except ValueError as e:
+            raise TransferScopeError(f"target class {c!r}: {e}") from e
+        groups = []
+        for g, name in enumerate(grouping.names):
+            in_g = grouping.labels == g
+            label = f"{c} / {name}"
+            groups.append({"name": label, "pretraining_class": name, "size": int(in_g.sum()),
+                           "accuracy": float(accuracy[cols[in_g]].mean()),
+                           "mean_strength": float(grouping.strength[in_g].mean())})
+            for t, s in zip(cols[in_g], grouping.strength[in_g]):
+                label_of[ids[t]] = label
+                strength_of[ids[t]] = float(s)
+        groups.sort(key=lambda row: -row["size"])
+        summary["classes"][c] = groups
+
+    root = target._root_dataset
+    label_f, strength_f = fields
+    written = list(label_of)
+
+    def write_values():
+        view = root.select(written)
+        view.set_values(label_f, {i: fo.Classification(label=label_of[i]) for i in written},
+                        key_field="id")
+        view.set_values(strength_f, strength_of, key_field="id")
+
+    F = fo.ViewField
+    saved_views = {
+        f"{key} {g['name']}": (lambda name=g["name"]: root.match(F(f"{label_f}.label") == name)
+                               .sort_by(strength_f, reverse=True))
+        for groups in summary["classes"].values() for g in groups if g["size"] >= MIN_VIEW_SIZE
+    }
+    summary["saved_views"] = list(saved_views)
+    params = dict(run_key=run_key, k=k, target_classes=chosen, seed=seed)
+    commit_run(root, key, overwrite, "subpopulations", fields,
+               (fo.Classification, fo.FloatField), write_values, saved_views,
+               summary, params)
+    return summary
+
+
+def describe_subpopulations(summary, max_groups=4):
+    """Lines of text: each target class's largest subpopulations."""
+    lines = []
+    for c, groups in summary["classes"].items():
+        parts = [f"{g['pretraining_class']} ({g['size']}, {100 * g['accuracy']:.0f}% right)"
+                 for g in groups[:max_groups]]
+        more = f", +{len(groups) - max_groups} more" if len(groups) > max_groups else ""
+        lines.append(f"  {c:>8s}: " + ", ".join(parts) + more)
+    return lines
+
+
+def failure_fields(key):
+    return [f"{key}_wrong", f"{key}_culprits"]
+
+
+def explain_failures(dataset, run_key, key=None, pred_field=None, top_k=3, check_top=True,
+                     num_seeds=8, seed=0, device=None, overwrite=False, progress=None,
+                     executor="local", executor_options=None):
+    """The pretraining classes that push misclassified target samples to their wrong answer.
+
+    A failure is a test sample of the run whose prediction is wrong: by
+    default the answer most of the run's models give, or the label of
+    ``pred_field`` (a Classification field). The culprits of failure ``t``
+    with wrong answer ``w`` are the classes with the highest influence on
+    "a model predicts ``w`` for ``t``" (from the stored per-model
+    predictions), in units of its standard error.
+
+    With ``check_top``, the counterfactual: ``num_seeds`` models each are
+    retrained (the run's protocol) on every class, on every class but the top
+    culprit, and on every class but one drawn at random; the summary reports
+    how many of the failures blamed on the culprit each removal fixes
+    (paired with the full model of the same seed).
+
+    Writes on the failures ``<key>_wrong`` (the wrong answer explained) and
+    ``<key>_culprits`` (Classifications: the ``top_k`` culprits, with
+    ``influence`` and ``z``); the saved view ``<key>_failures``; run ``key``.
+    With no failure, writes nothing and says so in the summary.
+
+    Returns:
+        the summary dict (failures, culprit table, counterfactual)
+    """
+    from .compute import subpopulations as sp
+
+    key = key or f"{run_key}_failures"
+    tsv.validate_run_key(key)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise TransferScopeError(f"top_k must be a positive integer; got {top_k!r}")
+    if check_top and (isinstance(num_seeds, bool) or not isinstance(num_seeds, int)
+                      or num_seeds < 1):
+        raise TransferScopeError(f"num_seeds must be a positive integer; got {num_seeds!r}")
+    target, results, store, ids, labels = _run_and_labels(dataset, run_key)
+    fields = failure_fields(key)
+    tsv.check_run_key_free(target, key, overwrite, fields)
+    target_names = list(results.target_classes)
+    predictions = store.outputs("pred")
+
+    if pred_field is None:
+        predicted, _ = sp.wrong_answers(predictions, labels)
+        source = "the run's models (majority answer)"
+    else:
+        tsv.check_classification_field(target, pred_field, "prediction")
+        values = target.select(ids, ordered=True).values(f"{pred_field}.label")
+        strange = sorted({v for v in values if v is not None and v not in target_names})
+        if strange:
+            raise TransferScopeError(f"{pred_field!r} holds labels that are not target classes "
+                                     f"of the run: {strange[:5]}")
+        predicted = np.array([-1 if v is None else target_names.index(v) for v in values])
+        source = f"field {pred_field!r}"
+    failed = np.flatnonzero((predicted >= 0) & (predicted != labels))
+    summary = {"source": source, "num_test_samples": len(ids), "num_failures": int(len(failed))}
+    if len(failed) == 0:
+        summary["message"] = (f"no misclassified test sample according to {source}; "
+                              f"nothing was written")
+        logger.info(summary["message"])
+        return summary
+
+    wrong = predicted[failed]
+    infl, z = sp.failure_influence(store.masks, predictions[:, failed], wrong)
+    classes = list(results.classes)
+    order = np.argsort(-z, axis=0, kind="stable")[:min(top_k, len(classes))].T  # (F, k)
+    table = sp.culprit_summary(z, classes, top_k)
+    summary["culprits"] = table[:20]
+    summary["top_culprit"] = table[0]["class"]
+
+    if check_top:
+        culprit = classes.index(table[0]["class"])
+        blamed = failed[(order == culprit).any(axis=1)]
+        summary["counterfactual"] = _check_culprit(
+            results, culprit, failed, blamed, num_seeds, seed, device, progress, executor,
+            executor_options)
+
+    root = target._root_dataset
+    wrong_f, culprits_f = fields
+    failed_ids = [ids[t] for t in failed]
+
+    def write_values():
+        view = root.select(failed_ids)
+        view.set_values(wrong_f, {i: fo.Classification(label=target_names[w])
+                                  for i, w in zip(failed_ids, wrong)}, key_field="id")
+        view.set_values(culprits_f, {
+            i: fo.Classifications(classifications=[
+                fo.Classification(label=classes[c], influence=float(infl[c, f]),
+                                  z=float(z[c, f])) for c in order[f]])
+            for f, i in enumerate(failed_ids)}, key_field="id")
+        for attr in ("influence", "z"):  # declared, so the App sidebar can filter on them
+            path = f"{culprits_f}.classifications.{attr}"
+            if not root.has_sample_field(path):
+                root.add_sample_field(path, fo.FloatField)
+
+    view_name = f"{key}_failures"
+    params = dict(run_key=run_key, pred_field=pred_field, top_k=top_k, check_top=check_top,
+                  num_seeds=num_seeds, seed=seed)
+    commit_run(root, key, overwrite, "failure_explanation", fields,
+               (fo.Classification, fo.Classifications), write_values,
+               {view_name: lambda: root.select(failed_ids)}, summary, params)
+    summary["saved_view"] = view_name
+    return summary
+
+
+def _check_culprit(results, culprit, failed, blamed, num_seeds, seed, device, progress,
+                   executor, executor_options):
+    """Retrains without the culprit and without a random class; counts fixed failures."""
+    from . import compute as tsc
+    from .compute import subpopulations as sp
+
+    try:
+        masks, seeds, randoms = sp.plan_culprit_check(len(results.classes), culprit,
+                                                      num_seeds, seed)
+        config = influence_config_of(results)
+        if device is not None:
+            config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "device": device})
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    labelled = labelled_transfer_of(results, unchanged_for="explaining failures")
+    runner = prepare_executor(executor, executor_options, config)
+    data = labelled.decode(config.image_size, config.channels)
+    name = hashlib.sha256(masks.tobytes() + seeds.tobytes()).hexdigest()[:16]
+    path = os.path.join(results.config.output_dir, "failures", name)
+    store = tsc.open_retrain_store(path, config, data, masks, seeds,
+                                   meta={"classes": list(results.classes)})
+    run_with_progress(store, lambda done: tsc.run_retraining(config, data, store, done, runner),
+                      progress, "Retraining without the top culprit")
+    correct = store.outputs("correct")
+    classes = list(results.classes)
+    return {
+        "culprit": classes[culprit],
+        "random_classes": [classes[c] for c in randoms],
+        "num_seeds": num_seeds,
+        "blamed_failures": int(len(blamed)),
+        "on_blamed": sp.flip_counts(correct[:, blamed], num_seeds),
+        "on_all_failures": sp.flip_counts(correct[:, failed], num_seeds),
+    }
+
+
+def describe_failures(summary, max_rows=8):
+    """Lines of text that report :func:`explain_failures` honestly."""
+    if summary["num_failures"] == 0:
+        return [summary["message"]]
+    lines = [f"{summary['num_failures']} of {summary['num_test_samples']} test samples are "
+             f"misclassified ({summary['source']}). Classes behind the most failures:",
+             f"  {'class':>12s}  {'strongest culprit of':>20s}  {'in top k of':>12s}"]
+    for row in summary["culprits"][:max_rows]:
+        lines.append(f"  {row['class']:>12s}  {row['top1']:>20d}  {row['in_top_k']:>12d}")
+    check = summary.get("counterfactual")
+    if check:
+        on = check["on_blamed"]
+        lines.append(
+            f"Counterfactual ({check['num_seeds']} seeds, paired): of the "
+            f"{check['blamed_failures']} failures blamed on {check['culprit']!r}, removing it "
+            f"fixes {on['culprit_removed']['fixed']:.1f} and breaks "
+            f"{on['culprit_removed']['broken']:.1f} per model; removing a random class fixes "
+            f"{on['random_removed']['fixed']:.1f} and breaks "
+            f"{on['random_removed']['broken']:.1f} (the full model gets "
+            f"{on['full']['correct']:.1f} of them right)")
+    return lines
