@@ -5,8 +5,9 @@ from .evaluate_curation import EvaluateCuration
 from .influence_panel import ClassInfluencePanel
 from .leakage import DetectLeakage, FindNearDuplicates
 from .plan_class_diversity import PlanClassDiversity
+from .subpopulations import ExplainFailures, FindSubpopulations
 from .tag_classes import TagClasses
 
 OPERATORS = [ComputeClassInfluence, TagClasses, EvaluateCuration, DetectLeakage,
-             FindNearDuplicates, PlanClassDiversity]
+             FindNearDuplicates, PlanClassDiversity, FindSubpopulations, ExplainFailures]
 PANELS = [ClassInfluencePanel]

@@ -28,7 +28,8 @@ def test_plugin_loads_in_fiftyones_loader():
     assert "@transferscope/transferscope" in plugins.stdout, plugins.stdout + plugins.stderr
     ops = _fiftyone("operators", "list")
     for name in ("compute_class_influence", "tag_classes", "evaluate_curation",
-                 "detect_leakage", "find_near_duplicates", "plan_class_diversity"):
+                 "detect_leakage", "find_near_duplicates", "plan_class_diversity",
+                 "find_subpopulations", "explain_failures"):
         assert f"@transferscope/transferscope/{name}" in ops.stdout, ops.stdout + ops.stderr
     assert "Failed to register" not in plugins.stderr + ops.stderr
 

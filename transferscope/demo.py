@@ -21,7 +21,10 @@ from .curation import describe_curation, evaluate_curation, tag_classes
 from .influence import compute_class_influence, prepare_executor
 from .diversity import describe_diversity, plan_class_diversity
 from .leakage import detect_leakage, find_near_duplicates
-from .plots import save_curation_png, save_diversity_png
+from .plots import (save_culprits_png, save_curation_png, save_diversity_png,
+                    save_subpopulations_png)
+from .subpopulations import (describe_failures, describe_subpopulations, explain_failures,
+                             find_subpopulations)
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,10 @@ RUN_KEY = "demo_influence"
 LEAKAGE_KEY = "demo_leakage"
 DUPLICATES_KEY = "demo_duplicates"
 DIVERSITY_KEY = "demo_diversity"
+SUBPOPS_KEY = "demo_subpops"
+FAILURES_KEY = "demo_failures"
+# explain_failures' counterfactual: models per arm (full, culprit removed, random removed)
+FAILURE_SEEDS = 8
 # the diversity planner: small budgets, the full budget it predicts, and its check
 DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=8)
 # bump when the generated data changes, so old demo datasets are rebuilt
@@ -118,6 +125,36 @@ def _is_current(target_name, pretrain_name, spec):
         if not os.path.exists(ds.first().filepath):
             return False
     return True
+
+
+def subpopulation_report(results, target, planted):
+    """Adjusted Rand index of the found subpopulations of the planted digit vs its
+    styles: of the k=2 groups written by the demo, and of top-class grouping."""
+    from collections import Counter
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from .compute import subpopulations as sp
+
+    truth = planted["subpop_styles_by_id"]
+    ids = sorted(truth)
+    styles = [truth[i] for i in ids]
+    found = dict(zip(*target.select(ids).values(["id", f"{SUBPOPS_KEY}.label"])))
+    k2 = [found[i] for i in ids]
+    cols = [list(results.target_ids).index(i) for i in ids]
+    z = sp.z_scores(results.influence, results.stderr)[:, cols].T
+    top = sp.group_by_influence(z, list(results.classes))
+    top_names = [top.names[g] for g in top.labels]
+    return {"digit": planted["subpop_digit"], "samples": len(ids),
+            "adjusted_rand_index": float(adjusted_rand_score(styles, k2)),
+            "planted_style_to_found_group": {
+                f"{a} -> {b}": n for (a, b), n in sorted(Counter(zip(styles, k2)).items())},
+            "top_class_grouping": {
+                "adjusted_rand_index": float(adjusted_rand_score(styles, top_names)),
+                "groups": len(top.names),
+                "top_class_by_style": {s: Counter(n for n, t in zip(top_names, styles)
+                                                  if t == s).most_common(3)
+                                       for s in sorted(set(styles))}}}
 
 
 def planted_report(results, target, curation=None, leakage=None, duplicates=None,
@@ -256,6 +293,20 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
     out("Most harmful pretraining classes:")
     for c, v, lo, hi in ranking[::-1][:8]:
         out(f"  {c:>12s} {v:+.4f}  [{lo:+.4f}, {hi:+.4f}]")
+    out(f"\nSubpopulations (k=2 per digit, by the pretraining classes that help each sample):")
+    subpops = find_subpopulations(target, RUN_KEY, key=SUBPOPS_KEY, k=2, overwrite=True)
+    out("\n".join(describe_subpopulations(subpops)))
+    subpop_report = subpopulation_report(results, target, target.info["planted"])
+    out(f"  planted styles of the {subpop_report['digit']}s recovered: adjusted Rand index "
+        f"{subpop_report['adjusted_rand_index']:.3f}")
+    png = save_subpopulations_png(subpops, os.path.join(data_dir(), "subpopulations.png"))
+    out(f"Plot: {png}; saved views '{SUBPOPS_KEY} <digit> / <class>'")
+    out(f"\nExplaining the failures (retraining without the top culprit, {FAILURE_SEEDS} seeds) ...")
+    failures = explain_failures(target, RUN_KEY, key=FAILURES_KEY, num_seeds=FAILURE_SEEDS,
+                                overwrite=True, **where)
+    out("\n".join(describe_failures(failures)))
+    png = save_culprits_png(failures, os.path.join(data_dir(), "culprits.png"))
+    out(f"Plot: {png}; saved view {FAILURES_KEY}_failures")
     summary = None
     if curation_seeds:
         record = tag_classes(pretrain, RUN_KEY, rule="ci_below_zero")
@@ -269,6 +320,15 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
         out("\n".join(describe_curation(summary)))
         png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
         out(f"Plot: {png}")
+    # every step that trains runs before FAISS: after a FAISS call torch trains on one
+    # thread in this process (they share OpenMP's setting; see the README's limits)
+    out(f"\nPlanning the number of classes (budgets {DIVERSITY['budgets']} -> "
+        f"{DIVERSITY['full_budget']}, {DIVERSITY['num_seeds']} seeds per point) ...")
+    diversity = plan_class_diversity(target, RUN_KEY, key=DIVERSITY_KEY, overwrite=True,
+                                     **DIVERSITY, **where)
+    out("\n".join(describe_diversity(diversity)))
+    png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
+    out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")
     out("\nLooking for leaks (FAISS on the run's backbone embeddings, file hashes, influence) ...")
     leakage = detect_leakage(target, key=LEAKAGE_KEY, run_key=RUN_KEY, overwrite=True)
     out(f"  {leakage['num_leaks']} of {leakage['num_targets']} test samples tagged 'leak' "
@@ -278,14 +338,21 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
                                       overwrite=True)
     out(f"  {duplicates['num_groups']} near-duplicate groups ({duplicates['num_grouped_samples']}"
         f" pretraining samples) tagged 'near_duplicate'; saved view {DUPLICATES_KEY}_groups")
-    out(f"\nPlanning the number of classes (budgets {DIVERSITY['budgets']} -> "
-        f"{DIVERSITY['full_budget']}, {DIVERSITY['num_seeds']} seeds per point) ...")
-    diversity = plan_class_diversity(target, RUN_KEY, key=DIVERSITY_KEY, overwrite=True,
-                                     **DIVERSITY, **where)
-    out("\n".join(describe_diversity(diversity)))
-    png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
-    out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")
     report = planted_report(results, target, summary, leakage, duplicates, pretrain)
+    report["subpopulations"] = subpop_report
+    check = failures.get("counterfactual", {})
+    report["failures"] = {
+        "num_failures": failures["num_failures"], "top_culprit": failures.get("top_culprit"),
+        "top_culprit_is_planted_harmful_class":
+            failures.get("top_culprit") == target.info["planted"]["harmful_class"],
+        "culprits": failures.get("culprits", [])[:5],
+        "blamed_failures": check.get("blamed_failures"),
+        "fixed_per_model_removing_culprit": check.get("on_blamed", {}).get(
+            "culprit_removed", {}).get("fixed"),
+        "fixed_per_model_removing_random_class": check.get("on_blamed", {}).get(
+            "random_removed", {}).get("fixed"),
+        "counterfactual": check,
+    }
     report["diversity"] = {"prediction": diversity["prediction"],
                            "verification": diversity["verification"],
                            "per_budget": diversity["per_budget"]}

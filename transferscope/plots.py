@@ -233,3 +233,108 @@ def influence_plotly(results):
         "dragmode": "select", "showlegend": False, "margin": {"t": 40},
     }
     return trace, layout
+
+
+SUBPOP_TITLE = "Subpopulations of each target class (size; hover: accuracy)"
+CULPRIT_TITLE = "Pretraining classes behind the most failures"
+
+
+def subpopulation_series(summary):
+    """``[(target class, [(subpopulation, size, accuracy)], ...)]``, largest group first."""
+    return [(c, [(g["pretraining_class"], g["size"], g["accuracy"]) for g in groups])
+            for c, groups in summary["classes"].items()]
+
+
+def subpopulations_plotly(summary):
+    """``(traces, layout)``: one stacked bar per target class, a segment per subpopulation."""
+    series = subpopulation_series(summary)
+    depth = max((len(groups) for _, groups in series), default=0)
+    traces = []
+    for j in range(depth):  # the j-th largest group of every class, in one trace
+        rows = [(c, groups[j]) for c, groups in series if j < len(groups)]
+        traces.append({
+            "type": "bar", "name": f"group {j + 1}", "x": [c for c, _ in rows],
+            "y": [g[1] for _, g in rows], "text": [g[0] for _, g in rows],
+            "customdata": [100 * g[2] for _, g in rows], "showlegend": False,
+            "hovertemplate": "%{x} / %{text}: %{y} samples, %{customdata:.0f}% right"
+                             "<extra></extra>",
+        })
+    layout = {"title": {"text": SUBPOP_TITLE}, "barmode": "stack",
+              "xaxis": {"title": {"text": "target class"}, "type": "category"},
+              "yaxis": {"title": {"text": "test samples"}}}
+    return traces, layout
+
+
+def culprit_series(summary, top=12):
+    """``(classes, strongest-culprit counts, top-k counts)`` of the leading culprits."""
+    rows = summary.get("culprits", [])[:top]
+    return [r["class"] for r in rows], [r["top1"] for r in rows], [r["in_top_k"] for r in rows]
+
+
+def culprits_plotly(summary):
+    """``(traces, layout)``: failures per culprit class (strongest culprit; among the top k)."""
+    names, top1, in_top = culprit_series(summary)
+    traces = [{"type": "bar", "name": "strongest culprit", "x": names, "y": top1},
+              {"type": "bar", "name": "among the top culprits", "x": names, "y": in_top}]
+    layout = {"title": {"text": CULPRIT_TITLE}, "barmode": "group",
+              "xaxis": {"title": {"text": "pretraining class"}, "type": "category"},
+              "yaxis": {"title": {"text": "failures"}}}
+    return traces, layout
+
+
+def save_subpopulations_png(summary, path):
+    """Stacked bars of subpopulation sizes per target class, labelled by class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    for i, (c, groups) in enumerate(subpopulation_series(summary)):
+        bottom = 0
+        for j, (name, size, acc) in enumerate(groups):
+            ax.bar(i, size, bottom=bottom, color=f"C{j % 10}", edgecolor="white")
+            if size >= 4:
+                ax.text(i, bottom + size / 2, f"{name}\n{100 * acc:.0f}%", ha="center",
+                        va="center", fontsize=7)
+            bottom += size
+    ax.set_xticks(range(len(summary["classes"])), list(summary["classes"]))
+    ax.set_xlabel("target class (segments: subpopulations, named by the pretraining class "
+                  "that helps them most; % = accuracy of the run's models)", fontsize=8)
+    ax.set_ylabel("test samples")
+    ax.set_title(SUBPOP_TITLE.split(" (")[0])
+    return _save(fig, plt, path)
+
+
+def save_culprits_png(summary, path):
+    """Bars: failures per culprit class; the counterfactual in the title when present."""
+    plt = _pyplot()
+    names, top1, in_top = culprit_series(summary)
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], top1, width=0.4, label="strongest culprit")
+    ax.bar([i + 0.2 for i in x], in_top, width=0.4, label="among the top culprits")
+    ax.set_xticks(list(x), names, rotation=45)
+    ax.set_ylabel("failures")
+    title = CULPRIT_TITLE
+    check = summary.get("counterfactual")
+    if check:
+        on = check["on_blamed"]
+        title += (f"\nremoving {check['culprit']!r} fixes {on['culprit_removed']['fixed']:.1f} "
+                  f"of its {check['blamed_failures']} failures per model; a random class "
+                  f"{on['random_removed']['fixed']:.1f}")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, plt, path):
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -65,7 +65,9 @@ def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None,
     For each target class, its test samples are grouped by their influence
     z-scores (``Infl[c -> t]`` over its standard error): with ``k=None`` by
     the single most helpful pretraining class, with ``k`` by k-means into
-    ``k`` groups, each named by its most helpful class on average.
+    ``k`` groups, each named by the class that helps it most relative to the
+    rest of its target class (raw influence; the next ones are listed in the
+    summary as ``characteristic_classes``).
 
     Writes on the run's target test samples ``<key>`` (a Classification
     ``"<target class> / <pretraining class>"``) and ``<key>_strength`` (the
@@ -101,7 +103,8 @@ def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None,
     unknown = [c for c in chosen if c not in names]
     if unknown:
         raise TransferScopeError(f"unknown target class(es) {unknown}; the run has {names}")
-    z = sp.z_scores(results.influence, results.stderr).T  # (T, C)
+    influence = np.asarray(results.influence).T  # (T, C)
+    z = sp.z_scores(results.influence, results.stderr).T
     accuracy = store.outputs("correct").mean(axis=0)
     members = {c: np.flatnonzero(labels == names.index(c)) for c in chosen}
     if k is not None:  # every class checked before anything is computed or written
@@ -118,14 +121,17 @@ def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None,
         if len(cols) == 0:
             continue
         try:
-            grouping = sp.group_by_influence(z[cols], list(results.classes), k=k, seed=seed)
+            grouping = sp.group_by_influence(z[cols], list(results.classes), k=k, seed=seed,
+                                             influence=influence[cols])
         except ValueError as e:
             raise TransferScopeError(f"target class {c!r}: {e}") from e
         groups = []
         for g, name in enumerate(grouping.names):
             in_g = grouping.labels == g
             label = f"{c} / {name}"
-            groups.append({"name": label, "pretraining_class": name, "size": int(in_g.sum()),
+            groups.append({"name": label, "pretraining_class": name,
+                           "characteristic_classes": grouping.characteristic[g],
+                           "size": int(in_g.sum()),
                            "accuracy": float(accuracy[cols[in_g]].mean()),
                            "mean_strength": float(grouping.strength[in_g].mean())})
             for t, s in zip(cols[in_g], grouping.strength[in_g]):
@@ -162,8 +168,8 @@ def describe_subpopulations(summary, max_groups=4):
     """Lines of text: each target class's largest subpopulations."""
     lines = []
     for c, groups in summary["classes"].items():
-        parts = [f"{g['pretraining_class']} ({g['size']}, {100 * g['accuracy']:.0f}% right)"
-                 for g in groups[:max_groups]]
+        parts = [f"{'/'.join(g['characteristic_classes'][:2])} ({g['size']}, "
+                 f"{100 * g['accuracy']:.0f}% right)" for g in groups[:max_groups]]
         more = f", +{len(groups) - max_groups} more" if len(groups) > max_groups else ""
         lines.append(f"  {c:>8s}: " + ", ".join(parts) + more)
     return lines
