@@ -358,6 +358,10 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
                            "per_budget": diversity["per_budget"]}
     out("\nAgainst the planted truth:")
     out(json.dumps(report, indent=2))
+    report_path = os.path.join(data_dir(), "demo_report.json")
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=2)
+    out(f"(also written to {report_path})")
     out(f"\nOpen the App to explore: fiftyone app launch {target.name}  "
         f"(fields {RUN_KEY}_helpful / _harmful / _accuracy; on {pretrain.name}: "
         f"{RUN_KEY}_influence, tag 'remove', saved view {RUN_KEY}_curated)")
