@@ -296,7 +296,8 @@ def save_subpopulations_png(summary, path):
             bottom += size
     ax.set_xticks(range(len(summary["classes"])), list(summary["classes"]))
     ax.set_xlabel("target class (segments: subpopulations, named by the pretraining class "
-                  "that helps them most; % = accuracy of the run's models)", fontsize=8)
+                  "that helps them more than the rest of their class; % = accuracy of the "
+                  "run's models)", fontsize=8)
     ax.set_ylabel("test samples")
     ax.set_title(SUBPOP_TITLE.split(" (")[0])
     return _save(fig, plt, path)
