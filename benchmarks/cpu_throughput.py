@@ -38,13 +38,23 @@ sys.path.insert(0, HERE)
 from ray_benchmark import demo_transfer_data  # noqa: E402  (same data as the Ray benchmark)
 
 
-def matmul_flops(dtype, n=2048, reps=10):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_flops(dtype, n=2048, reps=10, device="cpu"):
+    """Measured matrix-multiply FLOP/s of ``device`` in ``dtype``."""
+    device = torch.device(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
+    sync()
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
@@ -79,18 +89,21 @@ def step_flops(bf16, batch=128, reps=20):
     return counter.get_total_flops(), seconds
 
 
-def models(data, precision, count, threads=None):
+def models(data, precision, count, threads=None, device="cpu", group_size=1):
     """``(outputs, masks, seconds per model)`` of ``count`` subset models."""
     from transferscope.compute import InfluenceConfig, LocalExecutor, sample_class_masks
     from transferscope.compute.executors import ModelJob
 
-    config = InfluenceConfig(num_models=max(count, 2), epochs=4, seed=0, device="cpu",
+    config = InfluenceConfig(num_models=max(count, 2), epochs=4, seed=0, device=device,
                              precision=precision)
     masks = sample_class_masks(max(count, 2), data.num_pretrain_classes, 0.5, 0)[:count]
     jobs = [ModelJob(i, config, i, mask) for i, mask in enumerate(masks)]
     outputs = [None] * count
+    executor = LocalExecutor(threads, group_size=group_size)
     start = time.perf_counter()
-    LocalExecutor(threads).run(jobs, data, lambda row, out: outputs.__setitem__(row, out["prob"]))
+    failures = executor.run(jobs, data, lambda row, out: outputs.__setitem__(row, out["prob"]))
+    if failures:
+        raise RuntimeError(f"models failed: {failures}")
     seconds = (time.perf_counter() - start) / count
     return np.array(outputs), masks, seconds
 

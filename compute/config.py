@@ -42,6 +42,10 @@ class InfluenceConfig:
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``
         precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on a CPU),
             ``"fp32"`` or ``"bf16"`` (autocast on either device)
+        augment_shift: pretraining augmentation: each sample of a batch is
+            shifted by up to this many pixels in each direction (edges
+            replicated), drawn from the model's seed and done on the device;
+            0: none
     """
 
     num_models: int = 64
@@ -60,6 +64,7 @@ class InfluenceConfig:
     probe_c: float = 1.0
     device: str = "auto"
     precision: str = "auto"
+    augment_shift: int = 0
 
     def __post_init__(self):
         _check_int(self.num_models, "num_models", 2)
@@ -78,6 +83,10 @@ class InfluenceConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
+        _check_int(self.augment_shift, "augment_shift", 0)
+        if self.augment_shift >= self.image_size // 2:
+            raise ValueError(f"augment_shift must be below half the image size "
+                             f"({self.image_size // 2}); got {self.augment_shift}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.probe_c > 0):
@@ -102,8 +111,11 @@ class InfluenceConfig:
         """
         d = self.to_dict()
         d.pop("device")
-        if d["precision"] == "auto":  # runs from before this field keep their hash
+        # runs from before these fields keep their hash
+        if d["precision"] == "auto":
             d.pop("precision")
+        if d["augment_shift"] == 0:
+            d.pop("augment_shift")
         d["data"] = data_fingerprint
         d["engine_version"] = ENGINE_VERSION
         blob = json.dumps(d, sort_keys=True).encode()

@@ -113,6 +113,11 @@ def train_subset_model(config, index, mask_row, data, sample_mask=None):
         target class)
     """
     net, gen, device = pretrain_network(config, index, mask_row, data, sample_mask)
+    return transfer_outputs(config, net, gen, data, device)
+
+
+def transfer_outputs(config, net, gen, data, device):
+    """Transfers a pretrained ``net`` to the target task; its test outputs."""
     t = data.tensors(device)
     train_y = data.train_labels.astype(np.int64)
     if config.transfer == "linear":
@@ -158,7 +163,7 @@ def pretrain_network(config, index, mask_row, data, sample_mask=None):
     net = build_network(config.arch, len(classes), config.channels, config.width)
     net = net.to(device).to(memory_format=torch.channels_last)
     _fit(net, x_pre, y_pre, config.epochs, config.batch_size, config.lr,
-         config.weight_decay, gen, device, config.precision)
+         config.weight_decay, gen, device, config.precision, config.augment_shift)
     return net, gen, device
 
 
@@ -206,18 +211,43 @@ def _autocast(device, precision="auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device, precision="auto"):
+LABEL_SMOOTHING = 0.1
+MOMENTUM = 0.9
+
+
+def lr_factor(step, total):
+    """The learning-rate multiplier at ``step`` of ``total``: linear warm-up
+    for 20% of the steps, then linear decay to zero."""
+    warm = max(1, int(0.2 * total))
+    return min((step + 1) / warm, max(0.0, (total - step) / (total - warm + 1e-9)))
+
+
+def draw_shifts(count, shift, gen):
+    """``(count, 2)`` offsets in ``[-shift, shift]`` from the model's stream."""
+    return torch.randint(-shift, shift + 1, (count, 2), generator=gen)
+
+
+def shift_images(x, offsets, shift):
+    """Each image of ``x`` (N, C, H, W) moved by its ``offsets`` (N, 2) rows
+    and columns, edges replicated; on ``x``'s device."""
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (shift,) * 4, mode="replicate").permute(0, 2, 3, 1)
+    offsets = offsets.to(x.device)
+    rows = torch.arange(h, device=x.device)[None] + shift + offsets[:, :1]
+    cols = torch.arange(w, device=x.device)[None] + shift + offsets[:, 1:]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device, precision="auto",
+         shift=0):
     n = len(y)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = epochs * steps_per_epoch
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True,
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True,
                           weight_decay=weight_decay)
-    # linear warm-up for 20% of the steps, then linear decay to zero
-    warm = max(1, int(0.2 * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / (total - warm + 1e-9)))
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
     net.train()
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen).to(device)
@@ -225,8 +255,11 @@ def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device, precision
             idx = order[i * batch_size:(i + 1) * batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
+            batch = x[idx]
+            if shift:
+                batch = shift_images(batch, draw_shifts(len(idx), shift, gen), shift)
             with _autocast(device, precision):
-                loss = loss_fn(net(x[idx]), y[idx])
+                loss = loss_fn(net(batch), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -220,6 +220,12 @@ def training_inputs(inputs, ctx):
     inputs.enum("executor", executor.values(), default="local", label="Train the models",
                 view=executor)
     if ctx.params.get("executor", "local") != "ray":
+        inputs.int("group_size", required=False, label="Models trained at once",
+                   description="empty: automatic (one at a time on a CPU, as many as fit in "
+                               "the GPU's memory on CUDA); resnet_small only")
+        group_size = ctx.params.get("group_size")
+        if group_size is not None and group_size < 1:
+            block(inputs, "group_size_error", "at least 1 model at once")
         return
     inputs.str("ray_address", default="auto", required=True, label="Ray address",
                description="'auto' (the cluster this machine belongs to, or $RAY_ADDRESS), "
@@ -237,6 +243,8 @@ def training_inputs(inputs, ctx):
 def executor_kwargs(params):
     """The SDK's ``device``, ``executor`` and ``executor_options`` from a form."""
     kwargs = {"device": params.get("device") or "auto", "executor": "local"}
+    if params.get("executor", "local") == "local" and params.get("group_size") is not None:
+        kwargs["executor_options"] = {"group_size": int(params["group_size"])}
     if params.get("executor") == "ray":
         gpus = params.get("gpus_per_model")
         kwargs.update(executor="ray", executor_options={

@@ -70,6 +70,11 @@ class ComputeClassInfluence(foo.Operator):
         transfer.add_choice("linear", label="linear probe (frozen features)")
         transfer.add_choice("finetune", label="full fine-tuning")
         inputs.enum("transfer", transfer.values(), default="linear", label="Transfer", view=transfer)
+        inputs.int("augment_shift", default=0, label="Shift augmentation (px)",
+                   description="pretraining images shifted at random by up to this many "
+                               "pixels, on the device; 0: none")
+        if (ctx.params.get("augment_shift") or 0) < 0:
+            _forms.block(inputs, "augment_shift_error", "the shift cannot be negative")
         _forms.training_inputs(inputs, ctx)
         precision = types.RadioGroup()
         for value, label in (("auto", "auto (bf16 on CUDA, fp32 on a CPU)"), ("fp32", "fp32"),
@@ -96,6 +101,7 @@ class ComputeClassInfluence(foo.Operator):
             image_size=p.get("image_size", 16), transfer=p.get("transfer", "linear"),
             seed=p.get("seed", 0), overwrite=p.get("overwrite", False),
             precision=p.get("precision", "auto"),
+            augment_shift=int(p.get("augment_shift") or 0),
             progress=_forms.progress_reporter(ctx, "models trained"),
             **_forms.executor_kwargs(p),
         )

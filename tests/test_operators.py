@@ -57,6 +57,20 @@ def test_operator_form_rejects_bad_input(tiny_datasets):
     assert not any(f.endswith("_helpful") for f in tgt.get_field_schema())
 
 
+def test_operator_trains_in_groups_with_shift_augmentation(tiny_datasets):
+    pre, tgt = tiny_datasets
+    params = _params(pre, tgt, "grp", group_size=2, augment_shift=1)
+    result = foo.execute_operator(URI, ctx=dict(dataset=tgt, params=params))
+    assert result.error is None, result.error
+    assert tgt.get_run_info("grp").config.augment_shift == 1
+    assert tgt.match_tags("test").exists("grp_harmful").count() == 18
+    for bad in (dict(group_size=0), dict(augment_shift=-1)):
+        with pytest.raises(Exception):
+            foo.execute_operator(URI, ctx=dict(dataset=tgt,
+                                               params=_params(pre, tgt, "bad", **bad)))
+    assert "bad" not in tgt.list_runs()
+
+
 def test_operator_error_names_the_problem(tiny_datasets):
     pre, tgt = tiny_datasets
     params = _params(pre, tgt, "e", test_split="train", train_split="train")

@@ -19,6 +19,9 @@ def main(argv=None):
                       help="with --executor ray: auto, HOST:PORT or ray://HOST:PORT")
     demo.add_argument("--cpus-per-model", type=int, default=1,
                       help="with --executor ray: CPUs (and torch threads) per model")
+    demo.add_argument("--group-size", type=int, default=None,
+                      help="local executor: models trained at once (default: automatic, "
+                           "1 on a CPU, as many as fit on a GPU)")
     cur = sub.add_parser("evaluate-curation",
                          help="retrain on the full, curated and random sets; print and plot")
     cur.add_argument("dataset", help="the run's target or pretraining dataset")
@@ -66,6 +69,8 @@ def _dispatch(args):
         if args.executor == "ray":
             kwargs.update(executor="ray", executor_options={
                 "address": args.ray_address, "cpus_per_model": args.cpus_per_model})
+        elif args.group_size is not None:
+            kwargs.update(executor_options={"group_size": args.group_size})
         run_demo(**{**DEFAULTS, **kwargs})
     elif args.command == "evaluate-curation":
         from .curation import describe_curation, evaluate_curation

@@ -104,7 +104,9 @@ def compute_class_influence(
             :mod:`transferscope.compute.executors` executor
         executor_options: options of the named executor, e.g.
             ``{"address": "auto", "cpus_per_model": 1, "gpus_per_model": 0.5}``
-            for Ray or ``{"threads": 2}`` for local
+            for Ray or ``{"threads": 2, "group_size": 16}`` for local
+            (``group_size``: models trained at once; default ``"auto"``: one
+            at a time on a CPU, as many as fit in memory on CUDA)
         **train_kwargs: further :class:`InfluenceConfig` fields (``width``,
             ``batch_size``, ``lr``, ``finetune_epochs``, ...)
 
