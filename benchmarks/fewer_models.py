@@ -26,7 +26,10 @@ mean over the target test samples):
 - split-half reliability at M (two disjoint halves of M/2 models, whole pairs
   kept together), and from it, by the Spearman-Brown formula, the models
   needed for a correlation of 0.9 with the (noise-free) truth;
-- the reference's own split-half reliability, which caps the first figure.
+- the reference's own split-half reliability, which caps the first figure;
+- the practical question at M models: how often (over random draws of M
+  models, whole pairs kept together) the planted harmful class ``bold`` is
+  ranked the most harmful, and the models needed for that in 90% of draws.
 
     .venv/bin/python benchmarks/fewer_models.py --models 256
 
@@ -129,6 +132,20 @@ def models_for(target, ms, values):
     return None
 
 
+def planted_top_rate(masks, y, estimator, cls, m, rng, draws):
+    """Fraction of ``draws`` random draws of ``m`` models (whole pairs) in which
+    class ``cls`` has the lowest estimated influence."""
+    hits = 0
+    for _ in range(draws):
+        pairs = rng.choice(len(y) // 2, m // 2, replace=False)
+        rows = np.concatenate([2 * pairs, 2 * pairs + 1])
+        try:
+            hits += int(np.argmin(estimate(masks[rows], y[rows], estimator)) == cls)
+        except ValueError:  # a draw in which some class is always in (or out)
+            continue
+    return hits / draws
+
+
 def spearman_brown_models(m_half, r_half, target=0.9):
     """Models for a correlation ``target`` with the truth, from split-half reliability.
 
@@ -147,10 +164,15 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.expanduser(
         "~/transferscope/benchmarks/fewer_models"))
     parser.add_argument("--splits", type=int, default=20, help="random half-splits per M")
+    parser.add_argument("--draws", type=int, default=200,
+                        help="random draws of M models for the planted-class rate")
     parser.add_argument("--result", default=os.path.join(HERE, "results", "fewer_models.json"))
     args = parser.parse_args(argv)
 
+    from transferscope.demo_data import make_demo_arrays
+
     data = demo_transfer_data()
+    bold = list(make_demo_arrays().class_names).index("bold")
     config = config_for(args.models)
     runs = {}
     for name in DESIGNS:
@@ -161,6 +183,7 @@ def main(argv=None):
     ms = sorted({m for m in (16, 32, 64, 128, 256, 512, 1024) if m < args.models}
                 | {args.models})
     rng = np.random.default_rng(0)
+    draws_rng = np.random.default_rng(1)  # its own stream: the split-half figures stay as they were
     report = {"machine": platform.processor() or platform.machine(),
               "models_per_design": args.models, "config": config.to_dict(),
               "target_function": "prob (mean over the test split)", "designs": {}}
@@ -187,8 +210,12 @@ def main(argv=None):
                     except ValueError:  # a random half in which a class is always in (or out)
                         continue
                 split_half.append(float(np.mean(rs)))
+            top = [planted_top_rate(masks[:ms[-1]], y[:ms[-1]], est, bold, m, draws_rng,
+                                    args.draws) for m in ms]
             rows[est] = {
                 "M": ms, "spearman_vs_reference": vs_ref,
+                "bold_ranked_most_harmful": top,
+                "models_for_bold_first_in_90pct": models_for(0.9, ms, top),
                 "models_for_0.9_vs_reference": models_for(0.9, ms, vs_ref),
                 "split_half_reliability": split_half,
                 "models_for_0.9_with_truth_spearman_brown": spearman_brown_models(

@@ -93,8 +93,9 @@ def main():
     result["settings"] = list(rows.values())
 
     if args.agreement:
-        m, best = args.agreement, max(rows.values(), key=lambda r: r["models_per_hour"])
-        size = max(best["group_size"], 2)
+        m = args.agreement
+        grouped_rows = [r for r in rows.values() if r["group_size"] > 1] or [{"group_size": 2}]
+        size = max(grouped_rows, key=lambda r: r.get("models_per_hour", 0))["group_size"]
         single, masks, _ = models(data, "auto", m, device=device, group_size=1)
         grouped, _, _ = models(data, "auto", m, device=device, group_size=size)
         infl = {"single": aggregate_influence(masks, single).influence,

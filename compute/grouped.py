@@ -322,6 +322,7 @@ def auto_group_size(config, data, num_jobs):
     masks = np.zeros((2, data.num_pretrain_classes), dtype=bool)
     masks[:, : max(1, data.num_pretrain_classes // 2)] = True
     probe = type(config).from_dict({**config.to_dict(), "epochs": 1})
+    data.tensors(device)  # the shared images are not a per-model cost
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)

@@ -176,3 +176,14 @@ def test_shift_augmentation():
         InfluenceConfig(augment_shift=8, image_size=16)
     with pytest.raises(ValueError, match="augment_shift"):
         InfluenceConfig(augment_shift=-1)
+
+
+def test_grouped_bf16_autocast_runs():
+    # the CUDA default is bf16 autocast; the same autocast-under-vmap path on a CPU
+    data = uneven_data()
+    cfg = InfluenceConfig(precision="bf16", **CFG)
+    grouped = train_subset_models_grouped(cfg, [0, 1, 2], MASKS, data)
+    for g in range(3):
+        alone = train_subset_model(cfg, g, MASKS[g], data)
+        assert np.isfinite(grouped[g]["margin"]).all()
+        assert (grouped[g]["pred"] == alone["pred"]).mean() >= 0.8
