@@ -89,13 +89,13 @@ def step_flops(bf16, batch=128, reps=20):
     return counter.get_total_flops(), seconds
 
 
-def models(data, precision, count, threads=None, device="cpu", group_size=1):
+def models(data, precision, count, threads=None, device="cpu", group_size=1, **config_kwargs):
     """``(outputs, masks, seconds per model)`` of ``count`` subset models."""
     from transferscope.compute import InfluenceConfig, LocalExecutor, sample_class_masks
     from transferscope.compute.executors import ModelJob
 
     config = InfluenceConfig(num_models=max(count, 2), epochs=4, seed=0, device=device,
-                             precision=precision)
+                             precision=precision, **config_kwargs)
     masks = sample_class_masks(max(count, 2), data.num_pretrain_classes, 0.5, 0)[:count]
     jobs = [ModelJob(i, config, i, mask) for i, mask in enumerate(masks)]
     outputs = [None] * count

@@ -9,7 +9,9 @@ Measured in one run, on CUDA when present, else on the CPU:
    (and ``auto``: as many as fit in GPU memory): achieved FLOP/s and its
    fraction of the matmul throughput of the precision in use (bf16 autocast
    on CUDA, fp32 on a CPU), and the ratio over one at a time;
-4. with ``--agreement M``: M models one at a time and M grouped (same seeds
+4. with ``--shift N``: one at a time with ``augment_shift=N`` (the cost of
+   shifting on the device), as a ratio over one at a time without it;
+5. with ``--agreement M``: M models one at a time and M grouped (same seeds
    and masks), the Spearman correlation of their per-class influence, next
    to the one-at-a-time run's split-half Spearman (its own noise) and, on a
    CPU, one-at-a-time with 1 thread (the same arithmetic in another order).
@@ -50,6 +52,10 @@ def main():
                         help="group sizes to time (default: 4 8 on a CPU; 8 32 on CUDA)")
     parser.add_argument("--agreement", type=int, default=0,
                         help="models per path for the influence agreement (0: skip)")
+    parser.add_argument("--shift", type=int, default=0,
+                        help="also time one at a time with augment_shift=N (0: skip)")
+    parser.add_argument("--out", default=None, help="result JSON (default: "
+                        "benchmarks/results/grouped_training_<device>.json)")
     args = parser.parse_args()
 
     from scipy import stats
@@ -92,6 +98,17 @@ def main():
               f"{precision} matmul; {row['ratio_over_one_at_a_time']:.2f}x one at a time")
     result["settings"] = list(rows.values())
 
+    if args.shift:
+        # same models, images shifted on the device: the augmentation's cost
+        models(data, "auto", min(2, args.models), device=device, augment_shift=args.shift)
+        _, _, seconds = models(data, "auto", args.models, device=device,
+                               augment_shift=args.shift)
+        ratio = rows[1]["model_seconds"] / seconds
+        result["augment_shift"] = {"shift": args.shift, "model_seconds": seconds,
+                                   "models_per_hour_ratio_over_none": ratio}
+        print(f"one at a time, augment_shift={args.shift}: {seconds:.3f} s/model, "
+              f"{ratio:.2f}x the models per hour without it")
+
     if args.agreement:
         m = args.agreement
         grouped_rows = [r for r in rows.values() if r["group_size"] > 1] or [{"group_size": 2}]
@@ -112,8 +129,9 @@ def main():
         print("per-class influence, Spearman: " + ", ".join(
             f"{k} {v:.3f}" for k, v in agreement.items() if isinstance(v, float)))
 
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", f"grouped_training_{device}.json"), "w") as f:
+    out = args.out or os.path.join(HERE, "results", f"grouped_training_{device}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(result, f, indent=2)
     return 0
 
