@@ -30,17 +30,16 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.func import grad_and_value, vmap
 
-from .nets import SmallResNet, build_network
 from .train import (
     LABEL_SMOOTHING,
     MOMENTUM,
     _autocast,
     draw_shifts,
     lr_factor,
-    model_seed,
     resolve_device,
+    seeded_model,
     shift_images,
     transfer_outputs,
 )
@@ -82,26 +81,15 @@ def pretrain_group(config, indices, mask_rows, data, sample_masks=None):
     if sample_masks is None:
         sample_masks = [None] * group
 
-    nets, gens, states, selections, remaps, num_classes = [], [], [], [], [], []
+    nets, gens, states, selections, remaps = [], [], [], [], []
     for index, mask_row, sample_mask in zip(indices, mask_rows, sample_masks):
-        seed = model_seed(config, index)
-        torch.manual_seed(seed)
-        gens.append(torch.Generator(device="cpu").manual_seed(seed))
-        classes = np.flatnonzero(mask_row)
-        remap = torch.full((data.num_pretrain_classes,), -1, dtype=torch.long)
-        remap[torch.from_numpy(classes)] = torch.arange(len(classes))
-        remap = remap.to(device)
-        keep = remap[labels] >= 0
-        if sample_mask is not None:
-            keep &= torch.from_numpy(np.asarray(sample_mask, dtype=bool)).to(device)
-        if not bool(keep.any()):
-            raise ValueError(f"model {index} would pretrain on no samples: its mask "
-                             "selects no class or no sample")
-        nets.append(build_network(config.arch, len(classes), config.channels, config.width))
-        states.append(torch.get_rng_state())
+        net, gen, keep, remap = seeded_model(config, index, mask_row, data, device, sample_mask)
+        nets.append(net)
+        gens.append(gen)
+        states.append(torch.get_rng_state())  # for the fine-tuning head (see above)
         selections.append(keep.nonzero().flatten())
         remaps.append(remap)
-        num_classes.append(len(classes))
+    num_classes = [net.head.out_features for net in nets]
 
     plan = _step_plan(selections, gens, config.epochs, config.batch_size, device,
                       config.augment_shift)
@@ -129,7 +117,7 @@ def _step_plan(selections, gens, epochs, batch_size, device, shift=0):
     per_model, offsets_of = [], []
     for sel, gen in zip(selections, gens):
         offsets_of.append([])
-        n = len(sel)
+        sel, n = sel.cpu(), len(sel)
         steps_per_epoch = max(1, math.ceil(n / batch_size))
         total = epochs * steps_per_epoch
         batches = []
@@ -139,12 +127,12 @@ def _step_plan(selections, gens, epochs, batch_size, device, shift=0):
                 idx = order[i * batch_size:(i + 1) * batch_size]
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
-                batches.append(sel.cpu()[idx])
+                batches.append(sel[idx])
                 if shift:
                     offsets_of[-1].append(draw_shifts(len(idx), shift, gen))
         factors = [lr_factor(k, total) for k in range(len(batches))]
         if not batches:  # one sample: the one-model loop takes no step either
-            batches, factors = [sel.cpu()[:1].repeat(2)], []
+            batches, factors = [sel[:1].repeat(2)], []
             offsets_of[-1] = [torch.zeros(2, 2, dtype=torch.long)]
         per_model.append((batches, factors))
 
@@ -174,31 +162,21 @@ def _step_plan(selections, gens, epochs, batch_size, device, shift=0):
 
 
 def _stack(nets, max_classes, device):
-    """Stacked parameters and running statistics, heads padded with zeros."""
-    padded = []
-    for net in nets:
-        clone = build_network_like(net, max_classes)
-        state = net.state_dict()
-        k = net.head.out_features
-        with torch.no_grad():
-            for name, value in clone.state_dict().items():
-                if name.startswith("head."):
-                    value.zero_()
-                    value[:k] = state[name]
-                else:
-                    value.copy_(state[name])
-        padded.append(clone.to(device))
-    params, buffers = stack_module_state(padded)
-    buffers = {k: v for k, v in buffers.items() if not k.endswith("num_batches_tracked")}
-    return ({k: v.detach().clone() for k, v in params.items()},
-            {k: v.detach().clone() for k, v in buffers.items()})
-
-
-def build_network_like(net, num_classes):
-    """An untrained SmallResNet of ``net``'s shape with ``num_classes`` outputs."""
-    stem_conv = net.stem[0]
-    return SmallResNet(num_classes, in_channels=stem_conv.in_channels,
-                       width=stem_conv.out_channels)
+    """Stacked parameters and running statistics ``(G, ...)``, heads padded with zeros."""
+    states = [net.state_dict() for net in nets]
+    param_names = {name for name, _ in nets[0].named_parameters()}
+    params, buffers = {}, {}
+    for name in states[0]:
+        if name.endswith("num_batches_tracked"):
+            continue
+        values = [state[name] for state in states]
+        if name.startswith("head."):
+            padded = [v.new_zeros((max_classes,) + v.shape[1:]) for v in values]
+            for out, v in zip(padded, values):
+                out[:len(v)] = v
+            values = padded
+        (params if name in param_names else buffers)[name] = torch.stack(values).to(device)
+    return params, buffers
 
 
 def _unstack_into(net, params, buffers, g, num_classes, steps):

@@ -142,29 +142,42 @@ def pretrain_network(config, index, mask_row, data, sample_mask=None):
     seeded stream (transfer draws from it after pretraining).
     """
     device = resolve_device(config.device)
-    seed = model_seed(config, index)
-    torch.manual_seed(seed)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    net, gen, keep, remap = seeded_model(config, index, mask_row, data, device, sample_mask)
     t = data.tensors(device)
-
-    classes = np.flatnonzero(mask_row)
-    remap = torch.full((data.num_pretrain_classes,), -1, dtype=torch.long)
-    remap[torch.from_numpy(classes)] = torch.arange(len(classes))
-    remap = remap.to(device)
-    keep = remap[t["pretrain_labels"]] >= 0
-    if sample_mask is not None:
-        keep &= torch.from_numpy(np.asarray(sample_mask, dtype=bool)).to(device)
     x_pre = t["pretrain"][keep]
     y_pre = remap[t["pretrain_labels"][keep]]
-    if len(y_pre) == 0:
-        raise ValueError(f"model {index} would pretrain on no samples: its mask "
-                         "selects no class or no sample")
-
-    net = build_network(config.arch, len(classes), config.channels, config.width)
     net = net.to(device).to(memory_format=torch.channels_last)
     _fit(net, x_pre, y_pre, config.epochs, config.batch_size, config.lr,
          config.weight_decay, gen, device, config.precision, config.augment_shift)
     return net, gen, device
+
+
+def seeded_model(config, index, mask_row, data, device, sample_mask=None):
+    """What model ``index`` starts from, the same on every training path.
+
+    Seeds torch's global RNG and the model's own generator from the model's
+    seed, then builds the untrained network (on the CPU, from that seed).
+    Returns ``(net, generator, keep, remap)``: ``keep`` marks the pretraining
+    samples the model sees (on ``device``), ``remap`` maps pretraining class
+    indices to the model's head (-1: not seen). Raises ``ValueError`` when
+    the masks select no sample.
+    """
+    seed = model_seed(config, index)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    labels = data.tensors(device)["pretrain_labels"]
+    classes = np.flatnonzero(mask_row)
+    remap = torch.full((data.num_pretrain_classes,), -1, dtype=torch.long)
+    remap[torch.from_numpy(classes)] = torch.arange(len(classes))
+    remap = remap.to(device)
+    keep = remap[labels] >= 0
+    if sample_mask is not None:
+        keep &= torch.from_numpy(np.asarray(sample_mask, dtype=bool)).to(device)
+    if not bool(keep.any()):
+        raise ValueError(f"model {index} would pretrain on no samples: its mask "
+                         "selects no class or no sample")
+    net = build_network(config.arch, len(classes), config.channels, config.width)
+    return net, gen, keep, remap
 
 
 def embed_images(net, images, device, mean_std=None, batch_size=1024):
