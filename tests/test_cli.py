@@ -33,3 +33,11 @@ def test_demo_on_an_unreachable_ray_cluster_exits_2_before_any_work(capsys, monk
     code = cli.main(["demo", "--executor", "ray", "--ray-address", "127.0.0.1:9"])
     assert code == 2
     assert "cannot reach the Ray cluster at '127.0.0.1:9'" in capsys.readouterr().err
+
+
+def test_demo_with_a_bad_group_size_exits_2_before_any_work(capsys, monkeypatch):
+    import transferscope.demo as demo
+
+    monkeypatch.setattr(demo, "load_or_build_demo", lambda: pytest.fail("built the demo"))
+    assert cli.main(["demo", "--group-size", "0"]) == 2
+    assert "group_size must be a positive integer; got 0" in capsys.readouterr().err
