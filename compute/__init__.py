@@ -5,7 +5,7 @@ Usable alone::
     from transferscope.compute import InfluenceConfig, TransferData, open_store
     store = open_store("runs/x", config, data)
     run_subset_models(config, data, store)
-    est = class_influence(store.masks[store.completed], store.outputs("prob"))
+    est = aggregate_influence(store.masks, store.outputs("prob"))
 """
 
 from .config import InfluenceConfig, TARGET_FUNCTIONS, TRANSFER_MODES
@@ -21,20 +21,28 @@ from .curation import (
 )
 from .engine import (
     design_masks,
+    open_holdout_store,
     open_retrain_store,
     open_store,
+    resolve_design,
+    run_holdout_models,
     run_retraining,
     run_subset_models,
 )
 from .executors import LocalExecutor, ModelsFailedError, RayExecutor, make_executor
 from .estimators import (
+    ESTIMATORS,
     aggregate_influence,
+    benjamini_hochberg,
     class_influence,
+    estimate_influence,
+    linear_datamodeling_score,
+    split_half,
     split_half_spearman,
     top_k_classes,
 )
 from .store import ResultsStore, StoreMismatchError
-from .subsets import check_design, min_models, sample_class_masks
+from .subsets import DESIGNS, Design, check_design, make_design, min_models, sample_class_masks
 from .train import TransferData, train_subset_model
 
 __all__ = [
@@ -42,6 +50,9 @@ __all__ = [
     "run_subset_models", "open_retrain_store", "run_retraining", "aggregate_influence", "class_influence",
     "split_half_spearman", "top_k_classes", "ResultsStore", "StoreMismatchError",
     "check_design", "min_models", "sample_class_masks", "TransferData",
+    "DESIGNS", "Design", "make_design", "resolve_design", "ESTIMATORS", "estimate_influence",
+    "benjamini_hochberg", "linear_datamodeling_score", "split_half",
+    "open_holdout_store", "run_holdout_models",
     "train_subset_model", "ORDERS", "SELECTION_RULES", "CurationPlan", "check_num_removed",
     "paired_comparison", "plan_curation", "select_classes", "summarize_curation",
     "LocalExecutor", "RayExecutor", "ModelsFailedError", "make_executor",

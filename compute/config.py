@@ -9,6 +9,8 @@ import dataclasses
 import hashlib
 import json
 
+from .subsets import DESIGNS
+
 TRANSFER_MODES = ("linear", "finetune")
 TARGET_FUNCTIONS = ("prob", "margin", "correct")
 DEVICES = ("auto", "cpu", "cuda")
@@ -23,8 +25,15 @@ class InfluenceConfig:
     """How the subset models are trained and transferred.
 
     Args:
-        num_models: number of subset models M
+        num_models: number of subset models M (an ``"orthogonal"`` design
+            rounds it up to whole blocks: see :mod:`.subsets`)
         alpha: fraction of pretraining classes each model sees
+        design: how the subsets are drawn: ``"orthogonal"`` (folded
+            Hadamard blocks), ``"balanced"``, ``"independent"`` (the
+            paper's) or ``"pairs"`` (complementary pairs; before 0.2)
+        holdout_models: extra models on independent random subsets, for the
+            linear datamodeling score (0: none); they do not enter the
+            estimate
         seed: seed of the subset design and of every model's training
         arch: ``"resnet_small"`` (a ResNet for small images) or the name of a
             torchvision classification architecture, e.g. ``"resnet18"``
@@ -65,9 +74,17 @@ class InfluenceConfig:
     device: str = "auto"
     precision: str = "auto"
     augment_shift: int = 0
+    design: str = "orthogonal"
+    holdout_models: int = 16
 
     def __post_init__(self):
         _check_int(self.num_models, "num_models", 2)
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}; got {self.design!r}")
+        _check_int(self.holdout_models, "holdout_models", 0)
+        if 0 < self.holdout_models < 3:
+            raise ValueError(f"holdout_models must be 0 (none) or >= 3 (a rank correlation "
+                             f"over them); got {self.holdout_models}")
         if not 0.0 < float(self.alpha) < 1.0:
             raise ValueError(f"alpha must lie in (0, 1); got {self.alpha!r}")
         _check_int(self.width, "width", 1)
@@ -107,10 +124,14 @@ class InfluenceConfig:
         """A hash of the fields that change what a model computes.
 
         ``device`` is left out on purpose: a run started on a GPU may resume on
-        a CPU (results then agree within floating-point tolerance).
+        a CPU (results then agree within floating-point tolerance); so is
+        ``holdout_models``, which trains other models than the run's.
         """
         d = self.to_dict()
         d.pop("device")
+        d.pop("holdout_models")
+        if d["design"] == "pairs":  # the only design before 0.2: old stores keep their hash
+            d.pop("design")
         # runs from before these fields keep their hash
         if d["precision"] == "auto":
             d.pop("precision")

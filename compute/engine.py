@@ -10,22 +10,64 @@ import torch
 from .executors import LocalExecutor, ModelJob, ModelsFailedError
 from .nets import build_network
 from .store import ResultsStore
-from .subsets import check_design, sample_class_masks
+from .subsets import check_design, independent_masks, make_design
 from .train import pretrain_network, resolve_device
 
 
+def resolve_design(config, num_classes, class_names=None):
+    """The run's :class:`~.subsets.Design`, refused if some class is not in and
+    out of enough subsets. Its ``num_models`` may exceed ``config.num_models``
+    (an orthogonal design is rounded up to whole blocks; ``note`` says so)."""
+    design = make_design(config.design, config.num_models, num_classes, config.alpha,
+                         config.seed)
+    check_design(design.masks, class_names)
+    return design
+
+
 def design_masks(config, num_classes, class_names=None):
-    """The run's class masks, refused if some class is not in and out enough."""
-    masks = sample_class_masks(config.num_models, num_classes, config.alpha, config.seed)
-    check_design(masks, class_names)
-    return masks
+    """The run's ``(M, C)`` class masks (see :func:`resolve_design`)."""
+    return resolve_design(config, num_classes, class_names).masks
 
 
 def open_store(path, config, data, class_names=None, meta=None):
-    """The store for (config, data) at ``path``: new, or resumed if it matches."""
-    masks = design_masks(config, data.num_pretrain_classes, class_names)
+    """The store for (config, data) at ``path``: new, or resumed if it matches.
+
+    ``config.num_models`` must be the design's own count (see
+    :func:`resolve_design`), so that a run's config hash names its models.
+    """
+    design = resolve_design(config, data.num_pretrain_classes, class_names)
+    if design.num_models != config.num_models:
+        raise ValueError(f"config.num_models is {config.num_models} but its design has "
+                         f"{design.num_models} models ({design.note}); pass the design's count")
     config_hash = config.fingerprint(data.fingerprint())
-    return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
+    meta = dict(meta or {}, **design.describe())
+    return ResultsStore.open(path, config_hash, design.masks, len(data.test_labels), meta=meta)
+
+
+# Held-out models for the linear datamodeling score: independent random
+# subsets with their own seeds, far from the subset models' 0..M-1.
+HOLDOUT_INDEX_BASE = 4_000_000
+
+
+def holdout_masks(config, num_classes):
+    """``(config.holdout_models, C)``: independent random subsets of ``alpha C`` classes."""
+    return independent_masks(config.holdout_models, num_classes, config.alpha,
+                             seed=HOLDOUT_INDEX_BASE + config.seed)
+
+
+def open_holdout_store(path, config, data):
+    """A resumable store of the run's held-out models (their own hash and masks)."""
+    masks = holdout_masks(config, data.num_pretrain_classes)
+    rows_hash = hashlib.sha256(masks.tobytes()).hexdigest()[:16]
+    config_hash = f"{config.fingerprint(data.fingerprint())}/holdout/{rows_hash}"
+    return ResultsStore.open(path, config_hash, masks, len(data.test_labels))
+
+
+def run_holdout_models(config, data, store, on_model_done=None, executor=None):
+    """Trains the held-out models a store lacks (resumable)."""
+    indices = HOLDOUT_INDEX_BASE + np.arange(len(store.completed))
+    return run_subset_models(config, data, store, on_model_done, model_indices=indices,
+                             executor=executor)
 
 
 def run_subset_models(config, data, store, on_model_done=None, model_indices=None,
