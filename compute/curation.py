@@ -16,21 +16,30 @@ from scipy import stats
 
 from .estimators import mean_ci
 
-SELECTION_RULES = ("most_harmful", "below_threshold", "ci_below_zero", "classes")
+SELECTION_RULES = ("harmful_fdr", "most_harmful", "below_threshold", "ci_below_zero", "classes")
+DEFAULT_RULE = "harmful_fdr"
+# the false-discovery rate the default rule controls
+DEFAULT_FDR = 0.1
 ORDERS = ("harmful_first", "helpful_first", "random")
 # the smallest pretraining set a curated set may leave
 MIN_REMAINING_CLASSES = 2
 
 
-def select_classes(class_names, class_influence, ci_high=None, rule="ci_below_zero",
-                   k=None, threshold=None, classes=None):
+def select_classes(class_names, class_influence, ci_high=None, rule=DEFAULT_RULE,
+                   k=None, threshold=None, classes=None, q_values=None,
+                   fdr_level=DEFAULT_FDR):
     """Indices of the classes a rule selects for removal, most harmful first.
 
     Rules:
+        ``"harmful_fdr"``: every class with negative influence and a
+            Benjamini-Hochberg q-value below ``fdr_level`` (the expected
+            share of false discoveries among all classes called non-zero
+            stays below that level)
         ``"most_harmful"``: the ``k`` classes with the lowest aggregate influence
         ``"below_threshold"``: every class with influence below ``threshold``
         ``"ci_below_zero"``: every class whose confidence interval lies below 0
-            (its upper bound ``ci_high`` < 0)
+            (its upper bound ``ci_high`` < 0); no correction for testing
+            many classes
         ``"classes"``: the names in ``classes``
 
     Raises:
@@ -43,7 +52,22 @@ def select_classes(class_names, class_influence, ci_high=None, rule="ci_below_ze
     if infl.shape != (num,):
         raise ValueError(f"class_influence must have one value per class ({num}); "
                          f"got shape {infl.shape}")
-    if rule == "most_harmful":
+    if rule == "harmful_fdr":
+        check_fdr_level(fdr_level)
+        if q_values is None:
+            raise ValueError("rule 'harmful_fdr' needs the classes' q-values; this run has "
+                             "none (computed before 0.2): compute it again, or use rule "
+                             "'ci_below_zero'")
+        q = np.asarray(q_values, dtype=np.float64)
+        chosen = np.flatnonzero((infl < 0) & (q < fdr_level))
+        if len(chosen) == 0:
+            best = int(np.argmin(np.where(infl < 0, q, np.inf))) if (infl < 0).any() else None
+            lowest = (f" (the lowest q of a harmful class: {names[best]!r} at {q[best]:.2g})"
+                      if best is not None else "")
+            raise ValueError(
+                f"no class is harmful at false-discovery level {fdr_level:g}{lowest}; "
+                f"nothing selected (train more models, or use rule 'most_harmful' with k)")
+    elif rule == "most_harmful":
         check_num_removed(k, num)
         chosen = np.argsort(infl, kind="stable")[:k]
     elif rule == "below_threshold":
@@ -85,6 +109,11 @@ def select_classes(class_names, class_influence, ci_high=None, rule="ci_below_ze
     return chosen[np.argsort(infl[chosen], kind="stable")].tolist()
 
 
+def check_fdr_level(level):
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"fdr_level must be a number in (0, 1), e.g. 0.1; got {level!r}")
+
+
 def check_num_removed(k, num_classes, name="k"):
     largest = num_classes - MIN_REMAINING_CLASSES
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= largest:
@@ -102,8 +131,9 @@ class CurationPlan:
         masks: ``(R, C)`` bool, the classes each retrained model sees
         seeds: ``(R,)`` model seed index of each row
         cells: ``[{"arm", "k", "rows"}]``; ``rows[s]`` is the row of seed ``s``.
-            Arms: ``"full"`` (k=0), ``"curated"``, and the orders
-            ``"harmful_first"``, ``"helpful_first"``, ``"random"``
+            Arms: ``"full"`` (k=0), ``"curated"``, the orders
+            ``"harmful_first"``, ``"helpful_first"``, ``"random"``, and
+            ``"each"`` (k=1, with ``"class"``: one curated class removed alone)
         removed: the curated set's class indices
     """
 
@@ -118,21 +148,23 @@ class CurationPlan:
                            "seeds": self.seeds.tolist()}).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def cell(self, arm, k):
+    def cell(self, arm, k, cls=None):
         for c in self.cells:
-            if c["arm"] == arm and c["k"] == k:
+            if c["arm"] == arm and c["k"] == k and c.get("class") == cls:
                 return c
-        raise KeyError((arm, k))
+        raise KeyError((arm, k, cls))
 
 
-def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0):
+def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0, each=True):
     """Plans the counterfactual: full, curated and random (and an optional sweep).
 
     The curated set removes ``removed``. The random baseline removes, for
     each seed, its own random set of the same size. With ``sweep_ks`` each
     ``k`` is also tried most-harmful-first, most-helpful-first and at random;
     the most-helpful-first arm at the curated ``k`` is always included (the
-    paper's sanity check: removing helpful classes must hurt).
+    paper's sanity check: removing helpful classes must hurt). With
+    ``each``, every curated class is also removed on its own, so each
+    selection is confirmed (or not) by retraining.
     """
     infl = np.asarray(class_influence, dtype=np.float64)
     num = len(infl)
@@ -160,13 +192,13 @@ def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0):
             seeds.append(s)
         return rows[key]
 
-    def add(arm, k, removed_for_seed):
+    def add(arm, k, removed_for_seed, **extra):
         idx = []
         for s in range(num_seeds):
             mask = np.ones(num, dtype=bool)
             mask[removed_for_seed(s)] = False
             idx.append(row_of(mask, s))
-        cells.append({"arm": arm, "k": int(k), "rows": idx})
+        cells.append({"arm": arm, "k": int(k), "rows": idx, **extra})
 
     def random_classes(k):
         # its own stream per (k, seed): arms and sweeps that share k share draws
@@ -178,6 +210,9 @@ def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0):
         add("harmful_first", k, lambda s, k=k: harmful_first[:k])
         add("helpful_first", k, lambda s, k=k: helpful_first[:k])
         add("random", k, random_classes(k))
+    if each:
+        for c in removed:
+            add("each", 1, lambda s, c=c: [c], **{"class": c})
     return CurationPlan(np.array(masks), np.array(seeds), cells, removed)
 
 
@@ -206,22 +241,31 @@ def summarize_curation(plan, accuracy, class_names=None):
         a JSON-serialisable dict (stored in the run, drawn by the plots)
     """
     acc = np.asarray(accuracy, dtype=np.float64)
+    names = list(class_names) if class_names is not None else None
     cells = []
     for c in plan.cells:
         per_seed = acc[c["rows"]]
         mean, lo, hi = mean_ci(per_seed)
         cells.append({"arm": c["arm"], "k": c["k"], "accuracy": mean, "ci95": [lo, hi],
-                      "per_seed": per_seed.round(6).tolist()})
+                      "per_seed": per_seed.round(6).tolist(),
+                      **({"class": names[c["class"]] if names else c["class"]}
+                         if "class" in c else {})})
     k_cur = len(plan.removed)
     full = acc[plan.cell("full", 0)["rows"]]
     curated = acc[plan.cell("curated", k_cur)["rows"]]
     random_k = acc[plan.cell("random", k_cur)["rows"]]
     helpful_k = acc[plan.cell("helpful_first", k_cur)["rows"]]
-    names = list(class_names) if class_names is not None else None
     # every order at every k against the full set, paired by seed
     vs_full = [{"arm": c["arm"], "k": c["k"], **paired_comparison(acc[c["rows"]], full)}
                for c in plan.cells if c["arm"] in ORDERS]
+    # each curated class alone: its removal is confirmed when the paired
+    # interval of its gain over the full set lies above zero
+    each = [{"class": names[c["class"]] if names else c["class"],
+             **paired_comparison(acc[c["rows"]], full)}
+            for c in plan.cells if c["arm"] == "each"]
     return {
+        "each_removed_vs_full": each,
+        "confirmed": [row["class"] for row in each if row["ci95"][0] > 0],
         "removed": [names[c] for c in plan.removed] if names else list(plan.removed),
         "num_removed": k_cur,
         "num_seeds": len(full),

@@ -40,7 +40,8 @@ def open_store(path, config, data, class_names=None, meta=None):
         raise ValueError(f"config.num_models is {config.num_models} but its design has "
                          f"{design.num_models} models ({design.note}); pass the design's count")
     config_hash = config.fingerprint(data.fingerprint())
-    meta = dict(meta or {}, **design.describe())
+    # the caller's note (say, how many models it asked for) wins over the design's
+    meta = {**design.describe(), **(meta or {})}
     return ResultsStore.open(path, config_hash, design.masks, len(data.test_labels), meta=meta)
 
 

@@ -130,26 +130,31 @@ def regression_kind(masks, min_df=1):
     return None
 
 
+def check_estimator(masks, estimator):
+    """Raises ``ValueError`` (naming the problem) unless ``estimator`` can run on ``masks``."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
+    if estimator == "regression" and regression_kind(masks) is None:
+        M, C = np.shape(masks)
+        raise ValueError(
+            f"the regression needs more models than classes + 1 and masks of full "
+            f"rank; got {M} models for {C} classes: use more models or "
+            f"estimator='difference_of_means'")
+
+
 def estimate_influence(masks, outputs, estimator="auto"):
     """``Infl[c -> t]`` with standard errors valid for the design (see the module).
 
     Returns an :class:`InfluenceEstimate`; raises ``ValueError`` naming the
     problem (unknown estimator, a regression the design cannot identify).
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
+    check_estimator(masks, estimator)
     X, Y = _as_arrays(masks, outputs)
     if estimator == "auto":
         estimator = ("regression" if regression_kind(X, MIN_RESIDUAL_DF)
                      else "difference_of_means")
     if estimator == "regression":
-        kind = regression_kind(X)
-        if kind is None:
-            raise ValueError(
-                f"the regression needs more models than classes + 1 and masks of full "
-                f"rank; got {X.shape[0]} models for {X.shape[1]} classes: use more "
-                f"models or estimator='difference_of_means'")
-        return _least_squares(X, Y, kind)
+        return _least_squares(X, Y, regression_kind(X))
     est = class_influence(X, Y)
     if is_orthogonal(X) and regression_kind(X) == "absolute":
         # difference of means equals least squares here: its residuals give the error

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from .estimators import class_influence
+from .estimators import estimate_influence
 
 
 def z_scores(influence, stderr):
@@ -165,7 +165,7 @@ def failure_influence(masks, predictions, wrong_labels):
         ``(influence (C, F), z-scores (C, F))``
     """
     outputs = (np.asarray(predictions) == np.asarray(wrong_labels)[None, :]).astype(np.float64)
-    est = class_influence(masks, outputs)
+    est = estimate_influence(masks, outputs)  # the run's estimator and design-valid errors
     return est.influence, z_scores(est.influence, est.stderr)
 
 

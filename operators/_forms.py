@@ -111,15 +111,18 @@ def influence_run_choice(inputs, ctx, pretraining_only=False, name="run_key"):
     return key, dataset.get_run_info(key).config
 
 
-def class_label(name, influence, lo, hi):
-    return f"{name}   {influence:+.4f}  [{lo:+.4f}, {hi:+.4f}]"
+def class_label(name, influence, lo, hi, q=None):
+    text = f"{name}   {influence:+.4f}  [{lo:+.4f}, {hi:+.4f}]"
+    return text if q is None else f"{text}  q={q:.2g}"
 
 
 def selection_rule_inputs(inputs, ctx, results, rules):
     """Radio of selection rules and the argument each needs; returns SDK kwargs."""
     labels = {
         "tagged": "the classes tagged for removal",
-        "ci_below_zero": "classes whose 95% interval lies below zero",
+        "harmful_fdr": "harmful classes at a false-discovery level (Benjamini-Hochberg)",
+        "ci_below_zero": "classes whose 95% interval lies below zero (no correction for "
+                         "testing many classes)",
         "most_harmful": "the k most harmful classes",
         "below_threshold": "classes with influence below a threshold",
         "classes": "classes I pick",
@@ -129,6 +132,14 @@ def selection_rule_inputs(inputs, ctx, results, rules):
         radio.add_choice(r, label=labels[r])
     inputs.enum("rule", radio.values(), default=rules[0], label="Choose classes", view=radio)
     rule = ctx.params.get("rule") or rules[0]
+    if rule == "harmful_fdr":
+        inputs.float("fdr_level", default=0.1, required=True, label="False-discovery level",
+                     description="expected share of false discoveries among the classes "
+                                 "selected, in (0, 1)")
+        level = ctx.params.get("fdr_level", 0.1)
+        if level is not None and not 0 < level < 1:
+            block(inputs, "fdr_error", "the false-discovery level must lie in (0, 1)")
+        return {"rule": rule, "fdr_level": level}
     if rule == "most_harmful":
         inputs.int("k", default=min(5, len(results.classes) - 2), required=True,
                    label="k", description=f"of {len(results.classes)} classes")
@@ -139,13 +150,15 @@ def selection_rule_inputs(inputs, ctx, results, rules):
     if rule == "classes":
         order = results.class_influence.argsort(kind="stable")  # most harmful first
         names = [results.classes[i] for i in order]
+        q = results.q_values
         view = types.DropdownView(multiple=True)
         for i in order:
             view.add_choice(results.classes[i], label=class_label(
                 results.classes[i], results.class_influence[i],
-                results.class_ci_low[i], results.class_ci_high[i]))
+                results.class_ci_low[i], results.class_ci_high[i],
+                None if q is None else q[i]))
         inputs.list("classes", types.Enum(names), required=True, view=view,
-                    label="Classes (influence [95% CI], most harmful first)")
+                    label="Classes (influence [95% CI] q-value, most harmful first)")
         return {"rule": rule, "classes": ctx.params.get("classes")}
     if rule == "tagged":
         return {"rule": None}

@@ -55,8 +55,30 @@ class ComputeClassInfluence(foo.Operator):
             else:
                 inputs.str(name, default=default, required=True, label=label)
 
-        inputs.int("num_models", default=64, label="Number of models",
-                   description="more models, tighter estimates (about 1-2 s each on a CPU for the demo)")
+        inputs.int("num_models", default=144, label="Number of models",
+                   description="more models, tighter estimates (about 3 s each on a 2-core "
+                               "CPU for the demo); an orthogonal design rounds up to whole "
+                               "blocks (a block is about twice the number of classes)")
+        designs = types.RadioGroup()
+        for value, label in (("orthogonal", "orthogonal array (balanced, other classes cancel)"),
+                             ("independent", "independent random halves (the paper's)"),
+                             ("balanced", "balanced random halves"),
+                             ("pairs", "complementary pairs (before 0.2)")):
+            designs.add_choice(value, label=label)
+        inputs.enum("design", designs.values(), default="orthogonal", label="Subset design",
+                    view=designs)
+        estimators = types.RadioGroup()
+        for value, label in (("auto", "auto (least squares where identified)"),
+                             ("regression", "least squares on the masks"),
+                             ("difference_of_means", "difference of means (the paper's)")):
+            estimators.add_choice(value, label=label)
+        inputs.enum("estimator", estimators.values(), default="auto", label="Estimator",
+                    view=estimators)
+        inputs.int("holdout_models", default=16, label="Held-out models",
+                   description="extra models for the linear datamodeling score (0: none)")
+        holdout = ctx.params.get("holdout_models", 16)
+        if holdout is not None and (holdout < 0 or 0 < holdout < 3):
+            _forms.block(inputs, "holdout_error", "held-out models: 0, or at least 3")
         inputs.float("alpha", default=0.5, label="Subset fraction (alpha)",
                      description="fraction of pretraining classes each model sees, in (0, 1)")
         alpha = ctx.params.get("alpha", 0.5)
@@ -96,7 +118,9 @@ class ComputeClassInfluence(foo.Operator):
             target_label_field=p["target_label_field"],
             train_split=p["train_split"], test_split=p["test_split"],
             split_by=p.get("split_by", "tags"), split_field=p.get("split_field", "split"),
-            num_models=p.get("num_models", 64), alpha=p.get("alpha", 0.5),
+            num_models=p.get("num_models", 144), alpha=p.get("alpha", 0.5),
+            design=p.get("design", "orthogonal"), estimator=p.get("estimator", "auto"),
+            holdout_models=int(p.get("holdout_models", 16) or 0),
             epochs=p.get("epochs", 4), arch=p.get("arch", "resnet_small"),
             image_size=p.get("image_size", 16), transfer=p.get("transfer", "linear"),
             seed=p.get("seed", 0), overwrite=p.get("overwrite", False),
@@ -106,22 +130,33 @@ class ComputeClassInfluence(foo.Operator):
             **_forms.executor_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)
-        ranking = results.ranking()
-        fmt = lambda rows: [f"{c}: {v:+.4f} [{lo:+.4f}, {hi:+.4f}]" for c, v, lo, hi in rows]
+        order = results.class_influence.argsort(kind="stable")
+        m = results.metrics
         return {
             "run_key": p["run_key"],
-            "most_helpful": fmt(ranking[:5]),
-            "most_harmful": fmt(ranking[::-1][:5]),
-            "split_half_spearman": results.metrics["split_half_spearman"],
-            "mean_test_accuracy": results.metrics["mean_test_accuracy"],
+            "design": f"{m['design']}, {m['num_models']} models; {m['design_note']}".rstrip("; "),
+            "most_helpful": [results.describe_class(i) for i in order[::-1][:5]],
+            "most_harmful": [results.describe_class(i) for i in order[:5]],
+            "num_harmful_at_fdr": m["num_harmful_at_fdr_0.1"],
+            "split_half_spearman": m["split_half_spearman"],
+            "split_half_z_sd": m["split_half_z_sd"],
+            "lds": m.get("lds"),
+            "mean_test_accuracy": m["mean_test_accuracy"],
         }
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("run_key", label="Run key")
-        outputs.list("most_helpful", types.String(), label="Most helpful classes (influence [95% CI])")
-        outputs.list("most_harmful", types.String(), label="Most harmful classes (influence [95% CI])")
+        outputs.str("design", label="Design")
+        outputs.list("most_helpful", types.String(),
+                     label="Most helpful classes (influence [95% CI] q-value)")
+        outputs.list("most_harmful", types.String(),
+                     label="Most harmful classes (influence [95% CI] q-value)")
+        outputs.int("num_harmful_at_fdr", label="Harmful classes at false-discovery level 0.1")
         outputs.float("split_half_spearman", label="Split-half Spearman of the class ranking")
+        outputs.float("split_half_z_sd",
+                      label="Split-half z-score spread (about 1 when the intervals are right)")
+        outputs.float("lds", label="Linear datamodeling score on the held-out models")
         outputs.float("mean_test_accuracy", label="Mean target test accuracy of the models")
         return types.Property(outputs, view=types.View(label="Class influence"))
 

@@ -5,7 +5,7 @@ import fiftyone.operators.types as types
 
 from . import _forms
 
-RULES = ("ci_below_zero", "most_harmful", "below_threshold")
+RULES = ("harmful_fdr", "ci_below_zero", "most_harmful", "below_threshold")
 
 
 class EvaluateCuration(foo.Operator):
@@ -38,6 +38,9 @@ class EvaluateCuration(foo.Operator):
         num_classes = len(results.classes)
         inputs.int("num_seeds", default=8, required=True, label="Seeds per arm",
                    description="models per arm (full, curated, random, helpful removed)")
+        inputs.bool("confirm_each", default=True, label="Confirm each class",
+                    description="also retrain without each curated class alone (seeds per "
+                                "arm models per class), to confirm each selection")
         if (ctx.params.get("num_seeds") or 8) < 2:
             _forms.block(inputs, "seeds_error", "at least 2 seeds per arm")
         inputs.bool("sweep", default=True, label="Sweep the number of classes removed",
@@ -60,6 +63,7 @@ class EvaluateCuration(foo.Operator):
         summary = evaluate_curation(
             ctx.dataset, p["run_key"], rule=p.get("rule") if p.get("rule") != "tagged" else None,
             k=p.get("k"), threshold=p.get("threshold"), num_seeds=p.get("num_seeds", 8),
+            fdr_level=p.get("fdr_level", 0.1), confirm_each=p.get("confirm_each", True),
             sweep_ks=sweep_ks, progress=_forms.progress_reporter(ctx, "models retrained"),
             **_forms.executor_kwargs(p),
         )

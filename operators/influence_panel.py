@@ -98,6 +98,7 @@ class ClassInfluencePanel(foo.Panel):
         if key is None:
             return
         results = ctx.dataset.load_run_results(key, cache=False)
+        ctx.panel.state.summary = reliability_line(results.metrics)
         trace, layout = influence_plotly(results)
         ctx.panel.state.chart_layout = layout
         ctx.panel.state.classes = trace["x"]
@@ -160,6 +161,8 @@ class ClassInfluencePanel(foo.Panel):
             shows.add_choice(value, label=label)
         panel.enum("show", list(SHOW_CHOICES), default=state.show or "pretraining",
                    label="Click a class to show", view=shows, on_change=self.on_change_show)
+        if state.summary:
+            panel.md(state.summary, name="reliability")
         panel.plot("influence_chart", layout=state.chart_layout, config={"displaylogo": False},
                    on_click=self.on_click_class, on_selected=self.on_select_classes)
         if state.message:
@@ -186,3 +189,18 @@ class ClassInfluencePanel(foo.Panel):
                        config={"displaylogo": False})
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
 
+
+
+def reliability_line(metrics):
+    """One line on how far a run's answer can be trusted (figures from its metrics)."""
+    parts = [f"{metrics.get('num_models')} models, {metrics.get('design', 'pairs')} design"]
+    if "num_harmful_at_fdr_0.1" in metrics:
+        parts.append(f"{metrics['num_harmful_at_fdr_0.1']} class(es) harmful at "
+                     f"false-discovery level 0.1")
+    parts.append(f"split-half Spearman {metrics.get('split_half_spearman', float('nan')):.2f}")
+    if "split_half_z_sd" in metrics:
+        parts.append(f"split-half z spread {metrics['split_half_z_sd']:.2f}")
+    if metrics.get("lds") is not None:
+        parts.append(f"LDS {metrics['lds']:.2f} on {metrics.get('num_holdout_models')} "
+                     f"held-out models")
+    return "; ".join(parts)

@@ -5,7 +5,7 @@ import fiftyone.operators.types as types
 
 from . import _forms
 
-RULES = ("ci_below_zero", "most_harmful", "below_threshold", "classes")
+RULES = ("harmful_fdr", "ci_below_zero", "most_harmful", "below_threshold", "classes")
 
 
 class TagClasses(foo.Operator):
@@ -60,8 +60,9 @@ class TagClasses(foo.Operator):
             action = "untagged"
         else:
             record = tag_classes(
-                ctx.dataset, p["run_key"], rule=p.get("rule", "ci_below_zero"),
+                ctx.dataset, p["run_key"], rule=p.get("rule", RULES[0]),
                 k=p.get("k"), threshold=p.get("threshold"), classes=p.get("classes"),
+                fdr_level=p.get("fdr_level", 0.1),
                 tag=p.get("tag", "remove"), view_name=p.get("view_name"),
             )
             action = "tagged"

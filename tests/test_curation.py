@@ -79,6 +79,8 @@ def test_bad_tagging_input_changes_nothing(influence_run):
         (dict(rule="below_threshold", threshold=-10.0), "no class has influence below"),
         (dict(rule="classes", classes=["nope"]), "unknown pretraining class"),
         (dict(tag=" "), "tag must be a non-empty string"),
+        (dict(rule="harmful_fdr", fdr_level=1.5), "fdr_level must be a number in"),
+        (dict(rule="harmful_fdr", fdr_level=0), "fdr_level must be a number in"),
     ]
     for kw, message in cases:
         kw = {"run_key": "infl", "rule": "most_harmful", "k": 1, **kw}
@@ -133,6 +135,38 @@ def test_counterfactual_end_to_end_is_stored_and_plotted(influence_run, tmp_path
     proc = subprocess.run([exe, "plot-curation", tgt.name, "infl", "--out", out],
                           capture_output=True, text=True, timeout=120, env=os.environ)
     assert proc.returncode == 0 and os.path.getsize(out) > 1000, proc.stderr
+
+
+def test_the_default_rule_tags_exactly_the_harmful_classes_at_the_fdr_level(influence_run):
+    pre, tgt, results = influence_run
+    q = pre.load_run_results("infl", cache=False).q_values
+    expected = {c for c, v, qc in zip(results.classes, results.class_influence, q)
+                if v < 0 and qc < 0.1}
+    if expected:
+        record = ts.tag_classes(pre, "infl")
+        assert set(record["classes"]) == expected and record["rule"] == "harmful_fdr"
+        assert record["q_value"] == [float(q[results.classes.index(c)]) for c in record["classes"]]
+    else:  # four tiny models: usually nothing is settled, and the rule says so
+        with pytest.raises(TransferScopeError, match="no class is harmful at false-discovery "
+                                                     "level 0.1"):
+            ts.tag_classes(pre, "infl")
+        assert "remove" not in pre.count_sample_tags()
+
+
+def test_each_curated_class_is_confirmed_or_not_by_its_own_retraining(influence_run):
+    pre, tgt, results = influence_run
+    summary = ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=2, num_seeds=2,
+                                   progress=False)
+    each = summary["each_removed_vs_full"]
+    assert [row["class"] for row in each] == summary["removed"]
+    for row in each:
+        assert row["num_pairs"] == 2 and len(row["ci95"]) == 2
+    assert set(summary["confirmed"]) <= set(summary["removed"])
+    assert summary["confirmed"] == [r["class"] for r in each if r["ci95"][0] > 0]
+    assert any(line.startswith("  only ") for line in ts.curation.describe_curation(summary))
+    none = ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=2, num_seeds=2,
+                                progress=False, confirm_each=False)
+    assert none["each_removed_vs_full"] == [] and none["confirmed"] == []
 
 
 def test_evaluation_refuses_an_incomplete_store(influence_run):

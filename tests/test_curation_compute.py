@@ -77,7 +77,7 @@ def test_summary_reports_paired_differences_with_intervals():
     seed_effect = rng.normal(0, 0.05, 4)  # large, shared by every arm of a seed
     acc = np.empty(len(plan.masks))
     shift = {"full": 0.0, "curated": 0.02, "harmful_first": 0.02,
-             "helpful_first": -0.03, "random": -0.001}
+             "helpful_first": -0.03, "random": -0.001, "each": 0.02}
     for c in plan.cells:
         acc[c["rows"]] = 0.8 + seed_effect + shift[c["arm"]] + rng.normal(0, 0.002, 4)
     s = cur.summarize_curation(plan, acc, NAMES)
@@ -92,6 +92,45 @@ def test_summary_reports_paired_differences_with_intervals():
     assert full["ci95"][0] < full["accuracy"] < full["ci95"][1]
     # unpaired, the seed effect would swamp the difference
     assert full["ci95"][1] - full["ci95"][0] > vs_full["ci95"][1] - vs_full["ci95"][0]
+    # the one curated class, removed alone, is confirmed
+    assert [row["class"] for row in s["each_removed_vs_full"]] == ["b"]
+    assert s["confirmed"] == ["b"]
+
+
+def test_each_curated_class_is_retrained_alone_and_confirmed_only_by_its_own_interval():
+    plan = cur.plan_curation(INFL, removed=[1, 5], num_seeds=5)
+    each = [c for c in plan.cells if c["arm"] == "each"]
+    assert [c["class"] for c in each] == [1, 5]
+    for c in each:
+        assert (plan.masks[c["rows"]].sum(axis=1) == 5).all()
+        assert not plan.masks[c["rows"]][:, c["class"]].any()
+    assert plan.cell("each", 1, 5) is each[1]
+    rng = np.random.default_rng(1)
+    seed_effect = rng.normal(0, 0.05, 5)
+    acc = 0.8 + seed_effect[plan.seeds] + rng.normal(0, 0.002, len(plan.seeds))
+    acc[each[0]["rows"]] += 0.03  # removing b helps; removing f does nothing
+    s = cur.summarize_curation(plan, acc, NAMES)
+    assert s["confirmed"] == ["b"]
+    rows = {r["class"]: r for r in s["each_removed_vs_full"]}
+    assert rows["b"]["ci95"][0] > 0 and rows["f"]["ci95"][0] < 0 < rows["f"]["ci95"][1]
+    no_each = cur.plan_curation(INFL, removed=[1, 5], num_seeds=5, each=False)
+    assert not any(c["arm"] == "each" for c in no_each.cells)
+
+
+def test_fdr_rule_selects_harmful_classes_below_the_level():
+    q = np.array([0.5, 0.01, 0.02, 0.09, 0.2, 0.08])
+    sel = lambda **kw: [NAMES[i] for i in cur.select_classes(NAMES, INFL, CI_HIGH, q_values=q,
+                                                             **kw)]
+    assert sel(rule="harmful_fdr") == ["b", "f", "d"]  # c has q 0.02 but helps
+    assert sel(rule="harmful_fdr", fdr_level=0.05) == ["b"]
+    with pytest.raises(ValueError, match="no class is harmful at false-discovery level 0.001 "
+                                         r"\(the lowest q of a harmful class: 'b' at 0.01\)"):
+        sel(rule="harmful_fdr", fdr_level=0.001)
+    for bad in (0, 1, 1.5, -0.1, "0.1", True, None):
+        with pytest.raises(ValueError, match="fdr_level must be a number in"):
+            sel(rule="harmful_fdr", fdr_level=bad)
+    with pytest.raises(ValueError, match="needs the classes' q-values"):
+        cur.select_classes(NAMES, INFL, CI_HIGH, rule="harmful_fdr")
 
 
 def test_paired_comparison_without_spread():

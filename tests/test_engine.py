@@ -164,14 +164,16 @@ def test_precision_option_is_validated_hashed_and_keeps_old_hashes():
 
     with pytest.raises(ValueError, match="precision must be one of"):
         InfluenceConfig(precision="fp16")
-    cfg = InfluenceConfig(**CFG)
-    # "auto" (and augment_shift 0) hash as configs did before the fields
-    # existed: old stores stay valid
+    cfg = InfluenceConfig(**CFG, design="pairs")
+    # "auto" (and augment_shift 0, design "pairs", any holdout_models) hash as
+    # configs did before the fields existed: old stores stay valid
     old = {k: v for k, v in cfg.to_dict().items()
-           if k not in ("device", "precision", "augment_shift")}
+           if k not in ("device", "precision", "augment_shift", "design", "holdout_models")}
     old.update(data="d", engine_version=ENGINE_VERSION)
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.fingerprint("d") == expected
+    assert InfluenceConfig(**CFG, design="pairs", holdout_models=3).fingerprint("d") == expected
+    assert InfluenceConfig(**CFG).fingerprint("d") != expected  # the orthogonal default
     assert InfluenceConfig(**CFG, precision="bf16").fingerprint("d") != expected
     assert InfluenceConfig(**CFG, augment_shift=1).fingerprint("d") != expected
 

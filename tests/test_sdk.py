@@ -106,6 +106,11 @@ BAD_INPUTS = [
     (dict(top_k=0), "top_k"),
     (dict(target_function="loss"), "target_function"),
     (dict(split_by="regex"), "split_by"),
+    (dict(design="latin"), "design must be one of"),
+    (dict(estimator="ridge"), "estimator must be one of"),
+    (dict(holdout_models=2), "holdout_models must be 0"),
+    (dict(design="orthogonal", alpha=0.3), "alpha 0.5"),
+    (dict(estimator="regression"), "the regression needs more models"),
 ]
 
 
@@ -224,3 +229,43 @@ def test_a_failing_model_leaves_the_run_incomplete_and_a_rerun_trains_only_it(
                                executor_options={"threads": 1}, **TINY_KWARGS)
     assert trained == [2]  # the rerun trains only the missing model
     assert tgt.match_tags("test").exists("f_helpful").count() == 18
+
+
+def test_default_design_is_orthogonal_rounded_to_blocks_with_q_values_and_lds(
+        tiny_datasets, tmp_path):
+    pre, tgt = tiny_datasets
+    kwargs = {**TINY_KWARGS, "num_models": 20, "holdout_models": 3}
+    results = ts.compute_class_influence(pre, tgt, "ortho", output_dir=str(tmp_path / "o"),
+                                         progress=False, **kwargs)
+    m = results.metrics
+    # 6 classes: an order-8 Hadamard block, folded: 16 models per block
+    assert m["num_models"] == 32 and results.config.num_models == 32
+    assert m["design"] == "orthogonal" and "20 models rounded up to 32" in m["design_note"]
+    assert m["estimator"] == "regression" and m["standard_errors"] == "residuals"
+    assert m["num_holdout_models"] == 3 and -1 <= m["lds"] <= 1
+    loaded = tgt.load_run_results("ortho", cache=False)
+    q = loaded.q_values
+    assert q.shape == (6,) and ((q >= loaded.class_p_value - 1e-12) & (q <= 1)).all()
+    np.testing.assert_allclose(q, pre.load_run_results("ortho", cache=False).q_values)
+    assert "q=" in loaded.describe_class(0)
+    # the held-out models have their own store, and a rerun trains nothing again
+    assert os.path.exists(tmp_path / "o" / "holdout" / "spec.json")
+    seen = []
+    ts.compute_class_influence(pre, tgt, "ortho", output_dir=str(tmp_path / "o"),
+                               overwrite=True, progress=lambda d, t: seen.append((d, t)),
+                               **kwargs)
+    assert seen == []
+
+
+def test_runs_from_before_designs_keep_their_design_and_hash():
+    from types import SimpleNamespace
+
+    from transferscope.compute import InfluenceConfig
+    from transferscope.influence import influence_config_of
+
+    old_config = SimpleNamespace(num_models=4, epochs=1, width=4)  # no design, no holdout
+    config = influence_config_of(SimpleNamespace(config=old_config))
+    assert config.design == "pairs" and config.holdout_models == 0
+    # the pairs design hashes as every config did before the field existed
+    assert (InfluenceConfig(num_models=4, design="pairs").fingerprint("d")
+            != InfluenceConfig(num_models=4).fingerprint("d"))

@@ -4,7 +4,7 @@ The SDK (one function per job, used by the operators, the demo and the tests)::
 
     import transferscope as ts
     results = ts.compute_class_influence("glyphs", "digits", "influence")
-    ts.tag_classes("glyphs", "influence", rule="ci_below_zero")
+    ts.tag_classes("glyphs", "influence")  # harmful at false-discovery level 0.1
     summary = ts.evaluate_curation("digits", "influence", sweep_ks=[4, 8])
     ts.detect_leakage("digits", run_key="influence")
     ts.find_near_duplicates("glyphs", run_key="influence")

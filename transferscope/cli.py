@@ -27,8 +27,10 @@ def main(argv=None):
     cur.add_argument("dataset", help="the run's target or pretraining dataset")
     cur.add_argument("run_key", help="a class-influence run")
     cur.add_argument("--rule", default=None,
-                     help="ci_below_zero, most_harmful, below_threshold (default: the "
-                          "tagged classes, else ci_below_zero)")
+                     help="harmful_fdr, ci_below_zero, most_harmful, below_threshold "
+                          "(default: the tagged classes, else harmful_fdr)")
+    cur.add_argument("--fdr-level", type=float, default=0.1,
+                     help="with harmful_fdr: the false-discovery level")
     cur.add_argument("--k", type=int, default=None)
     cur.add_argument("--threshold", type=float, default=None)
     cur.add_argument("--seeds", type=int, default=8, help="models per arm")
@@ -79,6 +81,7 @@ def _dispatch(args):
         sweep = [int(k) for k in args.sweep.split(",") if k.strip()]
         summary = evaluate_curation(args.dataset, args.run_key, rule=args.rule, k=args.k,
                                     threshold=args.threshold, num_seeds=args.seeds,
+                                    fdr_level=args.fdr_level,
                                     sweep_ks=sweep)
         print("\n".join(describe_curation(summary)))
         if args.png:

@@ -29,21 +29,24 @@ from .views import TransferScopeError
 logger = logging.getLogger(__name__)
 
 DEFAULT_TAG = "remove"
-DEFAULT_RULE = "ci_below_zero"
+DEFAULT_RULE = "harmful_fdr"
+DEFAULT_FDR = 0.1
 
 
 def curated_view_name(run_key):
     return f"{run_key}_curated"
 
 
-def select_removed_classes(results, rule=DEFAULT_RULE, k=None, threshold=None, classes=None):
+def select_removed_classes(results, rule=DEFAULT_RULE, k=None, threshold=None, classes=None,
+                           fdr_level=DEFAULT_FDR):
     """The class names a rule selects from a run, most harmful first."""
     from . import compute as tsc
 
     try:
         idx = tsc.select_classes(results.classes, results.class_influence,
                                  results.class_ci_high, rule=rule, k=k,
-                                 threshold=threshold, classes=classes)
+                                 threshold=threshold, classes=classes,
+                                 q_values=results.q_values, fdr_level=fdr_level)
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
     return [results.classes[i] for i in idx]
@@ -61,13 +64,15 @@ def _pretraining_run(dataset, run_key):
 
 
 def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=None,
-                classes=None, tag=DEFAULT_TAG, view_name=None):
+                classes=None, tag=DEFAULT_TAG, view_name=None, fdr_level=DEFAULT_FDR):
     """Tags the pretraining samples of the classes a rule selects for removal.
 
     Chooses classes from the class-influence run ``run_key`` by ``rule``
-    (see :func:`transferscope.compute.select_classes`: ``"most_harmful"``
-    with ``k``, ``"below_threshold"`` with ``threshold``, ``"ci_below_zero"``
-    or ``"classes"`` with a list of names), adds ``tag`` to their samples,
+    (see :func:`transferscope.compute.select_classes`: ``"harmful_fdr"``
+    (the default: negative influence, q-value below ``fdr_level``),
+    ``"most_harmful"`` with ``k``, ``"below_threshold"`` with
+    ``threshold``, ``"ci_below_zero"`` or ``"classes"`` with a list of
+    names), adds ``tag`` to their samples,
     saves the view of the pretraining dataset without ``tag``-ged samples as
     ``view_name`` (default ``<run_key>_curated``) and records the choice in
     the run. Tagging again replaces the previous choice;
@@ -88,7 +93,7 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
             f"{dataset.name!r} already has a saved view {view_name!r} that this run did "
             f"not create; choose another view_name"
         )
-    removed = select_removed_classes(results, rule, k, threshold, classes)
+    removed = select_removed_classes(results, rule, k, threshold, classes, fdr_level)
 
     if previous:
         undo_tagging(dataset, previous)
@@ -97,12 +102,15 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
     ids = in_classes.values("id")
     tagged = newly_tagged(dataset, ids, tag)
     index = {c: i for i, c in enumerate(results.classes)}
+    q = results.q_values
     record = {
         "rule": rule, "k": k, "threshold": threshold, "tag": tag, "view_name": view_name,
+        "fdr_level": fdr_level if rule == "harmful_fdr" else None,
         "classes": removed,
         "influence": [float(results.class_influence[index[c]]) for c in removed],
         "ci95": [[float(results.class_ci_low[index[c]]), float(results.class_ci_high[index[c]])]
                  for c in removed],
+        "q_value": [float(q[index[c]]) for c in removed] if q is not None else None,
         "num_samples": len(ids),
         "tagged_ids": tagged["ids"],  # only these are untagged on undo
     }
@@ -154,7 +162,8 @@ def _save_record(dataset, run_key, results, name, value):
 
 def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, classes=None,
                       num_seeds=8, sweep_ks=None, seed=0, device=None, progress=None,
-                      executor="local", executor_options=None):
+                      executor="local", executor_options=None, fdr_level=DEFAULT_FDR,
+                      confirm_each=True):
     """Proves (or refutes) a curation by retraining: the paper's counterfactual.
 
     Retrains from scratch, with the run's own protocol (architecture, epochs,
@@ -167,7 +176,11 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
 
     The curated set is chosen by ``rule`` (as :func:`tag_classes`); by
     default, the classes last tagged with :func:`tag_classes`, else the
-    classes whose interval lies below zero.
+    harmful classes at false-discovery level ``fdr_level``. With
+    ``confirm_each`` (the default), every curated class is also removed on
+    its own (``num_seeds`` models each), and the summary says which
+    removals retraining confirms (``"confirmed"``: the paired interval of
+    the gain over the full set lies above zero).
 
     Models go to a resumable store under the run's output directory; calling
     again after a crash trains only the unfinished ones. The summary is
@@ -202,11 +215,11 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
             rule_label = f"tagged ({tagged['rule']})"
         else:
             rule = rule_label = DEFAULT_RULE
-    removed = select_removed_classes(results, rule, k, threshold, classes)
+    removed = select_removed_classes(results, rule, k, threshold, classes, fdr_level)
     index = {c: i for i, c in enumerate(results.classes)}
     try:
         plan = tsc.plan_curation(results.class_influence, [index[c] for c in removed],
-                                 num_seeds, sweep_ks or (), seed)
+                                 num_seeds, sweep_ks or (), seed, each=confirm_each)
         train_config = influence_config_of(results)
         if device is not None:
             train_config = tsc.InfluenceConfig.from_dict(
@@ -221,7 +234,7 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
     store = tsc.open_retrain_store(path, train_config, data, plan.masks, plan.seeds,
                                    meta={"classes": list(results.classes)})
     run_with_progress(
-        store, lambda done: tsc.run_retraining(train_config, data, store, done, runner),
+        (store, lambda done: tsc.run_retraining(train_config, data, store, done, runner)),
         progress, "Retraining for the curation counterfactual")
 
     accuracy = store.outputs("correct").mean(axis=1)
@@ -270,6 +283,11 @@ def describe_curation(summary):
         f"  {k} most helpful removed     {pct(helpful['accuracy'])}  "
         f"[{pct(helpful['ci95'][0])}, {pct(helpful['ci95'][1])}]",
     ]
+    for row in summary.get("each_removed_vs_full", []):
+        verdict = "confirmed" if row["ci95"][0] > 0 else "not confirmed"
+        lines.append(f"  only {row['class']!s:<12s} removed - full {100 * row['diff']:+.1f} points, "
+                     f"95% CI {ci(row['ci95'])}, better in {row['wins']}/{row['num_pairs']} "
+                     f"seeds: {verdict}")
     for name, label in (("curated_vs_full", "curated - full"),
                         ("curated_vs_random", "curated - random"),
                         ("most_helpful_removed_vs_full", "helpful removed - full")):

@@ -43,7 +43,9 @@ DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=8)
 # bump when the generated data changes, so old demo datasets are rebuilt
 DEMO_VERSION = 6
 
-DEFAULTS = dict(num_models=128, epochs=4, alpha=0.5, seed=0)
+# two folded blocks of the orthogonal design for the demo's 68 classes (144
+# models each): the halves of a split-half check are then whole blocks
+DEFAULTS = dict(num_models=288, epochs=4, alpha=0.5, seed=0)
 # the curation counterfactual: models per arm, and the sweep of classes removed
 CURATION = dict(num_seeds=10, sweep_ks=[4, 8, 16])
 
@@ -200,6 +202,9 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
         "harmful_rank_from_most_negative": int(order.index(harm)) + 1,
         "harmful_influence": float(infl[harm]),
         "harmful_ci95": [float(results.class_ci_low[harm]), float(results.class_ci_high[harm])],
+        "harmful_q_value": float(results.q_values[harm]),
+        "harmful_at_fdr_0.1": [classes[i] for i in order
+                               if infl[i] < 0 and results.q_values[i] < 0.1],
         "leak_class": planted["leak_class"],
         "leak_num_copied_tests": int(len(copied)),
         "leak_influence_on_copied_tests": float(matrix[leak, copied].mean()),
@@ -213,6 +218,11 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
         "own_glyph_in_top3_fraction_by_digit": own_glyph,
         "own_glyph_in_top3_fraction": float(np.mean(list(own_glyph.values()))),
         "split_half_spearman": results.metrics["split_half_spearman"],
+        "split_half_z_sd": results.metrics["split_half_z_sd"],
+        "lds": results.metrics.get("lds"),
+        "lds_mean_output": results.metrics.get("lds_mean_output"),
+        "design": results.metrics["design"],
+        "estimator": results.metrics["estimator"],
         "mean_test_accuracy_of_subset_models": results.metrics["mean_test_accuracy"],
         "num_models": results.metrics["num_models"],
     }
@@ -232,6 +242,13 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
             "helpful_first_vs_full_by_k": {
                 row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
                 for row in curation["vs_full"] if row["arm"] == "helpful_first"},
+            "harmful_first_vs_full_by_k": {
+                row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
+                for row in curation["vs_full"] if row["arm"] == "harmful_first"},
+            "each_removed_vs_full": {
+                row["class"]: {key: row[key] for key in ("diff", "ci95", "p_value", "wins")}
+                for row in curation.get("each_removed_vs_full", [])},
+            "confirmed_by_retraining": curation.get("confirmed", []),
         }
     if leakage is not None:
         truth = set(planted["leaked_test_ids"])
@@ -286,13 +303,21 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
         pretrain, target, RUN_KEY, num_models=num_models, epochs=epochs,
         alpha=alpha, seed=seed, overwrite=overwrite, **where,
     )
-    ranking = results.ranking()
-    out("\nMost helpful pretraining classes (influence on correct-class probability, 95% CI):")
-    for c, v, lo, hi in ranking[:8]:
-        out(f"  {c:>12s} {v:+.4f}  [{lo:+.4f}, {hi:+.4f}]")
+    order = np.argsort(results.class_influence, kind="stable")
+    m = results.metrics
+    out(f"\n{m['num_models']} models, {m['design']} design, {m['estimator']} estimate"
+        + (f" ({m['design_note']})" if m["design_note"] else ""))
+    out(f"Reliability: split-half Spearman {m['split_half_spearman']:.2f}, split-half "
+        f"z-score spread {m['split_half_z_sd']:.2f} (1 when the intervals are right), "
+        f"LDS {m.get('lds', float('nan')):.3f} on {m.get('num_holdout_models', 0)} "
+        f"held-out models")
+    out("\nMost helpful pretraining classes (influence on correct-class probability, "
+        "95% CI, q-value):")
+    for i in order[::-1][:8]:
+        out(f"  {results.describe_class(i)}")
     out("Most harmful pretraining classes:")
-    for c, v, lo, hi in ranking[::-1][:8]:
-        out(f"  {c:>12s} {v:+.4f}  [{lo:+.4f}, {hi:+.4f}]")
+    for i in order[:8]:
+        out(f"  {results.describe_class(i)}")
     out(f"\nSubpopulations (k=2 per digit, by the pretraining classes that help each sample):")
     subpops = find_subpopulations(target, RUN_KEY, key=SUBPOPS_KEY, k=2, overwrite=True)
     out("\n".join(describe_subpopulations(subpops)))
@@ -309,12 +334,12 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
     out(f"Plot: {png}; saved view {FAILURES_KEY}_failures")
     summary = None
     if curation_seeds:
-        record = tag_classes(pretrain, RUN_KEY, rule="ci_below_zero")
-        out(f"\nTagged {len(record['classes'])} class(es) whose interval lies below zero "
-            f"({', '.join(record['classes'])}): {record['num_samples']} pretraining samples "
-            f"tagged {record['tag']!r}; saved view {record['view_name']!r}")
-        out("Retraining to check the curation (full / curated / random / helpful removed, "
-            f"{curation_seeds} seeds each, sweep k={sweep_ks}) ...")
+        record = tag_classes(pretrain, RUN_KEY)  # harmful at false-discovery level 0.1
+        out(f"\nTagged {len(record['classes'])} class(es) harmful at false-discovery level "
+            f"{record['fdr_level']} ({', '.join(record['classes'])}): {record['num_samples']} "
+            f"pretraining samples tagged {record['tag']!r}; saved view {record['view_name']!r}")
+        out("Retraining to check the curation (full / curated / random / helpful removed / "
+            f"each tagged class alone, {curation_seeds} seeds each, sweep k={sweep_ks}) ...")
         summary = evaluate_curation(target, RUN_KEY, num_seeds=curation_seeds,
                                     sweep_ks=sweep_ks, **where)
         out("\n".join(describe_curation(summary)))

@@ -142,7 +142,7 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
         store = open_cells_store(os.path.join(store_root, cells_digest(group)), base, data,
                                  group)
         run_with_progress(
-            store, lambda done: run_diversity_cells(base, data, store, group, done, runner),
+            (store, lambda done: run_diversity_cells(base, data, store, group, done, runner)),
             progress, f"Training the diversity {name}")
         accuracy = store.outputs("correct").mean(axis=1)
         return [dict(c, error=float(1 - a)) for c, a in zip(group, accuracy)]

@@ -41,8 +41,11 @@ def compute_class_influence(
     test_split="test",
     split_by="tags",
     split_field="split",
-    num_models=64,
+    num_models=144,
     alpha=0.5,
+    design="orthogonal",
+    estimator="auto",
+    holdout_models=16,
     epochs=4,
     arch="resnet_small",
     transfer="linear",
@@ -61,11 +64,16 @@ def compute_class_influence(
 ):
     """Estimates the influence of each pretraining class on each target test sample.
 
-    Trains ``num_models`` models, each from scratch on a random ``alpha``
-    fraction of the pretraining classes, transfers each to the target train
-    split and records its outputs on the target test split; then
-    ``Infl[c -> t]`` = mean output of the models that saw class ``c`` minus
-    the mean of those that did not (Jain et al., CVPR 2023).
+    Trains ``num_models`` models, each from scratch on a subset of the
+    pretraining classes (by default the rows of a folded orthogonal array:
+    every class in half the models, every two classes together in a
+    quarter), transfers each to the target train split and records its
+    outputs on the target test split; then ``Infl[c -> t]`` = the effect on
+    target ``t`` of adding class ``c`` (least squares on the masks, which
+    equals the paper's difference of means in an orthogonal design; Jain et
+    al., CVPR 2023), with standard errors valid for the design and
+    Benjamini-Hochberg q-values per class. ``holdout_models`` more models on
+    independent random halves give the linear datamodeling score.
 
     Writes, under ``run_key``:
 
@@ -90,8 +98,14 @@ def compute_class_influence(
         train_split, test_split: the target splits: tag names (``split_by=
             "tags"``), values of ``split_field`` (``"field"``), saved view
             names (``"saved_view"``), or views
-        num_models, alpha, epochs, arch, transfer, device, image_size, seed:
-            see :class:`transferscope.compute.InfluenceConfig`
+        num_models, alpha, design, holdout_models, epochs, arch, transfer,
+            device, image_size, seed: see
+            :class:`transferscope.compute.InfluenceConfig` (an orthogonal
+            design rounds ``num_models`` up to whole blocks: 144 models per
+            block for 68 classes; the run's metrics say so)
+        estimator: ``"auto"`` (least squares where the design identifies
+            it, else the difference of means), ``"regression"`` or
+            ``"difference_of_means"`` (the paper's arithmetic)
         channels: 1 or 3; by default 1 when the images are grayscale
         target_function: ``"prob"`` (correct-class softmax probability),
             ``"margin"`` or ``"correct"``
@@ -138,37 +152,48 @@ def compute_class_influence(
         config = tsc.InfluenceConfig(
             num_models=num_models, alpha=alpha, seed=seed, arch=arch,
             image_size=image_size, channels=channels or 1, epochs=epochs,
-            transfer=transfer, device=device, **train_kwargs,
+            transfer=transfer, device=device, design=design,
+            holdout_models=holdout_models, **train_kwargs,
         )
-        tsc.design_masks(config, len(classes), classes)  # before any image is read
+        subsets = tsc.resolve_design(config, len(classes), classes)  # before any image is read
+        tsc.check_estimator(subsets.masks, estimator)
     except (TypeError, ValueError) as e:
         raise TransferScopeError(str(e)) from e
+    if subsets.note:
+        logger.warning("%s", subsets.note)
+    config = dataclasses.replace(config, num_models=subsets.num_models)
 
     # --- decode images once, then train (resumable) ------------------------
     if channels is None:
         channels = labelled.detect_channels()
-        config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "channels": channels})
+        config = dataclasses.replace(config, channels=channels)
     target_classes = labelled.target_classes
     if output_dir is None:
         output_dir = os.path.join(runs_dir(), target._root_dataset.name, run_key)
     output_dir = os.path.abspath(os.path.expanduser(output_dir))
-    meta = {"classes": classes, "target_classes": target_classes}
+    meta = {"classes": classes, "target_classes": target_classes,
+            "design_note": subsets.note, "num_models_requested": num_models}
 
     runner = prepare_executor(executor, executor_options, config)
     data = labelled.decode(image_size, channels)
     try:
         store = tsc.open_store(output_dir, config, data, classes, meta=meta)
+        holdout = open_holdout_store(output_dir, config, data)
     except tsc.StoreMismatchError:
         if not overwrite:
             raise
         _clear_store(output_dir)  # overwrite: the old models are for other data
         store = tsc.open_store(output_dir, config, data, classes, meta=meta)
-    run_with_progress(
-        store, lambda done: tsc.run_subset_models(config, data, store, done, executor=runner),
-        progress, "Training subset models")
+        holdout = open_holdout_store(output_dir, config, data)
+    stages = [(store, lambda done: tsc.run_subset_models(config, data, store, done,
+                                                         executor=runner))]
+    if holdout is not None:
+        stages.append((holdout, lambda done: tsc.run_holdout_models(
+            config, data, holdout, done, executor=runner)))
+    run_with_progress(stages, progress, "Training subset models")
 
     # --- estimate ------------------------------------------------------------
-    results_kwargs = estimate(store, target_function)
+    results_kwargs = estimate(store, target_function, estimator, holdout)
     helpful_idx, harmful_idx = tsc.top_k_classes(results_kwargs["influence"], top_k)
     infl = results_kwargs["influence"]
 
@@ -197,6 +222,7 @@ def compute_class_influence(
             train_split=_describe(train_split), test_split=_describe(test_split),
             split_by=split_by, split_field=split_field,
             target_function=target_function, top_k=top_k, output_dir=output_dir,
+            estimator=estimator,
         )
         results = ClassInfluenceResults(
             target_root, ClassInfluenceConfig(fields=target_fields, **run_params), run_key,
@@ -207,7 +233,8 @@ def compute_class_influence(
         pre_results = ClassInfluenceResults(
             pretrain_root, ClassInfluenceConfig(fields=pretrain_fields, **run_params), run_key,
             classes=classes, **{k: results_kwargs[k] for k in (
-                "class_influence", "class_stderr", "class_ci_low", "class_ci_high", "metrics")},
+                "class_influence", "class_stderr", "class_ci_low", "class_ci_high",
+                "class_p_value", "class_q_value", "metrics")},
         )
         pretrain_root.register_run(run_key, pre_results.config, results=pre_results)
     except BaseException:
@@ -300,27 +327,57 @@ def collect_labels(pretrain, target, pretrain_label_field="ground_truth",
                             classes, target_classes)
 
 
-def estimate(store, target_function="prob"):
-    """Influence matrix, class aggregates and reliability figures of a store."""
+HOLDOUT_DIR = "holdout"
+# the false-discovery level the run's summary counts significant classes at
+SUMMARY_FDR = 0.1
+
+
+def open_holdout_store(output_dir, config, data):
+    """The run's held-out models' store (in ``<output_dir>/holdout``), or None."""
+    from . import compute as tsc
+
+    if not config.holdout_models:
+        return None
+    return tsc.open_holdout_store(os.path.join(output_dir, HOLDOUT_DIR), config, data)
+
+
+def estimate(store, target_function="prob", estimator="auto", holdout=None):
+    """Influence matrix, class aggregates (intervals, q-values) and reliability figures."""
     from . import compute as tsc
 
     check_store_complete(store)
     masks = store.masks
     outputs = store.outputs(target_function)
-    est = tsc.class_influence(masks, outputs)
-    agg = tsc.aggregate_influence(masks, outputs)
+    est = tsc.estimate_influence(masks, outputs, estimator)
+    agg = tsc.aggregate_influence(masks, outputs, estimator=estimator)
+    meta = store.spec.get("meta", {})
+    split = tsc.split_half(masks, outputs, meta.get("block_size", 1), estimator)
     correct = store.outputs("correct")
+    harmful = (agg.influence < 0) & (agg.q_value < SUMMARY_FDR)
     metrics = {
         "num_models": int(len(masks)),
+        "design": meta.get("design", "pairs"),
+        "design_note": meta.get("design_note", ""),
+        "estimator": agg.estimator,
+        "standard_errors": agg.se_method,
         "target_function": target_function,
         "mean_test_accuracy": float(correct.mean()),
         "model_accuracy_std": float(correct.mean(axis=1).std(ddof=1)),
-        "split_half_spearman": tsc.split_half_spearman(masks, outputs),
+        "split_half_spearman": split["spearman"],
+        "split_half_z_sd": split["z_sd"],
+        "num_harmful_at_fdr_0.1": int(harmful.sum()),
     }
+    if holdout is not None:
+        check_store_complete(holdout)
+        lds = tsc.linear_datamodeling_score(masks, outputs, holdout.masks,
+                                            holdout.outputs(target_function), estimator)
+        metrics.update(lds=lds["lds"], lds_mean_output=lds["lds_mean_output"],
+                       num_holdout_models=lds["num_heldout"])
     return dict(
         influence=est.influence, stderr=est.stderr,
         class_influence=agg.influence, class_stderr=agg.stderr,
-        class_ci_low=agg.ci_low, class_ci_high=agg.ci_high, metrics=metrics,
+        class_ci_low=agg.ci_low, class_ci_high=agg.ci_high,
+        class_p_value=agg.p_value, class_q_value=agg.q_value, metrics=metrics,
     )
 
 
@@ -338,33 +395,41 @@ def prepare_executor(executor="local", executor_options=None, config=None):
     return runner
 
 
-def run_with_progress(store, run, progress, start_msg):
-    """Runs ``run(on_model_done)`` over a store's pending rows with progress.
+def run_with_progress(stages, progress, start_msg):
+    """Runs ``run(on_model_done)`` over each ``(store, run)`` stage's pending rows,
+    with one progress count over all of them.
 
-    ``progress``: ``None``/``True`` for a progress bar (as FiftyOne's config
-    says), ``False`` for none, or ``callable(num_done, num_total)``.
+    ``stages``: a ``(store, run)`` pair or a list of them. ``progress``:
+    ``None``/``True`` for a progress bar (as FiftyOne's config says),
+    ``False`` for none, or ``callable(num_done, num_total)``.
     """
-    total = len(store.completed)
-    already = total - len(store.pending())
+    from .compute.executors import ModelsFailedError
+
+    if isinstance(stages, tuple):
+        stages = [stages]
+    total = sum(len(store.completed) for store, _ in stages)
+    already = sum(len(store.completed) - len(store.pending()) for store, _ in stages)
     callback = progress if callable(progress) else None
     # None defers to fo.config.show_progress_bars, as the docstring says
     bar_setting = False if callback is not None else progress
     if already:
         logger.info("Resuming: %d/%d models already trained", already, total)
+    done = already
     with fou.ProgressBar(total=total, start_msg=start_msg, progress=bar_setting) as bar:
         bar.update(already)
 
-        def on_model_done(index, done, total):
+        def on_model_done(index, stage_done, stage_total):
+            nonlocal done
+            done += 1
             bar.update(1)
             if callback is not None:
                 callback(done, total)
 
-        from .compute.executors import ModelsFailedError
-
-        try:
-            run(on_model_done)
-        except ModelsFailedError as e:  # the others are stored; a rerun retries these
-            raise TransferScopeError(str(e)) from e
+        for _, run in stages:
+            try:
+                run(on_model_done)
+            except ModelsFailedError as e:  # the others are stored; a rerun retries these
+                raise TransferScopeError(str(e)) from e
 
 
 def _write_target_fields(test_view, run_key, test_ids, classes, infl,
@@ -420,10 +485,12 @@ def influence_config_of(results):
     """The :class:`InfluenceConfig` a class-influence run was computed with."""
     from . import compute as tsc
 
-    # fields added since a run was stored take their defaults
+    # fields added since a run was stored take the value they had then
+    before = {"design": "pairs", "holdout_models": 0}
     fields = dataclasses.fields(tsc.InfluenceConfig)
-    return tsc.InfluenceConfig(**{f.name: getattr(results.config, f.name, f.default)
-                                  for f in fields})
+    return tsc.InfluenceConfig(**{
+        f.name: getattr(results.config, f.name, before.get(f.name, f.default))
+        for f in fields})
 
 
 def labelled_transfer_of(results, unchanged_for=None):

@@ -202,28 +202,45 @@ def save_diversity_png(summary, path):
     return path
 
 
-INFLUENCE_TITLE = "Influence of each pretraining class on the target task (mean, 95% CI)"
+INFLUENCE_TITLE = ("Influence of each pretraining class on the target task "
+                   "(mean, 95% CI; coloured: q < 0.1)")
+# the false-discovery level at which the chart colours a class
+CHART_FDR = 0.1
 INFLUENCE_COLOURS = {"helps": "#2a9d8f", "hurts": "#e76f51", "unclear": "#9e9e9e"}
 
 
 def influence_plotly(results):
     """``(trace, layout)``: one bar per class, most helpful first, 95% CI error bars.
 
-    Green: the interval lies above zero; red: below; grey: it spans zero. The
-    bars' ``ids`` are the class names, so a click or a lasso names classes.
+    Green: helps, red: hurts, at false-discovery level 0.1 (Benjamini-Hochberg
+    over the classes; for a run without q-values, by the interval alone);
+    grey: not settled. The bars' ``ids`` are the class names, so a click or
+    a lasso names classes.
     """
     rows = results.ranking()
     names = [r[0] for r in rows]
     values = [r[1] for r in rows]
-    colours = [INFLUENCE_COLOURS["helps"] if lo > 0 else INFLUENCE_COLOURS["hurts"] if hi < 0
-               else INFLUENCE_COLOURS["unclear"] for _, _, lo, hi in rows]
+    q_all = results.q_values
+    index = {c: i for i, c in enumerate(results.classes)}
+    q = [None if q_all is None else float(q_all[index[c]]) for c in names]
+
+    def colour(v, lo, hi, qc):
+        settled = (lo > 0 or hi < 0) if qc is None else qc < CHART_FDR
+        if not settled:
+            return INFLUENCE_COLOURS["unclear"]
+        return INFLUENCE_COLOURS["helps"] if v > 0 else INFLUENCE_COLOURS["hurts"]
+
+    colours = [colour(v, lo, hi, qc) for (_, v, lo, hi), qc in zip(rows, q)]
     trace = {
         "type": "bar", "x": names, "y": values, "ids": names, "name": "influence",
         "marker": {"color": colours},
         "error_y": {"type": "data", "symmetric": False,
                     "array": [hi - v for _, v, _, hi in rows],
                     "arrayminus": [v - lo for _, v, lo, _ in rows]},
-        "hovertemplate": "%{x}: %{y:+.4f}<extra></extra>",
+        "customdata": [[lo, hi, "n/a" if qc is None else f"{qc:.2g}"]
+                       for (_, _, lo, hi), qc in zip(rows, q)],
+        "hovertemplate": "%{x}: %{y:+.4f} [%{customdata[0]:+.4f}, %{customdata[1]:+.4f}] "
+                         "q=%{customdata[2]}<extra></extra>",
     }
     layout = {
         "title": {"text": INFLUENCE_TITLE},

@@ -48,11 +48,14 @@ class ClassInfluenceResults(fors.RunResults):
         influence: (C, T) ``Infl[c -> t]`` on the run's target function
         stderr: (C, T) standard errors
         class_influence, class_stderr, class_ci_low, class_ci_high: (C,)
-        metrics: dict of summary figures (split-half Spearman, accuracy, ...)
+        class_p_value, class_q_value: (C,) two-sided p-values and their
+            Benjamini-Hochberg q-values (None for runs from before 0.2)
+        metrics: dict of summary figures (design, estimator, split-half
+            Spearman and z-score spread, LDS, accuracy, ...)
     """
 
     _ARRAYS = ("influence", "stderr", "class_influence", "class_stderr",
-               "class_ci_low", "class_ci_high")
+               "class_ci_low", "class_ci_high", "class_p_value", "class_q_value")
 
     def __init__(self, samples, config, key, backend=None, **kwargs):
         for name in self._ARRAYS:
@@ -78,6 +81,18 @@ class ClassInfluenceResults(fors.RunResults):
              float(self.class_ci_low[i]), float(self.class_ci_high[i]))
             for i in order
         ]
+
+    @property
+    def q_values(self):
+        """``(C,)`` Benjamini-Hochberg q-values, or None (a run from before 0.2)."""
+        return getattr(self, "class_q_value", None)
+
+    def describe_class(self, i):
+        """``"bold  -0.0840 [-0.1000, -0.0680] q=2e-05"``: class ``i`` as the reports show it."""
+        q = self.q_values
+        text = (f"{self.classes[i]}  {self.class_influence[i]:+.4f}  "
+                f"[{self.class_ci_low[i]:+.4f}, {self.class_ci_high[i]:+.4f}]")
+        return text if q is None else f"{text}  q={q[i]:.2g}"
 
 
 class TransferScopeRunConfig(fors.RunConfig):

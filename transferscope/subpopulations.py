@@ -304,7 +304,7 @@ def _check_culprit(results, culprit, failed, blamed, num_seeds, seed, device, pr
     path = os.path.join(results.config.output_dir, "failures", name)
     store = tsc.open_retrain_store(path, config, data, masks, seeds,
                                    meta={"classes": list(results.classes)})
-    run_with_progress(store, lambda done: tsc.run_retraining(config, data, store, done, runner),
+    run_with_progress((store, lambda done: tsc.run_retraining(config, data, store, done, runner)),
                       progress, "Retraining without the top culprit")
     correct = store.outputs("correct")
     classes = list(results.classes)
