@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 
+from .checks import check_choice, check_int, check_number
 from .subsets import DESIGNS
 
 TRANSFER_MODES = ("linear", "finetune")
@@ -18,6 +19,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # Bump when a change to the engine changes what a model outputs, so stores
 # written by older code are refused rather than silently mixed.
 ENGINE_VERSION = 2
+# Upper bounds, checked before any work. Models: the estimator holds the
+# (M, C) masks in float64, 8 MB per 1,000 models at 1,000 classes; a million
+# models is beyond any run we know of (the paper trained 7,540 at ImageNet
+# scale). Image size: torchvision's classifiers are trained at 224-518 px.
+MAX_NUM_MODELS = 1_000_000
+MAX_IMAGE_SIZE = 1024
+MAX_LR = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,36 +86,35 @@ class InfluenceConfig:
     holdout_models: int = 16
 
     def __post_init__(self):
-        _check_int(self.num_models, "num_models", 2)
-        if self.design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}; got {self.design!r}")
-        _check_int(self.holdout_models, "holdout_models", 0)
+        check_int(self.num_models, "num_models", 2, MAX_NUM_MODELS)
+        check_number(self.alpha, "alpha", 0, 1, low_open=True, high_open=True)
+        check_int(self.seed, "seed", 0, 2**63 - 1)
+        check_choice(self.design, "design", DESIGNS)
+        check_int(self.holdout_models, "holdout_models", 0, MAX_NUM_MODELS)
         if 0 < self.holdout_models < 3:
             raise ValueError(f"holdout_models must be 0 (none) or >= 3 (a rank correlation "
                              f"over them); got {self.holdout_models}")
-        if not 0.0 < float(self.alpha) < 1.0:
-            raise ValueError(f"alpha must lie in (0, 1); got {self.alpha!r}")
-        _check_int(self.width, "width", 1)
-        _check_int(self.image_size, "image_size", 4)
-        if self.channels not in (1, 3):
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ValueError(f"arch must be a non-empty string; got {self.arch!r}")
+        check_int(self.width, "width", 1, 1024)
+        check_int(self.image_size, "image_size", 4, MAX_IMAGE_SIZE)
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ValueError(f"channels must be 1 or 3; got {self.channels!r}")
-        _check_int(self.epochs, "epochs", 1)
-        _check_int(self.batch_size, "batch_size", 1)
-        _check_int(self.finetune_epochs, "finetune_epochs", 1)
-        if self.transfer not in TRANSFER_MODES:
-            raise ValueError(
-                f"transfer must be one of {TRANSFER_MODES}; got {self.transfer!r}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
-        _check_int(self.augment_shift, "augment_shift", 0)
+        check_int(self.epochs, "epochs", 1, 10_000)
+        # a batch of one sample leaves BatchNorm nothing to normalise over
+        check_int(self.batch_size, "batch_size", 2, 65_536)
+        check_int(self.finetune_epochs, "finetune_epochs", 1, 10_000)
+        check_choice(self.transfer, "transfer", TRANSFER_MODES)
+        check_choice(self.precision, "precision", PRECISIONS)
+        check_int(self.augment_shift, "augment_shift", 0)
         if self.augment_shift >= self.image_size // 2:
             raise ValueError(f"augment_shift must be below half the image size "
                              f"({self.image_size // 2}); got {self.augment_shift}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}")
-        if not (self.lr > 0 and self.weight_decay >= 0 and self.probe_c > 0):
-            raise ValueError("lr and probe_c must be > 0 and weight_decay >= 0")
+        check_choice(self.device, "device", DEVICES)
+        # beyond these, SGD diverges at once on every architecture here
+        check_number(self.lr, "lr", 0, MAX_LR, low_open=True)
+        check_number(self.weight_decay, "weight_decay", 0, 1)
+        check_number(self.probe_c, "probe_c", 0, 1e6, low_open=True)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -141,8 +148,3 @@ class InfluenceConfig:
         d["engine_version"] = ENGINE_VERSION
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")

@@ -9,7 +9,7 @@ import torch
 
 from .executors import LocalExecutor, ModelJob, ModelsFailedError
 from .nets import build_network
-from .store import ResultsStore
+from .store import ResultsStore, claim, make_dirs
 from .subsets import check_design, independent_masks, make_design
 from .train import pretrain_network, resolve_device
 
@@ -165,7 +165,8 @@ def load_or_train_backbone(config, data, cache_dir):
         return net.to(device).to(memory_format=torch.channels_last), device
     everything = np.ones(data.num_pretrain_classes, dtype=bool)
     net, _, device = pretrain_network(config, BACKBONE_INDEX, everything, data)
-    os.makedirs(cache_dir, exist_ok=True)
+    make_dirs(cache_dir)
+    claim(cache_dir, os.path.basename(path))
     tmp = path + ".tmp"
     torch.save(net.state_dict(), tmp)
     os.replace(tmp, path)

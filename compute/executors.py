@@ -352,6 +352,34 @@ def _check_reachable(address, timeout):
     except OSError as e:
         raise ConnectionError(f"cannot reach the Ray cluster at {address!r} "
                               f"({e.strerror or e}); is it running?") from e
+    # something listens; Ray's head (GCS) and client server speak gRPC, that is
+    # HTTP/2, which answers a client's preface with a SETTINGS frame. A listener
+    # that does not would make ray.init wait for minutes
+    if not _answers_http2(host, int(port), timeout):
+        raise ConnectionError(f"{address!r} accepts connections but does not answer as a "
+                              f"Ray cluster (no HTTP/2 handshake within {timeout:g} s); is "
+                              f"that the right address?")
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _answers_http2(host, port, timeout):
+    """Whether ``host:port`` answers an HTTP/2 client preface with a SETTINGS frame."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(_HTTP2_PREFACE + _EMPTY_SETTINGS)
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+            return head[3] == 0x04  # frame type SETTINGS
+    except OSError:
+        return False
 
 
 def _check_positive_int(value, name):

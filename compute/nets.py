@@ -109,7 +109,7 @@ class FeatureExtractor(nn.Module):
         import torch
 
         net = _torchvision_builder(arch)(weights=None)
-        if weights_path is not None:
+        if weights_path is not None:  # the full classifier's, head included
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state:
                 state = state["state_dict"]
@@ -133,3 +133,28 @@ def build_network(arch, num_classes, in_channels, width=16):
     if arch == "resnet_small":
         return SmallResNet(num_classes, in_channels=in_channels, width=width)
     return TorchvisionBackbone(arch, num_classes, in_channels=in_channels)
+
+
+def check_architecture(config, num_classes):
+    """Builds ``config.arch`` and runs a batch of two images at ``config.image_size``
+    through it on the CPU; ``ValueError`` naming the problem if it cannot."""
+    import torch
+
+    try:
+        net = build_network(config.arch, num_classes, config.channels, config.width)
+        net.train()  # as in pretraining: BatchNorm with batch statistics
+        x = torch.zeros(2, config.channels, config.image_size, config.image_size)
+        with torch.no_grad():
+            out = net(x)
+            feats = net.features(x)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a misfit input
+        raise ValueError(f"architecture {config.arch!r} does not run on "
+                         f"{config.image_size}x{config.image_size} images with "
+                         f"{config.channels} channel(s): {type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}") from None
+    if tuple(out.shape) != (2, num_classes) or feats.ndim != 2:
+        raise ValueError(f"architecture {config.arch!r} gives outputs of shape "
+                         f"{tuple(out.shape)} and features {tuple(feats.shape)}; "
+                         f"expected (2, {num_classes}) and (2, D)")

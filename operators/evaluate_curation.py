@@ -25,8 +25,7 @@ class EvaluateCuration(foo.Operator):
         if key is None:
             return types.Property(inputs, view=types.View(label="Evaluate a curation"))
         results = ctx.dataset.load_run_results(key, cache=False)
-        pre = _pretraining_results(config, key)
-        tagged = getattr(pre, "curation_tags", None) if pre is not None else None
+        tagged = _tagging_record(config, key)
         rules = (("tagged",) if tagged else ()) + RULES
         kwargs = _forms.selection_rule_inputs(inputs, ctx, results, rules)
         if kwargs["rule"] is None:
@@ -79,9 +78,11 @@ class EvaluateCuration(foo.Operator):
         return types.Property(outputs, view=types.View(label="Curation evaluated"))
 
 
-def _pretraining_results(config, key):
+def _tagging_record(config, key):
     import fiftyone as fo
+
+    from transferscope.runs import run_record
 
     if not fo.dataset_exists(config.pretrain_dataset):
         return None
-    return fo.load_dataset(config.pretrain_dataset).load_run_results(key, cache=False)
+    return run_record(fo.load_dataset(config.pretrain_dataset), key, "curation_tags")

@@ -103,7 +103,9 @@ class ClassInfluencePanel(foo.Panel):
         ctx.panel.state.chart_layout = layout
         ctx.panel.state.classes = trace["x"]
         ctx.panel.data.influence_chart = [trace]
-        summary = getattr(results, "curation", None)
+        from transferscope.runs import run_record
+
+        summary = run_record(ctx.dataset, key, "curation")
         if summary:
             traces, curation_layout = curation_plotly(summary)
             ctx.panel.state.curation_layout = curation_layout

@@ -25,7 +25,9 @@ class TagClasses(foo.Operator):
         if key is None:
             return types.Property(inputs, view=types.View(label="Tag classes for removal"))
         results = ctx.dataset.load_run_results(key, cache=False)
-        record = getattr(results, "curation_tags", None)
+        from transferscope.runs import run_record
+
+        record = run_record(ctx.dataset, key, "curation_tags")
 
         actions = types.RadioGroup()
         actions.add_choice("tag", label="tag classes")

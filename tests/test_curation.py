@@ -13,6 +13,7 @@ import fiftyone.operators as foo
 import transferscope as ts
 from transferscope import TransferScopeError
 from transferscope.plots import curation_figure, save_curation_png
+from transferscope.runs import run_record
 
 from conftest import TINY_KWARGS
 
@@ -29,7 +30,7 @@ def influence_run(tiny_datasets, tmp_path):
 
 def _snapshot(ds):
     return (sorted(map(tuple, map(sorted, ds.values("tags")))), ds.list_saved_views(),
-            getattr(ds.load_run_results("infl", cache=False), "curation_tags", None))
+            run_record(ds, "infl", "curation_tags"))
 
 
 def test_tag_view_and_undo_leave_other_tags_alone(influence_run):
@@ -46,7 +47,7 @@ def test_tag_view_and_undo_leave_other_tags_alone(influence_run):
     assert pre.match_tags("remove").count() == 20
     view = pre.load_saved_view("infl_curated")
     assert len(view) == 40 and not set(view.distinct("ground_truth.label")) & set(worst)
-    stored = pre.load_run_results("infl", cache=False).curation_tags
+    stored = run_record(pre, "infl", "curation_tags")
     assert stored["classes"] == worst and stored["rule"] == "most_harmful"
 
     # tagging again replaces the previous choice

@@ -121,7 +121,7 @@ sys.path.insert(0, {tests!r})
 from test_engine import tiny_data, CFG
 from transferscope.compute import InfluenceConfig, open_store, run_subset_models
 data = tiny_data()
-cfg = InfluenceConfig(num_models=12, **CFG)
+cfg = InfluenceConfig(num_models=16, **CFG)  # one orthogonal block for 6 classes
 store = open_store(sys.argv[1], cfg, data)
 run_subset_models(cfg, data, store, lambda i, d, t: print("done", i, flush=True))
 """
@@ -145,10 +145,10 @@ def test_kill_and_resume_retrains_nothing_finished(tmp_path):
     first = _run_worker(tmp_path / "killed", kill_after=5)
     store = ResultsStore.load(tmp_path / "killed")
     done_before = set(np.flatnonzero(store.completed).tolist())
-    assert set(first) <= done_before and 5 <= len(done_before) < 12
+    assert set(first) <= done_before and 5 <= len(done_before) < 16
     resumed = _run_worker(tmp_path / "killed")
     assert not set(resumed) & done_before, "a finished model was retrained"
-    assert sorted(set(resumed) | done_before) == list(range(12))
+    assert sorted(set(resumed) | done_before) == list(range(16))
 
     _run_worker(tmp_path / "clean")
     a, b = ResultsStore.load(tmp_path / "killed"), ResultsStore.load(tmp_path / "clean")

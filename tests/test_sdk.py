@@ -98,8 +98,8 @@ BAD_INPUTS = [
     (dict(pretrain_label_field="nope"), "does not exist"),
     (dict(target_label_field="filepath"), "not a Classification field"),
     (dict(test_split="missing_tag"), "is empty"),
-    (dict(alpha=1.0), "alpha must lie in"),
-    (dict(alpha=0.0), "alpha must lie in"),
+    (dict(alpha=1.0), "alpha must be a finite number in"),
+    (dict(alpha=0.0), "alpha must be a finite number in"),
     (dict(num_models=3), "too few models"),
     (dict(run_key="bad key"), "Python identifier"),
     (dict(run_key="_private"), "Python identifier"),
@@ -162,6 +162,8 @@ def test_missing_labels_and_foreign_fields(tiny_datasets):
     sample.save()
     with pytest.raises(TransferScopeError, match="have no 'ground_truth' label"):
         ts.compute_class_influence(pre, tgt, "bad", **TINY_KWARGS)
+    sample["ground_truth"] = fo.Classification(label="t0")
+    sample.save()
     tgt.add_sample_field("clash_helpful", fo.StringField)
     with pytest.raises(TransferScopeError, match="no transferscope run"):
         ts.compute_class_influence(pre, tgt, "clash", **TINY_KWARGS)
@@ -174,7 +176,7 @@ def test_a_failure_while_writing_leaves_nothing_behind(tiny_datasets, monkeypatc
     before = (_fields(pre), _fields(tgt))
     real_set_values = fo.core.collections.SampleCollection.set_values
     def flaky_set_values(self, field, *a, **k):
-        if field == "partial_influence":  # the last write, after the target fields
+        if field.endswith("_partial_influence"):  # the last write, after the target fields
             raise RuntimeError("disk full")
         return real_set_values(self, field, *a, **k)
 
@@ -184,18 +186,27 @@ def test_a_failure_while_writing_leaves_nothing_behind(tiny_datasets, monkeypatc
     _assert_unchanged(pre, tgt, before)
 
 
-def test_a_store_for_another_config_is_refused_unless_overwrite(tiny_datasets, tmp_path):
+def test_another_config_trains_in_its_own_store_and_replaces_the_old_one_at_commit(
+        tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    store = str(tmp_path / "s")
-    ts.compute_class_influence(pre, tgt, "cfg", output_dir=store, **TINY_KWARGS)
-    tgt.delete_run("cfg")
-    pre.delete_run("cfg")
+    run_dir = tmp_path / "s"
+    first = ts.compute_class_influence(pre, tgt, "cfg", output_dir=str(run_dir), **TINY_KWARGS)
+    old_store = first.config.output_dir
+    assert os.path.dirname(old_store) == str(run_dir)  # <run dir>/<config hash>
     other = {**TINY_KWARGS, "epochs": 2}
-    with pytest.raises(ValueError, match="another configuration"):
-        ts.compute_class_influence(pre, tgt, "cfg", output_dir=store, **other)
-    assert not tgt.has_sample_field("cfg_helpful")
-    results = ts.compute_class_influence(pre, tgt, "cfg", output_dir=store, overwrite=True, **other)
+    with pytest.raises(TransferScopeError, match="already has a run with key 'cfg'"):
+        ts.compute_class_influence(pre, tgt, "cfg", output_dir=str(run_dir), **other)
+    results = ts.compute_class_influence(pre, tgt, "cfg", output_dir=str(run_dir),
+                                         overwrite=True, **other)
     assert results.metrics["num_models"] == 4 and results.config.epochs == 2
+    assert results.config.output_dir != old_store and not os.path.exists(old_store)
+    # a user's file in the run directory is never touched, and such a directory is refused
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(TransferScopeError, match="holds files transferscope did not write"):
+        ts.compute_class_influence(pre, tgt, "cfg", output_dir=str(run_dir), overwrite=True,
+                                   **TINY_KWARGS)
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert tgt.get_run_info("cfg").config.epochs == 2  # the run that was there stays
 
 
 def test_a_failing_model_leaves_the_run_incomplete_and_a_rerun_trains_only_it(
@@ -249,7 +260,7 @@ def test_default_design_is_orthogonal_rounded_to_blocks_with_q_values_and_lds(
     np.testing.assert_allclose(q, pre.load_run_results("ortho", cache=False).q_values)
     assert "q=" in loaded.describe_class(0)
     # the held-out models have their own store, and a rerun trains nothing again
-    assert os.path.exists(tmp_path / "o" / "holdout" / "spec.json")
+    assert os.path.exists(os.path.join(results.config.output_dir, "holdout", "spec.json"))
     seen = []
     ts.compute_class_influence(pre, tgt, "ortho", output_dir=str(tmp_path / "o"),
                                overwrite=True, progress=lambda d, t: seen.append((d, t)),

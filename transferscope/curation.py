@@ -23,8 +23,9 @@ from .influence import (
     prepare_executor,
     run_with_progress,
 )
-from .runs import newly_tagged, undo_writes
+from .runs import run_record
 from .views import TransferScopeError
+from .writes import RunWrite
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,12 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
     (the default: negative influence, q-value below ``fdr_level``),
     ``"most_harmful"`` with ``k``, ``"below_threshold"`` with
     ``threshold``, ``"ci_below_zero"`` or ``"classes"`` with a list of
-    names), adds ``tag`` to their samples,
-    saves the view of the pretraining dataset without ``tag``-ged samples as
-    ``view_name`` (default ``<run_key>_curated``) and records the choice in
-    the run. Tagging again replaces the previous choice;
-    :func:`untag_classes` undoes it. Bad input raises before anything changes.
+    names), adds ``tag`` to their samples, saves the view of the pretraining
+    dataset without ``tag``-ged samples as ``view_name`` (default
+    ``<run_key>_curated``) and records the choice in the run. Tagging again
+    replaces the previous choice; :func:`untag_classes` undoes it. Bad input
+    raises before anything changes; a process killed while tagging leaves
+    nothing that the same call, run again, does not put right.
 
     Returns:
         the record stored in the run (a dict)
@@ -86,43 +88,46 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
     view_name = curated_view_name(run_key) if view_name is None else view_name
     if not isinstance(view_name, str) or not view_name.strip():
         raise TransferScopeError(f"view_name must be a non-empty string; got {view_name!r}")
-    previous = getattr(results, "curation_tags", None)
-    ours = previous["view_name"] if previous else None
-    if dataset.has_saved_view(view_name) and view_name != ours:
-        raise TransferScopeError(
-            f"{dataset.name!r} already has a saved view {view_name!r} that this run did "
-            f"not create; choose another view_name"
-        )
     removed = select_removed_classes(results, rule, k, threshold, classes, fdr_level)
-
-    if previous:
-        undo_tagging(dataset, previous)
     label_path = f"{results.config.pretrain_label_field}.label"
-    in_classes = dataset.match(fo.ViewField(label_path).is_in(removed))
-    ids = in_classes.values("id")
-    tagged = newly_tagged(dataset, ids, tag)
-    index = {c: i for i, c in enumerate(results.classes)}
-    q = results.q_values
-    record = {
-        "rule": rule, "k": k, "threshold": threshold, "tag": tag, "view_name": view_name,
-        "fdr_level": fdr_level if rule == "harmful_fdr" else None,
-        "classes": removed,
-        "influence": [float(results.class_influence[index[c]]) for c in removed],
-        "ci95": [[float(results.class_ci_low[index[c]]), float(results.class_ci_high[index[c]])]
-                 for c in removed],
-        "q_value": [float(q[index[c]]) for c in removed] if q is not None else None,
-        "num_samples": len(ids),
-        "tagged_ids": tagged["ids"],  # only these are untagged on undo
-    }
-    try:
-        _apply_tagging(dataset, record)
-        _save_record(dataset, run_key, results, "curation_tags", record)
-    except BaseException:
-        undo_tagging(dataset, record)
-        if previous:  # put the earlier choice back as it was
-            _apply_tagging(dataset, previous)
-        raise
-    return record
+    _check_classes_unchanged(dataset, results, label_path)
+
+    with RunWrite(run_key, "tagging", [dataset]) as write:
+        previous = run_record(dataset, run_key, "curation_tags")
+        if previous:  # replaced at commit, once everything new is known
+            write.replace_old(dataset, tags=[{"tag": previous["tag"],
+                                              "ids": previous["tagged_ids"]}],
+                              views=[previous["view_name"]])
+        ids = tsv.ids_with_labels(dataset, label_path, removed)
+        tagged = write.tag(dataset, ids, tag)
+        index = {c: i for i, c in enumerate(results.classes)}
+        q = results.q_values
+        record = {
+            "rule": rule, "k": k, "threshold": threshold, "tag": tag, "view_name": view_name,
+            "fdr_level": fdr_level if rule == "harmful_fdr" else None,
+            "classes": removed,
+            "influence": [float(results.class_influence[index[c]]) for c in removed],
+            "ci95": [[float(results.class_ci_low[index[c]]),
+                      float(results.class_ci_high[index[c]])] for c in removed],
+            "q_value": [float(q[index[c]]) for c in removed] if q is not None else None,
+            "num_samples": len(ids),
+        }
+        write.save_view(dataset, view_name, lambda: dataset.match_tags(tag, bool=False))
+        # only the samples that lacked the tag at commit lose it again on undo
+        write.set_record(dataset, "curation_tags",
+                         lambda: dict(record, tagged_ids=tagged["ids"]))
+        write.commit()
+    return dict(record, tagged_ids=tagged["ids"])
+
+
+def _check_classes_unchanged(dataset, results, label_path):
+    current = set(dataset.distinct(label_path))
+    missing = sorted(set(results.classes) - current)
+    if missing:
+        raise TransferScopeError(
+            f"class(es) {missing[:5]} of run {results.key!r} are no longer labels of "
+            f"{dataset.name!r} (renamed or removed since the run); compute the run again "
+            f"before tagging")
 
 
 def untag_classes(pretrain_dataset, run_key):
@@ -130,34 +135,17 @@ def untag_classes(pretrain_dataset, run_key):
     (other tags, and samples tagged before, are left alone) and deletes the
     saved view it created."""
     dataset, results = _pretraining_run(pretrain_dataset, run_key)
-    record = getattr(results, "curation_tags", None)
-    if not record:
-        raise TransferScopeError(
-            f"run {run_key!r} on {dataset.name!r} has no tagged classes to undo; nothing changed"
-        )
-    undo_tagging(dataset, record)
-    _save_record(dataset, run_key, results, "curation_tags", None)
+    with RunWrite(run_key, "untagging", [dataset]) as write:
+        record = run_record(dataset, run_key, "curation_tags")
+        if not record:
+            raise TransferScopeError(
+                f"run {run_key!r} on {dataset.name!r} has no tagged classes to undo; "
+                f"nothing changed")
+        write.replace_old(dataset, tags=[{"tag": record["tag"], "ids": record["tagged_ids"]}],
+                          views=[record["view_name"]])
+        write.set_record(dataset, "curation_tags", None)
+        write.commit()
     return record
-
-
-def undo_tagging(dataset, record):
-    """Removes a tagging record's tag from the samples it tagged, and its saved view."""
-    undo_writes(dataset, [], [record["view_name"]],
-                {"tag": record["tag"], "ids": record["tagged_ids"]})
-
-
-def _apply_tagging(dataset, record):
-    """Tags the record's samples and saves the view without the tag."""
-    tag = record["tag"]
-    dataset.select(record["tagged_ids"]).tag_samples(tag)
-    dataset.save_view(record["view_name"], dataset.match_tags(tag, bool=False), overwrite=True,
-                      description=f"{dataset.name} without the samples tagged {tag!r} "
-                                  f"(classes: {', '.join(record['classes'])})")
-
-
-def _save_record(dataset, run_key, results, name, value):
-    setattr(results, name, value)
-    dataset.save_run_results(run_key, results, overwrite=True, cache=False)
 
 
 def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, classes=None,
@@ -204,12 +192,11 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
     root, config = load_influence_run(dataset, run_key)
     pretrain, target = run_datasets(config)
     results = target.load_run_results(run_key, cache=False)
-    pre_results = pretrain.load_run_results(run_key, cache=False)
     complete_store_of(results)
 
     rule_label = rule
     if rule is None:
-        tagged = getattr(pre_results, "curation_tags", None)
+        tagged = run_record(pretrain, run_key, "curation_tags")
         if tagged:
             rule, classes = "classes", tagged["classes"]
             rule_label = f"tagged ({tagged['rule']})"
@@ -241,15 +228,17 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
     summary = tsc.summarize_curation(plan, accuracy, results.classes)
     summary.update(rule=rule_label, k=k, threshold=threshold, seed=seed, store=path,
                    target_dataset=target.name, pretrain_dataset=pretrain.name)
-    _save_record(target, run_key, results, "curation", summary)
-    _save_record(pretrain, run_key, pre_results, "curation", summary)
+    with RunWrite(run_key, "curation", [target, pretrain]) as write:
+        for ds in (target, pretrain):
+            write.set_record(ds, "curation", summary)
+        write.commit()
     return summary
 
 
 def curation_of(dataset, run_key):
     """The stored summary of :func:`evaluate_curation` for a run."""
     root, _ = load_influence_run(dataset, run_key)
-    summary = getattr(root.load_run_results(run_key, cache=False), "curation", None)
+    summary = run_record(root, run_key, "curation")
     if not summary:
         raise TransferScopeError(
             f"run {run_key!r} on {root.name!r} has no curation evaluation; "

@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 
-import fiftyone.core.runs as fors
 
 from . import views as tsv
 from .influence import (
@@ -26,7 +25,7 @@ from .influence import (
     prepare_executor,
     run_with_progress,
 )
-from .runs import TransferScopeRunConfig, undo_writes
+from .runs import commit_run, open_write
 from .views import TransferScopeError
 
 logger = logging.getLogger(__name__)
@@ -75,9 +74,6 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     pretrain, target = run_datasets(config)
     tsv.validate_run_key(key)
     view_name = f"{key}_plan"
-    tsv.check_run_key_free(pretrain, key, overwrite, [])
-    if pretrain.has_saved_view(view_name) and not (overwrite and key in pretrain.list_runs()):
-        raise TransferScopeError(f"{pretrain.name!r} already has a saved view {view_name!r}")
     if class_choice not in CLASS_CHOICES:
         raise TransferScopeError(f"class_choice must be one of {CLASS_CHOICES}")
     if sample_choice not in SAMPLE_CHOICES:
@@ -134,131 +130,121 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
               "epochs": epochs_for(N), "arm": "sweep"}
              for N, grid in grids.items() for K in grid for s in range(num_seeds)]
     runner = prepare_executor(executor, executor_options, base)
-    data = labelled.decode(base.image_size, base.channels)
-    labels = data.pretrain_labels  # class indices in the order of class_names
-    store_root = os.path.join(results.config.output_dir, "diversity")
+    with open_write(pretrain, key, "class_diversity", overwrite, []) as write:
+        data = labelled.decode(base.image_size, base.channels)
+        labels = data.pretrain_labels  # class indices in the order of class_names
+        store_root = os.path.join(results.config.output_dir, "diversity")
 
-    def run_cells(group, name):
-        store = open_cells_store(os.path.join(store_root, cells_digest(group)), base, data,
-                                 group)
-        run_with_progress(
-            (store, lambda done: run_diversity_cells(base, data, store, group, done, runner)),
-            progress, f"Training the diversity {name}")
-        accuracy = store.outputs("correct").mean(axis=1)
-        return [dict(c, error=float(1 - a)) for c, a in zip(group, accuracy)]
+        def run_cells(group, name):
+            store = open_cells_store(os.path.join(store_root, cells_digest(group)), base, data,
+                                     group)
+            run_with_progress(
+                (store, lambda done: run_diversity_cells(base, data, store, group, done, runner)),
+                progress, f"Training the diversity {name}")
+            accuracy = store.outputs("correct").mean(axis=1)
+            return [dict(c, error=float(1 - a)) for c, a in zip(group, accuracy)]
 
-    sweep = run_cells(cells, "sweep")
+        sweep = run_cells(cells, "sweep")
 
-    # --- fit on the small budgets, predict the full budget --------------------
-    small = [c for c in sweep if c["budget"] in budgets]
-    K_ = np.array([c["classes"] for c in small], float)
-    n_ = np.array([c["per_class"] for c in small], float)
-    err = np.array([c["error"] for c in small])
-    fit = dv.fit_power_law(K_, n_, err, seed=seed)
-    per_budget = {}
-    for N, grid in grids.items():
-        rows = [c for c in sweep if c["budget"] == N]
-        k = np.array([c["classes"] for c in rows], float)
-        e = np.array([c["error"] for c in rows])
-        k_star, interior = dv.parabola_optimum(k, e)
-        lo, hi = dv.bootstrap_parabola(k, e, seed=seed)
-        per_budget[str(N)] = {
-            "grid": grid, "dropped_infeasible_K": dropped[N],
-            "sweep_best_K": k_star, "interior": interior, "sweep_best_K_ci95": [lo, hi],
-            "sweep_best_ratio": k_star**2 / N,
-            "fit_best_K": fit.best_classes(N) if fit.converged else None,
-            "fit_best_ratio": fit.best_ratio(N) if fit.converged else None,
-            "fit_best_ratio_ci95": fit.interval(lambda t, N=N: fit.best_ratio(N, t))
+        # --- fit on the small budgets, predict the full budget --------------------
+        small = [c for c in sweep if c["budget"] in budgets]
+        K_ = np.array([c["classes"] for c in small], float)
+        n_ = np.array([c["per_class"] for c in small], float)
+        err = np.array([c["error"] for c in small])
+        fit = dv.fit_power_law(K_, n_, err, seed=seed)
+        per_budget = {}
+        for N, grid in grids.items():
+            rows = [c for c in sweep if c["budget"] == N]
+            k = np.array([c["classes"] for c in rows], float)
+            e = np.array([c["error"] for c in rows])
+            k_star, interior = dv.parabola_optimum(k, e)
+            lo, hi = dv.bootstrap_parabola(k, e, seed=seed)
+            per_budget[str(N)] = {
+                "grid": grid, "dropped_infeasible_K": dropped[N],
+                "sweep_best_K": k_star, "interior": interior, "sweep_best_K_ci95": [lo, hi],
+                "sweep_best_ratio": k_star**2 / N,
+                "fit_best_K": fit.best_classes(N) if fit.converged else None,
+                "fit_best_ratio": fit.best_ratio(N) if fit.converged else None,
+                "fit_best_ratio_ci95": fit.interval(lambda t, N=N: fit.best_ratio(N, t))
+                if fit.converged else None,
+            }
+        ratios = [per_budget[str(N)]["sweep_best_ratio"] for N in budgets]
+        pooled_ratio = float(np.exp(np.mean(np.log(ratios))))
+        prediction = {
+            "full_budget": full_budget,
+            "fit_converged": fit.converged, "fit_message": fit.message,
+            "fit": {"a": fit.a, "p": fit.p, "b": fit.b, "q": fit.q, "c": fit.c, "rmse": fit.rmse},
+            "K_from_fit": fit.best_classes(full_budget) if fit.converged else None,
+            "K_from_fit_ci95": fit.interval(lambda t: fit.best_classes(full_budget, t))
             if fit.converged else None,
+            "K_from_pooled_sweep_ratio": math.sqrt(pooled_ratio * full_budget),
+            "pooled_sweep_ratio": pooled_ratio,
         }
-    ratios = [per_budget[str(N)]["sweep_best_ratio"] for N in budgets]
-    pooled_ratio = float(np.exp(np.mean(np.log(ratios))))
-    prediction = {
-        "full_budget": full_budget,
-        "fit_converged": fit.converged, "fit_message": fit.message,
-        "fit": {"a": fit.a, "p": fit.p, "b": fit.b, "q": fit.q, "c": fit.c, "rmse": fit.rmse},
-        "K_from_fit": fit.best_classes(full_budget) if fit.converged else None,
-        "K_from_fit_ci95": fit.interval(lambda t: fit.best_classes(full_budget, t))
-        if fit.converged else None,
-        "K_from_pooled_sweep_ratio": math.sqrt(pooled_ratio * full_budget),
-        "pooled_sweep_ratio": pooled_ratio,
-    }
-    # the fit is the prediction when it converged; the pooled sweep ratio otherwise
-    k_pred = prediction["K_from_fit"] or prediction["K_from_pooled_sweep_ratio"]
-    k_plan, n_plan, excluded, adapted = _feasible_plan(k_pred, full_budget, sizes)
-    prediction.update(K_plan=k_plan, n_plan=n_plan,
-                      classes_too_small=[class_names[i] for i in excluded],
-                      adapted=adapted)
+        # the fit is the prediction when it converged; the pooled sweep ratio otherwise
+        k_pred = prediction["K_from_fit"] or prediction["K_from_pooled_sweep_ratio"]
+        k_plan, n_plan, excluded, adapted = _feasible_plan(k_pred, full_budget, sizes)
+        prediction.update(K_plan=k_plan, n_plan=n_plan,
+                          classes_too_small=[class_names[i] for i in excluded],
+                          adapted=adapted)
 
-    # --- the plan's samples ----------------------------------------------------
-    eligible = np.flatnonzero(sizes >= n_plan)
-    if class_choice == "influence":
-        order = [i for i in np.argsort(-results.class_influence, kind="stable") if i in eligible]
-    else:
-        order = list(np.random.default_rng(seed).permutation(eligible))
-    chosen = order[:k_plan]
-    plan_rows = _choose_samples(labels, chosen, n_plan, sample_choice, results, device, seed,
-                                labelled, data)
-    plan_ids = [str(labelled.pre_ids[i]) for i in plan_rows]
+        # --- the plan's samples ----------------------------------------------------
+        eligible = np.flatnonzero(sizes >= n_plan)
+        if class_choice == "influence":
+            order = [i for i in np.argsort(-results.class_influence, kind="stable") if i in eligible]
+        else:
+            order = list(np.random.default_rng(seed).permutation(eligible))
+        chosen = order[:k_plan]
+        plan_rows = _choose_samples(labels, chosen, n_plan, sample_choice, results, device, seed,
+                                    labelled, data)
+        plan_ids = [str(labelled.pre_ids[i]) for i in plan_rows]
 
-    verification = None
-    if verify:
-        extra = [{"budget": full_budget, "classes": k_plan, "per_class": n_plan, "seed": s,
-                  "epochs": epochs_for(full_budget), "arm": "predicted_K"}
-                 for s in range(num_seeds)]
-        all_k = int((sizes >= full_budget // num_classes).sum())
-        extra += [{"budget": full_budget, "classes": all_k, "per_class": full_budget // all_k,
-                   "seed": s, "epochs": epochs_for(full_budget), "arm": "all_classes"}
-                  for s in range(num_seeds)]
-        extra += [{"budget": full_budget, "classes": k_plan, "per_class": n_plan, "seed": s,
-                   "epochs": epochs_for(full_budget), "arm": "plan",
-                   "sample_rows": [int(i) for i in plan_rows]} for s in range(num_seeds)]
-        table = sweep + run_cells(extra, "check")
-        full = [c for c in table if c["budget"] == full_budget and c["arm"] == "sweep"]
-        by_k = {}
-        for c in full:
-            by_k.setdefault(c["classes"], []).append(c["error"])
-        best_grid_k = min(by_k, key=lambda k: np.mean(by_k[k]))
+        verification = None
+        if verify:
+            extra = [{"budget": full_budget, "classes": k_plan, "per_class": n_plan, "seed": s,
+                      "epochs": epochs_for(full_budget), "arm": "predicted_K"}
+                     for s in range(num_seeds)]
+            all_k = int((sizes >= full_budget // num_classes).sum())
+            extra += [{"budget": full_budget, "classes": all_k, "per_class": full_budget // all_k,
+                       "seed": s, "epochs": epochs_for(full_budget), "arm": "all_classes"}
+                      for s in range(num_seeds)]
+            extra += [{"budget": full_budget, "classes": k_plan, "per_class": n_plan, "seed": s,
+                       "epochs": epochs_for(full_budget), "arm": "plan",
+                       "sample_rows": [int(i) for i in plan_rows]} for s in range(num_seeds)]
+            table = sweep + run_cells(extra, "check")
+            full = [c for c in table if c["budget"] == full_budget and c["arm"] == "sweep"]
+            by_k = {}
+            for c in full:
+                by_k.setdefault(c["classes"], []).append(c["error"])
+            best_grid_k = min(by_k, key=lambda k: np.mean(by_k[k]))
 
-        def acc(arm):
-            mean, lo, hi = mean_ci([1 - c["error"] for c in table if c["arm"] == arm])
-            return mean, [lo, hi]
+            def acc(arm):
+                mean, lo, hi = mean_ci([1 - c["error"] for c in table if c["arm"] == arm])
+                return mean, [lo, hi]
 
-        verification = {
-            "measured_best_K": per_budget[str(full_budget)]["sweep_best_K"],
-            "measured_best_K_ci95": per_budget[str(full_budget)]["sweep_best_K_ci95"],
-            "measured_best_grid_K": best_grid_k,
-            "accuracy_at_best_grid_K": 1 - float(np.mean(by_k[best_grid_k])),
-            "accuracy_at_predicted_K": acc("predicted_K")[0],
-            "accuracy_at_predicted_K_ci95": acc("predicted_K")[1],
-            "accuracy_all_classes": acc("all_classes")[0],
-            "accuracy_all_classes_ci95": acc("all_classes")[1],
-            "all_classes_K": all_k,
-            "accuracy_plan": acc("plan")[0], "accuracy_plan_ci95": acc("plan")[1],
-        }
-        sweep = table
+            verification = {
+                "measured_best_K": per_budget[str(full_budget)]["sweep_best_K"],
+                "measured_best_K_ci95": per_budget[str(full_budget)]["sweep_best_K_ci95"],
+                "measured_best_grid_K": best_grid_k,
+                "accuracy_at_best_grid_K": 1 - float(np.mean(by_k[best_grid_k])),
+                "accuracy_at_predicted_K": acc("predicted_K")[0],
+                "accuracy_at_predicted_K_ci95": acc("predicted_K")[1],
+                "accuracy_all_classes": acc("all_classes")[0],
+                "accuracy_all_classes_ci95": acc("all_classes")[1],
+                "all_classes_K": all_k,
+                "accuracy_plan": acc("plan")[0], "accuracy_plan_ci95": acc("plan")[1],
+            }
+            sweep = table
 
-    summary = {"run_key": run_key, "budgets": budgets, "per_budget": per_budget,
-               "prediction": prediction, "verification": verification,
-               "cells": [{k: v for k, v in c.items() if k != "sample_rows"} for c in sweep],
-               "class_choice": class_choice, "sample_choice": sample_choice,
-               "plan_classes": [class_names[i] for i in chosen], "num_seeds": num_seeds}
+        summary = {"run_key": run_key, "budgets": budgets, "per_budget": per_budget,
+                   "prediction": prediction, "verification": verification,
+                   "cells": [{k: v for k, v in c.items() if k != "sample_rows"} for c in sweep],
+                   "class_choice": class_choice, "sample_choice": sample_choice,
+                   "plan_classes": [class_names[i] for i in chosen], "num_seeds": num_seeds}
 
-    if overwrite and key in pretrain.list_runs():
-        pretrain.delete_run(key)
-    try:
-        pretrain.save_view(view_name, pretrain.select(plan_ids), overwrite=True,
-                           description=f"{k_plan} classes x {n_plan} samples planned by "
-                                       f"plan_class_diversity ({key})")
-        run_config = TransferScopeRunConfig(method="class_diversity", saved_views=[view_name],
-                                            run_key=run_key, full_budget=full_budget,
-                                            budgets=budgets)
-        pretrain.register_run(key, run_config, results=fors.RunResults(
-            pretrain, run_config, key, summary=summary, tagged=None))
-    except BaseException:
-        undo_writes(pretrain, [], [view_name])
-        raise
-    return summary
+        params = dict(run_key=run_key, full_budget=full_budget, budgets=budgets)
+        commit_run(write, pretrain, "class_diversity", {}, {},
+                   {view_name: lambda: pretrain.select(plan_ids)}, summary, params)
+        return summary
 
 
 def _feasible_plan(k_pred, budget, sizes):

@@ -69,21 +69,55 @@ def from_model(view, arch, weights_path, role, image_size=64, device="auto", bat
     if len(view) == 0:
         raise TransferScopeError(f"the {role} samples are empty")
     if weights_path is not None:
-        weights_path = os.path.abspath(os.path.expanduser(weights_path))
-        if not os.path.isfile(weights_path):
-            raise TransferScopeError(f"weights_path {weights_path!r} is not a file")
+        weights_path = resolve_weights_path(weights_path)
     else:
         logger.warning("model %r without weights_path: randomly initialised features", arch)
+    from .compute.nets import _torchvision_builder
+
+    try:
+        _torchvision_builder(arch)
+    except ValueError as e:  # unknown arch
+        raise TransferScopeError(f"cannot build model {arch!r}: {e}") from e
     try:
         net = FeatureExtractor(arch, weights_path)
-    except (ValueError, RuntimeError) as e:  # unknown arch; weights that do not fit
-        raise TransferScopeError(f"cannot build model {arch!r}: {e}") from e
+    except Exception:  # noqa: BLE001 - torch's message could show the file's content
+        raise TransferScopeError(
+            f"{os.path.basename(weights_path)!r} in the models directory is not a state "
+            f"dict of {arch!r} (a torch.save file of its tensors)") from None
     ids, paths = view.values(["id", "filepath"])
     images = tsv.decode_images(paths, ids, image_size, 3)
     dev = resolve_device(device)
     net = net.to(dev).to(memory_format=torch.channels_last)
     vectors = embed_images(net, images, dev, (IMAGENET_MEAN, IMAGENET_STD), batch_size)
     return Embedded(np.asarray(ids), vectors)
+
+
+MODELS_DIR_ENV = "TRANSFERSCOPE_MODELS_DIR"
+
+
+def models_dir():
+    """Where weights files may be read from (``$TRANSFERSCOPE_MODELS_DIR``, default
+    ``~/transferscope/models``): a form names a file there, never a path elsewhere."""
+    return os.path.realpath(os.environ.get(MODELS_DIR_ENV) or os.path.join(
+        os.path.expanduser("~"), "transferscope", "models"))
+
+
+def resolve_weights_path(weights_path):
+    """The real path of ``weights_path`` (relative to the models directory, or an
+    absolute path inside it); refuses anything else without saying whether it
+    exists."""
+    root = models_dir()
+    if not isinstance(weights_path, str) or not weights_path.strip():
+        raise TransferScopeError(f"weights_path must name a file in the models directory "
+                                 f"{root} (set {MODELS_DIR_ENV} to change it)")
+    path = os.path.realpath(os.path.join(root, os.path.expanduser(weights_path)))
+    if os.path.commonpath([root, path]) != root:
+        raise TransferScopeError(f"weights_path must name a file in the models directory "
+                                 f"{root} (set {MODELS_DIR_ENV} to change it)")
+    if not os.path.isfile(path):
+        raise TransferScopeError(f"no weights file {os.path.relpath(path, root)!r} in the "
+                                 f"models directory {root}")
+    return path
 
 
 def from_run(results, device=None, labelled=None, data=None):

@@ -6,8 +6,7 @@
 
 import numpy as np
 
-import fiftyone as fo
-
+from . import views as tsv
 from .influence import load_influence_run, run_datasets
 from .views import TransferScopeError
 
@@ -25,7 +24,7 @@ def class_samples(dataset, run_key, class_name):
     _, config = load_influence_run(dataset, run_key)
     pretrain, target = run_datasets(config)
     _check_class(target.load_run_results(run_key, cache=False), class_name)
-    return pretrain.match(fo.ViewField(f"{config.pretrain_label_field}.label") == class_name)
+    return pretrain.match(tsv.label_is(f"{config.pretrain_label_field}.label", class_name))
 
 
 def most_influenced(dataset, run_key, class_name, k=24, helped=True):

@@ -3,7 +3,6 @@
 import dataclasses
 import logging
 import os
-import shutil
 
 import numpy as np
 
@@ -13,6 +12,7 @@ import fiftyone.core.utils as fou
 from . import views as tsv
 from .runs import ClassInfluenceConfig, ClassInfluenceResults
 from .views import TransferScopeError
+from .writes import RunWrite
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,75 @@ def compute_class_influence(
     """
     from . import compute as tsc
 
-    # --- validate everything before any work or write ----------------------
+    request = _validate_request(
+        pretrain_dataset, target_dataset, run_key, pretrain_label_field, target_label_field,
+        train_split, test_split, split_by, split_field, dict(
+            num_models=num_models, alpha=alpha, seed=seed, arch=arch, image_size=image_size,
+            channels=channels, epochs=epochs, transfer=transfer, device=device, design=design,
+            holdout_models=holdout_models, **train_kwargs),
+        estimator, target_function, top_k)
+    labelled, config = request.labelled, request.config
+    target_root, pretrain_root = request.target._root_dataset, request.pretrain._root_dataset
+    runner = prepare_executor(executor, executor_options, config)
+    run_dir = _run_dir(output_dir, target_root, run_key)
+    target_fields, pretrain_fields = field_names(run_key)
+
+    with RunWrite(run_key, "class_influence", [target_root, pretrain_root], overwrite) as write:
+        tsv.check_run_key_free(target_root, run_key, overwrite, target_fields)
+        tsv.check_run_key_free(pretrain_root, run_key, overwrite, pretrain_fields)
+        # --- decode images once, then train (resumable) --------------------
+        data = labelled.decode(config.image_size, config.channels)
+        meta = {"classes": labelled.classes, "target_classes": labelled.target_classes,
+                "design_note": request.design.note, "num_models_requested": num_models,
+                "unlabelled_pretraining_samples": request.num_unlabelled}
+        store, holdout = _open_stores(run_dir, config, data, meta, overwrite)
+        stages = [(store, lambda done: tsc.run_subset_models(config, data, store, done,
+                                                             executor=runner))]
+        if holdout is not None:
+            stages.append((holdout, lambda done: tsc.run_holdout_models(
+                config, data, holdout, done, executor=runner)))
+        run_with_progress(stages, progress, "Training subset models", write.heartbeat)
+
+        # --- estimate --------------------------------------------------------
+        results_kwargs = estimate(store, target_function, estimator, holdout)
+        results_kwargs["metrics"]["unlabelled_pretraining_samples"] = request.num_unlabelled
+
+        # --- write back: staged, then committed at once ----------------------
+        run_params = dict(
+            config.to_dict(),
+            pretrain_dataset=pretrain_root.name,
+            target_dataset=target_root.name,
+            pretrain_label_field=pretrain_label_field,
+            target_label_field=target_label_field,
+            train_split=_describe(train_split), test_split=_describe(test_split),
+            split_by=split_by, split_field=split_field,
+            target_function=target_function, top_k=top_k, output_dir=store.path,
+            estimator=estimator,
+        )
+        results = _stage_write_back(write, labelled, run_params, results_kwargs,
+                                    store.outputs("correct"), top_k)
+        write.commit()
+    _remove_other_stores(run_dir, keep=store.path)
+    return results
+
+
+@dataclasses.dataclass
+class _Request:
+    pretrain: object
+    target: object
+    labelled: object
+    config: object
+    design: object
+    num_unlabelled: int
+
+
+def _validate_request(pretrain_dataset, target_dataset, run_key, pretrain_label_field,
+                      target_label_field, train_split, test_split, split_by, split_field,
+                      config_kwargs, estimator, target_function, top_k):
+    """Everything a run needs checked before any work or write, including that the
+    architecture runs at the image size and the decoded images fit in memory."""
+    from . import compute as tsc
+
     tsv.validate_run_key(run_key)
     pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     target = tsv.load_dataset(target_dataset, "target_dataset")
@@ -141,105 +209,156 @@ def compute_class_influence(
         )
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise TransferScopeError(f"top_k must be a positive integer; got {top_k!r}")
-    target_fields, pretrain_fields = field_names(run_key)
-    tsv.check_run_key_free(target, run_key, overwrite, target_fields)
-    tsv.check_run_key_free(pretrain, run_key, overwrite, pretrain_fields)
+    known = {f.name for f in dataclasses.fields(tsc.InfluenceConfig)}
+    unknown = sorted(set(config_kwargs) - known)
+    if unknown:
+        raise TransferScopeError(
+            f"unknown argument(s) {unknown}; compute_class_influence takes its own "
+            f"arguments and these InfluenceConfig fields: {sorted(known)}")
     labelled = collect_labels(pretrain, target, pretrain_label_field, target_label_field,
                               train_split, test_split, split_by, split_field)
     classes = labelled.classes
-
+    if len(labelled.target_classes) < 2:
+        raise TransferScopeError(
+            f"the target train split has {len(labelled.target_classes)} class(es) "
+            f"({labelled.target_classes}); a transferred classifier needs at least 2")
+    channels = config_kwargs.pop("channels", None)
     try:
-        config = tsc.InfluenceConfig(
-            num_models=num_models, alpha=alpha, seed=seed, arch=arch,
-            image_size=image_size, channels=channels or 1, epochs=epochs,
-            transfer=transfer, device=device, design=design,
-            holdout_models=holdout_models, **train_kwargs,
-        )
-        subsets = tsc.resolve_design(config, len(classes), classes)  # before any image is read
-        tsc.check_estimator(subsets.masks, estimator)
-    except (TypeError, ValueError) as e:
+        config = tsc.InfluenceConfig(channels=channels or 1, **config_kwargs)
+        design = tsc.resolve_design(config, len(classes), classes)  # before any image is read
+        tsc.check_estimator(design.masks, estimator)
+        tsc.resolve_device(config.device)
+    except (TypeError, ValueError, RuntimeError) as e:
         raise TransferScopeError(str(e)) from e
-    if subsets.note:
-        logger.warning("%s", subsets.note)
-    config = dataclasses.replace(config, num_models=subsets.num_models)
-
-    # --- decode images once, then train (resumable) ------------------------
+    if design.note:
+        logger.warning("%s", design.note)
+    config = dataclasses.replace(config, num_models=design.num_models)
     if channels is None:
-        channels = labelled.detect_channels()
-        config = dataclasses.replace(config, channels=channels)
-    target_classes = labelled.target_classes
+        config = dataclasses.replace(config, channels=labelled.detect_channels())
+    num_images = len(labelled.pre_paths) + len(labelled.train_paths) + len(labelled.test_paths)
+    check_decoded_size(num_images, config.image_size, config.channels)
+    try:
+        tsc.check_architecture(config, len(classes))
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    unlabelled = len(pretrain) - len(labelled.pre_ids)
+    if unlabelled:
+        logger.warning("%d pretraining sample(s) have no %r label and are left out",
+                       unlabelled, pretrain_label_field)
+    return _Request(pretrain, target, labelled, config, design, unlabelled)
+
+
+def check_decoded_size(num_images, image_size, channels):
+    """Refuses a decoding that would not fit: the decoded uint8 images must take at
+    most half of this machine's memory (they are held in memory while training)."""
+    import psutil
+
+    need = num_images * image_size * image_size * channels
+    limit = psutil.virtual_memory().total // 2
+    if need > limit:
+        raise TransferScopeError(
+            f"{num_images} images at {image_size}x{image_size}x{channels} take "
+            f"{need / 2**30:.1f} GiB decoded, more than half this machine's memory "
+            f"({2 * limit / 2**30:.1f} GiB); use a smaller image_size")
+
+
+def _run_dir(output_dir, target_root, run_key):
+    """The run's directory: ``output_dir``, or inside the runs directory by the
+    target dataset's id (never its name, which may hold ``/`` or ``..``)."""
     if output_dir is None:
-        output_dir = os.path.join(runs_dir(), target._root_dataset.name, run_key)
-    output_dir = os.path.abspath(os.path.expanduser(output_dir))
-    meta = {"classes": classes, "target_classes": target_classes,
-            "design_note": subsets.note, "num_models_requested": num_models}
+        root = os.path.realpath(runs_dir())
+        path = os.path.realpath(os.path.join(root, str(target_root._doc.id), run_key))
+        if os.path.commonpath([root, path]) != root:  # run keys are identifiers: cannot happen
+            raise TransferScopeError(f"store path {path} is outside {root}")
+        return path
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        raise TransferScopeError(f"output_dir must name a directory; got {output_dir!r} (an "
+                                 f"empty path would be the working directory)")
+    return os.path.abspath(os.path.expanduser(output_dir))
 
-    runner = prepare_executor(executor, executor_options, config)
-    data = labelled.decode(image_size, channels)
+
+def _open_stores(run_dir, config, data, meta, overwrite):
+    """The run's store (``<run dir>/<config hash>``) and its held-out store; with
+    ``overwrite``, a damaged or mismatched store of the same hash is rebuilt."""
+    from . import compute as tsc
+
+    path = os.path.join(run_dir, config.fingerprint(data.fingerprint()))
+
+    def open_both():
+        store = tsc.open_store(path, config, data, meta["classes"], meta=meta)
+        return store, open_holdout_store(path, config, data)
+
     try:
-        store = tsc.open_store(output_dir, config, data, classes, meta=meta)
-        holdout = open_holdout_store(output_dir, config, data)
-    except tsc.StoreMismatchError:
+        tsc.store.check_dir_is_ours(run_dir)
+        return open_both()
+    except (tsc.StoreMismatchError, tsc.StoreCorruptError) as e:
         if not overwrite:
-            raise
-        _clear_store(output_dir)  # overwrite: the old models are for other data
-        store = tsc.open_store(output_dir, config, data, classes, meta=meta)
-        holdout = open_holdout_store(output_dir, config, data)
-    stages = [(store, lambda done: tsc.run_subset_models(config, data, store, done,
-                                                         executor=runner))]
-    if holdout is not None:
-        stages.append((holdout, lambda done: tsc.run_holdout_models(
-            config, data, holdout, done, executor=runner)))
-    run_with_progress(stages, progress, "Training subset models")
+            raise TransferScopeError(f"{e}; pass overwrite=True to rebuild it") from e
+        tsc.clear_dir(path)  # only what transferscope wrote there
+        return open_both()
+    except tsc.ForeignFilesError as e:
+        raise TransferScopeError(str(e)) from e
 
-    # --- estimate ------------------------------------------------------------
-    results_kwargs = estimate(store, target_function, estimator, holdout)
-    helpful_idx, harmful_idx = tsc.top_k_classes(results_kwargs["influence"], top_k)
+
+def _remove_other_stores(run_dir, keep):
+    """After a commit: the stores of this run directory written for other configs."""
+    from . import compute as tsc
+
+    for name in tsc.store._read_manifest(run_dir):
+        path = os.path.join(run_dir, name)
+        if os.path.abspath(path) != os.path.abspath(keep) and \
+                os.path.exists(os.path.join(path, "spec.json")):
+            tsc.clear_dir(path)
+
+
+def _stage_write_back(write, labelled, run_params, results_kwargs, correct, top_k):
+    """Stages the run's fields on both datasets and registers its two runs."""
+    from . import compute as tsc
+
+    classes = labelled.classes
+    run_key = write.key
+    test_view = labelled.test_view
+    target_root, pretrain_root = test_view._root_dataset, labelled.pre_view._root_dataset
+    target_fields, pretrain_fields = field_names(run_key)
     infl = results_kwargs["influence"]
+    helpful_idx, harmful_idx = tsc.top_k_classes(infl, top_k)
+    helpful_f, harmful_f, acc_f = target_fields
+    ids = [str(i) for i in labelled.test_ids]
 
-    # --- write back, all or nothing ------------------------------------------
-    target_root = target._root_dataset
-    pretrain_root = pretrain._root_dataset
-    if overwrite:
-        for ds in (target_root, pretrain_root):
-            if run_key in ds.list_runs():
-                ds.delete_run(run_key)
-    try:
-        test_view, test_ids = labelled.test_view, labelled.test_ids
-        pre_view, pre_ids, pre_labels = labelled.pre_view, labelled.pre_ids, labelled.pre_labels
-        _write_target_fields(test_view, run_key, test_ids, classes, infl,
-                             helpful_idx, harmful_idx, store.outputs("correct"))
-        class_infl = dict(zip(classes, results_kwargs["class_influence"]))
-        pre_values = {i: float(class_infl[l]) for i, l in zip(pre_ids, pre_labels)}
-        pre_view.set_values(pretrain_fields[0], pre_values, key_field="id")
+    def labels(t, idx):
+        return fo.Classifications(classifications=[
+            fo.Classification(label=classes[c], influence=float(infl[c, t])) for c in idx[t]
+        ])
 
-        run_params = dict(
-            config.to_dict(),
-            pretrain_dataset=pretrain_root.name,
-            target_dataset=target_root.name,
-            pretrain_label_field=pretrain_label_field,
-            target_label_field=target_label_field,
-            train_split=_describe(train_split), test_split=_describe(test_split),
-            split_by=split_by, split_field=split_field,
-            target_function=target_function, top_k=top_k, output_dir=output_dir,
-            estimator=estimator,
-        )
-        results = ClassInfluenceResults(
-            target_root, ClassInfluenceConfig(fields=target_fields, **run_params), run_key,
-            classes=classes, target_classes=target_classes,
-            target_ids=[str(i) for i in test_ids], **results_kwargs,
-        )
-        target_root.register_run(run_key, results.config, results=results)
-        pre_results = ClassInfluenceResults(
-            pretrain_root, ClassInfluenceConfig(fields=pretrain_fields, **run_params), run_key,
-            classes=classes, **{k: results_kwargs[k] for k in (
-                "class_influence", "class_stderr", "class_ci_low", "class_ci_high",
-                "class_p_value", "class_q_value", "metrics")},
-        )
-        pretrain_root.register_run(run_key, pre_results.config, results=pre_results)
-    except BaseException:
-        _undo_writes(target_root, pretrain_root, run_key, target_fields, pretrain_fields)
-        raise
+    for field, idx in ((helpful_f, helpful_idx), (harmful_f, harmful_idx)):
+        write.add_field(target_root, field, fo.Classifications)
+        write.set_values(target_root, field, {i: labels(t, idx) for t, i in enumerate(ids)},
+                         view=test_view)
+        # declared, so the App sidebar can filter on it
+        write.declare_subfield(target_root, field, "classifications.influence", fo.FloatField)
+    write.add_field(target_root, acc_f, fo.FloatField)
+    write.set_values(target_root, acc_f, dict(zip(ids, map(float, correct.mean(axis=0)))),
+                     view=test_view)
+    class_infl = dict(zip(classes, results_kwargs["class_influence"]))
+    write.add_field(pretrain_root, pretrain_fields[0], fo.FloatField)
+    write.set_values(pretrain_root, pretrain_fields[0],
+                     {str(i): float(class_infl[l])
+                      for i, l in zip(labelled.pre_ids, labelled.pre_labels)},
+                     view=labelled.pre_view)
+
+    results = ClassInfluenceResults(
+        target_root, ClassInfluenceConfig(fields=target_fields, **run_params), run_key,
+        classes=classes, target_classes=labelled.target_classes, target_ids=ids,
+        **results_kwargs,
+    )
+    write.register(target_root, results.config, results)
+    pre_results = ClassInfluenceResults(
+        pretrain_root, ClassInfluenceConfig(fields=pretrain_fields, **run_params), run_key,
+        classes=classes, **{k: results_kwargs[k] for k in (
+            "class_influence", "class_stderr", "class_ci_low", "class_ci_high",
+            "class_p_value", "class_q_value", "metrics")},
+    )
+    write.register(pretrain_root, pre_results.config, pre_results)
     return results
 
 
@@ -395,7 +514,7 @@ def prepare_executor(executor="local", executor_options=None, config=None):
     return runner
 
 
-def run_with_progress(stages, progress, start_msg):
+def run_with_progress(stages, progress, start_msg, heartbeat=None):
     """Runs ``run(on_model_done)`` over each ``(store, run)`` stage's pending rows,
     with one progress count over all of them.
 
@@ -422,6 +541,8 @@ def run_with_progress(stages, progress, start_msg):
             nonlocal done
             done += 1
             bar.update(1)
+            if heartbeat is not None:
+                heartbeat()
             if callback is not None:
                 callback(done, total)
 
@@ -430,51 +551,6 @@ def run_with_progress(stages, progress, start_msg):
                 run(on_model_done)
             except ModelsFailedError as e:  # the others are stored; a rerun retries these
                 raise TransferScopeError(str(e)) from e
-
-
-def _write_target_fields(test_view, run_key, test_ids, classes, infl,
-                         helpful_idx, harmful_idx, correct):
-    helpful_field, harmful_field, acc_field = field_names(run_key)[0]
-
-    def labels(t, idx):
-        return fo.Classifications(classifications=[
-            fo.Classification(label=classes[c], influence=float(infl[c, t])) for c in idx[t]
-        ])
-
-    ids = [str(i) for i in test_ids]
-    test_view.set_values(helpful_field, {i: labels(t, helpful_idx) for t, i in enumerate(ids)},
-                         key_field="id")
-    test_view.set_values(harmful_field, {i: labels(t, harmful_idx) for t, i in enumerate(ids)},
-                         key_field="id")
-    accuracy = correct.mean(axis=0)
-    test_view.set_values(acc_field, {i: float(a) for i, a in zip(ids, accuracy)},
-                         key_field="id")
-    dataset = test_view._root_dataset
-    # declare the dynamic attribute so the App sidebar can filter on it
-    for field in (helpful_field, harmful_field):
-        path = f"{field}.classifications.influence"
-        if not dataset.has_sample_field(path):
-            dataset.add_sample_field(path, fo.FloatField)
-
-
-def _undo_writes(target_root, pretrain_root, run_key, target_fields, pretrain_fields):
-    for ds, fields in ((target_root, target_fields), (pretrain_root, pretrain_fields)):
-        try:
-            if run_key in ds.list_runs():
-                ds.delete_run(run_key)
-            present = [f for f in fields if ds.has_sample_field(f)]
-            if present:
-                ds.delete_sample_fields(present)
-        except Exception:  # keep the original error
-            logger.exception("could not undo the writes of run %r on %r", run_key, ds.name)
-
-
-def _clear_store(path):
-    for name in os.listdir(path):
-        if name.endswith((".npy", ".json", ".tmp")):
-            os.remove(os.path.join(path, name))
-    # retrained models (curation) were for the old run's ranking and data
-    shutil.rmtree(os.path.join(path, "curation"), ignore_errors=True)
 
 
 def _describe(split):

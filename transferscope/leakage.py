@@ -15,7 +15,7 @@ import fiftyone as fo
 
 from . import embeddings as tse
 from . import views as tsv
-from .runs import commit_run, newly_tagged
+from .runs import commit_run, open_write
 from .views import TransferScopeError
 
 logger = logging.getLogger(__name__)
@@ -38,11 +38,6 @@ def _check_range(value, name, low, high, low_open=True):
     if not ok or not ((low < value) if low_open else (low <= value)) or not value <= high:
         bracket = "(" if low_open else "["
         raise TransferScopeError(f"{name} must lie in {bracket}{low}, {high}]; got {value!r}")
-
-
-def _prepare_key(dataset, key, overwrite, fields):
-    tsv.validate_run_key(key)
-    tsv.check_run_key_free(dataset, key, overwrite, fields)
 
 
 def _embed_sources(run_key, embeddings_field, model):
@@ -127,127 +122,123 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
         raise TransferScopeError("pretrain_dataset and target_dataset must differ")
     root = target._root_dataset
     fields = leakage_fields(key)
-    _prepare_key(root, key, overwrite, fields)
+    with open_write(root, key, "leakage", overwrite, fields) as write:
 
-    steps = 4
-    report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
-    t0 = time.perf_counter()
-    if results is not None and len(sources) == 1:
-        pre, tgt = tse.from_run(results, device=None if device == "auto" else device)
-        if target_split is not None:
-            keep = set(tsv.resolve_split(target, target_split, split_by, split_field)
-                       .values("id"))
-            rows = np.array([i in keep for i in tgt.ids])
-            tgt = tse.Embedded(tgt.ids[rows], tgt.vectors[rows])
-    else:
-        if results is not None and target_split is None:
-            target_view = root.select(list(results.target_ids))
-        elif target_split is None:
-            target_view = target
+        steps = 4
+        report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
+        t0 = time.perf_counter()
+        if results is not None and len(sources) == 1:
+            pre, tgt = tse.from_run(results, device=None if device == "auto" else device)
+            if target_split is not None:
+                keep = set(tsv.resolve_split(target, target_split, split_by, split_field)
+                           .values("id"))
+                rows = np.array([i in keep for i in tgt.ids])
+                tgt = tse.Embedded(tgt.ids[rows], tgt.vectors[rows])
         else:
-            target_view = tsv.resolve_split(target, target_split, split_by, split_field)
-        if embeddings_field is not None:
-            tgt = tse.from_field(target_view, embeddings_field, "target")
-            pre = tse.from_field(pretrain, pretrain_embeddings_field or embeddings_field,
-                                 "pretraining")
+            if results is not None and target_split is None:
+                target_view = root.select(list(results.target_ids))
+            elif target_split is None:
+                target_view = target
+            else:
+                target_view = tsv.resolve_split(target, target_split, split_by, split_field)
+            if embeddings_field is not None:
+                tgt = tse.from_field(target_view, embeddings_field, "target")
+                pre = tse.from_field(pretrain, pretrain_embeddings_field or embeddings_field,
+                                     "pretraining")
+            else:
+                tgt = tse.from_model(target_view, model, weights_path, "target", image_size, device)
+                pre = tse.from_model(pretrain, model, weights_path, "pretraining", image_size, device)
+        if len(tgt.ids) == 0:
+            raise TransferScopeError("no target samples to check")
+        t_embed = time.perf_counter() - t0
+        report(1)
+
+        t0 = time.perf_counter()
+        try:
+            index_ = nb.NeighborIndex(pre.vectors, kind=index, device=device, ids=pre.ids,
+                                      name="pretraining embeddings")
+            queries = index_.prepare(tgt.vectors, "target embeddings", tgt.ids)
+        except ValueError as e:
+            raise TransferScopeError(str(e)) from e
+        t_build = time.perf_counter() - t0
+        report(2)
+        t0 = time.perf_counter()
+        dist, idx = index_.search(queries, 1, prepared=True)
+        dist, idx = dist[:, 0].astype(np.float64), idx[:, 0]
+        t_search = time.perf_counter() - t0
+        recall = index_.recall(queries, k=1, prepared=True)
+
+        exact = 0
+        if hash_files:  # exact file copies: distance 0 whatever the embeddings say
+            pre_hash = tse.content_hashes(pretrain.select(list(pre.ids)))
+            by_hash = {}
+            for j, pid in enumerate(pre.ids):
+                by_hash.setdefault(pre_hash.get(pid), j)
+            by_hash.pop(None, None)
+            tgt_hash = tse.content_hashes(root.select(list(tgt.ids)))
+            for t, tid in enumerate(tgt.ids):
+                j = by_hash.get(tgt_hash.get(tid))
+                if j is not None:
+                    dist[t], idx[t] = 0.0, j
+                    exact += 1
+        report(3)
+
+        nearest_ids = pre.ids[idx]
+        if pre.labels is not None:
+            nearest_labels = [pre.labels[j] for j in idx]
+        elif pretrain._root_dataset.has_sample_field(pretrain_label_field):
+            label_of = dict(zip(*pretrain.values(["id", f"{pretrain_label_field}.label"])))
+            nearest_labels = [label_of.get(i) for i in nearest_ids]
         else:
-            tgt = tse.from_model(target_view, model, weights_path, "target", image_size, device)
-            pre = tse.from_model(pretrain, model, weights_path, "pretraining", image_size, device)
-    if len(tgt.ids) == 0:
-        raise TransferScopeError("no target samples to check")
-    t_embed = time.perf_counter() - t0
-    report(1)
+            nearest_labels = [None] * len(idx)
+        support = None
+        if results is not None:
+            col = {t: i for i, t in enumerate(results.target_ids)}
+            cls = {c: i for i, c in enumerate(results.classes)}
+            cols = np.array([col.get(t, -1) for t in tgt.ids])
+            rows = np.array([cls.get(l, -1) for l in nearest_labels])
+            ok = (cols >= 0) & (rows >= 0)
+            support = np.zeros(len(tgt.ids))
+            support[ok] = nb.influence_support(results.influence[:, cols[ok]], rows[ok])
+        scores = nb.leak_scores(dist, max_distance, support,
+                                influence_weight if support is not None else 0.0)
 
-    t0 = time.perf_counter()
-    try:
-        index_ = nb.NeighborIndex(pre.vectors, kind=index, device=device, ids=pre.ids,
-                                  name="pretraining embeddings")
-        queries = index_.prepare(tgt.vectors, "target embeddings", tgt.ids)
-    except ValueError as e:
-        raise TransferScopeError(str(e)) from e
-    t_build = time.perf_counter() - t0
-    report(2)
-    t0 = time.perf_counter()
-    dist, idx = index_.search(queries, 1, prepared=True)
-    dist, idx = dist[:, 0].astype(np.float64), idx[:, 0]
-    t_search = time.perf_counter() - t0
-    recall = index_.recall(queries, k=1, prepared=True)
-
-    exact = 0
-    if hash_files:  # exact file copies: distance 0 whatever the embeddings say
-        pre_hash = tse.content_hashes(pretrain.select(list(pre.ids)))
-        by_hash = {}
-        for j, pid in enumerate(pre.ids):
-            by_hash.setdefault(pre_hash.get(pid), j)
-        by_hash.pop(None, None)
-        tgt_hash = tse.content_hashes(root.select(list(tgt.ids)))
-        for t, tid in enumerate(tgt.ids):
-            j = by_hash.get(tgt_hash.get(tid))
-            if j is not None:
-                dist[t], idx[t] = 0.0, j
-                exact += 1
-    report(3)
-
-    nearest_ids = pre.ids[idx]
-    if pre.labels is not None:
-        nearest_labels = [pre.labels[j] for j in idx]
-    elif pretrain._root_dataset.has_sample_field(pretrain_label_field):
-        label_of = dict(zip(*pretrain.values(["id", f"{pretrain_label_field}.label"])))
-        nearest_labels = [label_of.get(i) for i in nearest_ids]
-    else:
-        nearest_labels = [None] * len(idx)
-    support = None
-    if results is not None:
-        col = {t: i for i, t in enumerate(results.target_ids)}
-        cls = {c: i for i, c in enumerate(results.classes)}
-        cols = np.array([col.get(t, -1) for t in tgt.ids])
-        rows = np.array([cls.get(l, -1) for l in nearest_labels])
-        ok = (cols >= 0) & (rows >= 0)
-        support = np.zeros(len(tgt.ids))
-        support[ok] = nb.influence_support(results.influence[:, cols[ok]], rows[ok])
-    scores = nb.leak_scores(dist, max_distance, support,
-                            influence_weight if support is not None else 0.0)
-
-    score_f, dist_f, id_f, label_f, z_f = fields
-    ids = [str(i) for i in tgt.ids]
-    leaks = [i for i, s in zip(ids, scores) if s >= threshold]
-    tagged = newly_tagged(root, leaks, tag)
-    view_name = f"{key}_likely_leaks"
-    written = fields if support is not None else fields[:4]
-    params = dict(pretrain_dataset=pretrain._root_dataset.name, run_key=run_key,
-                  embeddings=sources[-1] if len(sources) > 1 else sources[0],
-                  embeddings_field=embeddings_field, model=model,
-                  max_distance=max_distance, threshold=threshold,
-                  influence_weight=influence_weight if support is not None else 0.0,
-                  index=index_.kind, tag=tag)
-    summary = {
-        "num_targets": len(ids), "num_pretrain": len(pre.ids), "num_leaks": len(leaks),
-        "num_exact_file_copies": exact, "index": index_.kind, "on_gpu": index_.on_gpu,
-        "recall_at_1": recall,
-        # to choose max_distance: how far typical target samples are from the pretraining set
-        "nearest_distance_quantiles": dict(zip(
-            ("1%", "5%", "50%"), np.quantile(dist, [0.01, 0.05, 0.5]).round(5).tolist())),
-        "seconds": {"embed": t_embed, "build": t_build,
-                                           "search": t_search},
-        "leak_ids": leaks,
-    }
-    target_view = root.select(ids)
-
-    def write_values():
-        target_view.set_values(score_f, dict(zip(ids, scores.tolist())), key_field="id")
-        target_view.set_values(dist_f, dict(zip(ids, dist.tolist())), key_field="id")
-        target_view.set_values(id_f, dict(zip(ids, map(str, nearest_ids))), key_field="id")
-        target_view.set_values(label_f, dict(zip(ids, nearest_labels)), key_field="id")
-        if support is not None:
-            target_view.set_values(z_f, dict(zip(ids, support.tolist())), key_field="id")
-
-    commit_run(root, key, overwrite, "leakage", written,
-               (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField, fo.FloatField),
-               write_values, {view_name: lambda: root.match(fo.ViewField(score_f) >= threshold)
-                              .sort_by(score_f, reverse=True)},
-               summary, params, tagged)
-    report(4)
-    return summary
+        score_f, dist_f, id_f, label_f, z_f = fields
+        ids = [str(i) for i in tgt.ids]
+        leaks = [i for i, s in zip(ids, scores) if s >= threshold]
+        view_name = f"{key}_likely_leaks"
+        written = fields if support is not None else fields[:4]
+        params = dict(pretrain_dataset=pretrain._root_dataset.name, run_key=run_key,
+                      embeddings=sources[-1] if len(sources) > 1 else sources[0],
+                      embeddings_field=embeddings_field, model=model,
+                      max_distance=max_distance, threshold=threshold,
+                      influence_weight=influence_weight if support is not None else 0.0,
+                      index=index_.kind, tag=tag)
+        summary = {
+            "num_targets": len(ids), "num_pretrain": len(pre.ids), "num_leaks": len(leaks),
+            "num_exact_file_copies": exact, "index": index_.kind, "on_gpu": index_.on_gpu,
+            "recall_at_1": recall,
+            # to choose max_distance: how far typical target samples are from the pretraining set
+            "nearest_distance_quantiles": dict(zip(
+                ("1%", "5%", "50%"), np.quantile(dist, [0.01, 0.05, 0.5]).round(5).tolist())),
+            "seconds": {"embed": t_embed, "build": t_build,
+                                               "search": t_search},
+            "leak_ids": leaks,
+        }
+        values = {score_f: dict(zip(ids, scores.tolist())),
+                  dist_f: dict(zip(ids, dist.tolist())),
+                  id_f: dict(zip(ids, map(str, nearest_ids))),
+                  label_f: dict(zip(ids, nearest_labels)),
+                  z_f: dict(zip(ids, support.tolist())) if support is not None else {}}
+        types = dict(zip(fields, (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField,
+                                  fo.FloatField)))
+        commit_run(write, root, "leakage", {f: types[f] for f in written},
+                   {f: values[f] for f in written},
+                   {view_name: lambda: root.match(fo.ViewField(score_f) >= threshold)
+                    .sort_by(score_f, reverse=True)},
+                   summary, params, tagged=(leaks, tag))
+        report(4)
+        return summary
 
 
 def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
@@ -282,68 +273,65 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
     dataset = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     root = dataset._root_dataset
     fields = duplicate_fields(key)
-    _prepare_key(root, key, overwrite, fields)
+    tsv.validate_run_key(key)
     if len(dataset) < 2:
         raise TransferScopeError(f"{root.name!r} has fewer than 2 samples: no duplicates")
+    with open_write(root, key, "near_duplicates", overwrite, fields) as write:
 
-    steps = 3
-    report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
-    t0 = time.perf_counter()
-    if embeddings_field is not None:
-        emb = tse.from_field(dataset, embeddings_field, "pretraining")
-    elif model is not None:
-        emb = tse.from_model(dataset, model, weights_path, "pretraining", image_size, device)
-    else:
-        from .influence import load_influence_run, run_datasets
+        steps = 3
+        report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
+        t0 = time.perf_counter()
+        if embeddings_field is not None:
+            emb = tse.from_field(dataset, embeddings_field, "pretraining")
+        elif model is not None:
+            emb = tse.from_model(dataset, model, weights_path, "pretraining", image_size, device)
+        else:
+            from .influence import load_influence_run, run_datasets
 
-        _, run_config = load_influence_run(root, run_key)
-        run_pre, run_target = run_datasets(run_config)
-        if run_pre.name != root.name:
-            raise TransferScopeError(f"{root.name!r} is not the pretraining dataset of run "
-                                     f"{run_key!r} (that is {run_pre.name!r})")
-        emb, _ = tse.from_run(run_target.load_run_results(run_key, cache=False),
-                              device=None if device == "auto" else device)
-    t_embed = time.perf_counter() - t0
-    report(1)
+            _, run_config = load_influence_run(root, run_key)
+            run_pre, run_target = run_datasets(run_config)
+            if run_pre.name != root.name:
+                raise TransferScopeError(f"{root.name!r} is not the pretraining dataset of run "
+                                         f"{run_key!r} (that is {run_pre.name!r})")
+            emb, _ = tse.from_run(run_target.load_run_results(run_key, cache=False),
+                                  device=None if device == "auto" else device)
+        t_embed = time.perf_counter() - t0
+        report(1)
 
-    t0 = time.perf_counter()
-    try:
-        index_ = nb.NeighborIndex(emb.vectors, kind=index, device=device, ids=emb.ids,
-                                  name="embeddings")
-    except ValueError as e:
-        raise TransferScopeError(str(e)) from e
-    pairs = nb.near_pairs(index_, max_distance, min(num_neighbors, len(emb.ids) - 1))
-    exact_pairs = np.empty((0, 2), dtype=np.int64)
-    if hash_files:
-        hashes = tse.content_hashes(root.select(list(emb.ids)))
-        values = [hashes.get(i) or f"unread:{i}" for i in emb.ids]
-        exact_pairs = nb.equal_value_pairs(values)
-    groups = nb.duplicate_groups(len(emb.ids), np.concatenate([pairs, exact_pairs]))
-    t_search = time.perf_counter() - t0
-    report(2)
+        t0 = time.perf_counter()
+        try:
+            index_ = nb.NeighborIndex(emb.vectors, kind=index, device=device, ids=emb.ids,
+                                      name="embeddings")
+        except ValueError as e:
+            raise TransferScopeError(str(e)) from e
+        pairs = nb.near_pairs(index_, max_distance, min(num_neighbors, len(emb.ids) - 1))
+        exact_pairs = np.empty((0, 2), dtype=np.int64)
+        if hash_files:
+            hashes = tse.content_hashes(root.select(list(emb.ids)))
+            values = [hashes.get(i) or f"unread:{i}" for i in emb.ids]
+            exact_pairs = nb.equal_value_pairs(values)
+        groups = nb.duplicate_groups(len(emb.ids), np.concatenate([pairs, exact_pairs]))
+        t_search = time.perf_counter() - t0
+        report(2)
 
-    members = np.flatnonzero(groups >= 0)
-    ids = [str(emb.ids[i]) for i in members]
-    tagged = newly_tagged(root, ids, tag)
-    view_name = f"{key}_groups"
-    group_f = fields[0]
-    summary = {
-        "num_samples": len(emb.ids), "num_groups": int(groups.max() + 1) if len(members) else 0,
-        "num_grouped_samples": len(members), "num_exact_pairs": len(exact_pairs),
-        "index": index_.kind, "on_gpu": index_.on_gpu,
-        "seconds": {"embed": t_embed, "search": t_search},
-    }
-    params = dict(run_key=run_key, embeddings_field=embeddings_field, model=model,
-                  max_distance=max_distance, num_neighbors=num_neighbors, index=index_.kind,
-                  tag=tag)
+        members = np.flatnonzero(groups >= 0)
+        ids = [str(emb.ids[i]) for i in members]
+        view_name = f"{key}_groups"
+        group_f = fields[0]
+        summary = {
+            "num_samples": len(emb.ids), "num_groups": int(groups.max() + 1) if len(members) else 0,
+            "num_grouped_samples": len(members), "num_exact_pairs": len(exact_pairs),
+            "index": index_.kind, "on_gpu": index_.on_gpu,
+            "seconds": {"embed": t_embed, "search": t_search},
+        }
+        params = dict(run_key=run_key, embeddings_field=embeddings_field, model=model,
+                      max_distance=max_distance, num_neighbors=num_neighbors, index=index_.kind,
+                      tag=tag)
 
-    def write_values():
-        root.select(ids).set_values(group_f, dict(zip(ids, groups[members].tolist())),
-                                    key_field="id")
-
-    commit_run(root, key, overwrite, "near_duplicates", fields, (fo.IntField,), write_values,
-               {view_name: lambda: root.exists(group_f).sort_by(group_f)}, summary, params,
-               tagged)
-    report(3)
-    return summary
+        commit_run(write, root, "near_duplicates", {group_f: fo.IntField},
+                   {group_f: dict(zip(ids, groups[members].tolist()))},
+                   {view_name: lambda: root.exists(group_f).sort_by(group_f)}, summary, params,
+                   tagged=(ids, tag))
+        report(3)
+        return summary
 

@@ -6,10 +6,14 @@ The class names follow FiftyOne's rule: the run class is the config class's
 name without ``Config``.
 """
 
+import contextlib
+
 import numpy as np
 import fiftyone as fo
 import fiftyone.core.labels as fol
 import fiftyone.core.runs as fors
+
+from .writes import RunWrite
 
 
 class ClassInfluenceConfig(fors.RunConfig):
@@ -31,12 +35,10 @@ class ClassInfluence(fors.Run):
         if existing:
             dataset.delete_sample_fields(existing)
         # the tags and saved view that tag_classes added for this run go with it
-        results = dataset.load_run_results(key, cache=False)
-        record = getattr(results, "curation_tags", None)
+        record = run_record(dataset, key, "curation_tags")
         if record:
-            from .curation import undo_tagging
-
-            undo_tagging(dataset, record)
+            undo_writes(dataset, [], [record["view_name"]],
+                        {"tag": record["tag"], "ids": record["tagged_ids"]})
 
 
 class ClassInfluenceResults(fors.RunResults):
@@ -119,11 +121,15 @@ class TransferScopeRun(fors.Run):
                     getattr(dataset.load_run_results(key, cache=False), "tagged", None))
 
 
-def newly_tagged(dataset, ids, tag):
-    """``{"tag", "ids"}``: the samples among ``ids`` that do not carry ``tag`` yet
-    (only these lose it again on undo)."""
-    already = set(dataset.select(ids).match_tags(tag).values("id"))
-    return {"tag": tag, "ids": [i for i in ids if i not in already]}
+def run_record(dataset, key, name):
+    """A record a job keeps with run ``key`` (``"curation_tags"``, ``"curation"``):
+    an attribute of the run's config (updated atomically), or for runs from
+    before 0.2, of its results."""
+    config = dataset.get_run_info(key).config
+    value = getattr(config, name, None)
+    if value is None and not getattr(config, "records_in_config", False):
+        value = getattr(dataset.load_run_results(key, cache=False), name, None)
+    return value
 
 
 def undo_writes(dataset, fields, saved_views, tagged=None):
@@ -141,37 +147,46 @@ def undo_writes(dataset, fields, saved_views, tagged=None):
         dataset.select(tagged["ids"]).untag_samples(tagged["tag"])
 
 
-def commit_run(root, key, overwrite, method, fields, field_types, write_values, saved_views,
-               summary, params, tagged=None):
-    """Writes a run's fields, tag, saved views and record together; undoes all of it on failure.
+@contextlib.contextmanager
+def open_write(root, key, method, overwrite, fields, others=()):
+    """The :class:`~transferscope.writes.RunWrite` of a job on ``root`` (and
+    ``others``): takes the key's lock (undoing what an interrupted write of
+    the same key left), then refuses a key in use unless ``overwrite``.
+    ``fields``: the fields the job writes on ``root``."""
+    from . import views as tsv
+
+    tsv.validate_run_key(key)
+    with RunWrite(key, method, [root, *others], overwrite) as write:
+        tsv.check_run_key_free(root, key, overwrite, fields)
+        yield write
+
+
+def commit_run(write, root, method, fields, values, saved_views, summary, params,
+               tagged=None, subfields=()):
+    """Writes an analysis run's fields, tag, saved views and record in one commit.
 
     Args:
-        fields, field_types: declared first (values may all be None); a type
-            is a field class or a label class (``fo.Classification``)
-        write_values: ``callable()`` that sets the fields' values
-        saved_views: ``{name: callable() -> view}``
-        tagged: ``{"tag", "ids"}`` from :func:`newly_tagged`, or None
+        write: the job's :class:`~transferscope.writes.RunWrite`
+        fields: ``{name: type}``; a type is a field class or a label class
+            (``fo.Classification``)
+        values: ``{name: {sample id: value}}``
+        saved_views: ``{name: callable() -> view}`` (built on the final fields)
+        tagged: ``(ids, tag)`` or None: the tag goes to those lacking it
+        subfields: ``[(field, path, type)]`` dynamic attributes to declare
     """
-    if overwrite and key in root.list_runs():
-        root.delete_run(key)  # its cleanup removes the old fields, tags and views
-    tagged = tagged or {"tag": None, "ids": []}
-    try:
-        for field, ftype in zip(fields, field_types):
-            if issubclass(ftype, fol.Label):
-                root.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=ftype)
-            else:
-                root.add_sample_field(field, ftype)
-        write_values()
-        if tagged["ids"]:
-            root.select(tagged["ids"]).tag_samples(tagged["tag"])
-        for name, make_view in saved_views.items():
-            root.save_view(name, make_view(), overwrite=True)
-        config = TransferScopeRunConfig(method=method, fields=fields,
-                                        saved_views=list(saved_views), **params)
-        root.register_run(key, config, results=fors.RunResults(
-            root, config, key, tagged=tagged, summary=summary))
-    except BaseException:
-        undo_writes(root, fields, list(saved_views), tagged)
-        if key in root.list_runs():
-            root.delete_run(key, cleanup=False)
-        raise
+    for field, ftype in fields.items():
+        write.add_field(root, field, ftype)
+    for field, path, ftype in subfields:
+        write.declare_subfield(root, field, path, ftype)
+    for field, vals in values.items():
+        if vals:
+            write.set_values(root, field, vals, view=root.select(list(vals)))
+    record = write.tag(root, *tagged) if tagged else {"tag": None, "ids": []}
+    for name, make_view in saved_views.items():
+        write.save_view(root, name, make_view)
+    config = TransferScopeRunConfig(method=method, fields=list(fields),
+                                    saved_views=list(saved_views), **params)
+    write.register(root, config, fors.RunResults(root, config, write.key, tagged=record,
+                                                summary=summary))
+    write.commit()
+    return record

@@ -25,7 +25,7 @@ from .influence import (
     run_datasets,
     run_with_progress,
 )
-from .runs import commit_run
+from .runs import commit_run, open_write
 from .views import TransferScopeError
 
 logger = logging.getLogger(__name__)
@@ -94,74 +94,68 @@ def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None,
     tsv.validate_run_key(key)
     target, results, store, ids, labels = _run_and_labels(dataset, run_key)
     fields = subpopulation_fields(key)
-    tsv.check_run_key_free(target, key, overwrite, fields)
-    names = list(results.target_classes)
-    chosen = names if target_classes is None else list(target_classes)
-    if isinstance(target_classes, str) or not chosen:
-        raise TransferScopeError(f"target_classes must be a non-empty list of names; "
-                                 f"got {target_classes!r}")
-    unknown = [c for c in chosen if c not in names]
-    if unknown:
-        raise TransferScopeError(f"unknown target class(es) {unknown}; the run has {names}")
-    influence = np.asarray(results.influence).T  # (T, C)
-    z = sp.z_scores(results.influence, results.stderr).T
-    accuracy = store.outputs("correct").mean(axis=0)
-    members = {c: np.flatnonzero(labels == names.index(c)) for c in chosen}
-    if k is not None:  # every class checked before anything is computed or written
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise TransferScopeError(f"k must be an integer >= 2 (or None for the top "
-                                     f"class); got {k!r}")
+    with open_write(target._root_dataset, key, "subpopulations", overwrite, fields) as write:
+        names = list(results.target_classes)
+        chosen = names if target_classes is None else list(target_classes)
+        if isinstance(target_classes, str) or not chosen:
+            raise TransferScopeError(f"target_classes must be a non-empty list of names; "
+                                     f"got {target_classes!r}")
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise TransferScopeError(f"unknown target class(es) {unknown}; the run has {names}")
+        influence = np.asarray(results.influence).T  # (T, C)
+        z = sp.z_scores(results.influence, results.stderr).T
+        accuracy = store.outputs("correct").mean(axis=0)
+        members = {c: np.flatnonzero(labels == names.index(c)) for c in chosen}
+        if k is not None:  # every class checked before anything is computed or written
+            if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+                raise TransferScopeError(f"k must be an integer >= 2 (or None for the top "
+                                         f"class); got {k!r}")
+            for c, cols in members.items():
+                if k > len(cols):
+                    raise TransferScopeError(
+                        f"k={k} groups but target class {c!r} has only {len(cols)} test sample(s)")
+
+        label_of, strength_of, summary = {}, {}, {"k": k, "classes": {}}
         for c, cols in members.items():
-            if k > len(cols):
-                raise TransferScopeError(
-                    f"k={k} groups but target class {c!r} has only {len(cols)} test sample(s)")
+            if len(cols) == 0:
+                continue
+            try:
+                grouping = sp.group_by_influence(z[cols], list(results.classes), k=k, seed=seed,
+                                                 influence=influence[cols])
+            except ValueError as e:
+                raise TransferScopeError(f"target class {c!r}: {e}") from e
+            groups = []
+            for g, name in enumerate(grouping.names):
+                in_g = grouping.labels == g
+                label = f"{c} / {name}"
+                groups.append({"name": label, "pretraining_class": name,
+                               "characteristic_classes": grouping.characteristic[g],
+                               "size": int(in_g.sum()),
+                               "accuracy": float(accuracy[cols[in_g]].mean()),
+                               "mean_strength": float(grouping.strength[in_g].mean())})
+                for t, s in zip(cols[in_g], grouping.strength[in_g]):
+                    label_of[ids[t]] = label
+                    strength_of[ids[t]] = float(s)
+            groups.sort(key=lambda row: -row["size"])
+            summary["classes"][c] = groups
 
-    label_of, strength_of, summary = {}, {}, {"k": k, "classes": {}}
-    for c, cols in members.items():
-        if len(cols) == 0:
-            continue
-        try:
-            grouping = sp.group_by_influence(z[cols], list(results.classes), k=k, seed=seed,
-                                             influence=influence[cols])
-        except ValueError as e:
-            raise TransferScopeError(f"target class {c!r}: {e}") from e
-        groups = []
-        for g, name in enumerate(grouping.names):
-            in_g = grouping.labels == g
-            label = f"{c} / {name}"
-            groups.append({"name": label, "pretraining_class": name,
-                           "characteristic_classes": grouping.characteristic[g],
-                           "size": int(in_g.sum()),
-                           "accuracy": float(accuracy[cols[in_g]].mean()),
-                           "mean_strength": float(grouping.strength[in_g].mean())})
-            for t, s in zip(cols[in_g], grouping.strength[in_g]):
-                label_of[ids[t]] = label
-                strength_of[ids[t]] = float(s)
-        groups.sort(key=lambda row: -row["size"])
-        summary["classes"][c] = groups
-
-    root = target._root_dataset
-    label_f, strength_f = fields
-    written = list(label_of)
-
-    def write_values():
-        view = root.select(written)
-        view.set_values(label_f, {i: fo.Classification(label=label_of[i]) for i in written},
-                        key_field="id")
-        view.set_values(strength_f, strength_of, key_field="id")
-
-    F = fo.ViewField
-    saved_views = {
-        f"{key} {g['name']}": (lambda name=g["name"]: root.match(F(f"{label_f}.label") == name)
-                               .sort_by(strength_f, reverse=True))
-        for groups in summary["classes"].values() for g in groups if g["size"] >= MIN_VIEW_SIZE
-    }
-    summary["saved_views"] = list(saved_views)
-    params = dict(run_key=run_key, k=k, target_classes=chosen, seed=seed)
-    commit_run(root, key, overwrite, "subpopulations", fields,
-               (fo.Classification, fo.FloatField), write_values, saved_views,
-               summary, params)
-    return summary
+        root = target._root_dataset
+        label_f, strength_f = fields
+        written = list(label_of)
+        values = {label_f: {i: fo.Classification(label=label_of[i]) for i in written},
+                  strength_f: strength_of}
+        saved_views = {
+            f"{key} {g['name']}": (lambda name=g["name"]: root.match(
+                tsv.label_is(f"{label_f}.label", name)).sort_by(strength_f, reverse=True))
+            for groups in summary["classes"].values() for g in groups if g["size"] >= MIN_VIEW_SIZE
+        }
+        summary["saved_views"] = list(saved_views)
+        params = dict(run_key=run_key, k=k, target_classes=chosen, seed=seed)
+        commit_run(write, root, "subpopulations",
+                   {label_f: fo.Classification, strength_f: fo.FloatField}, values,
+                   saved_views, summary, params)
+        return summary
 
 
 def describe_subpopulations(summary, max_groups=4):
@@ -216,71 +210,68 @@ def explain_failures(dataset, run_key, key=None, pred_field=None, top_k=3, check
         raise TransferScopeError(f"num_seeds must be a positive integer; got {num_seeds!r}")
     target, results, store, ids, labels = _run_and_labels(dataset, run_key)
     fields = failure_fields(key)
-    tsv.check_run_key_free(target, key, overwrite, fields)
-    target_names = list(results.target_classes)
-    predictions = store.outputs("pred")
+    with open_write(target._root_dataset, key, "failure_explanation", overwrite, fields) as write:
+        target_names = list(results.target_classes)
+        predictions = store.outputs("pred")
 
-    if pred_field is None:
-        predicted, _ = sp.wrong_answers(predictions, labels)
-        source = "the run's models (majority answer)"
-    else:
-        tsv.check_classification_field(target, pred_field, "prediction")
-        values = target.select(ids, ordered=True).values(f"{pred_field}.label")
-        strange = sorted({v for v in values if v is not None and v not in target_names})
-        if strange:
-            raise TransferScopeError(f"{pred_field!r} holds labels that are not target classes "
-                                     f"of the run: {strange[:5]}")
-        predicted = np.array([-1 if v is None else target_names.index(v) for v in values])
-        source = f"field {pred_field!r}"
-    failed = np.flatnonzero((predicted >= 0) & (predicted != labels))
-    summary = {"source": source, "num_test_samples": len(ids), "num_failures": int(len(failed))}
-    if len(failed) == 0:
-        summary["message"] = (f"no misclassified test sample according to {source}; "
-                              f"nothing was written")
-        logger.info(summary["message"])
-        return summary
+        if pred_field is None:
+            predicted, _ = sp.wrong_answers(predictions, labels)
+            source = "the run's models (majority answer)"
+        else:
+            tsv.check_classification_field(target, pred_field, "prediction")
+            values = target.select(ids, ordered=True).values(f"{pred_field}.label")
+            strange = sorted({v for v in values if v is not None and v not in target_names})
+            if strange:
+                raise TransferScopeError(f"{pred_field!r} holds labels that are not target classes "
+                                         f"of the run: {strange[:5]}")
+            predicted = np.array([-1 if v is None else target_names.index(v) for v in values])
+            source = f"field {pred_field!r}"
+        failed = np.flatnonzero((predicted >= 0) & (predicted != labels))
+        summary = {"source": source, "num_test_samples": len(ids), "num_failures": int(len(failed))}
+        if len(failed) == 0:
+            summary["message"] = (f"no misclassified test sample according to {source}; "
+                                  f"nothing was written")
+            logger.info(summary["message"])
+            return summary
 
-    wrong = predicted[failed]
-    infl, z = sp.failure_influence(store.masks, predictions[:, failed], wrong)
-    classes = list(results.classes)
-    order = np.argsort(-z, axis=0, kind="stable")[:min(top_k, len(classes))].T  # (F, k)
-    table = sp.culprit_summary(z, classes, top_k)
-    summary["culprits"] = table[:20]
-    summary["top_culprit"] = table[0]["class"]
+        wrong = predicted[failed]
+        infl, z = sp.failure_influence(store.masks, predictions[:, failed], wrong)
+        classes = list(results.classes)
+        order = np.argsort(-z, axis=0, kind="stable")[:min(top_k, len(classes))].T  # (F, k)
+        table = sp.culprit_summary(z, classes, top_k)
+        summary["culprits"] = table[:20]
+        summary["top_culprit"] = table[0]["class"]
 
-    if check_top:
-        culprit = classes.index(table[0]["class"])
-        blamed = failed[(order == culprit).any(axis=1)]
-        summary["counterfactual"] = _check_culprit(
-            results, culprit, failed, blamed, num_seeds, seed, device, progress, executor,
-            executor_options)
+        if check_top:
+            culprit = classes.index(table[0]["class"])
+            blamed = failed[(order == culprit).any(axis=1)]
+            summary["counterfactual"] = _check_culprit(
+                results, culprit, failed, blamed, num_seeds, seed, device, progress, executor,
+                executor_options)
 
-    root = target._root_dataset
-    wrong_f, culprits_f = fields
-    failed_ids = [ids[t] for t in failed]
+        root = target._root_dataset
+        wrong_f, culprits_f = fields
+        failed_ids = [ids[t] for t in failed]
 
-    def write_values():
-        view = root.select(failed_ids)
-        view.set_values(wrong_f, {i: fo.Classification(label=target_names[w])
-                                  for i, w in zip(failed_ids, wrong)}, key_field="id")
-        view.set_values(culprits_f, {
-            i: fo.Classifications(classifications=[
+        values = {
+            wrong_f: {i: fo.Classification(label=target_names[w])
+                      for i, w in zip(failed_ids, wrong)},
+            culprits_f: {i: fo.Classifications(classifications=[
                 fo.Classification(label=classes[c], influence=float(infl[c, f]),
                                   z=float(z[c, f])) for c in order[f]])
-            for f, i in enumerate(failed_ids)}, key_field="id")
-        for attr in ("influence", "z"):  # declared, so the App sidebar can filter on them
-            path = f"{culprits_f}.classifications.{attr}"
-            if not root.has_sample_field(path):
-                root.add_sample_field(path, fo.FloatField)
-
-    view_name = f"{key}_failures"
-    params = dict(run_key=run_key, pred_field=pred_field, top_k=top_k, check_top=check_top,
-                  num_seeds=num_seeds, seed=seed)
-    commit_run(root, key, overwrite, "failure_explanation", fields,
-               (fo.Classification, fo.Classifications), write_values,
-               {view_name: lambda: root.select(failed_ids)}, summary, params)
-    summary["saved_view"] = view_name
-    return summary
+                for f, i in enumerate(failed_ids)}}
+        view_name = f"{key}_failures"
+        params = dict(run_key=run_key, pred_field=pred_field, top_k=top_k, check_top=check_top,
+                      num_seeds=num_seeds, seed=seed)
+        # declared, so the App sidebar can filter on them
+        subfields = [(culprits_f, f"classifications.{attr}", fo.FloatField)
+                     for attr in ("influence", "z")]
+        commit_run(write, root, "failure_explanation",
+                   {wrong_f: fo.Classification, culprits_f: fo.Classifications}, values,
+                   {view_name: lambda: root.select(failed_ids)}, summary, params,
+                   subfields=subfields)
+        summary["saved_view"] = view_name
+        return summary
 
 
 def _check_culprit(results, culprit, failed, blamed, num_seeds, seed, device, progress,

@@ -16,7 +16,9 @@ import fiftyone.core.labels as fol
 logger = logging.getLogger(__name__)
 
 SPLIT_KINDS = ("tags", "field", "saved_view")
-_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# fields are named <key>_<suffix> and stores <key>/: keep both well inside limits
+MAX_KEY_LENGTH = 64
 
 
 class TransferScopeError(ValueError):
@@ -37,12 +39,31 @@ def load_dataset(dataset_or_name, role):
 
 
 def validate_run_key(run_key):
-    if (not isinstance(run_key, str) or not _KEY_RE.match(run_key)
-            or keyword.iskeyword(run_key)):
+    if (not isinstance(run_key, str) or not _KEY_RE.fullmatch(run_key)
+            or keyword.iskeyword(run_key) or len(run_key) > MAX_KEY_LENGTH):
         raise TransferScopeError(
             f"run_key must be a Python identifier starting with a letter "
-            f"(letters, digits, underscores); got {run_key!r}"
+            f"(letters, digits, underscores; at most {MAX_KEY_LENGTH} characters); "
+            f"got {run_key!r}"
         )
+
+
+def label_is(path, value):
+    """``F(path) == value``, with ``value`` a literal: a label such as ``"$5"`` is
+    never read as a field path."""
+    return fo.ViewField(path) == fo.ViewExpression.literal(value)
+
+
+def label_in(path, values):
+    """``F(path).is_in(values)``, with every value a literal (see :func:`label_is`)."""
+    return fo.ViewField(path).is_in([fo.ViewExpression.literal(v) for v in values])
+
+
+def ids_with_labels(collection, path, values):
+    """The ids of the samples whose ``path`` is one of ``values`` (compared in Python)."""
+    wanted = set(values)
+    ids, labels = collection.values(["id", path])
+    return [i for i, label in zip(ids, labels) if label in wanted]
 
 
 def validate_tag(tag):
@@ -104,7 +125,7 @@ def resolve_split(collection, split, split_by="tags", split_field="split"):
     elif split_by == "field":
         if not collection.has_field(split_field):
             raise TransferScopeError(f"split field {split_field!r} does not exist")
-        view = collection.match(fo.ViewField(split_field) == split)
+        view = collection.match(label_is(split_field, split))
     elif split_by == "saved_view":
         dataset = collection._root_dataset
         if split not in dataset.list_saved_views():
@@ -146,27 +167,77 @@ def image_cache_dir():
 
 
 def _cache_path(paths, ids, image_size, channels):
-    """The cache file for these images, keyed by each sample's id, file, size
-    and modification time and by the decoding; ``None`` if a file is missing."""
+    """The cache file for these images, keyed by the decoding and by each file's
+    content (a hash of its bytes: a file replaced by other pixels is decoded
+    again, even with its size and modification time restored); ``None`` if a
+    file is missing."""
     folder = image_cache_dir()
     if folder is None:
         return None
+    digests = file_digests(paths, folder)
+    if digests is None:
+        return None  # decoding names the unreadable files
     h = hashlib.sha256(f"{image_size}/{channels}/{len(paths)}".encode())
-    for i, p in zip(ids, paths):
-        try:
-            st = os.stat(p)
-        except OSError:
-            return None  # decoding names the unreadable files
-        h.update(f"\0{i}\0{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    for d in digests:
+        h.update(d.encode())
     return os.path.join(folder, f"{h.hexdigest()[:32]}.npy")
+
+
+def file_digests(paths, folder):
+    """xxHash-128 of each file's bytes, or ``None`` if one cannot be read.
+
+    Hashes are kept in ``<folder>/digests.sqlite``, keyed by path, inode,
+    size, modification and change time: a file is read again only when one
+    of them changed (its change time moves even when a copy restores the
+    modification time), so a later run hashes nothing it has seen.
+    """
+    import sqlite3
+
+    import xxhash
+
+    os.makedirs(folder, exist_ok=True)
+    db = sqlite3.connect(os.path.join(folder, "digests.sqlite"), timeout=60)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, ino INTEGER, "
+                   "size INTEGER, mtime INTEGER, ctime INTEGER, digest TEXT)")
+        known = {}
+        for start in range(0, len(paths), 900):  # SQLite's limit on bound parameters
+            chunk = list(paths[start:start + 900])
+            rows = db.execute(f"SELECT path, ino, size, mtime, ctime, digest FROM digests "
+                              f"WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+            known.update({r[0]: r[1:] for r in rows})
+        out, fresh = [], []
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except OSError:
+                return None
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            row = known.get(p)
+            if row is not None and tuple(row[:4]) == key:
+                out.append(row[4])
+                continue
+            try:
+                with open(p, "rb") as f:
+                    digest = xxhash.xxh3_128_hexdigest(f.read())
+            except OSError:
+                return None
+            out.append(digest)
+            fresh.append((p, *key, digest))
+        if fresh:
+            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", fresh)
+            db.commit()
+        return out
+    finally:
+        db.close()
 
 
 def decode_images(paths, ids, image_size, channels, num_workers=None):
     """Decodes and resizes images to uint8 ``(N, S, S, channels)``, once.
 
     The result is cached on disk (see :func:`image_cache_dir`) as a ``.npy``
-    file keyed by the samples' ids, files (size and modification time) and
-    the decoding, and memory-mapped on later calls: every job on the same
+    file keyed by the files' contents and the decoding, and memory-mapped on
+    later calls: every job on the same
     samples (influence, curation, planner, leakage) decodes them once.
     Raises naming the samples whose images cannot be read.
     """
