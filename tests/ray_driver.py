@@ -68,7 +68,8 @@ def tiny_data():
 
 def main(scenario, store_dir):
     data = tiny_data()
-    store = open_store(store_dir, CONFIG, data)
+    # the store in its own folder: a store folder holds only what transferscope wrote
+    store = open_store(os.path.join(store_dir, "store"), CONFIG, data)
     log = open(os.path.join(store_dir, "writes.jsonl"), "a")
     workers = [int(p) for p in os.environ.get("TS_RAY_WORKER_PGIDS", "").split(",") if p]
 

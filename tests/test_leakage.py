@@ -113,7 +113,11 @@ def test_bad_input_is_refused_and_changes_nothing(leaky, tmp_path):
         (dict(embeddings_field="emb", index="lsh"), "index must be one of"),
         (dict(embeddings_field="emb", target_split="nosuchtag"), "is empty"),
         (dict(), "name an embeddings source"),
-        (dict(model="resnet18", weights_path=str(tmp_path / "none.pth")), "is not a file"),
+        (dict(model="resnet18", weights_path=str(tmp_path / "none.pth")),
+         "must name a file in the models directory"),
+        (dict(model="resnet18", weights_path="../../etc/passwd"),
+         "must name a file in the models directory"),
+        (dict(model="resnet18", weights_path="missing.pth"), "no weights file 'missing.pth'"),
         (dict(model="not_a_model"), "unknown architecture"),
     ]
     for kw, message in cases:
@@ -134,8 +138,8 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     import torchvision
 
     pre, tgt, planted = leaky
-    ts.compute_class_influence(pre, tgt, "infl", progress=False,
-                               output_dir=str(tmp_path / "store"), **TINY_KWARGS)
+    run = ts.compute_class_influence(pre, tgt, "infl", progress=False,
+                                     output_dir=str(tmp_path / "store"), **TINY_KWARGS)
     summary = detect_leakage(tgt, key="bb", run_key="infl", max_distance=0.05)
     # a 1-epoch, width-4 backbone is no duplicate detector: the byte-identical
     # copy must be found (hash and distance 0); the others may or may not be
@@ -144,8 +148,8 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     assert tgt[exact].bb_distance == 0 and tgt[exact].bb_score > 0.5
     assert tgt.match_tags("test").exists("bb_influence_z").count() == 18
     # the backbone is cached next to the run's models, loaded without pickle
-    cache = os.path.join(str(tmp_path / "store"), "backbone")
-    assert len(os.listdir(cache)) == 1
+    cache = os.path.join(run.config.output_dir, "backbone")
+    assert len([f for f in os.listdir(cache) if f.endswith(".pt")]) == 1
     again = detect_leakage(tgt, key="bb2", run_key="infl", max_distance=0.05)
     assert again["leak_ids"] == summary["leak_ids"]
     op = foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=dict(
@@ -156,12 +160,30 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     dups = find_near_duplicates(pre, key="nd", run_key="infl")
     assert dups["num_exact_pairs"] == 0 and dups["num_samples"] == 63
 
-    weights = str(tmp_path / "resnet18.pth")
+    from transferscope.embeddings import models_dir
+
+    os.makedirs(models_dir(), exist_ok=True)
+    weights = os.path.join(models_dir(), "resnet18.pth")
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    summary = detect_leakage(tgt, pre, key="tv", model="resnet18", weights_path=weights,
+    summary = detect_leakage(tgt, pre, key="tv", model="resnet18", weights_path="resnet18.pth",
                              image_size=32, target_split="test", max_distance=0.01)
     # byte-identical copy at least; random weights make the rest noise
     assert summary["num_exact_file_copies"] == 1 and summary["num_targets"] == 18
+
+
+def test_a_weights_file_that_is_not_a_state_dict_reveals_nothing_of_it(leaky):
+    from transferscope.embeddings import models_dir
+
+    pre, tgt, planted = leaky
+    os.makedirs(models_dir(), exist_ok=True)
+    secret = os.path.join(models_dir(), "notes.pth")
+    with open(secret, "w") as f:
+        f.write("SECRET-CONTENT")
+    with pytest.raises(TransferScopeError) as info:
+        detect_leakage(tgt, pre, key="bad", model="resnet18", weights_path="notes.pth")
+    assert "is not a state dict of 'resnet18'" in str(info.value)
+    assert "SECRET" not in str(info.value) and info.value.__cause__ is None
+    assert "bad" not in tgt.list_runs()
 
 
 def test_faiss_brain_backend_matches_sklearn(leaky):

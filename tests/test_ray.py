@@ -83,7 +83,7 @@ def assert_same_outputs(store, reference):
 def test_ray_run_matches_local_and_refuses_what_it_cannot_run(tmp_path, local_reference):
     out = run_on_cluster("complete", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert_same_outputs(ResultsStore.load(tmp_path), local_reference)
+    assert_same_outputs(ResultsStore.load(tmp_path / "store"), local_reference)
     rows = written_rows(tmp_path)
     assert sorted(rows) == list(range(ray_driver.CONFIG.num_models))  # each row once
     with open(tmp_path / "checks.json") as f:
@@ -106,7 +106,7 @@ def test_killed_worker_node_still_completes_without_duplicates(tmp_path, local_r
     assert checks["alive_nodes"] == 1  # the worker node really died
     assert checks["killed_tasks"]  # with a task of ours on it: the store is
     # complete below only because Ray retried that task elsewhere
-    assert_same_outputs(ResultsStore.load(tmp_path), local_reference)
+    assert_same_outputs(ResultsStore.load(tmp_path / "store"), local_reference)
     assert sorted(written_rows(tmp_path)) == list(range(ray_driver.CONFIG.num_models))
 
 
@@ -117,7 +117,7 @@ def test_run_killed_on_ray_resumes_locally(tmp_path, local_reference):
     assert out.returncode == 3, out.stdout + out.stderr
     done_on_ray = written_rows(tmp_path)
     assert len(done_on_ray) == 2
-    store = open_store(tmp_path, ray_driver.CONFIG, ray_driver.tiny_data())
+    store = open_store(tmp_path / "store", ray_driver.CONFIG, ray_driver.tiny_data())
     assert sorted(np.flatnonzero(store.completed)) == sorted(done_on_ray)
     trained = run_subset_models(ray_driver.CONFIG, ray_driver.tiny_data(), store,
                                 executor=LocalExecutor(threads=1))

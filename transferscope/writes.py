@@ -218,6 +218,7 @@ class RunWrite:
         """``values``: ``{sample id: value}`` for the staged ``field``."""
         (view if view is not None else ds).set_values(
             self.staged_name(ds, field), values, key_field="id")
+        _checkpoint("field_staged")
 
     def tag(self, ds, ids, tag):
         """Adds ``tag`` at commit to those of ``ids`` that lack it then (only they lose
@@ -359,7 +360,10 @@ def recover(ds, doc):
             ds.delete_saved_view(name)
     if doc.get("registered"):
         if doc["key"] in ds.list_runs():
-            ds.delete_run(doc["key"], cleanup=False)
+            import fiftyone.core.runs as fors
+
+            # ours, half-registered: its cleanup would read results it may lack
+            fors.Run.delete_run(ds, doc["key"], cleanup=False)
         delete_orphan_run_docs(ds, doc["key"])
     elif doc["key"] in ds.list_runs():  # the old record was removed with the old state
         for name in doc.get("records", []):
