@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 import torch
 

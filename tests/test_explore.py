@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import fiftyone as fo
 
 import transferscope as ts
 from transferscope import TransferScopeError, explore

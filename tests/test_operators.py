@@ -50,11 +50,25 @@ def test_operator_runs_immediately_and_writes_fields(tiny_datasets):
 
 def test_operator_form_rejects_bad_input(tiny_datasets):
     pre, tgt = tiny_datasets
-    for bad in (dict(alpha=1.5), dict(run_key="not a key")):
+    for bad in (dict(alpha=1.5), dict(run_key="not a key"), dict(holdout_models=2),
+                dict(design="latin"), dict(estimator="ridge")):
         with pytest.raises(Exception):
             foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "x", **bad)))
     assert not tgt.has_sample_field("x_helpful")
     assert not any(f.endswith("_helpful") for f in tgt.get_field_schema())
+
+
+def test_operator_reports_the_design_q_values_and_reliability(tiny_datasets):
+    pre, tgt = tiny_datasets
+    params = _params(pre, tgt, "rel", num_models=20, holdout_models=3,
+                     design="orthogonal", estimator="auto")
+    result = foo.execute_operator(URI, ctx=dict(dataset=tgt, params=params))
+    assert result.error is None, result.error
+    out = result.result
+    assert out["design"].startswith("orthogonal, 32 models; 20 models rounded up to 32")
+    assert all("q=" in line for line in out["most_harmful"])
+    assert -1 <= out["lds"] <= 1 and out["split_half_z_sd"] >= 0
+    assert isinstance(out["num_harmful_at_fdr"], int)
 
 
 def test_operator_trains_in_groups_with_shift_augmentation(tiny_datasets):

@@ -1,7 +1,6 @@
 """find_subpopulations and explain_failures: the compute part on planted data, the SDK
 and the operators against the real database and FiftyOne's operator machinery."""
 
-import os
 import shutil
 
 import numpy as np

@@ -9,9 +9,7 @@ stores the result in the run.
 import logging
 import os
 
-import numpy as np
 
-import fiftyone as fo
 
 from . import views as tsv
 from .influence import (

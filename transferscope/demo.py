@@ -318,7 +318,7 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
     out("Most harmful pretraining classes:")
     for i in order[:8]:
         out(f"  {results.describe_class(i)}")
-    out(f"\nSubpopulations (k=2 per digit, by the pretraining classes that help each sample):")
+    out("\nSubpopulations (k=2 per digit, by the pretraining classes that help each sample):")
     subpops = find_subpopulations(target, RUN_KEY, key=SUBPOPS_KEY, k=2, overwrite=True)
     out("\n".join(describe_subpopulations(subpops)))
     subpop_report = subpopulation_report(results, target, target.info["planted"])

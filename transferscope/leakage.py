@@ -269,7 +269,7 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
             or num_neighbors < 1:
         raise TransferScopeError(f"num_neighbors must be a positive integer; "
                                  f"got {num_neighbors!r}")
-    sources = _embed_sources(run_key, embeddings_field, model)
+    _embed_sources(run_key, embeddings_field, model)  # refuses none named
     dataset = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     root = dataset._root_dataset
     fields = duplicate_fields(key)

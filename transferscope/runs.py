@@ -9,8 +9,6 @@ name without ``Config``.
 import contextlib
 
 import numpy as np
-import fiftyone as fo
-import fiftyone.core.labels as fol
 import fiftyone.core.runs as fors
 
 from .writes import RunWrite
