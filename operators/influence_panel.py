@@ -195,14 +195,20 @@ class ClassInfluencePanel(foo.Panel):
 
 def reliability_line(metrics):
     """One line on how far a run's answer can be trusted (figures from its metrics)."""
+    import math
+
+    def fig(value):
+        return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
+
     parts = [f"{metrics.get('num_models')} models, {metrics.get('design', 'pairs')} design"]
     if "num_harmful_at_fdr_0.1" in metrics:
         parts.append(f"{metrics['num_harmful_at_fdr_0.1']} class(es) harmful at "
                      f"false-discovery level 0.1")
-    parts.append(f"split-half Spearman {metrics.get('split_half_spearman', float('nan')):.2f}")
+    parts.append(f"split-half Spearman {fig(metrics.get('split_half_spearman'))}")
     if "split_half_z_sd" in metrics:
-        parts.append(f"split-half z spread {metrics['split_half_z_sd']:.2f}")
+        parts.append(f"split-half z spread {fig(metrics['split_half_z_sd'])} (1 when the "
+                     f"intervals are right)")
     if metrics.get("lds") is not None:
-        parts.append(f"LDS {metrics['lds']:.2f} on {metrics.get('num_holdout_models')} "
+        parts.append(f"LDS {fig(metrics['lds'])} on {metrics.get('num_holdout_models')} "
                      f"held-out models")
     return "; ".join(parts)

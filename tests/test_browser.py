@@ -174,6 +174,7 @@ def test_compute_in_the_app_then_click_a_class_in_the_panel(demo, app, worker, p
     _choose(page, "Train split", "train")
     _choose(page, "Test split", "test")
     _fill(page, "Number of models", 6)
+    _fill(page, "Held-out models", 3)
     _fill(page, "Pretraining epochs", 1)
     _fill(page, "Run key", RUN_KEY)
     page.screenshot(path=os.path.join(artifacts, "1_operator_form.png"))
@@ -194,7 +195,7 @@ def test_compute_in_the_app_then_click_a_class_in_the_panel(demo, app, worker, p
 
     op = _wait_for(finished, 300, "the scheduled compute_class_influence to finish")
     assert op.run_state == ExecutionRunState.COMPLETED, (op.run_state, op.result)
-    assert op.status.label == "6/6 models trained"
+    assert op.status.label == "9/9 models trained"  # 6 subset models, 3 held out
     pretrain.reload()
     assert pretrain.has_sample_field(f"{RUN_KEY}_influence")
 

@@ -202,8 +202,7 @@ def save_diversity_png(summary, path):
     return path
 
 
-INFLUENCE_TITLE = ("Influence of each pretraining class on the target task "
-                   "(mean, 95% CI; coloured: q < 0.1)")
+INFLUENCE_TITLE = "Class influence (mean, 95% CI; coloured: q < 0.1)"
 # the false-discovery level at which the chart colours a class
 CHART_FDR = 0.1
 INFLUENCE_COLOURS = {"helps": "#2a9d8f", "hurts": "#e76f51", "unclear": "#9e9e9e"}
