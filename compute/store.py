@@ -91,12 +91,29 @@ def make_dirs(path):
         raise ForeignFilesError(f"{path} exists and is not a directory")
 
 
+# what a store folder of transferscope before manifests (0.1) held
+_LEGACY_STORE_FILES = ("spec.json", "masks.npy", "completed.npy", "prob.npy", "margin.npy",
+                       "correct.npy", "pred.npy")
+_LEGACY_SUBDIRS = ("curation", "failures", "diversity", "backbone", "holdout")
+
+
+def _adopt_legacy_store(folder):
+    """A store written before manifests: records the files such a store wrote."""
+    if os.path.exists(os.path.join(folder, MANIFEST)) or \
+            not os.path.exists(os.path.join(folder, "spec.json")):
+        return
+    present = [n for n in _LEGACY_STORE_FILES + _LEGACY_SUBDIRS
+               if os.path.exists(os.path.join(folder, n))]
+    _write_json(os.path.join(folder, MANIFEST), sorted(present))
+
+
 def check_dir_is_ours(folder):
     """Refuses a directory that holds entries its manifest does not name."""
     if not os.path.exists(folder):
         return
     if not os.path.isdir(folder):
         raise ForeignFilesError(f"{folder} exists and is not a directory")
+    _adopt_legacy_store(folder)
     names = set(_read_manifest(folder)) | {MANIFEST}
     # a file being replaced (written as <name>.tmp, then renamed) is ours too
     foreign = sorted(n for n in set(os.listdir(folder)) - names
