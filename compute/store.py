@@ -67,8 +67,25 @@ def _read_manifest(folder):
                                 f"{folder}") from None
 
 
+# what a store folder of transferscope before manifests (0.1) held
+_LEGACY_STORE_FILES = ("spec.json", "masks.npy", "completed.npy", "prob.npy", "margin.npy",
+                       "correct.npy", "pred.npy")
+_LEGACY_SUBDIRS = ("curation", "failures", "diversity", "backbone", "holdout")
+
+
+def _adopt_legacy_store(folder):
+    """A store written before manifests: records the files such a store wrote."""
+    if os.path.exists(os.path.join(folder, MANIFEST)) or \
+            not os.path.exists(os.path.join(folder, "spec.json")):
+        return
+    present = [n for n in _LEGACY_STORE_FILES + _LEGACY_SUBDIRS
+               if os.path.exists(os.path.join(folder, n))]
+    _write_json(os.path.join(folder, MANIFEST), sorted(present))
+
+
 def claim(folder, name):
     """Records ``name`` in ``folder``'s manifest (before it is created there)."""
+    _adopt_legacy_store(folder)
     names = _read_manifest(folder)
     if name in names:
         return
@@ -89,22 +106,6 @@ def make_dirs(path):
         os.makedirs(folder, exist_ok=True)
     if not os.path.isdir(path):
         raise ForeignFilesError(f"{path} exists and is not a directory")
-
-
-# what a store folder of transferscope before manifests (0.1) held
-_LEGACY_STORE_FILES = ("spec.json", "masks.npy", "completed.npy", "prob.npy", "margin.npy",
-                       "correct.npy", "pred.npy")
-_LEGACY_SUBDIRS = ("curation", "failures", "diversity", "backbone", "holdout")
-
-
-def _adopt_legacy_store(folder):
-    """A store written before manifests: records the files such a store wrote."""
-    if os.path.exists(os.path.join(folder, MANIFEST)) or \
-            not os.path.exists(os.path.join(folder, "spec.json")):
-        return
-    present = [n for n in _LEGACY_STORE_FILES + _LEGACY_SUBDIRS
-               if os.path.exists(os.path.join(folder, n))]
-    _write_json(os.path.join(folder, MANIFEST), sorted(present))
 
 
 def check_dir_is_ours(folder):

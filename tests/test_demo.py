@@ -42,13 +42,22 @@ def test_demo_recovers_the_planted_truth():
     assert os.path.exists(os.path.join(demo.data_dir(), "demo_report.json"))
     assert "Most harmful pretraining classes" in text and "bold" in text
 
-    # the planted harmful class ranks among the most negative, its CI below zero
+    # the planted harmful class ranks among the most negative, its CI below zero,
+    # and it is harmful at false-discovery level 0.1
     assert report["harmful_rank_from_most_negative"] <= 3
     assert report["harmful_ci95"][1] < 0
+    assert report["harmful_q_value"] < 0.1 and "bold" in report["harmful_at_fdr_0.1"]
+    # the default design, whole blocks, and intervals the split halves agree with
+    assert report["design"] == "orthogonal" and report["num_models"] == 144
+    assert 0.85 <= report["split_half_z_sd"] <= 1.15
+    assert report["lds"] is not None and -1 <= report["lds"] <= 1
     # curation: the rule removes it, and retraining proves the gain against the
     # full set and against as many random classes; removing helpful classes hurts
     cur = report["curation"]
-    assert cur["harmful_class_removed"]
+    assert cur["harmful_class_removed"] and cur["rule"] == "tagged (harmful_fdr)"
+    # every class the default rule selects is checked by its own retraining
+    assert set(cur["each_removed_vs_full"]) == set(cur["removed"])
+    assert "bold" in cur["confirmed_by_retraining"]
     assert cur["curated_vs_full"]["diff"] > 0 and cur["curated_vs_full"]["ci95"][0] > 0
     assert cur["curated_vs_random"]["diff"] > 0
     # removing the most helpful classes lowers accuracy (measured: not at k=3, 4

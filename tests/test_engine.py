@@ -114,6 +114,26 @@ def test_store_resumes_and_refuses_other_configs(tmp_path):
         loaded.outputs("logits")
 
 
+def test_a_store_from_before_manifests_and_checksums_resumes_without_retraining(tmp_path):
+    data = tiny_data()
+    cfg = InfluenceConfig(num_models=4, **CFG)
+    store = open_store(tmp_path / "old", cfg, data)
+    run_subset_models(cfg, data, store)
+    for name in ("transferscope-files.json", "checksums.npy"):
+        os.remove(tmp_path / "old" / name)  # as transferscope 0.1 left a store
+    again = open_store(tmp_path / "old", cfg, data)
+    assert again.pending() == [] and run_subset_models(cfg, data, again) == []
+    assert (tmp_path / "old" / "checksums.npy").exists()
+    np.testing.assert_array_equal(again.outputs("prob"), store.outputs("prob"))
+    # a new store inside an old one (as curation's retraining makes) keeps the old one valid
+    for name in ("transferscope-files.json", "checksums.npy"):
+        os.remove(tmp_path / "old" / name)
+    from transferscope.compute.store import make_dirs
+
+    make_dirs(tmp_path / "old" / "curation" / "abc")
+    assert open_store(tmp_path / "old", cfg, data).pending() == []
+
+
 _WORKER = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})

@@ -324,10 +324,15 @@ def _remove_old(ds, key, old):
         return
     if old.get("run") and key in ds.list_runs():
         ds.delete_run(key)
-    for record in old.get("tags", []):
+    _untag_and_unsave(ds, old.get("tags", []), old.get("views", []))
+
+
+def _untag_and_unsave(ds, tags, views):
+    """Removes each ``{"tag", "ids"}`` tag from its samples, and the saved ``views``."""
+    for record in tags:
         if record.get("ids"):
             ds.select(record["ids"]).untag_samples(record["tag"])
-    for name in old.get("views", []):
+    for name in views:
         if ds.has_saved_view(name):
             ds.delete_saved_view(name)
 
@@ -352,12 +357,7 @@ def recover(ds, doc):
     present = [f for f in staged if ds.has_sample_field(f)]
     if present:
         ds.delete_sample_fields(present)
-    for record in doc.get("tags", []):
-        if record.get("ids"):
-            ds.select(record["ids"]).untag_samples(record["tag"])
-    for name in doc.get("views", []):
-        if ds.has_saved_view(name):
-            ds.delete_saved_view(name)
+    _untag_and_unsave(ds, doc.get("tags", []), doc.get("views", []))
     if doc.get("registered"):
         if doc["key"] in ds.list_runs():
             import fiftyone.core.runs as fors
