@@ -18,8 +18,10 @@ def resolve_design(config, num_classes, class_names=None):
     """The run's :class:`~.subsets.Design`, refused if some class is not in and
     out of enough subsets. Its ``num_models`` may exceed ``config.num_models``
     (an orthogonal design is rounded up to whole blocks; ``note`` says so)."""
+    from .config import MAX_NUM_MODELS
+
     design = make_design(config.design, config.num_models, num_classes, config.alpha,
-                         config.seed)
+                         config.seed, max_models=MAX_NUM_MODELS)
     check_design(design.masks, class_names)
     return design
 

@@ -77,11 +77,12 @@ class Design:
                 "num_models_requested": self.num_requested, "design_note": self.note}
 
 
-def make_design(design, num_models, num_classes, alpha=0.5, seed=0):
+def make_design(design, num_models, num_classes, alpha=0.5, seed=0, max_models=None):
     """The :class:`Design` of ``num_models`` subsets of ``num_classes`` classes.
 
     Deterministic in its arguments. Raises ``ValueError`` naming the problem
-    (unknown design, too few classes, an ``alpha`` the design cannot take).
+    (unknown design, too few classes, an ``alpha`` the design cannot take,
+    whole blocks that would exceed ``max_models``), before building anything.
     """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}; got {design!r}")
@@ -98,6 +99,12 @@ def make_design(design, num_models, num_classes, alpha=0.5, seed=0):
         order = hadamard_order(num_classes + 1)
         if num_models >= order:
             blocks = -(-num_models // (2 * order))
+            if max_models is not None and blocks * 2 * order > max_models:
+                raise ValueError(
+                    f"no whole number of orthogonal blocks fits: {num_models} models round "
+                    f"up to {blocks * 2 * order} ({2 * order} per block for {num_classes} "
+                    f"classes), more than the {max_models} allowed; ask for at most "
+                    f"{(max_models // (2 * order)) * 2 * order}")
             masks = np.concatenate([_orthogonal_block(order, num_classes, [seed, b])
                                     for b in range(blocks)])
             if masks.all(axis=1).any():  # only for a handful of classes: see below

@@ -37,6 +37,7 @@ def _kill_inside_register_run():
 
 
 def run(job, pre, tgt, store, overwrite):
+    """Runs the job; returns the number of models it trained."""
     trained = []
 
     def progress(done, total):
@@ -69,13 +70,14 @@ def run(job, pre, tgt, store, overwrite):
                                 overwrite=overwrite, progress=progress)
     else:
         raise SystemExit(f"unknown job {job}")
-    print(f"TRAINED {len(trained)}", flush=True)
-    print("DONE", flush=True)
+    return len(trained)
 
 
 if __name__ == "__main__":
     job, pre_name, tgt_name, store = sys.argv[1:5]
     if os.environ.get("TRANSFERSCOPE_KILL_AT") == "inside_register_run":
         _kill_inside_register_run()
-    run(job, fo.load_dataset(pre_name), fo.load_dataset(tgt_name), store,
-        "--overwrite" in sys.argv)
+    n = run(job, fo.load_dataset(pre_name), fo.load_dataset(tgt_name), store,
+            "--overwrite" in sys.argv)
+    print(f"TRAINED {n}", flush=True)
+    print("DONE", flush=True)

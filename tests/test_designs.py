@@ -257,5 +257,8 @@ def test_bad_designs_and_estimators_are_refused_with_the_reason():
         estimate_influence(masks, np.random.default_rng(0).random((20, 2)), "regression")
     with pytest.raises(ValueError, match="holdout_models"):
         InfluenceConfig(holdout_models=2)
+    with pytest.raises(ValueError, match="no whole number of orthogonal blocks fits: 999999 "
+                                         "models round up to 1000080"):
+        design_masks(InfluenceConfig(num_models=999_999), 68)
     with pytest.raises(ValueError, match="confidence"):
         aggregate_influence(masks, np.ones((20, 1)), confidence=1.5)

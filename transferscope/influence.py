@@ -228,11 +228,11 @@ def _validate_request(pretrain_dataset, target_dataset, run_key, pretrain_label_
         design = tsc.resolve_design(config, len(classes), classes)  # before any image is read
         tsc.check_estimator(design.masks, estimator)
         tsc.resolve_device(config.device)
+        config = dataclasses.replace(config, num_models=design.num_models)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TransferScopeError(str(e)) from e
     if design.note:
         logger.warning("%s", design.note)
-    config = dataclasses.replace(config, num_models=design.num_models)
     if channels is None:
         config = dataclasses.replace(config, channels=labelled.detect_channels())
     num_images = len(labelled.pre_paths) + len(labelled.train_paths) + len(labelled.test_paths)
