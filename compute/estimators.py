@@ -20,9 +20,10 @@ Welch's formula ignores); Welch's otherwise (independent subsets).
 ``"auto"`` takes regression where it is identified with at least
 :data:`MIN_RESIDUAL_DF` residual degrees of freedom and the design inflates
 its variance at most :data:`MAX_VARIANCE_INFLATION` times (a rule on the
-masks alone, so it cannot bias the intervals), else the difference of means. (A ridge regression for designs with about as many models as
-classes was measured and left out: its intervals covered the truth 87% of
-the time at 64 models and 38 classes, 28% at 200 classes; shrinkage biases
+masks alone, so it cannot bias the intervals), else the difference of means.
+(A ridge regression for designs with about as many models as classes was
+measured and left out: its intervals covered the truth 87% of the time at
+64 models and 38 classes, 28% at 200 classes; shrinkage biases
 strong effects towards zero.)
 """
 

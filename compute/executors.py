@@ -16,7 +16,6 @@ import logging
 import socket
 import time
 from contextlib import contextmanager
-from typing import Optional
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ class ModelJob:
     config: InfluenceConfig
     model_index: int
     class_mask: np.ndarray
-    sample_mask: Optional[np.ndarray] = None
+    sample_mask: np.ndarray | None = None
 
 
 class ModelsFailedError(RuntimeError):

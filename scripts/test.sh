@@ -15,4 +15,5 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 export FIFTYONE_DO_NOT_TRACK=true
+.venv/bin/ruff check --quiet .   # lint first: it takes a second
 exec .venv/bin/python -m pytest "$@"

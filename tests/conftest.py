@@ -6,6 +6,7 @@ end of the session.
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 
@@ -31,11 +32,36 @@ os.environ["TRANSFERSCOPE_IMAGE_CACHE"] = os.path.join(_TMP, "image_cache")
 os.environ["TRANSFERSCOPE_MODELS_DIR"] = os.path.join(_TMP, "models")
 
 
+# Test tiers (markers, given by module): unit tests touch no database; integration
+# tests use the real database and tiny runs; system tests start other processes
+# (a Ray cluster, a browser, processes killed on purpose); acceptance is the demo.
+UNIT_MODULES = {"test_curation_compute", "test_designs", "test_diversity_compute",
+                "test_engine", "test_estimators", "test_grouped", "test_neighbors",
+                "test_packaging"}
+SYSTEM_MODULES = {"test_browser", "test_crash_safety", "test_ray"}
+ACCEPTANCE_MODULES = {"test_demo"}
+
+
+def tier_of(module_name):
+    if module_name in UNIT_MODULES:
+        return "unit"
+    if module_name in SYSTEM_MODULES:
+        return "system"
+    if module_name in ACCEPTANCE_MODULES:
+        return "acceptance"
+    return "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item.module.__name__.rsplit(".", 1)[-1])))
+
+
 def pytest_sessionfinish(session, exitstatus):
     try:
-        import fiftyone.core.odm.database as fod
-
-        fod.drop_database()
+        fod = sys.modules.get("fiftyone.core.odm.database")
+        if fod is not None and fod._client is not None:  # unit-only: never connected
+            fod.drop_database()
     finally:
         shutil.rmtree(_TMP, ignore_errors=True)
 

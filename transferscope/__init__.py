@@ -26,7 +26,7 @@ from . import faiss_backend as _faiss_backend
 
 _faiss_backend.register()  # fob.compute_similarity(..., backend="faiss")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "compute_class_influence", "field_names", "runs_dir", "TransferScopeError",
