@@ -55,7 +55,7 @@ def matmul_flops(dtype, n=2048, reps=10, device="cpu"):
     for _ in range(reps):
         a @ b
     sync()
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def step_flops(bf16, batch=128, reps=20):
@@ -94,8 +94,14 @@ def models(data, precision, count, threads=None, device="cpu", group_size=1, **c
     from transferscope.compute import InfluenceConfig, LocalExecutor, sample_class_masks
     from transferscope.compute.executors import ModelJob
 
-    config = InfluenceConfig(num_models=max(count, 2), epochs=4, seed=0, device=device,
-                             precision=precision, **config_kwargs)
+    config = InfluenceConfig(
+        num_models=max(count, 2),
+        epochs=4,
+        seed=0,
+        device=device,
+        precision=precision,
+        **config_kwargs,
+    )
     masks = sample_class_masks(max(count, 2), data.num_pretrain_classes, 0.5, 0)[:count]
     jobs = [ModelJob(i, config, i, mask) for i, mask in enumerate(masks)]
     outputs = [None] * count
@@ -123,20 +129,28 @@ def model_flops(data, precision):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=8, help="models timed per precision")
-    parser.add_argument("--agreement", type=int, default=0,
-                        help="models per precision for the influence agreement (0: skip)")
+    parser.add_argument(
+        "--agreement",
+        type=int,
+        default=0,
+        help="models per precision for the influence agreement (0: skip)",
+    )
     args = parser.parse_args()
     from scipy import stats
 
     from transferscope.compute.estimators import aggregate_influence, split_half_spearman
 
     threads = torch.get_num_threads()
-    result = {"machine": f"{platform.processor() or platform.machine()}, "
-                         f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"}
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+    }
     peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
     result["matmul_gflops"] = {k: v / 1e9 for k, v in peak.items()}
-    print(f"{result['machine']}\nmatmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    print(
+        f"{result['machine']}\nmatmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s"
+    )
 
     data = demo_transfer_data()
     for precision in ("fp32", "bf16"):
@@ -144,24 +158,29 @@ def main():
         per_model = model_flops(data, precision)
         _, _, model_seconds = models(data, precision, args.models)
         row = {
-            "step_gflop": flops / 1e9, "step_ms": 1e3 * seconds,
+            "step_gflop": flops / 1e9,
+            "step_ms": 1e3 * seconds,
             "step_gflops": flops / seconds / 1e9,
             "step_fraction_of_own_peak": flops / seconds / peak[precision],
-            "model_gflop": per_model / 1e9, "model_seconds": model_seconds,
+            "model_gflop": per_model / 1e9,
+            "model_seconds": model_seconds,
             "model_gflops": per_model / model_seconds / 1e9,
             "model_fraction_of_own_peak": per_model / model_seconds / peak[precision],
             "model_fraction_of_fp32_peak": per_model / model_seconds / peak["fp32"],
             "models_per_hour": 3600 / model_seconds,
         }
         result[precision] = row
-        print(f"{precision}: step {row['step_ms']:.1f} ms = {row['step_gflops']:.0f} GFLOP/s "
-              f"({100 * row['step_fraction_of_own_peak']:.0f}% of {precision} matmul); "
-              f"whole model {row['model_seconds']:.2f} s, {row['model_gflop']:.0f} GFLOP = "
-              f"{row['model_gflops']:.0f} GFLOP/s ({100 * row['model_fraction_of_own_peak']:.0f}%"
-              f" of {precision} matmul, {100 * row['model_fraction_of_fp32_peak']:.0f}% of fp32);"
-              f" {row['models_per_hour']:.0f} models/hour")
-    result["bf16_speedup_models_per_hour"] = (result["bf16"]["models_per_hour"]
-                                              / result["fp32"]["models_per_hour"])
+        print(
+            f"{precision}: step {row['step_ms']:.1f} ms = {row['step_gflops']:.0f} GFLOP/s "
+            f"({100 * row['step_fraction_of_own_peak']:.0f}% of {precision} matmul); "
+            f"whole model {row['model_seconds']:.2f} s, {row['model_gflop']:.0f} GFLOP = "
+            f"{row['model_gflops']:.0f} GFLOP/s ({100 * row['model_fraction_of_own_peak']:.0f}%"
+            f" of {precision} matmul, {100 * row['model_fraction_of_fp32_peak']:.0f}% of fp32);"
+            f" {row['models_per_hour']:.0f} models/hour"
+        )
+    result["bf16_speedup_models_per_hour"] = (
+        result["bf16"]["models_per_hour"] / result["fp32"]["models_per_hour"]
+    )
     print(f"bf16 / fp32 models per hour: {result['bf16_speedup_models_per_hour']:.2f}x")
 
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
@@ -170,8 +189,10 @@ def main():
         fp32, masks, _ = models(data, "fp32", m)
         bf16, _, _ = models(data, "bf16", m)
         one_thread, _, _ = models(data, "fp32", m, threads=1)
-        infl = {name: aggregate_influence(masks, out).influence
-                for name, out in (("fp32", fp32), ("bf16", bf16), ("fp32_1thread", one_thread))}
+        infl = {
+            name: aggregate_influence(masks, out).influence
+            for name, out in (("fp32", fp32), ("bf16", bf16), ("fp32_1thread", one_thread))
+        }
         agreement = {
             "models": m,
             "bf16_vs_fp32": stats.spearmanr(infl["bf16"], infl["fp32"])[0],
@@ -181,10 +202,12 @@ def main():
         }
         with open(os.path.join(HERE, "results", "cpu_precision_agreement.json"), "w") as f:
             json.dump(dict(agreement, machine=result["machine"]), f, indent=2)
-        print(f"per-class influence, {m} models each (Spearman): bf16 vs fp32 "
-              f"{agreement['bf16_vs_fp32']:.3f}; fp32 1 thread vs fp32 {threads} threads "
-              f"{agreement['fp32_1thread_vs_fp32']:.3f}; split-half fp32 "
-              f"{agreement['fp32_split_half']:.3f}, bf16 {agreement['bf16_split_half']:.3f}")
+        print(
+            f"per-class influence, {m} models each (Spearman): bf16 vs fp32 "
+            f"{agreement['bf16_vs_fp32']:.3f}; fp32 1 thread vs fp32 {threads} threads "
+            f"{agreement['fp32_1thread_vs_fp32']:.3f}; split-half fp32 "
+            f"{agreement['fp32_split_half']:.3f}, bf16 {agreement['bf16_split_half']:.3f}"
+        )
     with open(os.path.join(HERE, "results", "cpu_throughput.json"), "w") as f:
         json.dump(result, f, indent=2)
     return 0

@@ -40,21 +40,39 @@ from ray_benchmark import demo_transfer_data  # noqa: E402
 def describe(device):
     if device == "cuda":
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=16, help="models timed per setting")
-    parser.add_argument("--groups", type=int, nargs="*", default=None,
-                        help="group sizes to time (default: 4 8 on a CPU; 8 32 on CUDA)")
-    parser.add_argument("--agreement", type=int, default=0,
-                        help="models per path for the influence agreement (0: skip)")
-    parser.add_argument("--shift", type=int, default=0,
-                        help="also time one at a time with augment_shift=N (0: skip)")
-    parser.add_argument("--out", default=None, help="result JSON (default: "
-                        "benchmarks/results/grouped_training_<device>.json)")
+    parser.add_argument(
+        "--groups",
+        type=int,
+        nargs="*",
+        default=None,
+        help="group sizes to time (default: 4 8 on a CPU; 8 32 on CUDA)",
+    )
+    parser.add_argument(
+        "--agreement",
+        type=int,
+        default=0,
+        help="models per path for the influence agreement (0: skip)",
+    )
+    parser.add_argument(
+        "--shift",
+        type=int,
+        default=0,
+        help="also time one at a time with augment_shift=N (0: skip)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="result JSON (default: benchmarks/results/grouped_training_<device>.json)",
+    )
     args = parser.parse_args()
 
     from scipy import stats
@@ -67,15 +85,23 @@ def main():
     precision = "bf16" if device == "cuda" else "fp32"  # what "auto" picks there
     groups = args.groups or ([8, 32] if device == "cuda" else [4, 8])
     data = demo_transfer_data()
-    result = {"machine": describe(device), "device": device, "precision": precision,
-              "models": args.models}
-    peak = {"fp32": matmul_flops(torch.float32, device=device),
-            "bf16": matmul_flops(torch.bfloat16, device=device)}
+    result = {
+        "machine": describe(device),
+        "device": device,
+        "precision": precision,
+        "models": args.models,
+    }
+    peak = {
+        "fp32": matmul_flops(torch.float32, device=device),
+        "bf16": matmul_flops(torch.bfloat16, device=device),
+    }
     result["matmul_gflops"] = {k: v / 1e9 for k, v in peak.items()}
     flops = model_flops(data, "fp32")  # the arithmetic is the same in either precision
     result["model_gflop"] = flops / 1e9
-    print(f"{result['machine']}\nmatmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
-          f"{peak['bf16'] / 1e9:.0f} GFLOP/s; one model {flops / 1e9:.0f} GFLOP")
+    print(
+        f"{result['machine']}\nmatmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
+        f"{peak['bf16'] / 1e9:.0f} GFLOP/s; one model {flops / 1e9:.0f} GFLOP"
+    )
 
     if device == "cuda":
         config = InfluenceConfig(num_models=args.models, epochs=4, device=device)
@@ -86,27 +112,38 @@ def main():
     for size in [1] + groups:
         models(data, "auto", min(2, args.models), device=device, group_size=size)  # warm-up
         _, _, seconds = models(data, "auto", args.models, device=device, group_size=size)
-        row = {"group_size": size, "model_seconds": seconds, "models_per_hour": 3600 / seconds,
-               "gflops": flops / seconds / 1e9,
-               "fraction_of_matmul": flops / seconds / peak[precision]}
-        row["ratio_over_one_at_a_time"] = (row["models_per_hour"]
-                                           / rows.get(1, row)["models_per_hour"])
+        row = {
+            "group_size": size,
+            "model_seconds": seconds,
+            "models_per_hour": 3600 / seconds,
+            "gflops": flops / seconds / 1e9,
+            "fraction_of_matmul": flops / seconds / peak[precision],
+        }
+        row["ratio_over_one_at_a_time"] = (
+            row["models_per_hour"] / rows.get(1, row)["models_per_hour"]
+        )
         rows[size] = row
-        print(f"group {size:>3}: {seconds:.3f} s/model, {row['models_per_hour']:.0f} models/hour, "
-              f"{row['gflops']:.0f} GFLOP/s = {100 * row['fraction_of_matmul']:.1f}% of "
-              f"{precision} matmul; {row['ratio_over_one_at_a_time']:.2f}x one at a time")
+        print(
+            f"group {size:>3}: {seconds:.3f} s/model, {row['models_per_hour']:.0f} models/hour, "
+            f"{row['gflops']:.0f} GFLOP/s = {100 * row['fraction_of_matmul']:.1f}% of "
+            f"{precision} matmul; {row['ratio_over_one_at_a_time']:.2f}x one at a time"
+        )
     result["settings"] = list(rows.values())
 
     if args.shift:
         # same models, images shifted on the device: the augmentation's cost
         models(data, "auto", min(2, args.models), device=device, augment_shift=args.shift)
-        _, _, seconds = models(data, "auto", args.models, device=device,
-                               augment_shift=args.shift)
+        _, _, seconds = models(data, "auto", args.models, device=device, augment_shift=args.shift)
         ratio = rows[1]["model_seconds"] / seconds
-        result["augment_shift"] = {"shift": args.shift, "model_seconds": seconds,
-                                   "models_per_hour_ratio_over_none": ratio}
-        print(f"one at a time, augment_shift={args.shift}: {seconds:.3f} s/model, "
-              f"{ratio:.2f}x the models per hour without it")
+        result["augment_shift"] = {
+            "shift": args.shift,
+            "model_seconds": seconds,
+            "models_per_hour_ratio_over_none": ratio,
+        }
+        print(
+            f"one at a time, augment_shift={args.shift}: {seconds:.3f} s/model, "
+            f"{ratio:.2f}x the models per hour without it"
+        )
 
     if args.agreement:
         m = args.agreement
@@ -114,19 +151,27 @@ def main():
         size = max(grouped_rows, key=lambda r: r.get("models_per_hour", 0))["group_size"]
         single, masks, _ = models(data, "auto", m, device=device, group_size=1)
         grouped, _, _ = models(data, "auto", m, device=device, group_size=size)
-        infl = {"single": aggregate_influence(masks, single).influence,
-                "grouped": aggregate_influence(masks, grouped).influence}
-        agreement = {"models": m, "group_size": size,
-                     "grouped_vs_single": stats.spearmanr(infl["grouped"], infl["single"])[0],
-                     "single_split_half": split_half_spearman(masks, single),
-                     "grouped_split_half": split_half_spearman(masks, grouped)}
+        infl = {
+            "single": aggregate_influence(masks, single).influence,
+            "grouped": aggregate_influence(masks, grouped).influence,
+        }
+        agreement = {
+            "models": m,
+            "group_size": size,
+            "grouped_vs_single": stats.spearmanr(infl["grouped"], infl["single"])[0],
+            "single_split_half": split_half_spearman(masks, single),
+            "grouped_split_half": split_half_spearman(masks, grouped),
+        }
         if device == "cpu" and torch.get_num_threads() > 1:
             one, _, _ = models(data, "auto", m, threads=1, group_size=1)
             agreement["single_1thread_vs_single"] = stats.spearmanr(
-                aggregate_influence(masks, one).influence, infl["single"])[0]
+                aggregate_influence(masks, one).influence, infl["single"]
+            )[0]
         result["agreement"] = agreement
-        print("per-class influence, Spearman: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in agreement.items() if isinstance(v, float)))
+        print(
+            "per-class influence, Spearman: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in agreement.items() if isinstance(v, float))
+        )
 
     out = args.out or os.path.join(HERE, "results", f"grouped_training_{device}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -37,7 +37,9 @@ def composites(pool, n, rng):
     shifts = rng.integers(-6, 7, size=(n, 2))
     for i, (dy, dx) in enumerate(shifts):  # one roll per image: cheap at 32x32
         b[i] = np.roll(b[i], (dy, dx), axis=(0, 1))
-    return np.maximum(a, (b * rng.uniform(0.4, 0.9, size=(n, 1, 1))).astype(np.int16)).astype(np.uint8)
+    return np.maximum(a, (b * rng.uniform(0.4, 0.9, size=(n, 1, 1))).astype(np.int16)).astype(
+        np.uint8
+    )
 
 
 def build_images(num_pretrain, num_target, num_planted, seed):
@@ -64,10 +66,19 @@ def embed(arrays, pre, tgt, seed):
         return imgs[..., None]
 
     glyphs = small(arrays.pretrain_images)
-    data = TransferData(glyphs, arrays.pretrain_labels, len(arrays.class_names),
-                        glyphs[:10], np.zeros(10, int), glyphs[:10], np.zeros(10, int), 1)
-    config = InfluenceConfig(num_models=2, epochs=4, width=32, image_size=32, seed=seed,
-                             device="cpu")
+    data = TransferData(
+        glyphs,
+        arrays.pretrain_labels,
+        len(arrays.class_names),
+        glyphs[:10],
+        np.zeros(10, int),
+        glyphs[:10],
+        np.zeros(10, int),
+        1,
+    )
+    config = InfluenceConfig(
+        num_models=2, epochs=4, width=32, image_size=32, seed=seed, device="cpu"
+    )
     net, _, device = pretrain_network(config, 0, np.ones(data.num_pretrain_classes, bool), data)
     norm = data.normalisation()
     p = embed_images(net, small(pre), device, norm)
@@ -82,8 +93,12 @@ def score(flagged, planted_t, kinds, num_target):
     truth[planted_t] = True
     tp = int((flagged & truth).sum())
     per_kind = {k: float(flagged[planted_t[kinds == k]].mean()) for k in KINDS}
-    return {"recall": tp / truth.sum(), "precision": tp / max(1, flagged.sum()),
-            "flagged": int(flagged.sum()), "recall_by_kind": per_kind}
+    return {
+        "recall": tp / truth.sum(),
+        "precision": tp / max(1, flagged.sum()),
+        "flagged": int(flagged.sum()),
+        "recall_by_kind": per_kind,
+    }
 
 
 def run_faiss(p, t, threshold, kind):
@@ -93,8 +108,11 @@ def run_faiss(p, t, threshold, kind):
     index = NeighborIndex(p, kind=kind, device="auto", center=False)
     dist, _ = index.search(t, 1)
     seconds = time.perf_counter() - t0
-    return dist[:, 0] <= threshold, seconds, {"index": index.kind, "on_gpu": index.on_gpu,
-                                              "recall_at_1": index.recall(t, 1)}
+    return (
+        dist[:, 0] <= threshold,
+        seconds,
+        {"index": index.kind, "on_gpu": index.on_gpu, "recall_at_1": index.recall(t, 1)},
+    )
 
 
 def run_sklearn(p, t, threshold):
@@ -116,19 +134,27 @@ def run_brain(p, t, threshold, backend):
     ds = fo.Dataset(f"leak-bench-{uuid.uuid4().hex[:6]}")
     try:
         n = len(p)
-        ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png", tags=["pretrain"])
-                        for i in range(n)] +
-                       [fo.Sample(filepath=f"/nonexistent/t{i}.png", tags=["target"])
-                        for i in range(len(t))], progress=False)
+        ds.add_samples(
+            [fo.Sample(filepath=f"/nonexistent/{i}.png", tags=["pretrain"]) for i in range(n)]
+            + [
+                fo.Sample(filepath=f"/nonexistent/t{i}.png", tags=["target"]) for i in range(len(t))
+            ],
+            progress=False,
+        )
         ids = ds.values("id")
         ds.set_values("emb", list(np.concatenate([p, t])))
         t0 = time.perf_counter()
         sim = None
         if backend == "faiss":
             sim = fob.compute_similarity(ds, embeddings="emb", backend="faiss", progress=False)
-        index = fob.compute_leaky_splits(ds, splits=["pretrain", "target"], embeddings="emb",
-                                         similarity_index=sim, threshold=threshold,
-                                         progress=False)
+        index = fob.compute_leaky_splits(
+            ds,
+            splits=["pretrain", "target"],
+            embeddings="emb",
+            similarity_index=sim,
+            threshold=threshold,
+            progress=False,
+        )
         seconds = time.perf_counter() - t0
         leaks = set(index.leak_ids)
         flagged = np.array([ids[n + i] in leaks for i in range(len(t))])
@@ -157,13 +183,18 @@ def faiss_scale(sizes, num_target, dim, seed):
             t0 = time.perf_counter()
             _, idx = index.search(t, 1)
             searched = time.perf_counter() - t0
-            row[kind] = {"build_s": built, "search_s": searched,
-                         "planted_found": float((idx[planted, 0] == slots).mean()),
-                         "recall_at_1": index.recall(t, 1)}
-            print(f"  FAISS {kind} at {n} x {num_target} (dim {dim}): build {built:.1f} s, "
-                  f"search {searched:.1f} s, planted copies found "
-                  f"{row[kind]['planted_found']:.3f}, recall@1 {row[kind]['recall_at_1']:.3f}",
-                  flush=True)
+            row[kind] = {
+                "build_s": built,
+                "search_s": searched,
+                "planted_found": float((idx[planted, 0] == slots).mean()),
+                "recall_at_1": index.recall(t, 1),
+            }
+            print(
+                f"  FAISS {kind} at {n} x {num_target} (dim {dim}): build {built:.1f} s, "
+                f"search {searched:.1f} s, planted copies found "
+                f"{row[kind]['planted_found']:.3f}, recall@1 {row[kind]['recall_at_1']:.3f}",
+                flush=True,
+            )
             del index
         out[str(n)] = row
     return out
@@ -174,34 +205,48 @@ def main():
     parser.add_argument("--pretrain", type=int, default=100_000)
     parser.add_argument("--target", type=int, default=10_000)
     parser.add_argument("--planted", type=int, default=500)
-    parser.add_argument("--threshold", type=float, default=0.035,
-                        help="cosine distance (best F1 for FAISS at 10k x 1k: 0.035)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.035,
+        help="cosine distance (best F1 for FAISS at 10k x 1k: 0.035)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-brain", action="store_true")
-    parser.add_argument("--faiss-sizes", default="",
-                        help="also time FAISS alone at these pretraining sizes (comma-separated)")
+    parser.add_argument(
+        "--faiss-sizes",
+        default="",
+        help="also time FAISS alone at these pretraining sizes (comma-separated)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
     if "FIFTYONE_DATABASE_NAME" not in os.environ:  # keep the user's database clean
         os.environ["FIFTYONE_DATABASE_NAME"] = f"transferscope_bench_{uuid.uuid4().hex[:6]}"
 
     t0 = time.perf_counter()
-    arrays, pre, tgt, planted_t, kinds = build_images(args.pretrain, args.target,
-                                                      args.planted, args.seed)
+    arrays, pre, tgt, planted_t, kinds = build_images(
+        args.pretrain, args.target, args.planted, args.seed
+    )
     p, t = embed(arrays, pre, tgt, args.seed)
-    print(f"{len(p)} pretraining x {len(t)} target vectors, dim {p.shape[1]}, "
-          f"{args.planted} planted leaks; images and embeddings in "
-          f"{time.perf_counter() - t0:.0f} s")
+    print(
+        f"{len(p)} pretraining x {len(t)} target vectors, dim {p.shape[1]}, "
+        f"{args.planted} planted leaks; images and embeddings in "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
 
     rows = {}
     for name, fn in (
         ("transferscope FAISS (exact)", lambda: run_faiss(p, t, args.threshold, "flat")),
         ("transferscope FAISS (IVF)", lambda: run_faiss(p, t, args.threshold, "ivf")),
         ("scikit-learn brute force", lambda: run_sklearn(p, t, args.threshold)),
-        ("fiftyone.brain compute_leaky_splits (sklearn)",
-         None if args.skip_brain else lambda: run_brain(p, t, args.threshold, "sklearn")),
-        ("fiftyone.brain compute_leaky_splits (faiss backend)",
-         None if args.skip_brain else lambda: run_brain(p, t, args.threshold, "faiss")),
+        (
+            "fiftyone.brain compute_leaky_splits (sklearn)",
+            None if args.skip_brain else lambda: run_brain(p, t, args.threshold, "sklearn"),
+        ),
+        (
+            "fiftyone.brain compute_leaky_splits (faiss backend)",
+            None if args.skip_brain else lambda: run_brain(p, t, args.threshold, "faiss"),
+        ),
     ):
         if fn is None:
             continue
@@ -211,22 +256,32 @@ def main():
 
     base = rows["transferscope FAISS (exact)"]["seconds"]
     print(f"\nthreshold {args.threshold} (cosine distance); times relative to FAISS exact")
-    print(f"{'method':<52s} {'time':>9s} {'x FAISS':>8s} {'recall':>7s} {'precision':>9s}  "
-          + " ".join(f"{k:>8s}" for k in KINDS))
+    print(
+        f"{'method':<52s} {'time':>9s} {'x FAISS':>8s} {'recall':>7s} {'precision':>9s}  "
+        + " ".join(f"{k:>8s}" for k in KINDS)
+    )
     for name, r in rows.items():
-        print(f"{name:<52s} {r['seconds']:8.2f}s {r['seconds'] / base:8.1f} {r['recall']:7.3f} "
-              f"{r['precision']:9.3f}  " + " ".join(f"{r['recall_by_kind'][k]:8.2f}" for k in KINDS))
+        print(
+            f"{name:<52s} {r['seconds']:8.2f}s {r['seconds'] / base:8.1f} {r['recall']:7.3f} "
+            f"{r['precision']:9.3f}  " + " ".join(f"{r['recall_by_kind'][k]:8.2f}" for k in KINDS)
+        )
 
     scale = {}
     if args.faiss_sizes:
         print("\nFAISS alone, synthetic 128-d vectors:")
-        scale = faiss_scale([int(x) for x in args.faiss_sizes.split(",")], args.target, 128,
-                            args.seed)
+        scale = faiss_scale(
+            [int(x) for x in args.faiss_sizes.split(",")], args.target, 128, args.seed
+        )
     out = {
         "faiss_scale": scale,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "processor": platform.processor()},
-        "args": vars(args), "dim": int(p.shape[1]), "rows": rows,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+        },
+        "args": vars(args),
+        "dim": int(p.shape[1]),
+        "rows": rows,
     }
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(folder, exist_ok=True)

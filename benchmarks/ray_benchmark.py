@@ -45,9 +45,16 @@ def demo_transfer_data():
         x = images.reshape(len(images), 16, 2, 16, 2).astype(np.float32).mean(axis=(2, 4))
         return np.round(x).astype(np.uint8)[..., None]
 
-    return TransferData(pool(arrays.pretrain_images), arrays.pretrain_labels,
-                        len(arrays.class_names), pool(arrays.train_images), arrays.train_labels,
-                        pool(arrays.test_images), arrays.test_labels, 10)
+    return TransferData(
+        pool(arrays.pretrain_images),
+        arrays.pretrain_labels,
+        len(arrays.class_names),
+        pool(arrays.train_images),
+        arrays.train_labels,
+        pool(arrays.test_images),
+        arrays.test_labels,
+        10,
+    )
 
 
 def config_for(models):
@@ -77,11 +84,14 @@ def ray_part(models, out_path):
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, logging_level="ERROR")
     connect = time.perf_counter() - start
     workers = sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
-    seconds, store = timed_run(data, config, os.path.join(os.path.dirname(out_path), "ray"),
-                               RayExecutor(address=os.environ["RAY_ADDRESS"], cpus_per_model=1))
+    seconds, store = timed_run(
+        data,
+        config,
+        os.path.join(os.path.dirname(out_path), "ray"),
+        RayExecutor(address=os.environ["RAY_ADDRESS"], cpus_per_model=1),
+    )
     with open(out_path, "w") as f:
-        json.dump({"connect_s": connect, "run_s": seconds, "cpus": workers,
-                   "store": store.path}, f)
+        json.dump({"connect_s": connect, "run_s": seconds, "cpus": workers, "store": store.path}, f)
 
 
 def main():
@@ -100,38 +110,59 @@ def main():
     data, config = demo_transfer_data(), config_for(args.models)
     work = tempfile.mkdtemp(prefix="ts-ray-bench-")
     threads = torch.get_num_threads()
-    print(f"{args.models} subset models, demo scale ({len(data.pretrain_labels)} pretraining "
-          f"images, {data.num_pretrain_classes} classes, {len(data.test_labels)} test), "
-          f"{os.cpu_count()} cores")
+    print(
+        f"{args.models} subset models, demo scale ({len(data.pretrain_labels)} pretraining "
+        f"images, {data.num_pretrain_classes} classes, {len(data.test_labels)} test), "
+        f"{os.cpu_count()} cores"
+    )
     local_all, _ = timed_run(data, config, os.path.join(work, "local_all"), LocalExecutor())
     print(f"  local, {threads} threads:  {local_all:7.1f} s")
-    local_one, store_one = timed_run(data, config, os.path.join(work, "local_one"),
-                                     LocalExecutor(threads=1))
+    local_one, store_one = timed_run(
+        data, config, os.path.join(work, "local_one"), LocalExecutor(threads=1)
+    )
     print(f"  local, 1 thread:    {local_one:7.1f} s")
     out_path = os.path.join(work, "ray.json")
-    cluster = ["unshare", "-n", sys.executable, os.path.join(ROOT, "scripts", "ray_local_cluster.py"),
-               "--workers=1", "--head-cpus=1", "--worker-cpus=1", "--",
-               sys.executable, os.path.abspath(__file__), "--models", str(args.models),
-               "--ray-part", out_path]
+    cluster = [
+        "unshare",
+        "-n",
+        sys.executable,
+        os.path.join(ROOT, "scripts", "ray_local_cluster.py"),
+        "--workers=1",
+        "--head-cpus=1",
+        "--worker-cpus=1",
+        "--",
+        sys.executable,
+        os.path.abspath(__file__),
+        "--models",
+        str(args.models),
+        "--ray-part",
+        out_path,
+    ]
     start = time.perf_counter()
     subprocess.run(cluster, check=True, capture_output=True)
     with_cluster = time.perf_counter() - start
     with open(out_path) as f:
         ray_run = json.load(f)
     ray_store = ResultsStore.load(ray_run["store"])
-    identical = all(np.array_equal(ray_store.outputs(n), store_one.outputs(n))
-                    for n in OUTPUT_NAMES)
+    identical = all(
+        np.array_equal(ray_store.outputs(n), store_one.outputs(n)) for n in OUTPUT_NAMES
+    )
     ideal = local_one / ray_run["cpus"]
     per_hour = lambda s: args.models * 3600 / s
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "models": args.models,
-        "local_all_threads": {"threads": threads, "seconds": local_all,
-                              "models_per_hour": per_hour(local_all)},
+        "local_all_threads": {
+            "threads": threads,
+            "seconds": local_all,
+            "models_per_hour": per_hour(local_all),
+        },
         "local_one_thread": {"seconds": local_one, "models_per_hour": per_hour(local_one)},
         "ray_two_single_cpu_nodes": {
-            "cpus": ray_run["cpus"], "seconds": ray_run["run_s"],
-            "models_per_hour": per_hour(ray_run["run_s"]), "connect_seconds": ray_run["connect_s"],
+            "cpus": ray_run["cpus"],
+            "seconds": ray_run["run_s"],
+            "models_per_hour": per_hour(ray_run["run_s"]),
+            "connect_seconds": ray_run["connect_s"],
             "cluster_start_to_stop_seconds": with_cluster,
             "overhead_vs_ideal": ray_run["run_s"] / ideal - 1,
             "identical_to_local_one_thread": identical,
@@ -139,13 +170,19 @@ def main():
         "ray_over_local_all_threads": local_all / ray_run["run_s"],
         "ray_over_local_one_thread": local_one / ray_run["run_s"],
     }
-    print(f"  ray, {ray_run['cpus']:g} single-CPU nodes: {ray_run['run_s']:5.1f} s  (connect "
-          f"{ray_run['connect_s']:.2f} s; cluster up, run and down: {with_cluster:.1f} s)")
-    print(f"models per hour: local {threads} threads {per_hour(local_all):.0f}, local 1 thread "
-          f"{per_hour(local_one):.0f}, ray {per_hour(ray_run['run_s']):.0f}")
-    print(f"ray / local ({threads} threads): {result['ray_over_local_all_threads']:.2f}x; "
-          f"overhead vs the ideal (1-thread time / {ray_run['cpus']:g}): "
-          f"{100 * result['ray_two_single_cpu_nodes']['overhead_vs_ideal']:+.1f}%")
+    print(
+        f"  ray, {ray_run['cpus']:g} single-CPU nodes: {ray_run['run_s']:5.1f} s  (connect "
+        f"{ray_run['connect_s']:.2f} s; cluster up, run and down: {with_cluster:.1f} s)"
+    )
+    print(
+        f"models per hour: local {threads} threads {per_hour(local_all):.0f}, local 1 thread "
+        f"{per_hour(local_one):.0f}, ray {per_hour(ray_run['run_s']):.0f}"
+    )
+    print(
+        f"ray / local ({threads} threads): {result['ray_over_local_all_threads']:.2f}x; "
+        f"overhead vs the ideal (1-thread time / {ray_run['cpus']:g}): "
+        f"{100 * result['ray_two_single_cpu_nodes']['overhead_vs_ideal']:+.1f}%"
+    )
     print(f"ray store identical to the 1-thread local store: {identical}")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "ray_executor.json"), "w") as f:

@@ -64,8 +64,12 @@ def train(data, config, out_dir, holdout):
         run = tsc.run_subset_models
         name = config.design
     start = time.perf_counter()
-    trained = run(config, data, store, on_model_done=lambda i, done, total: print(
-        f"\r{name}: {done}/{total}", end="", flush=True))
+    trained = run(
+        config,
+        data,
+        store,
+        on_model_done=lambda i, done, total: print(f"\r{name}: {done}/{total}", end="", flush=True),
+    )
     print()
     return store, len(trained), time.perf_counter() - start
 
@@ -80,7 +84,8 @@ def summarize(masks, y, y_matrix, held_masks, held_y, block_size, bold):
         order = np.argsort(agg.influence, kind="stable")
         harmful = np.flatnonzero((agg.influence < 0) & (agg.q_value < 0.1))
         out[estimator] = {
-            "estimator_used": agg.estimator, "se_method": agg.se_method,
+            "estimator_used": agg.estimator,
+            "se_method": agg.se_method,
             "mean_ci_half_width": float(half.mean()),
             "bold_rank_from_most_negative": int(np.flatnonzero(order == bold)[0]) + 1,
             "bold_influence": float(agg.influence[bold]),
@@ -134,8 +139,9 @@ def main(argv=None):
     parser.add_argument("--models", type=int, default=288, help="models per design")
     parser.add_argument("--holdout", type=int, default=32, help="held-out models (shared)")
     parser.add_argument("--draws", type=int, default=200)
-    parser.add_argument("--out", default=os.path.expanduser(
-        "~/transferscope/benchmarks/subset_designs"))
+    parser.add_argument(
+        "--out", default=os.path.expanduser("~/transferscope/benchmarks/subset_designs")
+    )
     parser.add_argument("--result", default=os.path.join(HERE, "results", "subset_designs.json"))
     args = parser.parse_args(argv)
 
@@ -159,33 +165,49 @@ def main(argv=None):
         timings[name] = {"models": n, "seconds": seconds}
         runs[name] = (store.masks, store.outputs("prob"), design.block_size)
 
-    report = {"machine": platform.processor() or platform.machine(),
-              "models_per_design": args.models, "holdout_models": args.holdout,
-              "config": base.to_dict(), "timings": timings,
-              "target_function": "prob (mean over the test split)", "designs": {}}
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "models_per_design": args.models,
+        "holdout_models": args.holdout,
+        "config": base.to_dict(),
+        "timings": timings,
+        "target_function": "prob (mean over the test split)",
+        "designs": {},
+    }
     rng = np.random.default_rng(0)
     for name, (masks, y_matrix, block) in runs.items():
         y = y_matrix.mean(axis=1)
         per_m = {}
         counts = sorted({m for m in (144, args.models) if m <= len(y)})
         for m in counts:
-            per_m[m] = summarize(masks[:m], y[:m], y_matrix[:m], held_masks, held_y,
-                                 min(block, m), bold)
+            per_m[m] = summarize(
+                masks[:m], y[:m], y_matrix[:m], held_masks, held_y, min(block, m), bold
+            )
         sizes = [m for m in DRAW_SIZES if m <= len(y)]
-        rates = [bold_first_rate(masks, y, bold, m, rng, args.draws, name != "independent")
-                 for m in sizes]
+        rates = [
+            bold_first_rate(masks, y, bold, m, rng, args.draws, name != "independent")
+            for m in sizes
+        ]
         report["designs"][name] = {
             "per_model_output_std": float(y.std(ddof=1)),
             "by_models": per_m,
-            "bold_first_draw_sizes": sizes, "bold_first_rate": rates,
+            "bold_first_draw_sizes": sizes,
+            "bold_first_rate": rates,
             "models_for_bold_first_in_90pct": models_for(0.9, sizes, rates),
         }
     paper = report["designs"]["independent"]["by_models"]
     report["models_needed_vs_paper"] = {
-        name: {str(m): (report["designs"][name]["by_models"][m]["auto"]["mean_ci_half_width"]
-                        / paper[m]["difference_of_means"]["mean_ci_half_width"]) ** 2
-               for m in report["designs"][name]["by_models"] if m in paper}
-        for name in DESIGNS}
+        name: {
+            str(m): (
+                report["designs"][name]["by_models"][m]["auto"]["mean_ci_half_width"]
+                / paper[m]["difference_of_means"]["mean_ci_half_width"]
+            )
+            ** 2
+            for m in report["designs"][name]["by_models"]
+            if m in paper
+        }
+        for name in DESIGNS
+    }
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=1, default=str))
     os.makedirs(os.path.dirname(args.result), exist_ok=True)
     with open(args.result, "w") as f:

@@ -23,8 +23,11 @@ def check_int(value, name, minimum=None, maximum=None):
 def check_number(value, name, low=None, high=None, low_open=False, high_open=False):
     """``value`` as a float, or ``ValueError``: a finite real number (not a bool or a
     string) within the bounds (``low_open``/``high_open``: the bound itself excluded)."""
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and math.isfinite(float(value)))
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:

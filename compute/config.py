@@ -92,8 +92,10 @@ class InfluenceConfig:
         check_choice(self.design, "design", DESIGNS)
         check_int(self.holdout_models, "holdout_models", 0, MAX_NUM_MODELS)
         if 0 < self.holdout_models < 3:
-            raise ValueError(f"holdout_models must be 0 (none) or >= 3 (a rank correlation "
-                             f"over them); got {self.holdout_models}")
+            raise ValueError(
+                f"holdout_models must be 0 (none) or >= 3 (a rank correlation "
+                f"over them); got {self.holdout_models}"
+            )
         if not isinstance(self.arch, str) or not self.arch:
             raise ValueError(f"arch must be a non-empty string; got {self.arch!r}")
         check_int(self.width, "width", 1, 1024)
@@ -108,8 +110,10 @@ class InfluenceConfig:
         check_choice(self.precision, "precision", PRECISIONS)
         check_int(self.augment_shift, "augment_shift", 0)
         if self.augment_shift >= self.image_size // 2:
-            raise ValueError(f"augment_shift must be below half the image size "
-                             f"({self.image_size // 2}); got {self.augment_shift}")
+            raise ValueError(
+                f"augment_shift must be below half the image size "
+                f"({self.image_size // 2}); got {self.augment_shift}"
+            )
         check_choice(self.device, "device", DEVICES)
         # beyond these, SGD diverges at once on every architecture here
         check_number(self.lr, "lr", 0, MAX_LR, low_open=True)

@@ -25,9 +25,17 @@ ORDERS = ("harmful_first", "helpful_first", "random")
 MIN_REMAINING_CLASSES = 2
 
 
-def select_classes(class_names, class_influence, ci_high=None, rule=DEFAULT_RULE,
-                   k=None, threshold=None, classes=None, q_values=None,
-                   fdr_level=DEFAULT_FDR):
+def select_classes(
+    class_names,
+    class_influence,
+    ci_high=None,
+    rule=DEFAULT_RULE,
+    k=None,
+    threshold=None,
+    classes=None,
+    q_values=None,
+    fdr_level=DEFAULT_FDR,
+):
     """Indices of the classes a rule selects for removal, most harmful first.
 
     Rules:
@@ -50,29 +58,39 @@ def select_classes(class_names, class_influence, ci_high=None, rule=DEFAULT_RULE
     infl = np.asarray(class_influence, dtype=np.float64)
     num = len(names)
     if infl.shape != (num,):
-        raise ValueError(f"class_influence must have one value per class ({num}); "
-                         f"got shape {infl.shape}")
+        raise ValueError(
+            f"class_influence must have one value per class ({num}); got shape {infl.shape}"
+        )
     if rule == "harmful_fdr":
         check_fdr_level(fdr_level)
         if q_values is None:
-            raise ValueError("rule 'harmful_fdr' needs the classes' q-values; this run has "
-                             "none (computed before 0.2): compute it again, or use rule "
-                             "'ci_below_zero'")
+            raise ValueError(
+                "rule 'harmful_fdr' needs the classes' q-values; this run has "
+                "none (computed before 0.2): compute it again, or use rule "
+                "'ci_below_zero'"
+            )
         q = np.asarray(q_values, dtype=np.float64)
         chosen = np.flatnonzero((infl < 0) & (q < fdr_level))
         if len(chosen) == 0:
             best = int(np.argmin(np.where(infl < 0, q, np.inf))) if (infl < 0).any() else None
-            lowest = (f" (the lowest q of a harmful class: {names[best]!r} at {q[best]:.2g})"
-                      if best is not None else "")
+            lowest = (
+                f" (the lowest q of a harmful class: {names[best]!r} at {q[best]:.2g})"
+                if best is not None
+                else ""
+            )
             raise ValueError(
                 f"no class is harmful at false-discovery level {fdr_level:g}{lowest}; "
-                f"nothing selected (train more models, or use rule 'most_harmful' with k)")
+                f"nothing selected (train more models, or use rule 'most_harmful' with k)"
+            )
     elif rule == "most_harmful":
         check_num_removed(k, num)
         chosen = np.argsort(infl, kind="stable")[:k]
     elif rule == "below_threshold":
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not np.isfinite(threshold):
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not np.isfinite(threshold)
+        ):
             raise ValueError(f"threshold must be a finite number; got {threshold!r}")
         chosen = np.flatnonzero(infl < threshold)
         if len(chosen) == 0:
@@ -92,8 +110,9 @@ def select_classes(class_names, class_influence, ci_high=None, rule=DEFAULT_RULE
             )
     elif rule == "classes":
         if isinstance(classes, str) or not classes:
-            raise ValueError(f"rule 'classes' needs a non-empty list of class names; "
-                             f"got {classes!r}")
+            raise ValueError(
+                f"rule 'classes' needs a non-empty list of class names; got {classes!r}"
+            )
         unknown = [c for c in classes if c not in names]
         if unknown:
             raise ValueError(f"unknown pretraining class(es): {unknown}")
@@ -143,9 +162,13 @@ class CurationPlan:
     removed: list
 
     def fingerprint(self):
-        blob = json.dumps({"masks": np.packbits(self.masks).tolist(),
-                           "shape": list(self.masks.shape),
-                           "seeds": self.seeds.tolist()}).encode()
+        blob = json.dumps(
+            {
+                "masks": np.packbits(self.masks).tolist(),
+                "shape": list(self.masks.shape),
+                "seeds": self.seeds.tolist(),
+            }
+        ).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def cell(self, arm, k, cls=None):
@@ -169,8 +192,9 @@ def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0, each
     infl = np.asarray(class_influence, dtype=np.float64)
     num = len(infl)
     if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 2:
-        raise ValueError(f"num_seeds must be an integer >= 2 (for a paired interval); "
-                         f"got {num_seeds!r}")
+        raise ValueError(
+            f"num_seeds must be an integer >= 2 (for a paired interval); got {num_seeds!r}"
+        )
     removed = [int(c) for c in removed]
     if not removed or len(set(removed)) != len(removed) or not all(0 <= c < num for c in removed):
         raise ValueError(f"removed must be distinct class indices in [0, {num}); got {removed}")
@@ -225,9 +249,14 @@ def paired_comparison(a, b, confidence=0.95):
         p = 0.0 if diff[0] != 0 else 1.0  # no spread: the t statistic is undefined
     else:
         p = float(stats.ttest_rel(a, b).pvalue)
-    return {"diff": mean, "ci95": [lo, hi], "p_value": p,
-            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
-            "num_pairs": int(len(diff))}
+    return {
+        "diff": mean,
+        "ci95": [lo, hi],
+        "p_value": p,
+        "wins": int((diff > 0).sum()),
+        "losses": int((diff < 0).sum()),
+        "num_pairs": int(len(diff)),
+    }
 
 
 def summarize_curation(plan, accuracy, class_names=None):
@@ -246,23 +275,37 @@ def summarize_curation(plan, accuracy, class_names=None):
     for c in plan.cells:
         per_seed = acc[c["rows"]]
         mean, lo, hi = mean_ci(per_seed)
-        cells.append({"arm": c["arm"], "k": c["k"], "accuracy": mean, "ci95": [lo, hi],
-                      "per_seed": per_seed.round(6).tolist(),
-                      **({"class": names[c["class"]] if names else c["class"]}
-                         if "class" in c else {})})
+        cells.append(
+            {
+                "arm": c["arm"],
+                "k": c["k"],
+                "accuracy": mean,
+                "ci95": [lo, hi],
+                "per_seed": per_seed.round(6).tolist(),
+                **({"class": names[c["class"]] if names else c["class"]} if "class" in c else {}),
+            }
+        )
     k_cur = len(plan.removed)
     full = acc[plan.cell("full", 0)["rows"]]
     curated = acc[plan.cell("curated", k_cur)["rows"]]
     random_k = acc[plan.cell("random", k_cur)["rows"]]
     helpful_k = acc[plan.cell("helpful_first", k_cur)["rows"]]
     # every order at every k against the full set, paired by seed
-    vs_full = [{"arm": c["arm"], "k": c["k"], **paired_comparison(acc[c["rows"]], full)}
-               for c in plan.cells if c["arm"] in ORDERS]
+    vs_full = [
+        {"arm": c["arm"], "k": c["k"], **paired_comparison(acc[c["rows"]], full)}
+        for c in plan.cells
+        if c["arm"] in ORDERS
+    ]
     # each curated class alone: its removal is confirmed when the paired
     # interval of its gain over the full set lies above zero
-    each = [{"class": names[c["class"]] if names else c["class"],
-             **paired_comparison(acc[c["rows"]], full)}
-            for c in plan.cells if c["arm"] == "each"]
+    each = [
+        {
+            "class": names[c["class"]] if names else c["class"],
+            **paired_comparison(acc[c["rows"]], full),
+        }
+        for c in plan.cells
+        if c["arm"] == "each"
+    ]
     return {
         "each_removed_vs_full": each,
         "confirmed": [row["class"] for row in each if row["ci95"][0] > 0],

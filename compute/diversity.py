@@ -36,8 +36,8 @@ def log_grid(budget, max_classes, max_per_class, num_points, min_per_class=2, mi
         raise ValueError(
             f"budget {budget} does not fit the data: it needs at least {lo} classes of at "
             f"most {max_per_class} samples, but there are {max_classes} classes"
-            if lo > max_classes else
-            f"budget {budget} is too small for {min_classes} classes of {min_per_class} samples"
+            if lo > max_classes
+            else f"budget {budget} is too small for {min_classes} classes of {min_per_class} samples"
         )
     grid = np.unique(np.round(np.geomspace(lo, hi, num_points)).astype(int))
     return [int(k) for k in grid]
@@ -83,7 +83,7 @@ class PowerLawFit:
 
 def _model(theta, K, n):
     a, p, b, q, c = theta
-    return a * K ** -p + b * n ** -q + c
+    return a * K**-p + b * n**-q + c
 
 
 def _fit_once(K, n, err):
@@ -94,8 +94,11 @@ def _fit_once(K, n, err):
     for p0, q0 in ((0.5, 0.5), (1.0, 0.3), (0.3, 1.0)):
         x0 = [spread, p0, spread, q0, max(0.0, float(err.min()) - spread / 2)]
         res = optimize.least_squares(
-            lambda t: _model(t, K, n) - err, x0,
-            bounds=([0, 0.01, 0, 0.01, 0], [np.inf, 3.0, np.inf, 3.0, 1.0]), max_nfev=5000)
+            lambda t: _model(t, K, n) - err,
+            x0,
+            bounds=([0, 0.01, 0, 0.01, 0], [np.inf, 3.0, np.inf, 3.0, 1.0]),
+            max_nfev=5000,
+        )
         if best is None or res.cost < best.cost:
             best = res
     return best
@@ -128,10 +131,15 @@ def fit_power_law(K, n, err, num_bootstrap=200, seed=0):
     flat_n = b * (n.min() ** -q - n.max() ** -q) < floor
     degenerate = flat_k or flat_n
     converged = bool(res.success) and not degenerate
-    message = res.message if not degenerate else (
-        "degenerate fit: error does not fall with "
-        + ("the number of classes" if flat_k else "samples per class")
-        + "; no interior optimum")
+    message = (
+        res.message
+        if not degenerate
+        else (
+            "degenerate fit: error does not fall with "
+            + ("the number of classes" if flat_k else "samples per class")
+            + "; no interior optimum"
+        )
+    )
     rng = np.random.default_rng(seed)
     cells = {}
     for i, key in enumerate(zip(K, n)):
@@ -142,8 +150,13 @@ def fit_power_law(K, n, err, num_bootstrap=200, seed=0):
         r = _fit_once(K[rows], n[rows], err[rows])
         draws.append(r.x)
     rmse = float(np.sqrt(np.mean((_model(theta, K, n) - err) ** 2)))
-    return PowerLawFit(*map(float, theta), rmse=rmse, converged=converged,
-                       message=str(message), draws=np.array(draws).reshape(-1, 5))
+    return PowerLawFit(
+        *map(float, theta),
+        rmse=rmse,
+        converged=converged,
+        message=str(message),
+        draws=np.array(draws).reshape(-1, 5),
+    )
 
 
 def parabola_optimum(K, err):

@@ -20,8 +20,14 @@ def resolve_design(config, num_classes, class_names=None):
     (an orthogonal design is rounded up to whole blocks; ``note`` says so)."""
     from .config import MAX_NUM_MODELS
 
-    design = make_design(config.design, config.num_models, num_classes, config.alpha,
-                         config.seed, max_models=MAX_NUM_MODELS)
+    design = make_design(
+        config.design,
+        config.num_models,
+        num_classes,
+        config.alpha,
+        config.seed,
+        max_models=MAX_NUM_MODELS,
+    )
     check_design(design.masks, class_names)
     return design
 
@@ -39,8 +45,10 @@ def open_store(path, config, data, class_names=None, meta=None):
     """
     design = resolve_design(config, data.num_pretrain_classes, class_names)
     if design.num_models != config.num_models:
-        raise ValueError(f"config.num_models is {config.num_models} but its design has "
-                         f"{design.num_models} models ({design.note}); pass the design's count")
+        raise ValueError(
+            f"config.num_models is {config.num_models} but its design has "
+            f"{design.num_models} models ({design.note}); pass the design's count"
+        )
     config_hash = config.fingerprint(data.fingerprint())
     # the caller's note (say, how many models it asked for) wins over the design's
     meta = {**design.describe(), **(meta or {})}
@@ -54,8 +62,9 @@ HOLDOUT_INDEX_BASE = 4_000_000
 
 def holdout_masks(config, num_classes):
     """``(config.holdout_models, C)``: independent random subsets of ``alpha C`` classes."""
-    return independent_masks(config.holdout_models, num_classes, config.alpha,
-                             seed=HOLDOUT_INDEX_BASE + config.seed)
+    return independent_masks(
+        config.holdout_models, num_classes, config.alpha, seed=HOLDOUT_INDEX_BASE + config.seed
+    )
 
 
 def open_holdout_store(path, config, data):
@@ -69,12 +78,12 @@ def open_holdout_store(path, config, data):
 def run_holdout_models(config, data, store, on_model_done=None, executor=None):
     """Trains the held-out models a store lacks (resumable)."""
     indices = HOLDOUT_INDEX_BASE + np.arange(len(store.completed))
-    return run_subset_models(config, data, store, on_model_done, model_indices=indices,
-                             executor=executor)
+    return run_subset_models(
+        config, data, store, on_model_done, model_indices=indices, executor=executor
+    )
 
 
-def run_subset_models(config, data, store, on_model_done=None, model_indices=None,
-                      executor=None):
+def run_subset_models(config, data, store, on_model_done=None, model_indices=None, executor=None):
     """Trains every model whose row is not complete, writing each as it ends.
 
     Args:
@@ -144,8 +153,14 @@ def open_retrain_store(path, config, data, masks, seeds, meta=None):
 def run_retraining(config, data, store, on_model_done=None, executor=None):
     """Trains the rows of a retrain store that are not complete (resumable)."""
     seeds = np.asarray(store.spec["meta"]["seeds"], dtype=np.int64)
-    return run_subset_models(config, data, store, on_model_done,
-                             model_indices=RETRAIN_INDEX_BASE + seeds, executor=executor)
+    return run_subset_models(
+        config,
+        data,
+        store,
+        on_model_done,
+        model_indices=RETRAIN_INDEX_BASE + seeds,
+        executor=executor,
+    )
 
 
 # The backbone used for embeddings: one model on every class, its own seed.
@@ -216,8 +231,9 @@ def diversity_cell_masks(cell, labels, num_classes):
         return class_mask, sample_mask
     counts = np.bincount(labels, minlength=num_classes)
     eligible = np.flatnonzero(counts >= cell["per_class"])
-    return diversity_subset(labels, num_classes, cell["classes"], cell["per_class"],
-                            cell["seed"], eligible)
+    return diversity_subset(
+        labels, num_classes, cell["classes"], cell["per_class"], cell["seed"], eligible
+    )
 
 
 def run_diversity_cells(config, data, store, cells, on_model_done=None, executor=None):
@@ -226,13 +242,16 @@ def run_diversity_cells(config, data, store, cells, on_model_done=None, executor
     Each cell trains for its own ``epochs`` with model seed
     ``DIVERSITY_INDEX_BASE + seed``.
     """
+
     def job(row):
         cell = cells[row]
-        class_mask, sample_mask = diversity_cell_masks(cell, data.pretrain_labels,
-                                                       data.num_pretrain_classes)
+        class_mask, sample_mask = diversity_cell_masks(
+            cell, data.pretrain_labels, data.num_pretrain_classes
+        )
         cell_config = type(config).from_dict({**config.to_dict(), "epochs": cell["epochs"]})
-        return ModelJob(row, cell_config, DIVERSITY_INDEX_BASE + cell["seed"],
-                        class_mask, sample_mask)
+        return ModelJob(
+            row, cell_config, DIVERSITY_INDEX_BASE + cell["seed"], class_mask, sample_mask
+        )
 
     return _train_pending(store, job, data, on_model_done, executor)
 
@@ -244,7 +263,8 @@ def cells_digest(cells):
 
 def open_cells_store(path, config, data, cells):
     """A resumable store for sweep cells, refused if written for other cells."""
-    masks = np.array([diversity_cell_masks(c, data.pretrain_labels,
-                                           data.num_pretrain_classes)[0] for c in cells])
+    masks = np.array(
+        [diversity_cell_masks(c, data.pretrain_labels, data.num_pretrain_classes)[0] for c in cells]
+    )
     config_hash = f"{config.fingerprint(data.fingerprint())}/cells/{cells_digest(cells)}"
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels))

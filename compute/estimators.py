@@ -163,7 +163,8 @@ def check_estimator(masks, estimator):
         raise ValueError(
             f"the regression needs more models than classes + 1 and masks of full "
             f"rank; got {M} models for {C} classes: use more models or "
-            f"estimator='difference_of_means'")
+            f"estimator='difference_of_means'"
+        )
 
 
 def estimate_influence(masks, outputs, estimator="auto"):
@@ -175,9 +176,12 @@ def estimate_influence(masks, outputs, estimator="auto"):
     check_estimator(masks, estimator)
     X, Y = _as_arrays(masks, outputs)
     if estimator == "auto":
-        estimator = ("regression" if regression_kind(X, MIN_RESIDUAL_DF)
-                     and variance_inflation(X) <= MAX_VARIANCE_INFLATION
-                     else "difference_of_means")
+        estimator = (
+            "regression"
+            if regression_kind(X, MIN_RESIDUAL_DF)
+            and variance_inflation(X) <= MAX_VARIANCE_INFLATION
+            else "difference_of_means"
+        )
     if estimator == "regression":
         return _least_squares(X, Y, regression_kind(X))
     est = class_influence(X, Y)
@@ -186,8 +190,9 @@ def estimate_influence(masks, outputs, estimator="auto"):
         ols = _least_squares(X, Y, "absolute")
         return dataclasses.replace(est, stderr=ols.stderr, df=ols.df, se_method="residuals")
     if is_complementary_pairs(X):
-        return dataclasses.replace(est, stderr=_paired_stderr(X, Y), df=len(X) // 2 - 1,
-                                   se_method="pairs")
+        return dataclasses.replace(
+            est, stderr=_paired_stderr(X, Y), df=len(X) // 2 - 1, se_method="pairs"
+        )
     return dataclasses.replace(est, df=_welch_df(X, Y) if Y.shape[1] == 1 else None)
 
 
@@ -212,11 +217,11 @@ def _least_squares(X, Y, kind):
     coef = np.empty((C, Y.shape[1]))
     stderr = np.empty((C, Y.shape[1]))
     for s in range(0, Y.shape[1], _CHUNK):
-        y = Y[:, s:s + _CHUNK] - Y[:, s:s + _CHUNK].mean(axis=0)
+        y = Y[:, s : s + _CHUNK] - Y[:, s : s + _CHUNK].mean(axis=0)
         beta = P @ y
         rss = ((y - Xc @ beta / scale) ** 2).sum(axis=0)
-        coef[:, s:s + _CHUNK] = beta
-        stderr[:, s:s + _CHUNK] = np.sqrt(var_factor[:, None] * (rss / df)[None, :])
+        coef[:, s : s + _CHUNK] = beta
+        stderr[:, s : s + _CHUNK] = np.sqrt(var_factor[:, None] * (rss / df)[None, :])
     n_in = X.sum(axis=0)
     return InfluenceEstimate(coef, stderr, n_in, M - n_in, df, "regression", "residuals")
 
@@ -280,8 +285,18 @@ def aggregate_influence(masks, outputs, confidence=0.95, estimator="auto"):
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(se > 0, infl / se, np.where(infl == 0, 0.0, np.inf))
     p = 2 * stats.t.sf(np.abs(t), df)
-    return AggregateInfluence(infl, se, infl - q * se, infl + q * se, confidence,
-                              p, benjamini_hochberg(p), est.df, est.estimator, est.se_method)
+    return AggregateInfluence(
+        infl,
+        se,
+        infl - q * se,
+        infl + q * se,
+        confidence,
+        p,
+        benjamini_hochberg(p),
+        est.df,
+        est.estimator,
+        est.se_method,
+    )
 
 
 def benjamini_hochberg(p_values):
@@ -318,8 +333,11 @@ def split_groups(num_models, block_size=1, masks=None):
 
 def split_halves(num_models, block_size=2, masks=None):
     """Two disjoint halves of the model indices: alternate units (see :func:`split_groups`)."""
-    groups = split_groups(num_models, block_size, masks) if masks is not None else (
-        np.arange(num_models) // block_size)
+    groups = (
+        split_groups(num_models, block_size, masks)
+        if masks is not None
+        else (np.arange(num_models) // block_size)
+    )
     units = np.unique(groups)
     first = np.flatnonzero(np.isin(groups, units[0::2]))
     second = np.flatnonzero(np.isin(groups, units[1::2]))
@@ -346,9 +364,11 @@ def split_half(masks, outputs, block_size=1, estimator="auto"):
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (a.influence - b.influence) / np.sqrt(a.stderr**2 + b.stderr**2)
     z = z[np.isfinite(z)]
-    return {"spearman": float(stats.spearmanr(a.influence, b.influence).statistic),
-            "z_sd": float(z.std(ddof=1)) if len(z) > 1 else float("nan"),
-            "halves": [len(first), len(second)]}
+    return {
+        "spearman": float(stats.spearmanr(a.influence, b.influence).statistic),
+        "z_sd": float(z.std(ddof=1)) if len(z) > 1 else float("nan"),
+        "halves": [len(first), len(second)],
+    }
 
 
 def split_half_spearman(masks, outputs, block_size=2):
@@ -366,8 +386,7 @@ def predict_outputs(masks, outputs, new_masks, estimator="auto"):
     return Y.mean(axis=0) + (Xn - X.mean(axis=0)) @ est.influence
 
 
-def linear_datamodeling_score(masks, outputs, heldout_masks, heldout_outputs,
-                              estimator="auto"):
+def linear_datamodeling_score(masks, outputs, heldout_masks, heldout_outputs, estimator="auto"):
     """The linear datamodeling score (datamodels, TRAK) of class influence.
 
     On held-out models, the Spearman correlation over models between the
@@ -387,9 +406,12 @@ def linear_datamodeling_score(masks, outputs, heldout_masks, heldout_outputs,
     rp, rm = rp - rp.mean(axis=0), rm - rm.mean(axis=0)
     rho = (rp * rm).sum(axis=0) / np.sqrt((rp**2).sum(axis=0) * (rm**2).sum(axis=0))
     mean_rho = stats.spearmanr(pred.mean(axis=1), Yh.mean(axis=1)).statistic
-    return {"lds": float(rho.mean()) if rho.size else float("nan"),
-            "lds_mean_output": float(mean_rho),
-            "num_targets": int(varies.sum()), "num_heldout": int(len(Yh))}
+    return {
+        "lds": float(rho.mean()) if rho.size else float("nan"),
+        "lds_mean_output": float(mean_rho),
+        "num_targets": int(varies.sum()),
+        "num_heldout": int(len(Yh)),
+    }
 
 
 def top_k_classes(influence, k):

@@ -59,8 +59,9 @@ class ModelsFailedError(RuntimeError):
 def run_job(job, data, threads=None):
     """Trains one job; ``threads`` (if given) is torch's intra-op thread count."""
     with _torch_threads(threads):
-        return train_subset_model(job.config, job.model_index, job.class_mask, data,
-                                  job.sample_mask)
+        return train_subset_model(
+            job.config, job.model_index, job.class_mask, data, job.sample_mask
+        )
 
 
 def run_group(jobs, data, threads=None):
@@ -72,8 +73,12 @@ def run_group(jobs, data, threads=None):
         sample_masks = [job.sample_mask for job in jobs]
     with _torch_threads(threads):
         return train_subset_models_grouped(
-            jobs[0].config, [job.model_index for job in jobs],
-            np.array([job.class_mask for job in jobs]), data, sample_masks)
+            jobs[0].config,
+            [job.model_index for job in jobs],
+            np.array([job.class_mask for job in jobs]),
+            data,
+            sample_masks,
+        )
 
 
 @contextmanager
@@ -126,8 +131,9 @@ class LocalExecutor:
                 try:
                     outputs = run_group(group, data, self.threads)
                 except Exception as e:  # noqa: BLE001 - retried one by one, for per-row reasons
-                    logger.warning("a group of %d models failed (%s); training them one by one",
-                                   len(group), e)
+                    logger.warning(
+                        "a group of %d models failed (%s); training them one by one", len(group), e
+                    )
                 else:
                     for job, out in zip(group, outputs):
                         on_done(job.row, out)
@@ -155,8 +161,7 @@ class LocalExecutor:
         groups = []
         for job in jobs:
             last = groups[-1] if groups else None
-            if (last and len(last) < size and can_group(job.config)
-                    and job.config == last[0].config):
+            if last and len(last) < size and can_group(job.config) and job.config == last[0].config:
                 last.append(job)
             else:
                 groups.append([job])
@@ -205,14 +210,23 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address="auto", cpus_per_model=1, gpus_per_model=None,
-                 memory_per_model=None, max_retries=3, connect_timeout=10.0):
+    def __init__(
+        self,
+        address="auto",
+        cpus_per_model=1,
+        gpus_per_model=None,
+        memory_per_model=None,
+        max_retries=3,
+        connect_timeout=10.0,
+    ):
         if not isinstance(address, str) or not address.strip():
-            raise ValueError(f"ray address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT'; "
-                             f"got {address!r}")
+            raise ValueError(
+                f"ray address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT'; got {address!r}"
+            )
         _check_positive_int(cpus_per_model, "cpus_per_model")
         if gpus_per_model is not None and not (
-                isinstance(gpus_per_model, (int, float)) and gpus_per_model >= 0):
+            isinstance(gpus_per_model, (int, float)) and gpus_per_model >= 0
+        ):
             raise ValueError(f"gpus_per_model must be a number >= 0; got {gpus_per_model!r}")
         if memory_per_model is not None:
             _check_positive_int(memory_per_model, "memory_per_model")
@@ -237,11 +251,16 @@ class RayExecutor:
         if self.address != "auto":
             _check_reachable(self.address, self.connect_timeout)
         try:
-            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,
-                     configure_logging=False)
+            ray.init(
+                address=self.address,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+            )
         except ConnectionError as e:
-            raise ConnectionError(f"could not connect to the Ray cluster at "
-                                  f"{self.address!r}: {e}") from e
+            raise ConnectionError(
+                f"could not connect to the Ray cluster at {self.address!r}: {e}"
+            ) from e
         try:
             yield ray
         finally:
@@ -267,8 +286,10 @@ class RayExecutor:
         if config.device == "cuda" and gpus == 0:
             raise ValueError("device='cuda' on Ray needs gpus_per_model > 0")
         if config.device == "cpu" and gpus > 0:
-            raise ValueError("device='cpu' with gpus_per_model > 0 would hold GPUs it "
-                             "never uses; set gpus_per_model=0")
+            raise ValueError(
+                "device='cpu' with gpus_per_model > 0 would hold GPUs it "
+                "never uses; set gpus_per_model=0"
+            )
         for name, need in (("CPU", cpus), ("GPU", gpus), ("memory", memory)):
             if need and have.get(name, 0) < need:
                 raise ValueError(
@@ -294,7 +315,8 @@ class RayExecutor:
         if memory:
             resources["memory"] = memory
         task = ray.remote(_remote_job).options(
-            max_retries=self.max_retries, retry_exceptions=False, **resources)
+            max_retries=self.max_retries, retry_exceptions=False, **resources
+        )
         data_ref = ray.put(data)  # once in the object store, shared by every task
         in_flight = {task.remote(job, data_ref, cpus, ENGINE_VERSION): job.row for job in jobs}
         failures = {}
@@ -309,8 +331,10 @@ class RayExecutor:
                     except ray.exceptions.RayTaskError as e:  # training raised
                         failures[row] = f"{type(e.cause).__name__}: {e.cause}"
                     except ray.exceptions.RayError as e:  # worker or node lost, retries spent
-                        failures[row] = (f"{type(e).__name__} after {self.max_retries} "
-                                         f"retries: {str(e).splitlines()[0]}")
+                        failures[row] = (
+                            f"{type(e).__name__} after {self.max_retries} "
+                            f"retries: {str(e).splitlines()[0]}"
+                        )
                     else:
                         on_done(row, outputs)
                         continue
@@ -326,8 +350,9 @@ def make_executor(executor="local", **options):
     """An executor from its name (``"local"`` or ``"ray"``) and options, or as given."""
     if not isinstance(executor, str):
         if not (hasattr(executor, "run") and hasattr(executor, "check")):
-            raise ValueError(f"executor must be one of {EXECUTORS} or an executor; "
-                             f"got {executor!r}")
+            raise ValueError(
+                f"executor must be one of {EXECUTORS} or an executor; got {executor!r}"
+            )
         return executor
     if executor == "local":
         unknown = set(options) - {"threads", "group_size"}
@@ -344,20 +369,24 @@ def _check_reachable(address, timeout):
     hostport = address.split("://", 1)[-1]
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"ray address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT'; "
-                         f"got {address!r}")
+        raise ValueError(
+            f"ray address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT'; got {address!r}"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise ConnectionError(f"cannot reach the Ray cluster at {address!r} "
-                              f"({e.strerror or e}); is it running?") from e
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r} ({e.strerror or e}); is it running?"
+        ) from e
     # something listens; Ray's head (GCS) and client server speak gRPC, that is
     # HTTP/2, which answers a client's preface with a SETTINGS frame. A listener
     # that does not would make ray.init wait for minutes
     if not _answers_http2(host, int(port), timeout):
-        raise ConnectionError(f"{address!r} accepts connections but does not answer as a "
-                              f"Ray cluster (no HTTP/2 handshake within {timeout:g} s); is "
-                              f"that the right address?")
+        raise ConnectionError(
+            f"{address!r} accepts connections but does not answer as a "
+            f"Ray cluster (no HTTP/2 handshake within {timeout:g} s); is "
+            f"that the right address?"
+        )
 
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -91,15 +91,26 @@ def pretrain_group(config, indices, mask_rows, data, sample_masks=None):
         remaps.append(remap)
     num_classes = [net.head.out_features for net in nets]
 
-    plan = _step_plan(selections, gens, config.epochs, config.batch_size, device,
-                      config.augment_shift)
+    plan = _step_plan(
+        selections, gens, config.epochs, config.batch_size, device, config.augment_shift
+    )
     params, buffers = _stack(nets, max(num_classes), device)
     class_valid = torch.zeros(group, max(num_classes), dtype=torch.bool, device=device)
     for g, k in enumerate(num_classes):
         class_valid[g, :k] = True
     remap_table = torch.stack(remaps)
-    _fit_group(nets[0], params, buffers, t["pretrain"], labels, remap_table, class_valid,
-               plan, config, device)
+    _fit_group(
+        nets[0],
+        params,
+        buffers,
+        t["pretrain"],
+        labels,
+        remap_table,
+        class_valid,
+        plan,
+        config,
+        device,
+    )
     for g, net in enumerate(nets):
         _unstack_into(net, params, buffers, g, num_classes[g], plan["steps"][g])
         net.to(device).to(memory_format=torch.channels_last)
@@ -124,7 +135,7 @@ def _step_plan(selections, gens, epochs, batch_size, device, shift=0):
         for _ in range(epochs):
             order = torch.randperm(n, generator=gen)  # the same draws as the one-model loop
             for i in range(steps_per_epoch):
-                idx = order[i * batch_size:(i + 1) * batch_size]
+                idx = order[i * batch_size : (i + 1) * batch_size]
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
                 batches.append(sel[idx])
@@ -145,20 +156,24 @@ def _step_plan(selections, gens, epochs, batch_size, device, shift=0):
     factor = torch.zeros(num_steps, group, dtype=torch.float64)
     for g, (batches, factors) in enumerate(per_model):
         for s, idx in enumerate(batches):
-            index[s, g, :len(idx)] = idx
-            index[s, g, len(idx):] = idx[0]
-            weight[s, g, :len(idx)] = 1.0
+            index[s, g, : len(idx)] = idx
+            index[s, g, len(idx) :] = idx[0]
+            weight[s, g, : len(idx)] = 1.0
             if shift:
-                offsets[s, g, :len(idx)] = offsets_of[g][s]
-        active[:len(factors), g] = True
-        factor[:len(factors), g] = torch.tensor(factors, dtype=torch.float64)
+                offsets[s, g, : len(idx)] = offsets_of[g][s]
+        active[: len(factors), g] = True
+        factor[: len(factors), g] = torch.tensor(factors, dtype=torch.float64)
         # a finished model still computes (on its last batch) but never updates
-        index[len(batches):, g] = index[len(batches) - 1, g]
-        weight[len(batches):, g] = weight[len(batches) - 1, g]
-    return {"index": index.to(device), "weight": weight.to(device),
-            "offsets": offsets.to(device) if shift else None,
-            "active": active.to(device), "lr_factor": factor.to(device),
-            "steps": [len(f) for _, f in per_model]}
+        index[len(batches) :, g] = index[len(batches) - 1, g]
+        weight[len(batches) :, g] = weight[len(batches) - 1, g]
+    return {
+        "index": index.to(device),
+        "weight": weight.to(device),
+        "offsets": offsets.to(device) if shift else None,
+        "active": active.to(device),
+        "lr_factor": factor.to(device),
+        "steps": [len(f) for _, f in per_model],
+    }
 
 
 def _stack(nets, max_classes, device):
@@ -173,7 +188,7 @@ def _stack(nets, max_classes, device):
         if name.startswith("head."):
             padded = [v.new_zeros((max_classes,) + v.shape[1:]) for v in values]
             for out, v in zip(padded, values):
-                out[:len(v)] = v
+                out[: len(v)] = v
             values = padded
         (params if name in param_names else buffers)[name] = torch.stack(values).to(device)
     return params, buffers
@@ -190,8 +205,9 @@ def _unstack_into(net, params, buffers, g, num_classes, steps):
     net.load_state_dict({k: v.cpu() for k, v in state.items()})
 
 
-def _fit_group(template, params, buffers, images, labels, remap_table, class_valid,
-               plan, config, device):
+def _fit_group(
+    template, params, buffers, images, labels, remap_table, class_valid, plan, config, device
+):
     """SGD (Nesterov momentum, weight decay) on every model of the group at once."""
     model_forward = _masked_forward(template)
 
@@ -208,15 +224,17 @@ def _fit_group(template, params, buffers, images, labels, remap_table, class_val
     momentum = {k: None for k in params}
     lr, wd = config.lr, config.weight_decay
     for s in range(plan["index"].shape[0]):
-        idx = plan["index"][s]                                   # (G, B)
-        x = images[idx]                                          # (G, B, C, H, W)
+        idx = plan["index"][s]  # (G, B)
+        x = images[idx]  # (G, B, C, H, W)
         if config.augment_shift:
-            x = shift_images(x.flatten(0, 1), plan["offsets"][s].flatten(0, 1),
-                             config.augment_shift).reshape(x.shape)
-        y = remap_table.gather(1, labels[idx])                   # (G, B)
+            x = shift_images(
+                x.flatten(0, 1), plan["offsets"][s].flatten(0, 1), config.augment_shift
+            ).reshape(x.shape)
+        y = remap_table.gather(1, labels[idx])  # (G, B)
         with _autocast(device, config.precision):
-            grads, (_, new_buffers) = step_grads(params, buffers, x, y, plan["weight"][s],
-                                                 class_valid)
+            grads, (_, new_buffers) = step_grads(
+                params, buffers, x, y, plan["weight"][s], class_valid
+            )
         active = plan["active"][s]
         step_lr = lr * plan["lr_factor"][s]  # float64
         with torch.no_grad():
@@ -252,10 +270,12 @@ def _masked_forward(net):
         out = centered * torch.rsqrt(var + BN_EPS).view(1, -1, 1, 1)
         out = out * p[f"{name}.weight"].view(1, -1, 1, 1) + p[f"{name}.bias"].view(1, -1, 1, 1)
         # running variance is unbiased, as in nn.BatchNorm2d
-        new_b[f"{name}.running_mean"] = ((1 - BN_MOMENTUM) * b[f"{name}.running_mean"]
-                                         + BN_MOMENTUM * mean.detach())
-        new_b[f"{name}.running_var"] = ((1 - BN_MOMENTUM) * b[f"{name}.running_var"]
-                                        + BN_MOMENTUM * var.detach() * count / (count - 1))
+        new_b[f"{name}.running_mean"] = (1 - BN_MOMENTUM) * b[
+            f"{name}.running_mean"
+        ] + BN_MOMENTUM * mean.detach()
+        new_b[f"{name}.running_var"] = (1 - BN_MOMENTUM) * b[
+            f"{name}.running_var"
+        ] + BN_MOMENTUM * var.detach() * count / (count - 1)
         return out
 
     def forward(p, b, x, w):
@@ -263,13 +283,20 @@ def _masked_forward(net):
         out = torch.relu(bn(p, b, new_b, "stem.1", conv(p, "stem.0", x, net.stem[0]), w))
         for i, block in enumerate(net.stages):
             name = f"stages.{i}"
-            h = torch.relu(bn(p, b, new_b, f"{name}.bn1",
-                              conv(p, f"{name}.conv1", out, block.conv1), w))
+            h = torch.relu(
+                bn(p, b, new_b, f"{name}.bn1", conv(p, f"{name}.conv1", out, block.conv1), w)
+            )
             h = bn(p, b, new_b, f"{name}.bn2", conv(p, f"{name}.conv2", h, block.conv2), w)
             skip = out
             if block.shortcut is not None:
-                skip = bn(p, b, new_b, f"{name}.shortcut.1",
-                          conv(p, f"{name}.shortcut.0", out, block.shortcut[0]), w)
+                skip = bn(
+                    p,
+                    b,
+                    new_b,
+                    f"{name}.shortcut.1",
+                    conv(p, f"{name}.shortcut.0", out, block.shortcut[0]),
+                    w,
+                )
             out = torch.relu(h + skip)
         features = out.mean((2, 3))  # global average pool (vmap has no fast rule for the op)
         return F.linear(features, p["head.weight"], p["head.bias"]), new_b
@@ -282,6 +309,7 @@ def _at_least_fp32(x):
 
 
 # --- how many models to group ---------------------------------------------------
+
 
 def group_size_for_memory(free_bytes, bytes_per_model, num_jobs, cap=64, headroom=0.8):
     """The largest group that fits ``headroom`` of the free memory (>= 1)."""

@@ -51,8 +51,7 @@ def as_vectors(x, name, ids=None):
     bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
     if len(bad):
         where = f"sample {ids[bad[0]]}" if ids is not None else f"row {bad[0]}"
-        raise ValueError(f"{name}: {len(bad)} vector(s) hold NaN or infinite values, "
-                         f"e.g. {where}")
+        raise ValueError(f"{name}: {len(bad)} vector(s) hold NaN or infinite values, e.g. {where}")
     return arr
 
 
@@ -61,8 +60,10 @@ def _unit_rows(x, name, ids=None):
     zero = np.flatnonzero(norms[:, 0] == 0)
     if len(zero):
         where = f"sample {ids[zero[0]]}" if ids is not None else f"row {zero[0]}"
-        raise ValueError(f"{name}: {len(zero)} vector(s) are zero after centring, "
-                         f"e.g. {where}; their cosine distance is undefined")
+        raise ValueError(
+            f"{name}: {len(zero)} vector(s) are zero after centring, "
+            f"e.g. {where}; their cosine distance is undefined"
+        )
     return x / norms
 
 
@@ -87,9 +88,20 @@ class NeighborIndex:
         ids: optional names of the rows, for error messages
     """
 
-    def __init__(self, vectors, kind="auto", device="auto", center=True, nlist=None,
-                 nprobe=None, hnsw_m=32, ef_search=128, ids=None, name="index vectors",
-                 seed=0):
+    def __init__(
+        self,
+        vectors,
+        kind="auto",
+        device="auto",
+        center=True,
+        nlist=None,
+        nprobe=None,
+        hnsw_m=32,
+        ef_search=128,
+        ids=None,
+        name="index vectors",
+        seed=0,
+    ):
         import faiss
 
         if kind not in INDEX_KINDS:
@@ -104,16 +116,17 @@ class NeighborIndex:
         self.kind = ("flat" if n <= EXACT_MAX else "ivf") if kind == "auto" else kind
         use_gpu = device == "cuda" or (device == "auto" and gpu_available())
         if device == "cuda" and not gpu_available():
-            raise RuntimeError("device='cuda' was asked for but FAISS has no GPU here "
-                               "(install faiss-gpu on a machine with a GPU)")
+            raise RuntimeError(
+                "device='cuda' was asked for but FAISS has no GPU here "
+                "(install faiss-gpu on a machine with a GPU)"
+            )
         if self.kind == "hnsw":
             use_gpu = False  # FAISS has no GPU HNSW
             index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = ef_search
         elif self.kind == "ivf":
             nlist = nlist or int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist,
-                                       faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = nprobe or min(nlist, max(8, nlist // 16))
         else:
             index = faiss.IndexFlatIP(d)
@@ -135,8 +148,10 @@ class NeighborIndex:
     def prepare(self, queries, name="query vectors", ids=None):
         q = as_vectors(queries, name, ids)
         if q.shape[1] != self.dim:
-            raise ValueError(f"{name} have dimension {q.shape[1]} but the index has "
-                             f"{self.dim}: embeddings from different models?")
+            raise ValueError(
+                f"{name} have dimension {q.shape[1]} but the index has "
+                f"{self.dim}: embeddings from different models?"
+            )
         return _unit_rows(q - self.mean, name, ids)
 
     def search(self, queries, k=1, prepared=False, name="query vectors", ids=None):
@@ -179,8 +194,8 @@ class NeighborIndex:
         if self.kind == "flat" and not self.on_gpu:
             set_faiss_threads()
             lims, sims, ids = self._index.range_search(q, float(1.0 - max_distance))
-            dists = [np.clip(1.0 - sims[lims[i]:lims[i + 1]], 0, 2) for i in range(len(q))]
-            found = [ids[lims[i]:lims[i + 1]] for i in range(len(q))]
+            dists = [np.clip(1.0 - sims[lims[i] : lims[i + 1]], 0, 2) for i in range(len(q))]
+            found = [ids[lims[i] : lims[i + 1]] for i in range(len(q))]
         else:
             found, dists = [None] * len(q), [None] * len(q)
             todo, k = np.arange(len(q)), min(start_k, n)
@@ -234,8 +249,7 @@ def duplicate_groups(num, pairs):
         two or more, ``-1`` for the rest; groups numbered by their first item
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
-                              shape=(num, num))
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(num, num))
     num_comp, comp = csgraph.connected_components(graph, directed=False)
     in_group = np.bincount(comp)[comp] > 1
     # number the groups in order of their first item
@@ -295,4 +309,4 @@ def leak_scores(distance, max_distance, support_z=None, influence_weight=0.25):
     if support_z is None or influence_weight == 0:
         return closeness
     support = stats.norm.cdf(np.asarray(support_z, np.float64))
-    return closeness ** (1 - influence_weight) * support ** influence_weight
+    return closeness ** (1 - influence_weight) * support**influence_weight

@@ -150,11 +150,15 @@ def check_architecture(config, num_classes):
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a misfit input
-        raise ValueError(f"architecture {config.arch!r} does not run on "
-                         f"{config.image_size}x{config.image_size} images with "
-                         f"{config.channels} channel(s): {type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}") from None
+        raise ValueError(
+            f"architecture {config.arch!r} does not run on "
+            f"{config.image_size}x{config.image_size} images with "
+            f"{config.channels} channel(s): {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}"
+        ) from None
     if tuple(out.shape) != (2, num_classes) or feats.ndim != 2:
-        raise ValueError(f"architecture {config.arch!r} gives outputs of shape "
-                         f"{tuple(out.shape)} and features {tuple(feats.shape)}; "
-                         f"expected (2, {num_classes}) and (2, D)")
+        raise ValueError(
+            f"architecture {config.arch!r} gives outputs of shape "
+            f"{tuple(out.shape)} and features {tuple(feats.shape)}; "
+            f"expected (2, {num_classes}) and (2, D)"
+        )

@@ -62,24 +62,35 @@ def _read_manifest(folder):
             raise ValueError("not a list of names")
         return names
     except (OSError, ValueError) as e:
-        raise StoreCorruptError(f"{path} is unreadable ({e}); transferscope cannot tell "
-                                f"its files from others there, so it changes nothing in "
-                                f"{folder}") from None
+        raise StoreCorruptError(
+            f"{path} is unreadable ({e}); transferscope cannot tell "
+            f"its files from others there, so it changes nothing in "
+            f"{folder}"
+        ) from None
 
 
 # what a store folder of transferscope before manifests (0.1) held
-_LEGACY_STORE_FILES = ("spec.json", "masks.npy", "completed.npy", "prob.npy", "margin.npy",
-                       "correct.npy", "pred.npy")
+_LEGACY_STORE_FILES = (
+    "spec.json",
+    "masks.npy",
+    "completed.npy",
+    "prob.npy",
+    "margin.npy",
+    "correct.npy",
+    "pred.npy",
+)
 _LEGACY_SUBDIRS = ("curation", "failures", "diversity", "backbone", "holdout")
 
 
 def _adopt_legacy_store(folder):
     """A store written before manifests: records the files such a store wrote."""
-    if os.path.exists(os.path.join(folder, MANIFEST)) or \
-            not os.path.exists(os.path.join(folder, "spec.json")):
+    if os.path.exists(os.path.join(folder, MANIFEST)) or not os.path.exists(
+        os.path.join(folder, "spec.json")
+    ):
         return
-    present = [n for n in _LEGACY_STORE_FILES + _LEGACY_SUBDIRS
-               if os.path.exists(os.path.join(folder, n))]
+    present = [
+        n for n in _LEGACY_STORE_FILES + _LEGACY_SUBDIRS if os.path.exists(os.path.join(folder, n))
+    ]
     _write_json(os.path.join(folder, MANIFEST), sorted(present))
 
 
@@ -117,12 +128,14 @@ def check_dir_is_ours(folder):
     _adopt_legacy_store(folder)
     names = set(_read_manifest(folder)) | {MANIFEST}
     # a file being replaced (written as <name>.tmp, then renamed) is ours too
-    foreign = sorted(n for n in set(os.listdir(folder)) - names
-                     if not (n.endswith(".tmp") and n[:-4] in names))
+    foreign = sorted(
+        n for n in set(os.listdir(folder)) - names if not (n.endswith(".tmp") and n[:-4] in names)
+    )
     if foreign:
         raise ForeignFilesError(
             f"{folder} holds files transferscope did not write (e.g. {foreign[:3]}); "
-            f"choose a new or empty directory")
+            f"choose a new or empty directory"
+        )
 
 
 def clear_dir(folder):
@@ -159,20 +172,26 @@ def _check_npy(path, dtype, shape):
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             file_shape, fortran, file_dtype = read_header(f)
             offset = f.tell()
     except (OSError, ValueError, EOFError) as e:
         raise StoreCorruptError(f"{path} is not a readable .npy file ({e})") from None
     if tuple(file_shape) != tuple(shape) or np.dtype(file_dtype) != np.dtype(dtype):
-        raise StoreCorruptError(f"{path} holds {file_dtype}{tuple(file_shape)}, expected "
-                                f"{np.dtype(dtype)}{tuple(shape)}")
+        raise StoreCorruptError(
+            f"{path} holds {file_dtype}{tuple(file_shape)}, expected "
+            f"{np.dtype(dtype)}{tuple(shape)}"
+        )
     expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
     size = os.path.getsize(path)
     if size != expected:
-        raise StoreCorruptError(f"{path} is {size} bytes, expected {expected} (truncated or "
-                                f"extended)")
+        raise StoreCorruptError(
+            f"{path} is {size} bytes, expected {expected} (truncated or extended)"
+        )
 
 
 def row_checksum(outputs):
@@ -230,8 +249,13 @@ class ResultsStore:
             store._verify_rows(repair=True)
             return store
         make_dirs(path)
-        for name in ("masks.npy", *(f"{n}.npy" for n in OUTPUT_NAMES), "checksums.npy",
-                     "completed.npy", "spec.json"):
+        for name in (
+            "masks.npy",
+            *(f"{n}.npy" for n in OUTPUT_NAMES),
+            "checksums.npy",
+            "completed.npy",
+            "spec.json",
+        ):
             claim(path, name)
         np.save(os.path.join(path, "masks.npy"), masks)
         arrays = _open_arrays(path, shape, "w+")
@@ -250,8 +274,7 @@ class ResultsStore:
             raise FileNotFoundError(f"no results store at {path}")
         spec = _load_spec(spec_path)
         shape = (spec["num_models"], spec["num_targets"])
-        _check_npy(os.path.join(path, "masks.npy"), bool, (spec["num_models"],
-                                                           spec["num_classes"]))
+        _check_npy(os.path.join(path, "masks.npy"), bool, (spec["num_models"], spec["num_classes"]))
         store = cls(path, spec, _open_arrays(path, shape, "r"))
         store._verify_rows(repair=False)
         return store
@@ -261,17 +284,25 @@ class ResultsStore:
         if sums is None:  # a store from before checksums: trust its rows
             return
         done = np.flatnonzero(self.completed)
-        bad = [int(i) for i in done if int(sums[i]) != row_checksum(
-            {n: self._arrays[n][i] for n in OUTPUT_NAMES})]
+        bad = [
+            int(i)
+            for i in done
+            if int(sums[i]) != row_checksum({n: self._arrays[n][i] for n in OUTPUT_NAMES})
+        ]
         if not bad:
             return
         if not repair:
             raise StoreCorruptError(
                 f"{len(bad)} completed row(s) of the store at {self.path} do not match "
                 f"their checksum (rows {bad[:5]}); run the job that wrote it again to "
-                f"retrain them")
-        logger.warning("%d row(s) of %s do not match their checksum (rows %s); they will "
-                       "be trained again", len(bad), self.path, bad[:5])
+                f"retrain them"
+            )
+        logger.warning(
+            "%d row(s) of %s do not match their checksum (rows %s); they will be trained again",
+            len(bad),
+            self.path,
+            bad[:5],
+        )
         self._arrays["completed"][bad] = False
         self._arrays["completed"].flush()
 
@@ -347,8 +378,9 @@ def _load_spec(spec_path):
                 raise ValueError(f"no {key!r}")
         return spec
     except (OSError, ValueError) as e:
-        raise StoreCorruptError(f"{spec_path} is unreadable ({e}); run again with "
-                                f"overwrite=True to rebuild the store") from None
+        raise StoreCorruptError(
+            f"{spec_path} is unreadable ({e}); run again with overwrite=True to rebuild the store"
+        ) from None
 
 
 def _write_json(path, obj):

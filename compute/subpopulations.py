@@ -104,8 +104,10 @@ def group_by_influence(z, class_names, k=None, seed=0, influence=None, num_chara
         else:
             strength = silhouette_samples(z, labels)
         names = None
-    characteristic = [[class_names[c] for c in order[:num_characteristic]]
-                      for order in distinguishing_classes(effect, labels)]
+    characteristic = [
+        [class_names[c] for c in order[:num_characteristic]]
+        for order in distinguishing_classes(effect, labels)
+    ]
     if names is None:
         names = _unique_names([c[0] for c in characteristic])
     return Grouping(labels, names, characteristic, strength)
@@ -120,8 +122,12 @@ def distinguishing_classes(effect, labels):
     groups = np.unique(labels)
     if len(groups) == 1:
         return [np.argsort(-effect.mean(axis=0), kind="stable")]
-    return [np.argsort(-(effect[labels == g].mean(axis=0) - effect[labels != g].mean(axis=0)),
-                       kind="stable") for g in groups]
+    return [
+        np.argsort(
+            -(effect[labels == g].mean(axis=0) - effect[labels != g].mean(axis=0)), kind="stable"
+        )
+        for g in groups
+    ]
 
 
 def _unique_names(names):
@@ -181,8 +187,15 @@ def culprit_summary(z, class_names, top_k=3):
     order = np.argsort(-z, axis=0, kind="stable")[:k]  # (k, F)
     top1 = np.bincount(order[0], minlength=z.shape[0])
     in_top = np.bincount(order.ravel(), minlength=z.shape[0])
-    rows = [{"class": class_names[c], "top1": int(top1[c]), "in_top_k": int(in_top[c]),
-             "mean_z": float(z[c].mean())} for c in range(z.shape[0])]
+    rows = [
+        {
+            "class": class_names[c],
+            "top1": int(top1[c]),
+            "in_top_k": int(in_top[c]),
+            "mean_z": float(z[c].mean()),
+        }
+        for c in range(z.shape[0])
+    ]
     rows.sort(key=lambda r: (-r["top1"], -r["in_top_k"], -r["mean_z"]))
     return rows
 
@@ -202,8 +215,9 @@ def plan_culprit_check(num_classes, culprit, num_seeds, seed=0):
     if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
         raise ValueError(f"num_seeds must be a positive integer; got {num_seeds!r}")
     if num_classes < 3:
-        raise ValueError("need at least 3 pretraining classes (one removed, others to "
-                         "draw a random one from)")
+        raise ValueError(
+            "need at least 3 pretraining classes (one removed, others to draw a random one from)"
+        )
     rng = np.random.default_rng([seed, culprit])
     others = np.array([c for c in range(num_classes) if c != culprit])
     randoms = rng.choice(others, size=num_seeds, replace=True)

@@ -72,9 +72,14 @@ class Design:
         return np.arange(self.num_models) // self.block_size
 
     def describe(self):
-        return {"design": self.name, "design_requested": self.requested,
-                "block_size": self.block_size, "num_models": self.num_models,
-                "num_models_requested": self.num_requested, "design_note": self.note}
+        return {
+            "design": self.name,
+            "design_requested": self.requested,
+            "block_size": self.block_size,
+            "num_models": self.num_models,
+            "num_models_requested": self.num_requested,
+            "design_note": self.note,
+        }
 
 
 def make_design(design, num_models, num_classes, alpha=0.5, seed=0, max_models=None):
@@ -95,7 +100,8 @@ def make_design(design, num_models, num_classes, alpha=0.5, seed=0, max_models=N
             raise ValueError(
                 f"design 'orthogonal' puts every class in exactly half the models "
                 f"(alpha 0.5); got alpha={alpha!r}: use design='balanced' or "
-                f"'independent' for another alpha")
+                f"'independent' for another alpha"
+            )
         order = hadamard_order(num_classes + 1)
         if num_models >= order:
             blocks = -(-num_models // (2 * order))
@@ -104,25 +110,45 @@ def make_design(design, num_models, num_classes, alpha=0.5, seed=0, max_models=N
                     f"no whole number of orthogonal blocks fits: {num_models} models round "
                     f"up to {blocks * 2 * order} ({2 * order} per block for {num_classes} "
                     f"classes), more than the {max_models} allowed; ask for at most "
-                    f"{(max_models // (2 * order)) * 2 * order}")
-            masks = np.concatenate([_orthogonal_block(order, num_classes, [seed, b])
-                                    for b in range(blocks)])
+                    f"{(max_models // (2 * order)) * 2 * order}"
+                )
+            masks = np.concatenate(
+                [_orthogonal_block(order, num_classes, [seed, b]) for b in range(blocks)]
+            )
             if masks.all(axis=1).any():  # only for a handful of classes: see below
-                note = (f"no orthogonal array found for {num_classes} classes without a model "
-                        f"that sees every class (its complement would see none); using the "
-                        f"'balanced' random design")
-                return Design(balanced_masks(num_models, num_classes, 0.5, seed), "balanced",
-                              design, 1, num_models, note)
+                note = (
+                    f"no orthogonal array found for {num_classes} classes without a model "
+                    f"that sees every class (its complement would see none); using the "
+                    f"'balanced' random design"
+                )
+                return Design(
+                    balanced_masks(num_models, num_classes, 0.5, seed),
+                    "balanced",
+                    design,
+                    1,
+                    num_models,
+                    note,
+                )
             note = ""
             if len(masks) != num_models:
-                note = (f"{num_models} models rounded up to {len(masks)}: whole folded "
-                        f"blocks of a {order}-run orthogonal array for {num_classes} classes")
+                note = (
+                    f"{num_models} models rounded up to {len(masks)}: whole folded "
+                    f"blocks of a {order}-run orthogonal array for {num_classes} classes"
+                )
             return Design(masks, "orthogonal", design, 2 * order, num_models, note)
-        note = (f"{num_models} models are fewer than one orthogonal block needs for "
-                f"{num_classes} classes ({order}, rounded up to {2 * order}); using the "
-                f"'balanced' random design (difference of means)")
-        return Design(balanced_masks(num_models, num_classes, 0.5, seed), "balanced",
-                      design, 1, num_models, note)
+        note = (
+            f"{num_models} models are fewer than one orthogonal block needs for "
+            f"{num_classes} classes ({order}, rounded up to {2 * order}); using the "
+            f"'balanced' random design (difference of means)"
+        )
+        return Design(
+            balanced_masks(num_models, num_classes, 0.5, seed),
+            "balanced",
+            design,
+            1,
+            num_models,
+            note,
+        )
     if design == "balanced":
         masks = balanced_masks(num_models, num_classes, alpha, seed)
         return Design(masks, design, design, 1, num_models)
@@ -259,9 +285,7 @@ def sample_class_masks(num_models, num_classes, alpha=0.5, seed=0):
     Deterministic in ``seed``.
     """
     if num_classes < 2:
-        raise ValueError(
-            f"need at least 2 pretraining classes; got {num_classes}"
-        )
+        raise ValueError(f"need at least 2 pretraining classes; got {num_classes}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1); got {alpha!r}")
     k = _subset_size(num_classes, alpha)
@@ -304,8 +328,8 @@ def balanced_masks(num_models, num_classes, alpha=0.5, seed=0):
         pool = rng.permutation(np.concatenate([only_a, only_b]))
         masks[a, pool] = False
         masks[b, pool] = False
-        masks[a, pool[:len(only_a)]] = True
-        masks[b, pool[len(only_a):]] = True
+        masks[a, pool[: len(only_a)]] = True
+        masks[b, pool[len(only_a) :]] = True
     return masks
 
 
@@ -317,9 +341,7 @@ def check_design(masks, class_names=None):
     """Raises if some class is not both in and out of enough subsets."""
     n_in = masks.sum(axis=0)
     n_out = masks.shape[0] - n_in
-    bad = np.flatnonzero(
-        (n_in < MIN_MODELS_PER_SIDE) | (n_out < MIN_MODELS_PER_SIDE)
-    )
+    bad = np.flatnonzero((n_in < MIN_MODELS_PER_SIDE) | (n_out < MIN_MODELS_PER_SIDE))
     if len(bad):
         names = [class_names[i] if class_names else str(i) for i in bad[:5]]
         raise ValueError(
@@ -330,8 +352,10 @@ def check_design(masks, class_names=None):
         )
     empty = np.flatnonzero(~masks.any(axis=1))
     if len(empty):
-        raise ValueError(f"model(s) {empty[:5].tolist()} would see no class; "
-                         f"increase alpha or the number of classes")
+        raise ValueError(
+            f"model(s) {empty[:5].tolist()} would see no class; "
+            f"increase alpha or the number of classes"
+        )
 
 
 def min_models(alpha):

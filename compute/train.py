@@ -78,9 +78,9 @@ class TransferData:
 
             self._tensor_cache[key] = {
                 "pretrain": to_tensor(self.pretrain_images),
-                "pretrain_labels": torch.from_numpy(
-                    self.pretrain_labels.astype(np.int64)
-                ).to(device),
+                "pretrain_labels": torch.from_numpy(self.pretrain_labels.astype(np.int64)).to(
+                    device
+                ),
                 "train": to_tensor(self.train_images),
                 "test": to_tensor(self.test_images),
             }
@@ -121,15 +121,31 @@ def transfer_outputs(config, net, gen, data, device):
     t = data.tensors(device)
     train_y = data.train_labels.astype(np.int64)
     if config.transfer == "linear":
-        logits = _linear_probe(net, t["train"], train_y, t["test"],
-                               data.num_target_classes, config.probe_c, device,
-                               config.precision)
+        logits = _linear_probe(
+            net,
+            t["train"],
+            train_y,
+            t["test"],
+            data.num_target_classes,
+            config.probe_c,
+            device,
+            config.precision,
+        )
     else:
         net.head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
         y_train = torch.from_numpy(train_y).to(device)
-        _fit(net, t["train"], y_train, config.finetune_epochs,
-             min(config.batch_size, len(y_train)), config.lr / 10,
-             config.weight_decay, gen, device, config.precision)
+        _fit(
+            net,
+            t["train"],
+            y_train,
+            config.finetune_epochs,
+            min(config.batch_size, len(y_train)),
+            config.lr / 10,
+            config.weight_decay,
+            gen,
+            device,
+            config.precision,
+        )
         logits = _eval_batched(net, net, t["test"], device, config.precision)
     return outputs_from_logits(logits, data.test_labels)
 
@@ -147,8 +163,19 @@ def pretrain_network(config, index, mask_row, data, sample_mask=None):
     x_pre = t["pretrain"][keep]
     y_pre = remap[t["pretrain_labels"][keep]]
     net = net.to(device).to(memory_format=torch.channels_last)
-    _fit(net, x_pre, y_pre, config.epochs, config.batch_size, config.lr,
-         config.weight_decay, gen, device, config.precision, config.augment_shift)
+    _fit(
+        net,
+        x_pre,
+        y_pre,
+        config.epochs,
+        config.batch_size,
+        config.lr,
+        config.weight_decay,
+        gen,
+        device,
+        config.precision,
+        config.augment_shift,
+    )
     return net, gen, device
 
 
@@ -174,8 +201,9 @@ def seeded_model(config, index, mask_row, data, device, sample_mask=None):
     if sample_mask is not None:
         keep &= torch.from_numpy(np.asarray(sample_mask, dtype=bool)).to(device)
     if not bool(keep.any()):
-        raise ValueError(f"model {index} would pretrain on no samples: its mask "
-                         "selects no class or no sample")
+        raise ValueError(
+            f"model {index} would pretrain on no samples: its mask selects no class or no sample"
+        )
     net = build_network(config.arch, len(classes), config.channels, config.width)
     return net, gen, keep, remap
 
@@ -191,7 +219,7 @@ def embed_images(net, images, device, mean_std=None, batch_size=1024):
     net.eval()
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = (images[i:i + batch_size].astype(np.float32) / 255.0 - mean) / std
+            x = (images[i : i + batch_size].astype(np.float32) / 255.0 - mean) / std
             x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
             with _autocast(device):
                 out.append(net.features(x).float().cpu())
@@ -252,20 +280,20 @@ def shift_images(x, offsets, shift):
     return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device, precision="auto",
-         shift=0):
+def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device, precision="auto", shift=0):
     n = len(y)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = epochs * steps_per_epoch
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True,
-                          weight_decay=weight_decay)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
     net.train()
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen).to(device)
         for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             batch = x[idx]
@@ -286,7 +314,7 @@ def _eval_batched(fn, net, x, device, precision="auto", batch_size=1024):
     out = []
     for i in range(0, len(x), batch_size):
         with _autocast(device, precision):
-            out.append(fn(x[i:i + batch_size]).float().cpu())
+            out.append(fn(x[i : i + batch_size]).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 

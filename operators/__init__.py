@@ -8,6 +8,14 @@ from .plan_class_diversity import PlanClassDiversity
 from .subpopulations import ExplainFailures, FindSubpopulations
 from .tag_classes import TagClasses
 
-OPERATORS = [ComputeClassInfluence, TagClasses, EvaluateCuration, DetectLeakage,
-             FindNearDuplicates, PlanClassDiversity, FindSubpopulations, ExplainFailures]
+OPERATORS = [
+    ComputeClassInfluence,
+    TagClasses,
+    EvaluateCuration,
+    DetectLeakage,
+    FindNearDuplicates,
+    PlanClassDiversity,
+    FindSubpopulations,
+    ExplainFailures,
+]
 PANELS = [ClassInfluencePanel]

@@ -9,8 +9,12 @@ def operator_config(name, label, description, delegated=True):
     """The config every transferscope operator shares: dynamic form; long jobs
     delegated by default, short ones immediate only."""
     return foo.OperatorConfig(
-        name=name, label=label, description=description, dynamic=True,
-        allow_immediate_execution=True, allow_delegated_execution=delegated,
+        name=name,
+        label=label,
+        description=description,
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=delegated,
         default_choice_to_delegated=delegated,
     )
 
@@ -31,8 +35,15 @@ def dataset_choice(inputs, ctx, name, label, description, default=None):
         choices.add_choice(n, label=n)
     if default not in names:
         default = None
-    inputs.enum(name, names, label=label, description=description,
-                default=default, required=True, view=choices)
+    inputs.enum(
+        name,
+        names,
+        label=label,
+        description=description,
+        default=default,
+        required=True,
+        view=choices,
+    )
     return ctx.params.get(name, default)
 
 
@@ -51,23 +62,38 @@ def classification_field_choice(inputs, ctx, name, dataset_name, label, default=
     choices = types.DropdownView()
     for f in fields:
         choices.add_choice(f, label=f)
-    inputs.enum(name, fields, label=label, required=True,
-                default=default if default in fields else fields[0], view=choices)
+    inputs.enum(
+        name,
+        fields,
+        label=label,
+        required=True,
+        default=default if default in fields else fields[0],
+        view=choices,
+    )
     return ctx.params.get(name)
 
 
 def run_key_input(inputs, ctx, default):
     from transferscope.views import TransferScopeError, validate_run_key
 
-    inputs.str("run_key", label="Run key", required=True, default=default,
-               description="names the run and its fields (a Python identifier)")
+    inputs.str(
+        "run_key",
+        label="Run key",
+        required=True,
+        default=default,
+        description="names the run and its fields (a Python identifier)",
+    )
     key = ctx.params.get("run_key", default)
     try:
         validate_run_key(key)
     except TransferScopeError as e:
         block(inputs, "run_key_error", str(e))
-    inputs.bool("overwrite", default=False, label="Overwrite",
-                description="replace an existing run with this key")
+    inputs.bool(
+        "overwrite",
+        default=False,
+        label="Overwrite",
+        description="replace an existing run with this key",
+    )
     return key
 
 
@@ -97,14 +123,17 @@ def influence_run_choice(inputs, ctx, pretraining_only=False, name="run_key"):
     keys = influence_run_keys(dataset, pretraining_only) if dataset is not None else []
     if not keys:
         what = "as its pretraining dataset " if pretraining_only else ""
-        block(inputs, "no_runs", f"This dataset has no class-influence run {what}yet: "
-                                 f"run 'compute class influence' first")
+        block(
+            inputs,
+            "no_runs",
+            f"This dataset has no class-influence run {what}yet: "
+            f"run 'compute class influence' first",
+        )
         return None, None
     choices = types.DropdownView()
     for k in keys:
         choices.add_choice(k, label=k)
-    inputs.enum(name, keys, default=keys[-1], required=True, label="Influence run",
-                view=choices)
+    inputs.enum(name, keys, default=keys[-1], required=True, label="Influence run", view=choices)
     key = ctx.params.get(name) or keys[-1]
     if key not in keys:
         return None, None
@@ -122,7 +151,7 @@ def selection_rule_inputs(inputs, ctx, results, rules):
         "tagged": "the classes tagged for removal",
         "harmful_fdr": "harmful classes at a false-discovery level (Benjamini-Hochberg)",
         "ci_below_zero": "classes whose 95% interval lies below zero (no correction for "
-                         "testing many classes)",
+        "testing many classes)",
         "most_harmful": "the k most harmful classes",
         "below_threshold": "classes with influence below a threshold",
         "classes": "classes I pick",
@@ -133,16 +162,25 @@ def selection_rule_inputs(inputs, ctx, results, rules):
     inputs.enum("rule", radio.values(), default=rules[0], label="Choose classes", view=radio)
     rule = ctx.params.get("rule") or rules[0]
     if rule == "harmful_fdr":
-        inputs.float("fdr_level", default=0.1, required=True, label="False-discovery level",
-                     description="expected share of false discoveries among the classes "
-                                 "selected, in (0, 1)")
+        inputs.float(
+            "fdr_level",
+            default=0.1,
+            required=True,
+            label="False-discovery level",
+            description="expected share of false discoveries among the classes selected, in (0, 1)",
+        )
         level = ctx.params.get("fdr_level", 0.1)
         if level is not None and not 0 < level < 1:
             block(inputs, "fdr_error", "the false-discovery level must lie in (0, 1)")
         return {"rule": rule, "fdr_level": level}
     if rule == "most_harmful":
-        inputs.int("k", default=min(5, len(results.classes) - 2), required=True,
-                   label="k", description=f"of {len(results.classes)} classes")
+        inputs.int(
+            "k",
+            default=min(5, len(results.classes) - 2),
+            required=True,
+            label="k",
+            description=f"of {len(results.classes)} classes",
+        )
         return {"rule": rule, "k": ctx.params.get("k")}
     if rule == "below_threshold":
         inputs.float("threshold", default=0.0, required=True, label="Influence threshold")
@@ -153,12 +191,23 @@ def selection_rule_inputs(inputs, ctx, results, rules):
         q = results.q_values
         view = types.DropdownView(multiple=True)
         for i in order:
-            view.add_choice(results.classes[i], label=class_label(
-                results.classes[i], results.class_influence[i],
-                results.class_ci_low[i], results.class_ci_high[i],
-                None if q is None else q[i]))
-        inputs.list("classes", types.Enum(names), required=True, view=view,
-                    label="Classes (influence [95% CI] q-value, most harmful first)")
+            view.add_choice(
+                results.classes[i],
+                label=class_label(
+                    results.classes[i],
+                    results.class_influence[i],
+                    results.class_ci_low[i],
+                    results.class_ci_high[i],
+                    None if q is None else q[i],
+                ),
+            )
+        inputs.list(
+            "classes",
+            types.Enum(names),
+            required=True,
+            view=view,
+            label="Classes (influence [95% CI] q-value, most harmful first)",
+        )
         return {"rule": rule, "classes": ctx.params.get("classes")}
     if rule == "tagged":
         return {"rule": None}
@@ -197,21 +246,36 @@ def embeddings_source_inputs(inputs, ctx, dataset_role):
         key, _ = influence_run_choice(inputs, ctx, name="influence_run")
         return {"run_key": key}
     if source == "field":
-        inputs.str("embeddings_field", required=True, label="Embeddings field",
-                   description=f"a vector field on the {dataset_role}")
+        inputs.str(
+            "embeddings_field",
+            required=True,
+            label="Embeddings field",
+            description=f"a vector field on the {dataset_role}",
+        )
         return {"embeddings_field": ctx.params.get("embeddings_field")}
     inputs.str("model", default="resnet18", required=True, label="torchvision architecture")
-    inputs.str("weights_path", required=False, label="Weights file (state dict)",
-               description="loaded with torch.load(weights_only=True); nothing is downloaded")
+    inputs.str(
+        "weights_path",
+        required=False,
+        label="Weights file (state dict)",
+        description="loaded with torch.load(weights_only=True); nothing is downloaded",
+    )
     inputs.int("image_size", default=64, label="Image size (px)")
-    return {"model": ctx.params.get("model"), "weights_path": ctx.params.get("weights_path"),
-            "image_size": ctx.params.get("image_size", 64)}
+    return {
+        "model": ctx.params.get("model"),
+        "weights_path": ctx.params.get("weights_path"),
+        "image_size": ctx.params.get("image_size", 64),
+    }
 
 
 def index_and_device_inputs(inputs):
     index = types.RadioGroup()
-    for k, label in (("auto", "auto (exact up to 250k vectors, IVF beyond)"),
-                     ("flat", "exact"), ("ivf", "IVF"), ("hnsw", "HNSW (CPU)")):
+    for k, label in (
+        ("auto", "auto (exact up to 250k vectors, IVF beyond)"),
+        ("flat", "exact"),
+        ("ivf", "IVF"),
+        ("hnsw", "HNSW (CPU)"),
+    ):
         index.add_choice(k, label=label)
     inputs.enum("index", index.values(), default="auto", label="FAISS index", view=index)
     device_input(inputs)
@@ -230,23 +294,37 @@ def training_inputs(inputs, ctx):
     executor = types.RadioGroup()
     executor.add_choice("local", label="here (in the operator's process)")
     executor.add_choice("ray", label="on a Ray cluster (one task per model)")
-    inputs.enum("executor", executor.values(), default="local", label="Train the models",
-                view=executor)
+    inputs.enum(
+        "executor", executor.values(), default="local", label="Train the models", view=executor
+    )
     if ctx.params.get("executor", "local") != "ray":
-        inputs.int("group_size", required=False, label="Models trained at once",
-                   description="empty: automatic (one at a time on a CPU, as many as fit in "
-                               "the GPU's memory on CUDA); resnet_small only")
+        inputs.int(
+            "group_size",
+            required=False,
+            label="Models trained at once",
+            description="empty: automatic (one at a time on a CPU, as many as fit in "
+            "the GPU's memory on CUDA); resnet_small only",
+        )
         group_size = ctx.params.get("group_size")
         if group_size is not None and group_size < 1:
             block(inputs, "group_size_error", "at least 1 model at once")
         return
-    inputs.str("ray_address", default="auto", required=True, label="Ray address",
-               description="'auto' (the cluster this machine belongs to, or $RAY_ADDRESS), "
-                           "HOST:PORT or ray://HOST:PORT")
+    inputs.str(
+        "ray_address",
+        default="auto",
+        required=True,
+        label="Ray address",
+        description="'auto' (the cluster this machine belongs to, or $RAY_ADDRESS), "
+        "HOST:PORT or ray://HOST:PORT",
+    )
     inputs.int("cpus_per_model", default=1, label="CPUs per model")
-    inputs.float("gpus_per_model", required=False, label="GPUs per model",
-                 description="empty: 1 when the device is cuda, or auto on a cluster with "
-                             "GPUs; fractions share a GPU")
+    inputs.float(
+        "gpus_per_model",
+        required=False,
+        label="GPUs per model",
+        description="empty: 1 when the device is cuda, or auto on a cluster with "
+        "GPUs; fractions share a GPU",
+    )
     if (ctx.params.get("cpus_per_model") or 1) < 1:
         block(inputs, "cpus_error", "at least 1 CPU per model")
     if (ctx.params.get("gpus_per_model") or 0) < 0:
@@ -260,11 +338,14 @@ def executor_kwargs(params):
         kwargs["executor_options"] = {"group_size": int(params["group_size"])}
     if params.get("executor") == "ray":
         gpus = params.get("gpus_per_model")
-        kwargs.update(executor="ray", executor_options={
-            "address": params.get("ray_address") or "auto",
-            "cpus_per_model": int(params.get("cpus_per_model") or 1),
-            "gpus_per_model": None if gpus is None else float(gpus),
-        })
+        kwargs.update(
+            executor="ray",
+            executor_options={
+                "address": params.get("ray_address") or "auto",
+                "cpus_per_model": int(params.get("cpus_per_model") or 1),
+                "gpus_per_model": None if gpus is None else float(gpus),
+            },
+        )
     return kwargs
 
 
@@ -275,5 +356,8 @@ def embeddings_kwargs(params):
         return {"run_key": params.get("influence_run")}
     if source == "field":
         return {"embeddings_field": params.get("embeddings_field")}
-    return {"model": params.get("model"), "weights_path": params.get("weights_path") or None,
-            "image_size": params.get("image_size", 64)}
+    return {
+        "model": params.get("model"),
+        "weights_path": params.get("weights_path") or None,
+        "image_size": params.get("image_size", 64),
+    }

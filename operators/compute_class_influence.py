@@ -11,7 +11,8 @@ class ComputeClassInfluence(foo.Operator):
     @property
     def config(self):
         return _forms.operator_config(
-            "compute_class_influence", "transferscope: compute class influence",
+            "compute_class_influence",
+            "transferscope: compute class influence",
             (
                 "Train models on random halves of the pretraining classes, "
                 "transfer each to the target task, and score how much each "
@@ -24,22 +25,42 @@ class ComputeClassInfluence(foo.Operator):
         current = ctx.dataset.name if ctx.dataset is not None else None
 
         pre = _forms.dataset_choice(
-            inputs, ctx, "pretrain_dataset", "Pretraining dataset",
-            "the dataset whose classes are scored", default=current)
+            inputs,
+            ctx,
+            "pretrain_dataset",
+            "Pretraining dataset",
+            "the dataset whose classes are scored",
+            default=current,
+        )
         _forms.classification_field_choice(
-            inputs, ctx, "pretrain_label_field", pre, "Pretraining label field")
+            inputs, ctx, "pretrain_label_field", pre, "Pretraining label field"
+        )
         tgt = _forms.dataset_choice(
-            inputs, ctx, "target_dataset", "Target dataset",
-            "the downstream task (train and test splits)", default=current)
+            inputs,
+            ctx,
+            "target_dataset",
+            "Target dataset",
+            "the downstream task (train and test splits)",
+            default=current,
+        )
         _forms.classification_field_choice(
-            inputs, ctx, "target_label_field", tgt, "Target label field")
+            inputs, ctx, "target_label_field", tgt, "Target label field"
+        )
 
         split_kinds = types.RadioGroup()
-        for kind, label in (("tags", "sample tags"), ("field", "a field's value"),
-                            ("saved_view", "saved views")):
+        for kind, label in (
+            ("tags", "sample tags"),
+            ("field", "a field's value"),
+            ("saved_view", "saved views"),
+        ):
             split_kinds.add_choice(kind, label=label)
-        inputs.enum("split_by", split_kinds.values(), default="tags",
-                    label="Splits are given by", view=split_kinds)
+        inputs.enum(
+            "split_by",
+            split_kinds.values(),
+            default="tags",
+            label="Splits are given by",
+            view=split_kinds,
+        )
         split_by = ctx.params.get("split_by", "tags")
         if split_by == "field":
             inputs.str("split_field", default="split", label="Split field")
@@ -50,60 +71,98 @@ class ComputeClassInfluence(foo.Operator):
                 view = types.DropdownView()
                 for o in options:
                     view.add_choice(o, label=o)
-                inputs.enum(name, options, default=default if default in options else None,
-                            required=True, label=label, view=view)
+                inputs.enum(
+                    name,
+                    options,
+                    default=default if default in options else None,
+                    required=True,
+                    label=label,
+                    view=view,
+                )
             else:
                 inputs.str(name, default=default, required=True, label=label)
 
-        inputs.int("num_models", default=144, label="Number of models",
-                   description="more models, tighter estimates (about 3 s each on a 2-core "
-                               "CPU for the demo); an orthogonal design rounds up to whole "
-                               "blocks (a block is about twice the number of classes)")
+        inputs.int(
+            "num_models",
+            default=144,
+            label="Number of models",
+            description="more models, tighter estimates (about 3 s each on a 2-core "
+            "CPU for the demo); an orthogonal design rounds up to whole "
+            "blocks (a block is about twice the number of classes)",
+        )
         designs = types.RadioGroup()
-        for value, label in (("orthogonal", "orthogonal array (balanced, other classes cancel)"),
-                             ("independent", "independent random halves (the paper's)"),
-                             ("balanced", "balanced random halves"),
-                             ("pairs", "complementary pairs (before 0.2)")):
+        for value, label in (
+            ("orthogonal", "orthogonal array (balanced, other classes cancel)"),
+            ("independent", "independent random halves (the paper's)"),
+            ("balanced", "balanced random halves"),
+            ("pairs", "complementary pairs (before 0.2)"),
+        ):
             designs.add_choice(value, label=label)
-        inputs.enum("design", designs.values(), default="orthogonal", label="Subset design",
-                    view=designs)
+        inputs.enum(
+            "design", designs.values(), default="orthogonal", label="Subset design", view=designs
+        )
         estimators = types.RadioGroup()
-        for value, label in (("auto", "auto (least squares where identified)"),
-                             ("regression", "least squares on the masks"),
-                             ("difference_of_means", "difference of means (the paper's)")):
+        for value, label in (
+            ("auto", "auto (least squares where identified)"),
+            ("regression", "least squares on the masks"),
+            ("difference_of_means", "difference of means (the paper's)"),
+        ):
             estimators.add_choice(value, label=label)
-        inputs.enum("estimator", estimators.values(), default="auto", label="Estimator",
-                    view=estimators)
-        inputs.int("holdout_models", default=16, label="Held-out models",
-                   description="extra models for the linear datamodeling score (0: none)")
+        inputs.enum(
+            "estimator", estimators.values(), default="auto", label="Estimator", view=estimators
+        )
+        inputs.int(
+            "holdout_models",
+            default=16,
+            label="Held-out models",
+            description="extra models for the linear datamodeling score (0: none)",
+        )
         holdout = ctx.params.get("holdout_models", 16)
         if holdout is not None and (holdout < 0 or 0 < holdout < 3):
             _forms.block(inputs, "holdout_error", "held-out models: 0, or at least 3")
-        inputs.float("alpha", default=0.5, label="Subset fraction (alpha)",
-                     description="fraction of pretraining classes each model sees, in (0, 1)")
+        inputs.float(
+            "alpha",
+            default=0.5,
+            label="Subset fraction (alpha)",
+            description="fraction of pretraining classes each model sees, in (0, 1)",
+        )
         alpha = ctx.params.get("alpha", 0.5)
         if alpha is not None and not 0 < alpha < 1:
             _forms.block(inputs, "alpha_error", "alpha must lie in (0, 1)")
         inputs.int("epochs", default=4, label="Pretraining epochs")
-        inputs.str("arch", default="resnet_small", label="Architecture",
-                   description="'resnet_small' or a torchvision model name (e.g. resnet18)")
+        inputs.str(
+            "arch",
+            default="resnet_small",
+            label="Architecture",
+            description="'resnet_small' or a torchvision model name (e.g. resnet18)",
+        )
         inputs.int("image_size", default=16, label="Image size (px)")
         transfer = types.RadioGroup()
         transfer.add_choice("linear", label="linear probe (frozen features)")
         transfer.add_choice("finetune", label="full fine-tuning")
-        inputs.enum("transfer", transfer.values(), default="linear", label="Transfer", view=transfer)
-        inputs.int("augment_shift", default=0, label="Shift augmentation (px)",
-                   description="pretraining images shifted at random by up to this many "
-                               "pixels, on the device; 0: none")
+        inputs.enum(
+            "transfer", transfer.values(), default="linear", label="Transfer", view=transfer
+        )
+        inputs.int(
+            "augment_shift",
+            default=0,
+            label="Shift augmentation (px)",
+            description="pretraining images shifted at random by up to this many "
+            "pixels, on the device; 0: none",
+        )
         if (ctx.params.get("augment_shift") or 0) < 0:
             _forms.block(inputs, "augment_shift_error", "the shift cannot be negative")
         _forms.training_inputs(inputs, ctx)
         precision = types.RadioGroup()
-        for value, label in (("auto", "auto (bf16 on CUDA, fp32 on a CPU)"), ("fp32", "fp32"),
-                             ("bf16", "bf16 autocast")):
+        for value, label in (
+            ("auto", "auto (bf16 on CUDA, fp32 on a CPU)"),
+            ("fp32", "fp32"),
+            ("bf16", "bf16 autocast"),
+        ):
             precision.add_choice(value, label=label)
-        inputs.enum("precision", precision.values(), default="auto", label="Precision",
-                    view=precision)
+        inputs.enum(
+            "precision", precision.values(), default="auto", label="Precision", view=precision
+        )
         inputs.int("seed", default=0, label="Seed")
         _forms.run_key_input(inputs, ctx, default="influence")
         return types.Property(inputs, view=types.View(label="Compute class influence"))
@@ -113,17 +172,26 @@ class ComputeClassInfluence(foo.Operator):
 
         p = ctx.params
         results = compute_class_influence(
-            p["pretrain_dataset"], p["target_dataset"], p["run_key"],
+            p["pretrain_dataset"],
+            p["target_dataset"],
+            p["run_key"],
             pretrain_label_field=p["pretrain_label_field"],
             target_label_field=p["target_label_field"],
-            train_split=p["train_split"], test_split=p["test_split"],
-            split_by=p.get("split_by", "tags"), split_field=p.get("split_field", "split"),
-            num_models=p.get("num_models", 144), alpha=p.get("alpha", 0.5),
-            design=p.get("design", "orthogonal"), estimator=p.get("estimator", "auto"),
+            train_split=p["train_split"],
+            test_split=p["test_split"],
+            split_by=p.get("split_by", "tags"),
+            split_field=p.get("split_field", "split"),
+            num_models=p.get("num_models", 144),
+            alpha=p.get("alpha", 0.5),
+            design=p.get("design", "orthogonal"),
+            estimator=p.get("estimator", "auto"),
             holdout_models=int(p.get("holdout_models", 16) or 0),
-            epochs=p.get("epochs", 4), arch=p.get("arch", "resnet_small"),
-            image_size=p.get("image_size", 16), transfer=p.get("transfer", "linear"),
-            seed=p.get("seed", 0), overwrite=p.get("overwrite", False),
+            epochs=p.get("epochs", 4),
+            arch=p.get("arch", "resnet_small"),
+            image_size=p.get("image_size", 16),
+            transfer=p.get("transfer", "linear"),
+            seed=p.get("seed", 0),
+            overwrite=p.get("overwrite", False),
             precision=p.get("precision", "auto"),
             augment_shift=int(p.get("augment_shift") or 0),
             progress=_forms.progress_reporter(ctx, "models trained"),
@@ -148,14 +216,22 @@ class ComputeClassInfluence(foo.Operator):
         outputs = types.Object()
         outputs.str("run_key", label="Run key")
         outputs.str("design", label="Design")
-        outputs.list("most_helpful", types.String(),
-                     label="Most helpful classes (influence [95% CI] q-value)")
-        outputs.list("most_harmful", types.String(),
-                     label="Most harmful classes (influence [95% CI] q-value)")
+        outputs.list(
+            "most_helpful",
+            types.String(),
+            label="Most helpful classes (influence [95% CI] q-value)",
+        )
+        outputs.list(
+            "most_harmful",
+            types.String(),
+            label="Most harmful classes (influence [95% CI] q-value)",
+        )
         outputs.int("num_harmful_at_fdr", label="Harmful classes at false-discovery level 0.1")
         outputs.float("split_half_spearman", label="Split-half Spearman of the class ranking")
-        outputs.float("split_half_z_sd",
-                      label="Split-half z-score spread (about 1 when the intervals are right)")
+        outputs.float(
+            "split_half_z_sd",
+            label="Split-half z-score spread (about 1 when the intervals are right)",
+        )
         outputs.float("lds", label="Linear datamodeling score on the held-out models")
         outputs.float("mean_test_accuracy", label="Mean target test accuracy of the models")
         return types.Property(outputs, view=types.View(label="Class influence"))

@@ -12,7 +12,8 @@ class EvaluateCuration(foo.Operator):
     @property
     def config(self):
         return _forms.operator_config(
-            "evaluate_curation", "transferscope: evaluate a curation by retraining",
+            "evaluate_curation",
+            "transferscope: evaluate a curation by retraining",
             (
                 "Retrain on the full, curated and randomly curated pretraining "
                 "sets (several seeds each) and compare target accuracy"
@@ -29,21 +30,38 @@ class EvaluateCuration(foo.Operator):
         rules = (("tagged",) if tagged else ()) + RULES
         kwargs = _forms.selection_rule_inputs(inputs, ctx, results, rules)
         if kwargs["rule"] is None:
-            inputs.view("selection", types.Notice(
-                label=f"{len(tagged['classes'])} tagged class(es): {', '.join(tagged['classes'])}"))
+            inputs.view(
+                "selection",
+                types.Notice(
+                    label=f"{len(tagged['classes'])} tagged class(es): {', '.join(tagged['classes'])}"
+                ),
+            )
         else:
             _forms.selection_preview(inputs, results, kwargs)
 
         num_classes = len(results.classes)
-        inputs.int("num_seeds", default=8, required=True, label="Seeds per arm",
-                   description="models per arm (full, curated, random, helpful removed)")
-        inputs.bool("confirm_each", default=True, label="Confirm each class",
-                    description="also retrain without each curated class alone (seeds per "
-                                "arm models per class), to confirm each selection")
+        inputs.int(
+            "num_seeds",
+            default=8,
+            required=True,
+            label="Seeds per arm",
+            description="models per arm (full, curated, random, helpful removed)",
+        )
+        inputs.bool(
+            "confirm_each",
+            default=True,
+            label="Confirm each class",
+            description="also retrain without each curated class alone (seeds per "
+            "arm models per class), to confirm each selection",
+        )
         if (ctx.params.get("num_seeds") or 8) < 2:
             _forms.block(inputs, "seeds_error", "at least 2 seeds per arm")
-        inputs.bool("sweep", default=True, label="Sweep the number of classes removed",
-                    description="also k = step, 2*step, ... up to the maximum, in three orders")
+        inputs.bool(
+            "sweep",
+            default=True,
+            label="Sweep the number of classes removed",
+            description="also k = step, 2*step, ... up to the maximum, in three orders",
+        )
         if ctx.params.get("sweep", True):
             inputs.int("sweep_max", default=min(16, num_classes - 2), label="Up to k =")
             inputs.int("sweep_step", default=4, label="in steps of")
@@ -60,10 +78,16 @@ class EvaluateCuration(foo.Operator):
             step = max(1, int(p.get("sweep_step") or 4))
             sweep_ks = list(range(step, int(p.get("sweep_max") or 0) + 1, step))
         summary = evaluate_curation(
-            ctx.dataset, p["run_key"], rule=p.get("rule") if p.get("rule") != "tagged" else None,
-            k=p.get("k"), threshold=p.get("threshold"), num_seeds=p.get("num_seeds", 8),
-            fdr_level=p.get("fdr_level", 0.1), confirm_each=p.get("confirm_each", True),
-            sweep_ks=sweep_ks, progress=_forms.progress_reporter(ctx, "models retrained"),
+            ctx.dataset,
+            p["run_key"],
+            rule=p.get("rule") if p.get("rule") != "tagged" else None,
+            k=p.get("k"),
+            threshold=p.get("threshold"),
+            num_seeds=p.get("num_seeds", 8),
+            fdr_level=p.get("fdr_level", 0.1),
+            confirm_each=p.get("confirm_each", True),
+            sweep_ks=sweep_ks,
+            progress=_forms.progress_reporter(ctx, "models retrained"),
             **_forms.executor_kwargs(p),
         )
         traces, _ = curation_plotly(summary)

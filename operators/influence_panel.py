@@ -75,7 +75,8 @@ class ClassInfluencePanel(foo.Panel):
             return
         ctx.panel.state.message = (
             f"Tagged {record['num_samples']} samples of {len(record['classes'])} class(es) "
-            f"{record['tag']!r} on {config.pretrain_dataset}; saved view {record['view_name']!r}")
+            f"{record['tag']!r} on {config.pretrain_dataset}; saved view {record['view_name']!r}"
+        )
         ctx.ops.notify(ctx.panel.state.message, variant="success")
         if ctx.dataset.name == config.pretrain_dataset:
             ctx.ops.reload_dataset()
@@ -125,21 +126,26 @@ class ClassInfluencePanel(foo.Panel):
             wanted = pretrain if show == "pretraining" else target
             if ctx.dataset.name != wanted.name:
                 # the view lives on the other dataset: open it, show the view once it is open
-                ctx.panel.state.pending = {"dataset": wanted.name, "class_name": class_name,
-                                           "show": show}
+                ctx.panel.state.pending = {
+                    "dataset": wanted.name,
+                    "class_name": class_name,
+                    "show": show,
+                }
                 ctx.ops.open_dataset(wanted.name)
                 return
             if show == "pretraining":
                 view = explore.class_samples(ctx.dataset, key, class_name)
             else:
-                view = explore.most_influenced(ctx.dataset, key, class_name,
-                                               helped=show == "helped")
+                view = explore.most_influenced(
+                    ctx.dataset, key, class_name, helped=show == "helped"
+                )
         except TransferScopeError as e:
             ctx.ops.notify(str(e), variant="error")
             return
         ctx.ops.set_view(view)
-        ctx.panel.state.message = (f"{class_name}: {SHOW_CHOICES[show]} "
-                                   f"({len(view)} samples of {ctx.dataset.name})")
+        ctx.panel.state.message = (
+            f"{class_name}: {SHOW_CHOICES[show]} ({len(view)} samples of {ctx.dataset.name})"
+        )
 
     # --- layout ---------------------------------------------------------------
     def render(self, ctx):
@@ -147,26 +153,49 @@ class ClassInfluencePanel(foo.Panel):
         state = ctx.panel.state
         compute_uri = f"{PLUGIN}/compute_class_influence"
         if not state.run_key:
-            panel.md("### Class influence\nThis dataset has no class-influence run yet.",
-                     name="empty")
-            panel.btn("compute", label="Compute class influence...", on_click=compute_uri,
-                      prompt=True, variant="contained")
+            panel.md(
+                "### Class influence\nThis dataset has no class-influence run yet.", name="empty"
+            )
+            panel.btn(
+                "compute",
+                label="Compute class influence...",
+                on_click=compute_uri,
+                prompt=True,
+                variant="contained",
+            )
             return types.Property(panel, view=types.GridView(orientation="vertical"))
 
         runs = types.DropdownView()
         for k in state.runs or []:
             runs.add_choice(k, label=k)
-        panel.enum("run_key", state.runs or [], default=state.run_key, label="Influence run",
-                   view=runs, on_change=self.on_change_run)
+        panel.enum(
+            "run_key",
+            state.runs or [],
+            default=state.run_key,
+            label="Influence run",
+            view=runs,
+            on_change=self.on_change_run,
+        )
         shows = types.RadioGroup(orientation="horizontal")
         for value, label in SHOW_CHOICES.items():
             shows.add_choice(value, label=label)
-        panel.enum("show", list(SHOW_CHOICES), default=state.show or "pretraining",
-                   label="Click a class to show", view=shows, on_change=self.on_change_show)
+        panel.enum(
+            "show",
+            list(SHOW_CHOICES),
+            default=state.show or "pretraining",
+            label="Click a class to show",
+            view=shows,
+            on_change=self.on_change_show,
+        )
         if state.summary:
             panel.md(state.summary, name="reliability")
-        panel.plot("influence_chart", layout=state.chart_layout, config={"displaylogo": False},
-                   on_click=self.on_click_class, on_selected=self.on_select_classes)
+        panel.plot(
+            "influence_chart",
+            layout=state.chart_layout,
+            config={"displaylogo": False},
+            on_click=self.on_click_class,
+            on_selected=self.on_select_classes,
+        )
         if state.message:
             panel.md(state.message, name="message")
 
@@ -174,23 +203,38 @@ class ClassInfluencePanel(foo.Panel):
         choose = types.DropdownView(multiple=True)
         for name in state.classes or []:
             choose.add_choice(name, label=name)
-        panel.list("selected", types.String(), default=selected, view=choose,
-                   label="Selected classes (box/lasso on the chart, or pick)",
-                   on_change=self.on_change_selected)
+        panel.list(
+            "selected",
+            types.String(),
+            default=selected,
+            view=choose,
+            label="Selected classes (box/lasso on the chart, or pick)",
+            on_change=self.on_change_selected,
+        )
         buttons = panel.h_stack("actions", gap=1)
-        buttons.btn("tag", label=f"Tag {len(selected)} class(es) for removal",
-                    on_click=self.tag_selected, disabled=not selected, variant="contained")
+        buttons.btn(
+            "tag",
+            label=f"Tag {len(selected)} class(es) for removal",
+            on_click=self.tag_selected,
+            disabled=not selected,
+            variant="contained",
+        )
         buttons.btn("show_all", label="Show all samples", on_click=self.show_all)
-        buttons.btn("evaluate", label="Evaluate curation...",
-                    on_click=f"{PLUGIN}/evaluate_curation", prompt=True,
-                    params={"run_key": state.run_key})
-        buttons.btn("compute", label="Compute class influence...", on_click=compute_uri,
-                    prompt=True)
+        buttons.btn(
+            "evaluate",
+            label="Evaluate curation...",
+            on_click=f"{PLUGIN}/evaluate_curation",
+            prompt=True,
+            params={"run_key": state.run_key},
+        )
+        buttons.btn(
+            "compute", label="Compute class influence...", on_click=compute_uri, prompt=True
+        )
         if state.curation_layout:
-            panel.plot("curation_chart", layout=state.curation_layout,
-                       config={"displaylogo": False})
+            panel.plot(
+                "curation_chart", layout=state.curation_layout, config={"displaylogo": False}
+            )
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2))
-
 
 
 def reliability_line(metrics):
@@ -202,13 +246,17 @@ def reliability_line(metrics):
 
     parts = [f"{metrics.get('num_models')} models, {metrics.get('design', 'pairs')} design"]
     if "num_harmful_at_fdr_0.1" in metrics:
-        parts.append(f"{metrics['num_harmful_at_fdr_0.1']} class(es) harmful at "
-                     f"false-discovery level 0.1")
+        parts.append(
+            f"{metrics['num_harmful_at_fdr_0.1']} class(es) harmful at false-discovery level 0.1"
+        )
     parts.append(f"split-half Spearman {fig(metrics.get('split_half_spearman'))}")
     if "split_half_z_sd" in metrics:
-        parts.append(f"split-half z spread {fig(metrics['split_half_z_sd'])} (1 when the "
-                     f"intervals are right)")
+        parts.append(
+            f"split-half z spread {fig(metrics['split_half_z_sd'])} (1 when the "
+            f"intervals are right)"
+        )
     if metrics.get("lds") is not None:
-        parts.append(f"LDS {fig(metrics['lds'])} on {metrics.get('num_holdout_models')} "
-                     f"held-out models")
+        parts.append(
+            f"LDS {fig(metrics['lds'])} on {metrics.get('num_holdout_models')} held-out models"
+        )
     return "; ".join(parts)

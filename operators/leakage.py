@@ -10,7 +10,8 @@ class DetectLeakage(foo.Operator):
     @property
     def config(self):
         return _forms.operator_config(
-            "detect_leakage", "transferscope: detect leakage from the pretraining set",
+            "detect_leakage",
+            "transferscope: detect leakage from the pretraining set",
             "Find target samples that (nearly) copy a pretraining image",
         )
 
@@ -20,12 +21,25 @@ class DetectLeakage(foo.Operator):
         inputs = types.Object()
         kwargs = _forms.embeddings_source_inputs(inputs, ctx, "target and pretraining datasets")
         if ctx.params.get("source", "run") != "run":
-            _forms.dataset_choice(inputs, ctx, "pretrain_dataset", "Pretraining dataset",
-                                  "the dataset that may contain copies")
-            inputs.str("target_split", required=False, label="Target split (tag)",
-                       description="only samples with this tag (default: all)")
-        inputs.float("max_distance", default=DEFAULT_MAX_DISTANCE, label="Max cosine distance",
-                     description="closeness is 1 for a copy and 0 at this distance")
+            _forms.dataset_choice(
+                inputs,
+                ctx,
+                "pretrain_dataset",
+                "Pretraining dataset",
+                "the dataset that may contain copies",
+            )
+            inputs.str(
+                "target_split",
+                required=False,
+                label="Target split (tag)",
+                description="only samples with this tag (default: all)",
+            )
+        inputs.float(
+            "max_distance",
+            default=DEFAULT_MAX_DISTANCE,
+            label="Max cosine distance",
+            description="closeness is 1 for a copy and 0 at this distance",
+        )
         inputs.float("threshold", default=0.5, label="Leak score threshold, in (0, 1]")
         if kwargs.get("run_key") is not None:
             inputs.float("influence_weight", default=0.25, label="Weight of the influence signal")
@@ -42,18 +56,25 @@ class DetectLeakage(foo.Operator):
 
         p = ctx.params
         summary = detect_leakage(
-            ctx.dataset, pretrain_dataset=p.get("pretrain_dataset"), key=p["run_key"],
+            ctx.dataset,
+            pretrain_dataset=p.get("pretrain_dataset"),
+            key=p["run_key"],
             target_split=p.get("target_split") or None,
-            max_distance=p.get("max_distance", 0.01), threshold=p.get("threshold", 0.5),
-            influence_weight=p.get("influence_weight", 0.25), index=p.get("index", "auto"),
-            device=p.get("device", "auto"), tag=p.get("tag", "leak"),
+            max_distance=p.get("max_distance", 0.01),
+            threshold=p.get("threshold", 0.5),
+            influence_weight=p.get("influence_weight", 0.25),
+            index=p.get("index", "auto"),
+            device=p.get("device", "auto"),
+            tag=p.get("tag", "leak"),
             overwrite=p.get("overwrite", False),
-            progress=_forms.progress_reporter(ctx, "steps"), **_forms.embeddings_kwargs(p),
+            progress=_forms.progress_reporter(ctx, "steps"),
+            **_forms.embeddings_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)
-        return {k: summary[k] for k in ("num_targets", "num_leaks", "num_exact_file_copies",
-                                        "index", "recall_at_1")} | {
-            "saved_view": f"{p['run_key']}_likely_leaks"}
+        return {
+            k: summary[k]
+            for k in ("num_targets", "num_leaks", "num_exact_file_copies", "index", "recall_at_1")
+        } | {"saved_view": f"{p['run_key']}_likely_leaks"}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -70,7 +91,8 @@ class FindNearDuplicates(foo.Operator):
     @property
     def config(self):
         return _forms.operator_config(
-            "find_near_duplicates", "transferscope: find near-duplicate groups",
+            "find_near_duplicates",
+            "transferscope: find near-duplicate groups",
             "Group near-identical images of this dataset (FAISS and file hashes)",
         )
 
@@ -91,16 +113,23 @@ class FindNearDuplicates(foo.Operator):
 
         p = ctx.params
         summary = find_near_duplicates(
-            ctx.dataset, key=p["run_key"], max_distance=p.get("max_distance", 0.01),
-            num_neighbors=p.get("num_neighbors", 16), index=p.get("index", "auto"),
-            device=p.get("device", "auto"), tag=p.get("tag", "near_duplicate"),
+            ctx.dataset,
+            key=p["run_key"],
+            max_distance=p.get("max_distance", 0.01),
+            num_neighbors=p.get("num_neighbors", 16),
+            index=p.get("index", "auto"),
+            device=p.get("device", "auto"),
+            tag=p.get("tag", "near_duplicate"),
             overwrite=p.get("overwrite", False),
-            progress=_forms.progress_reporter(ctx, "steps"), **_forms.embeddings_kwargs(p),
+            progress=_forms.progress_reporter(ctx, "steps"),
+            **_forms.embeddings_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)
-        return {"num_groups": summary["num_groups"],
-                "num_grouped_samples": summary["num_grouped_samples"],
-                "saved_view": f"{p['run_key']}_groups"}
+        return {
+            "num_groups": summary["num_groups"],
+            "num_grouped_samples": summary["num_grouped_samples"],
+            "saved_view": f"{p['run_key']}_groups",
+        }
 
     def resolve_output(self, ctx):
         outputs = types.Object()

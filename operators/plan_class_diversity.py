@@ -10,7 +10,8 @@ class PlanClassDiversity(foo.Operator):
     @property
     def config(self):
         return _forms.operator_config(
-            "plan_class_diversity", "transferscope: plan the number of pretraining classes",
+            "plan_class_diversity",
+            "transferscope: plan the number of pretraining classes",
             "Sweep classes x samples per class at small budgets, predict the best number of "
             "classes for the full budget, and save the plan as a view",
         )
@@ -20,10 +21,18 @@ class PlanClassDiversity(foo.Operator):
         key, _ = _forms.influence_run_choice(inputs, ctx, name="influence_run")
         if key is None:
             return types.Property(inputs, view=types.View(label="Plan class diversity"))
-        inputs.str("budgets", default="", label="Small budgets N (comma-separated)",
-                   description="two or more; empty: a quarter and a half of the full budget")
-        inputs.int("full_budget", required=False, label="Full budget N (samples)",
-                   description="empty: classes x median class size / 4")
+        inputs.str(
+            "budgets",
+            default="",
+            label="Small budgets N (comma-separated)",
+            description="two or more; empty: a quarter and a half of the full budget",
+        )
+        inputs.int(
+            "full_budget",
+            required=False,
+            label="Full budget N (samples)",
+            description="empty: classes x median class size / 4",
+        )
         budgets = ctx.params.get("budgets") or ""
         try:
             [int(b) for b in budgets.split(",") if b.strip()]
@@ -36,15 +45,29 @@ class PlanClassDiversity(foo.Operator):
         classes = types.RadioGroup()
         classes.add_choice("influence", label="most helpful classes first (influence)")
         classes.add_choice("random", label="random classes")
-        inputs.enum("class_choice", classes.values(), default="influence",
-                    label="Classes of the plan", view=classes)
+        inputs.enum(
+            "class_choice",
+            classes.values(),
+            default="influence",
+            label="Classes of the plan",
+            view=classes,
+        )
         samples = types.RadioGroup()
         samples.add_choice("coverage", label="coverage (FAISS k-means on the run's backbone)")
         samples.add_choice("random", label="random")
-        inputs.enum("sample_choice", samples.values(), default="coverage",
-                    label="Samples of the plan", view=samples)
-        inputs.bool("verify", default=True, label="Check at the full budget",
-                    description="sweep the full budget too, and train the plan")
+        inputs.enum(
+            "sample_choice",
+            samples.values(),
+            default="coverage",
+            label="Samples of the plan",
+            view=samples,
+        )
+        inputs.bool(
+            "verify",
+            default=True,
+            label="Check at the full budget",
+            description="sweep the full budget too, and train the plan",
+        )
         _forms.training_inputs(inputs, ctx)
         _forms.run_key_input(inputs, ctx, default="diversity")
         return types.Property(inputs, view=types.View(label="Plan class diversity"))
@@ -56,26 +79,36 @@ class PlanClassDiversity(foo.Operator):
         p = ctx.params
         budgets = [int(b) for b in (p.get("budgets") or "").split(",") if b.strip()] or None
         summary = plan_class_diversity(
-            ctx.dataset, p["influence_run"],
-            key=p["run_key"], budgets=budgets, full_budget=p.get("full_budget"),
-            num_points=p.get("num_points", 4), num_seeds=p.get("num_seeds", 3),
+            ctx.dataset,
+            p["influence_run"],
+            key=p["run_key"],
+            budgets=budgets,
+            full_budget=p.get("full_budget"),
+            num_points=p.get("num_points", 4),
+            num_seeds=p.get("num_seeds", 3),
             class_choice=p.get("class_choice", "influence"),
-            sample_choice=p.get("sample_choice", "coverage"), verify=p.get("verify", True),
+            sample_choice=p.get("sample_choice", "coverage"),
+            verify=p.get("verify", True),
             overwrite=p.get("overwrite", False),
             progress=_forms.progress_reporter(ctx, "models trained"),
             **_forms.executor_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)
         traces, _ = diversity_plotly(summary)
-        return {"report": describe_diversity(summary), "error_vs_classes": traces,
-                "saved_view": f"{p['run_key']}_plan"}
+        return {
+            "report": describe_diversity(summary),
+            "error_vs_classes": traces,
+            "saved_view": f"{p['run_key']}_plan",
+        }
 
     def resolve_output(self, ctx):
         from transferscope.plots import DIVERSITY_TITLE
 
         outputs = types.Object()
         outputs.list("report", types.String(), label="Plan")
-        outputs.plot("error_vs_classes", layout={
-            "title": {"text": DIVERSITY_TITLE}, "xaxis": {"type": "log"}})
+        outputs.plot(
+            "error_vs_classes",
+            layout={"title": {"text": DIVERSITY_TITLE}, "xaxis": {"type": "log"}},
+        )
         outputs.str("saved_view", label="Saved view")
         return types.Property(outputs, view=types.View(label="Class diversity plan"))

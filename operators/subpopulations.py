@@ -10,7 +10,8 @@ class FindSubpopulations(foo.Operator):
     @property
     def config(self):
         return _forms.operator_config(
-            "find_subpopulations", "transferscope: find subpopulations",
+            "find_subpopulations",
+            "transferscope: find subpopulations",
             "Split each target class by the pretraining classes that help its samples most",
             delegated=False,  # reads the stored run; no training
         )
@@ -29,8 +30,12 @@ class FindSubpopulations(foo.Operator):
             k = ctx.params.get("k", 2)
             if k is not None and k < 2:
                 _forms.block(inputs, "k_error", "k must be at least 2")
-        inputs.str("target_classes", default="", label="Target classes (comma-separated)",
-                   description="empty: every target class")
+        inputs.str(
+            "target_classes",
+            default="",
+            label="Target classes (comma-separated)",
+            description="empty: every target class",
+        )
         _forms.run_key_input(inputs, ctx, default=f"{key}_subpops")
         return types.Property(inputs, view=types.View(label="Find subpopulations"))
 
@@ -41,13 +46,20 @@ class FindSubpopulations(foo.Operator):
         p = ctx.params
         classes = [c.strip() for c in (p.get("target_classes") or "").split(",") if c.strip()]
         summary = find_subpopulations(
-            ctx.dataset, p["influence_run"], key=p["run_key"],
+            ctx.dataset,
+            p["influence_run"],
+            key=p["run_key"],
             k=p.get("k", 2) if p.get("mode", "k") == "k" else None,
-            target_classes=classes or None, overwrite=p.get("overwrite", False))
+            target_classes=classes or None,
+            overwrite=p.get("overwrite", False),
+        )
         _forms.reload_if_immediate(ctx)
         traces, _ = subpopulations_plotly(summary)
-        return {"report": describe_subpopulations(summary), "sizes": traces,
-                "saved_views": ", ".join(summary["saved_views"])}
+        return {
+            "report": describe_subpopulations(summary),
+            "sizes": traces,
+            "saved_views": ", ".join(summary["saved_views"]),
+        }
 
     def resolve_output(self, ctx):
         from transferscope.plots import SUBPOP_TITLE
@@ -63,7 +75,8 @@ class ExplainFailures(foo.Operator):
     @property
     def config(self):
         return _forms.operator_config(
-            "explain_failures", "transferscope: explain failures",
+            "explain_failures",
+            "transferscope: explain failures",
             "Find the pretraining classes that push misclassified target samples to the "
             "wrong answer, and check the top one by retraining without it",
         )
@@ -79,11 +92,21 @@ class ExplainFailures(foo.Operator):
         choices = types.DropdownView()
         for s in sources:
             choices.add_choice(s, label=s)
-        inputs.enum("pred_field", sources, default=sources[0], label="Predictions",
-                    description="whose mistakes to explain", view=choices)
+        inputs.enum(
+            "pred_field",
+            sources,
+            default=sources[0],
+            label="Predictions",
+            description="whose mistakes to explain",
+            view=choices,
+        )
         inputs.int("top_k", default=3, label="Culprits per failure")
-        inputs.bool("check_top", default=True, label="Check the top culprit by retraining",
-                    description="without it, and without a random class, several seeds each")
+        inputs.bool(
+            "check_top",
+            default=True,
+            label="Check the top culprit by retraining",
+            description="without it, and without a random class, several seeds each",
+        )
         if ctx.params.get("check_top", True):
             inputs.int("num_seeds", default=8, label="Seeds per arm")
             _forms.training_inputs(inputs, ctx)
@@ -98,16 +121,24 @@ class ExplainFailures(foo.Operator):
         pred = p.get("pred_field")
         check = p.get("check_top", True)
         summary = explain_failures(
-            ctx.dataset, p["influence_run"], key=p["run_key"],
+            ctx.dataset,
+            p["influence_run"],
+            key=p["run_key"],
             pred_field=None if not pred or pred.startswith("(") else pred,
-            top_k=p.get("top_k", 3), check_top=check, num_seeds=p.get("num_seeds", 8),
+            top_k=p.get("top_k", 3),
+            check_top=check,
+            num_seeds=p.get("num_seeds", 8),
             overwrite=p.get("overwrite", False),
             progress=_forms.progress_reporter(ctx, "models retrained"),
-            **(_forms.executor_kwargs(p) if check else {}))
+            **(_forms.executor_kwargs(p) if check else {}),
+        )
         _forms.reload_if_immediate(ctx)
         traces, _ = culprits_plotly(summary)
-        return {"report": describe_failures(summary), "culprits": traces,
-                "num_failures": summary["num_failures"]}
+        return {
+            "report": describe_failures(summary),
+            "culprits": traces,
+            "num_failures": summary["num_failures"],
+        }
 
     def resolve_output(self, ctx):
         from transferscope.plots import CULPRIT_TITLE

@@ -12,11 +12,13 @@ class TagClasses(foo.Operator):
     @property
     def config(self):
         return _forms.operator_config(
-            "tag_classes", "transferscope: tag classes for removal",
+            "tag_classes",
+            "transferscope: tag classes for removal",
             (
                 "Tag the pretraining samples of harmful classes (chosen from a "
                 "class-influence run) and save the curated view without them"
-            ), delegated=False,
+            ),
+            delegated=False,
         )
 
     def resolve_input(self, ctx):
@@ -35,22 +37,36 @@ class TagClasses(foo.Operator):
         inputs.enum("action", actions.values(), default="tag", label="Action", view=actions)
         if ctx.params.get("action", "tag") == "undo":
             if record:
-                inputs.view("undo_notice", types.Notice(label=(
-                    f"Removes tag {record['tag']!r} from the {len(record['tagged_ids'])} samples "
-                    f"it was added to ({', '.join(record['classes'])}) and deletes the saved "
-                    f"view {record['view_name']!r}; other tags stay")))
+                inputs.view(
+                    "undo_notice",
+                    types.Notice(
+                        label=(
+                            f"Removes tag {record['tag']!r} from the {len(record['tagged_ids'])} samples "
+                            f"it was added to ({', '.join(record['classes'])}) and deletes the saved "
+                            f"view {record['view_name']!r}; other tags stay"
+                        )
+                    ),
+                )
             else:
                 _forms.block(inputs, "undo_error", "This run has no tagged classes to undo")
             return types.Property(inputs, view=types.View(label="Tag classes for removal"))
 
         if record:
-            inputs.view("replace_notice", types.Notice(label=(
-                f"Replaces the current tagging ({', '.join(record['classes'])})")))
+            inputs.view(
+                "replace_notice",
+                types.Notice(
+                    label=(f"Replaces the current tagging ({', '.join(record['classes'])})")
+                ),
+            )
         kwargs = _forms.selection_rule_inputs(inputs, ctx, results, RULES)
         _forms.selection_preview(inputs, results, kwargs)
         inputs.str("tag", default="remove", required=True, label="Sample tag")
-        inputs.str("view_name", default=f"{key}_curated", required=True,
-                   label="Saved view without the tagged samples")
+        inputs.str(
+            "view_name",
+            default=f"{key}_curated",
+            required=True,
+            label="Saved view without the tagged samples",
+        )
         return types.Property(inputs, view=types.View(label="Tag classes for removal"))
 
     def execute(self, ctx):
@@ -62,10 +78,15 @@ class TagClasses(foo.Operator):
             action = "untagged"
         else:
             record = tag_classes(
-                ctx.dataset, p["run_key"], rule=p.get("rule", RULES[0]),
-                k=p.get("k"), threshold=p.get("threshold"), classes=p.get("classes"),
+                ctx.dataset,
+                p["run_key"],
+                rule=p.get("rule", RULES[0]),
+                k=p.get("k"),
+                threshold=p.get("threshold"),
+                classes=p.get("classes"),
                 fdr_level=p.get("fdr_level", 0.1),
-                tag=p.get("tag", "remove"), view_name=p.get("view_name"),
+                tag=p.get("tag", "remove"),
+                view_name=p.get("view_name"),
             )
             action = "tagged"
         _forms.reload_if_immediate(ctx)

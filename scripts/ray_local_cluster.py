@@ -28,20 +28,28 @@ def _ray_bin():
 
 def _start_node(args, log_path):
     log = open(log_path, "w")
-    return subprocess.Popen([_ray_bin(), "start", "--block", "--disable-usage-stats", *args],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [_ray_bin(), "start", "--block", "--disable-usage-stats", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_for_nodes(address, count, timeout):
     """Waits until ``count`` nodes are alive (asked from a short-lived driver)."""
-    probe = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, "
-             "logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))")
+    probe = (
+        "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, "
+        "logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run([sys.executable, "-c", probe, address], capture_output=True,
-                             text=True)
-        if out.returncode == 0 and out.stdout.strip().isdigit() \
-                and int(out.stdout.strip()) >= count:
+        out = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True)
+        if (
+            out.returncode == 0
+            and out.stdout.strip().isdigit()
+            and int(out.stdout.strip()) >= count
+        ):
             return
         time.sleep(1)
     raise RuntimeError(f"the local Ray cluster did not reach {count} nodes in {timeout} s")
@@ -61,7 +69,7 @@ def main(argv=None):
     parser.add_argument("--head-cpus", type=int, default=1)
     parser.add_argument("--worker-cpus", type=int, default=1)
     parser.add_argument("--port", type=int, default=6390)
-    parser.add_argument("--object-store-bytes", type=int, default=200 * 1024 ** 2)
+    parser.add_argument("--object-store-bytes", type=int, default=200 * 1024**2)
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -75,18 +83,39 @@ def main(argv=None):
     common = ["--node-ip-address=127.0.0.1", f"--object-store-memory={args.object_store_bytes}"]
     env_nodes = []
     try:
-        env_nodes.append(_start_node(
-            ["--head", f"--port={args.port}", f"--num-cpus={args.head_cpus}", "--num-gpus=0",
-             "--include-dashboard=false", f"--temp-dir={temp_dir}", *common],
-            os.path.join(temp_dir, "head.log")))
+        env_nodes.append(
+            _start_node(
+                [
+                    "--head",
+                    f"--port={args.port}",
+                    f"--num-cpus={args.head_cpus}",
+                    "--num-gpus=0",
+                    "--include-dashboard=false",
+                    f"--temp-dir={temp_dir}",
+                    *common,
+                ],
+                os.path.join(temp_dir, "head.log"),
+            )
+        )
         _wait_for_nodes(address, 1, args.timeout)
         for i in range(args.workers):
-            env_nodes.append(_start_node(
-                [f"--address={address}", f"--num-cpus={args.worker_cpus}", "--num-gpus=0",
-                 *common], os.path.join(temp_dir, f"worker{i}.log")))
+            env_nodes.append(
+                _start_node(
+                    [
+                        f"--address={address}",
+                        f"--num-cpus={args.worker_cpus}",
+                        "--num-gpus=0",
+                        *common,
+                    ],
+                    os.path.join(temp_dir, f"worker{i}.log"),
+                )
+            )
         _wait_for_nodes(address, 1 + args.workers, args.timeout)
-        env = dict(os.environ, RAY_ADDRESS=address,
-                   TS_RAY_WORKER_PGIDS=",".join(str(p.pid) for p in env_nodes[1:]))
+        env = dict(
+            os.environ,
+            RAY_ADDRESS=address,
+            TS_RAY_WORKER_PGIDS=",".join(str(p.pid) for p in env_nodes[1:]),
+        )
         return subprocess.run(command, env=env).returncode
     finally:
         for proc in reversed(env_nodes):

@@ -35,9 +35,16 @@ os.environ["TRANSFERSCOPE_MODELS_DIR"] = os.path.join(_TMP, "models")
 # Test tiers (markers, given by module): unit tests touch no database; integration
 # tests use the real database and tiny runs; system tests start other processes
 # (a Ray cluster, a browser, processes killed on purpose); acceptance is the demo.
-UNIT_MODULES = {"test_curation_compute", "test_designs", "test_diversity_compute",
-                "test_engine", "test_estimators", "test_grouped", "test_neighbors",
-                "test_packaging"}
+UNIT_MODULES = {
+    "test_curation_compute",
+    "test_designs",
+    "test_diversity_compute",
+    "test_engine",
+    "test_estimators",
+    "test_grouped",
+    "test_neighbors",
+    "test_packaging",
+}
 SYSTEM_MODULES = {"test_browser", "test_crash_safety", "test_ray"}
 ACCEPTANCE_MODULES = {"test_demo"}
 

@@ -44,30 +44,46 @@ def run(job, pre, tgt, store, overwrite):
         trained.append(done)
 
     if job == "influence":
-        ts.compute_class_influence(pre, tgt, "k", output_dir=store, progress=progress,
-                                   overwrite=overwrite, **TINY_KWARGS)
+        ts.compute_class_influence(
+            pre, tgt, "k", output_dir=store, progress=progress, overwrite=overwrite, **TINY_KWARGS
+        )
     elif job == "tagging":
         ts.tag_classes(pre, "infl", rule="most_harmful", k=2)
     elif job == "retagging":
         ts.tag_classes(pre, "infl", rule="most_harmful", k=3)
     elif job == "leakage":
-        ts.detect_leakage(tgt, key="leak", run_key="infl", max_distance=0.05,
-                          overwrite=overwrite)
+        ts.detect_leakage(tgt, key="leak", run_key="infl", max_distance=0.05, overwrite=overwrite)
     elif job == "duplicates":
-        ts.find_near_duplicates(pre, key="dups", run_key="infl", max_distance=0.05,
-                                overwrite=overwrite)
+        ts.find_near_duplicates(
+            pre, key="dups", run_key="infl", max_distance=0.05, overwrite=overwrite
+        )
     elif job == "subpopulations":
         ts.find_subpopulations(tgt, "infl", key="sub", k=2, overwrite=overwrite)
     elif job == "failures":
-        ts.explain_failures(tgt, "infl", key="fail", num_seeds=2, overwrite=overwrite,
-                            progress=progress, pred_field="wrong_guess")
+        ts.explain_failures(
+            tgt,
+            "infl",
+            key="fail",
+            num_seeds=2,
+            overwrite=overwrite,
+            progress=progress,
+            pred_field="wrong_guess",
+        )
     elif job == "curation":
-        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, num_seeds=2,
-                             progress=progress)
+        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, num_seeds=2, progress=progress)
     elif job == "planner":
-        ts.plan_class_diversity(tgt, "infl", key="div", budgets=[12, 20], full_budget=30,
-                                num_points=4, num_seeds=2, sample_choice="random",
-                                overwrite=overwrite, progress=progress)
+        ts.plan_class_diversity(
+            tgt,
+            "infl",
+            key="div",
+            budgets=[12, 20],
+            full_budget=30,
+            num_points=4,
+            num_seeds=2,
+            sample_choice="random",
+            overwrite=overwrite,
+            progress=progress,
+        )
     else:
         raise SystemExit(f"unknown job {job}")
     return len(trained)
@@ -77,7 +93,8 @@ if __name__ == "__main__":
     job, pre_name, tgt_name, store = sys.argv[1:5]
     if os.environ.get("TRANSFERSCOPE_KILL_AT") == "inside_register_run":
         _kill_inside_register_run()
-    n = run(job, fo.load_dataset(pre_name), fo.load_dataset(tgt_name), store,
-            "--overwrite" in sys.argv)
+    n = run(
+        job, fo.load_dataset(pre_name), fo.load_dataset(tgt_name), store, "--overwrite" in sys.argv
+    )
     print(f"TRAINED {n}", flush=True)
     print("DONE", flush=True)

@@ -27,16 +27,21 @@ import numpy as np
 
 def isolate_fiftyone(out_dir):
     """FiftyOne settings for the delegated scenario: read when fiftyone is imported."""
-    os.environ.update(FIFTYONE_DATABASE_DIR=os.path.join(out_dir, "db"),  # a mongod in here
-                      FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true",
-                      FIFTYONE_SHOW_PROGRESS_BARS="false", FIFTYONE_DO_NOT_TRACK="true",
-                      FIFTYONE_DATABASE_VALIDATION="false")
+    os.environ.update(
+        FIFTYONE_DATABASE_DIR=os.path.join(out_dir, "db"),  # a mongod in here
+        FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true",
+        FIFTYONE_SHOW_PROGRESS_BARS="false",
+        FIFTYONE_DO_NOT_TRACK="true",
+        FIFTYONE_DATABASE_VALIDATION="false",
+    )
     for inherited in ("FIFTYONE_DATABASE_URI", "FIFTYONE_PRIVATE_DATABASE_PORT"):
         os.environ.pop(inherited, None)  # the test process's mongod is outside the namespace
     plugins = os.path.join(out_dir, "plugins")
     os.makedirs(plugins)
-    os.symlink(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-               os.path.join(plugins, "transferscope"))
+    os.symlink(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        os.path.join(plugins, "transferscope"),
+    )
     os.environ["FIFTYONE_PLUGINS_DIR"] = plugins
     os.environ.setdefault("TRANSFERSCOPE_RUNS_DIR", os.path.join(out_dir, "runs"))
 
@@ -153,14 +158,17 @@ def refusals(executor, data):
     out = {}
     try:
         RayExecutor(address=executor.address, gpus_per_model=1).check(
-            InfluenceConfig.from_dict({**CONFIG.to_dict(), "device": "cuda"}))
+            InfluenceConfig.from_dict({**CONFIG.to_dict(), "device": "cuda"})
+        )
     except ValueError as e:
         out["gpu_error"] = str(e)
     no_classes = ModelJob(99, CONFIG, 0, np.zeros(6, dtype=bool))
     finished = []
     out["failures"] = executor.run(
-        [no_classes, ModelJob(98, CONFIG, 0, np.ones(6, dtype=bool))], data,
-        lambda row, outputs: finished.append(row))
+        [no_classes, ModelJob(98, CONFIG, 0, np.ones(6, dtype=bool))],
+        data,
+        lambda row, outputs: finished.append(row),
+    )
     out["finished"] = finished
     return out
 
@@ -180,19 +188,30 @@ def delegated(out_dir):
     os.makedirs(images)
     pre, tgt = build_tiny_datasets(images, "ray")
     pre.persistent = tgt.persistent = True  # the worker process loads them by name
-    params = operator_params(pre, tgt, "viaray", executor="ray", cpus_per_model=1,
-                             ray_address=os.environ["RAY_ADDRESS"])
-    queued = foo.execute_operator("@transferscope/transferscope/compute_class_influence",
-                                  ctx=dict(dataset=tgt, params=params), request_delegation=True)
+    params = operator_params(
+        pre, tgt, "viaray", executor="ray", cpus_per_model=1, ray_address=os.environ["RAY_ADDRESS"]
+    )
+    queued = foo.execute_operator(
+        "@transferscope/transferscope/compute_class_influence",
+        ctx=dict(dataset=tgt, params=params),
+        request_delegation=True,
+    )
     dos = food.DelegatedOperationService()
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    worker = subprocess.Popen([exe, "delegated", "launch"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = subprocess.Popen(
+        [exe, "delegated", "launch"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            op = dos.get(queued.id if hasattr(queued, "id") else
-                         dos.list_operations(dataset_name=tgt.name)[0].id)
+            op = dos.get(
+                queued.id
+                if hasattr(queued, "id")
+                else dos.list_operations(dataset_name=tgt.name)[0].id
+            )
             if op.run_state in ExecutionRunState.TERMINAL_STATES:
                 break
             time.sleep(1)
@@ -200,14 +219,25 @@ def delegated(out_dir):
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
     tgt.reload()
-    checks = {"run_state": op.run_state, "progress": op.status.progress if op.status else None,
-              "label": op.status.label if op.status else None,
-              "error": str(op.run_link or "") + str(getattr(op.result, "error", "") or ""),
-              "num_with_fields": tgt.match_tags("test").exists("viaray_helpful").count()}
+    checks = {
+        "run_state": op.run_state,
+        "progress": op.status.progress if op.status else None,
+        "label": op.status.label if op.status else None,
+        "error": str(op.run_link or "") + str(getattr(op.result, "error", "") or ""),
+        "num_with_fields": tgt.match_tags("test").exists("viaray_helpful").count(),
+    }
     if "viaray" in tgt.list_runs():
         local = compute_class_influence(
-            pre, tgt, "local", num_models=params["num_models"], epochs=params["epochs"],
-            device="cpu", seed=0, progress=False, executor_options={"threads": 1})
+            pre,
+            tgt,
+            "local",
+            num_models=params["num_models"],
+            epochs=params["epochs"],
+            device="cpu",
+            seed=0,
+            progress=False,
+            executor_options={"threads": 1},
+        )
         via_ray = tgt.load_run_results("viaray")
         checks["same_influence"] = bool(np.array_equal(local.influence, via_ray.influence))
     with open(os.path.join(out_dir, "checks.json"), "w") as f:

@@ -38,9 +38,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_KEY = "browser"
 # what the probe of this machine found Chromium needs here: no sandbox as root,
 # no GPU, and no background connections (the network is closed)
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port():
@@ -51,8 +58,10 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def artifacts():
-    folder = os.path.join(os.environ.get("TRANSFERSCOPE_ARTIFACTS_DIR",
-                                         os.path.join(REPO_ROOT, "artifacts")), "browser")
+    folder = os.path.join(
+        os.environ.get("TRANSFERSCOPE_ARTIFACTS_DIR", os.path.join(REPO_ROOT, "artifacts")),
+        "browser",
+    )
     os.makedirs(folder, exist_ok=True)
     return folder
 
@@ -69,9 +78,18 @@ def app(demo):
     """The App server on the pretraining dataset, in its own process group."""
     pretrain, _ = demo
     port = _free_port()
-    server = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "tests", "app_server.py"),
-                               pretrain.name, str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "tests", "app_server.py"),
+            pretrain.name,
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -93,8 +111,12 @@ def app(demo):
 def worker():
     """`fiftyone delegated launch`: runs what the App schedules."""
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    proc = subprocess.Popen([exe, "delegated", "launch"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "delegated", "launch"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     yield proc
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
@@ -112,15 +134,20 @@ def page(app):
 
 def _control(page, label):
     """The first control (a select or a visible input) after the label ``label``."""
-    return page.locator(f'xpath=//p[normalize-space()="{label}"]/following::*'
-                        '[@role="combobox" or self::input[not(@aria-hidden="true")]][1]')
+    return page.locator(
+        f'xpath=//p[normalize-space()="{label}"]/following::*'
+        '[@role="combobox" or self::input[not(@aria-hidden="true")]][1]'
+    )
 
 
 def _choose(page, label, option):
     control = _control(page, label)
     # the form re-resolves after each change: wait until this field is a select
-    _wait_for(lambda: control.count() and control.get_attribute("role") == "combobox", 30,
-              f"{label!r} to offer choices")
+    _wait_for(
+        lambda: control.count() and control.get_attribute("role") == "combobox",
+        30,
+        f"{label!r} to offer choices",
+    )
     control.click()
     page.get_by_role("option", name=option, exact=True).click()
     _wait_for(lambda: not page.get_by_role("listbox").count(), 10, "the menu to close")
@@ -187,9 +214,12 @@ def test_compute_in_the_app_then_click_a_class_in_the_panel(demo, app, worker, p
     service = food.DelegatedOperationService()
 
     def finished():
-        ops = [op for op in service.list_operations(dataset_name=pretrain.name)
-               if op.operator.endswith("/compute_class_influence")
-               and (op.context.request_params or {}).get("params", {}).get("run_key") == RUN_KEY]
+        ops = [
+            op
+            for op in service.list_operations(dataset_name=pretrain.name)
+            if op.operator.endswith("/compute_class_influence")
+            and (op.context.request_params or {}).get("params", {}).get("run_key") == RUN_KEY
+        ]
         done = [op for op in ops if op.run_state in ExecutionRunState.TERMINAL_STATES]
         return done[-1] if done else None
 
@@ -213,8 +243,11 @@ def test_compute_in_the_app_then_click_a_class_in_the_panel(demo, app, worker, p
     _choose(page, "Influence run", RUN_KEY)
     panel = page.locator('[data-cy="panel-content-class_influence_panel"]')
     bars = panel.locator(".js-plotly-plot").first.locator("g.trace.bars g.point path")
-    _wait_for(lambda: bars.count() == len(pretrain.distinct("ground_truth.label")), 60,
-              "one bar per pretraining class")
+    _wait_for(
+        lambda: bars.count() == len(pretrain.distinct("ground_truth.label")),
+        60,
+        "one bar per pretraining class",
+    )
     page.screenshot(path=os.path.join(artifacts, "3_panel.png"))
     message = page.get_by_text(re.compile(r"^\S+: its pretraining samples \(\d+ samples"))
 
@@ -231,13 +264,17 @@ def test_compute_in_the_app_then_click_a_class_in_the_panel(demo, app, worker, p
             return False
 
     _wait_for(click_last_bar, 60, "a click on a bar to show its class")
-    name, shown = re.match(r"^(\S+): its pretraining samples \((\d+) samples",
-                           message.inner_text()).groups()
+    name, shown = re.match(
+        r"^(\S+): its pretraining samples \((\d+) samples", message.inner_text()
+    ).groups()
     target.reload()
     results = target.load_run_results(RUN_KEY)
     assert name == results.ranking()[-1][0]  # the last bar is the most harmful class
     expected = pretrain.match(fo.ViewField("ground_truth.label") == name).count()
     assert int(shown) == expected
-    _wait_for(lambda: _sample_count(page) == expected, 60,
-              f"the grid to show the {expected} samples of {name!r}")
+    _wait_for(
+        lambda: _sample_count(page) == expected,
+        60,
+        f"the grid to show the {expected} samples of {name!r}",
+    )
     page.screenshot(path=os.path.join(artifacts, "4_class_clicked.png"))

@@ -27,9 +27,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "crash_driver.py")
 
 # the points of a write, in order (transferscope.writes._checkpoint)
-ALL_POINTS = ["field_staged", "commit_started", "old_removed", "field_renamed", "tagged",
-              "views_saved", "inside_register_run", "run_registered", "record_saved",
-              "committed"]
+ALL_POINTS = [
+    "field_staged",
+    "commit_started",
+    "old_removed",
+    "field_renamed",
+    "tagged",
+    "views_saved",
+    "inside_register_run",
+    "run_registered",
+    "record_saved",
+    "committed",
+]
 
 
 def drive(job, pre, tgt, store, kill_at=None, overwrite=False):
@@ -41,8 +50,9 @@ def drive(job, pre, tgt, store, kill_at=None, overwrite=False):
     if overwrite:
         cmd.append("--overwrite")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    trained = [int(line.split()[1]) for line in proc.stdout.splitlines()
-               if line.startswith("TRAINED")]
+    trained = [
+        int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("TRAINED")
+    ]
     return proc, (trained[0] if trained else None)
 
 
@@ -70,28 +80,38 @@ def snapshot(*datasets):
     for ds in datasets:
         ds.reload()
         fields = sorted(ds.get_field_schema(flat=True))
-        ours = [f for f in ds.get_field_schema() if f not in ("id", "filepath", "tags",
-                                                              "metadata", "created_at",
-                                                              "last_modified_at")]
+        ours = [
+            f
+            for f in ds.get_field_schema()
+            if f not in ("id", "filepath", "tags", "metadata", "created_at", "last_modified_at")
+        ]
         values = {f: [_plain(v) for v in ds.values(f)] for f in sorted(ours)}
         runs = {}
         for key in ds.list_runs():
             config = ds.get_run_info(key).config
-            runs[key] = {name: _strip_ids(getattr(config, name, None))
-                         for name in ("fields", "saved_views", "curation_tags", "method")}
+            runs[key] = {
+                name: _strip_ids(getattr(config, name, None))
+                for name in ("fields", "saved_views", "curation_tags", "method")
+            }
             curation = getattr(config, "curation", None)
             runs[key]["curation_cells"] = (
-                [c["per_seed"] for c in curation["cells"]] if curation else None)
-        views = {name: sorted(ds.load_saved_view(name).values("id"))
-                 for name in sorted(ds.list_saved_views())}
+                [c["per_seed"] for c in curation["cells"]] if curation else None
+            )
+        views = {
+            name: sorted(ds.load_saved_view(name).values("id"))
+            for name in sorted(ds.list_saved_views())
+        }
         state[ds.name] = {
-            "fields": fields, "values": values,
+            "fields": fields,
+            "values": values,
             "tags": sorted((i, tuple(sorted(t))) for i, t in zip(*ds.values(["id", "tags"]))),
-            "views": views, "runs": runs,
+            "views": views,
+            "runs": runs,
             "run_docs": db.runs.count_documents({"_dataset_id": ds._doc.id}),
         }
     state["journal"] = db[writes.JOURNAL].count_documents(
-        {"dataset": {"$in": [ds.name for ds in datasets]}})
+        {"dataset": {"$in": [ds.name for ds in datasets]}}
+    )
     return state
 
 
@@ -104,8 +124,11 @@ def without_staged(state):
     for name, s in state.items():
         if name == "journal":
             continue
-        out[name] = dict(s, fields=[f for f in s["fields"] if not staged.match(f)],
-                         values={f: v for f, v in s["values"].items() if not staged.match(f)})
+        out[name] = dict(
+            s,
+            fields=[f for f in s["fields"] if not staged.match(f)],
+            values={f: v for f, v in s["values"].items() if not staged.match(f)},
+        )
     return out
 
 
@@ -117,8 +140,12 @@ def persistent_tiny(tmp_path):
     # a prediction field with a few wrong answers, so explain_failures has failures
     test = tgt.match_tags("test")
     ids, labels = test.values(["id", "ground_truth.label"])
-    wrong = {i: fo.Classification(label="t0" if l != "t0" else "t1") if n % 3 == 0 else
-             fo.Classification(label=l) for n, (i, l) in enumerate(zip(ids, labels))}
+    wrong = {
+        i: fo.Classification(label="t0" if l != "t0" else "t1")
+        if n % 3 == 0
+        else fo.Classification(label=l)
+        for n, (i, l) in enumerate(zip(ids, labels))
+    }
     test.set_values("wrong_guess", wrong, key_field="id")
     yield pre, tgt, tmp_path / "store"
     for ds in (pre, tgt):
@@ -127,8 +154,9 @@ def persistent_tiny(tmp_path):
 
 
 def with_influence_run(pre, tgt, tmp_path):
-    ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "infl"),
-                               progress=False, **TINY_KWARGS)
+    ts.compute_class_influence(
+        pre, tgt, "infl", output_dir=str(tmp_path / "infl"), progress=False, **TINY_KWARGS
+    )
 
 
 def undo(job, pre, tgt):
@@ -146,8 +174,13 @@ def undo(job, pre, tgt):
         for ds in (pre, tgt):
             writes.set_run_record(ds, "infl", "curation", None)
     else:
-        key = {"leakage": "leak", "duplicates": "dups", "subpopulations": "sub",
-               "failures": "fail", "planner": "div"}[job]
+        key = {
+            "leakage": "leak",
+            "duplicates": "dups",
+            "subpopulations": "sub",
+            "failures": "fail",
+            "planner": "div",
+        }[job]
         for ds in (pre, tgt):
             if key in ds.list_runs():
                 ds.delete_run(key)
@@ -179,8 +212,13 @@ def kill_and_rerun(job, points, pre, tgt, store, overwrite=False, before=None):
         else:  # this job's write has no such point (say, no record to save)
             assert proc.returncode == 0 and "DONE" in proc.stdout, proc.stderr[-3000:]
         # the same call again; where the first one had completed, with overwrite
-        trained = again(job, pre, tgt, store, overwrite or (
-            completed and job not in ("tagging", "retagging", "curation")))
+        trained = again(
+            job,
+            pre,
+            tgt,
+            store,
+            overwrite or (completed and job not in ("tagging", "retagging", "curation")),
+        )
         if job in ("influence", "curation", "failures", "planner"):
             assert trained == 0, f"{job} killed at {point}: the rerun trained {trained} models"
         state = snapshot(pre, tgt)
@@ -196,13 +234,13 @@ def test_influence_killed_anywhere_then_rerun_ends_as_an_uninterrupted_run(persi
 
 
 @pytest.mark.slow
-def test_influence_overwrite_killed_anywhere_keeps_the_old_run_until_its_commit(
-        persistent_tiny):
+def test_influence_overwrite_killed_anywhere_keeps_the_old_run_until_its_commit(persistent_tiny):
     pre, tgt, store = persistent_tiny
 
     def old_run():  # a run with tags, which the overwrite must replace
-        ts.compute_class_influence(pre, tgt, "k", output_dir=str(store), progress=False,
-                                   overwrite=True, **TINY_KWARGS)
+        ts.compute_class_influence(
+            pre, tgt, "k", output_dir=str(store), progress=False, overwrite=True, **TINY_KWARGS
+        )
         ts.tag_classes(pre, "k", rule="most_harmful", k=1)
 
     old_run()
@@ -214,24 +252,45 @@ def test_influence_overwrite_killed_anywhere_keeps_the_old_run_until_its_commit(
     assert without_staged(state) == without_staged(old), "the old run changed"
     assert state["journal"] == 2  # the killed write's journals: the next write undoes them
     # then the same call, and kills later in the commit: the new run, as if never killed
-    killed = kill_and_rerun("influence", ["old_removed", "field_renamed", "run_registered"],
-                            pre, tgt, store, overwrite=True, before=old_run)
+    killed = kill_and_rerun(
+        "influence",
+        ["old_removed", "field_renamed", "run_registered"],
+        pre,
+        tgt,
+        store,
+        overwrite=True,
+        before=old_run,
+    )
     assert killed == 3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job, points", [
-    ("tagging", ["commit_started", "old_removed", "tagged", "views_saved", "record_saved"]),
-    ("leakage", ["field_staged", "commit_started", "field_renamed", "tagged", "views_saved",
-                 "inside_register_run", "run_registered"]),
-    ("duplicates", ["field_staged", "tagged", "run_registered"]),
-    ("subpopulations", ["field_staged", "views_saved", "run_registered"]),
-    ("failures", ["field_staged", "run_registered"]),
-    ("curation", ["commit_started", "record_saved"]),
-    ("planner", ["views_saved", "run_registered"]),
-])
+@pytest.mark.parametrize(
+    "job, points",
+    [
+        ("tagging", ["commit_started", "old_removed", "tagged", "views_saved", "record_saved"]),
+        (
+            "leakage",
+            [
+                "field_staged",
+                "commit_started",
+                "field_renamed",
+                "tagged",
+                "views_saved",
+                "inside_register_run",
+                "run_registered",
+            ],
+        ),
+        ("duplicates", ["field_staged", "tagged", "run_registered"]),
+        ("subpopulations", ["field_staged", "views_saved", "run_registered"]),
+        ("failures", ["field_staged", "run_registered"]),
+        ("curation", ["commit_started", "record_saved"]),
+        ("planner", ["views_saved", "run_registered"]),
+    ],
+)
 def test_each_job_killed_while_writing_then_rerun_ends_as_uninterrupted(
-        persistent_tiny, tmp_path, job, points):
+    persistent_tiny, tmp_path, job, points
+):
     pre, tgt, store = persistent_tiny
     with_influence_run(pre, tgt, tmp_path)
     killed = kill_and_rerun(job, points, pre, tgt, store)
@@ -240,13 +299,18 @@ def test_each_job_killed_while_writing_then_rerun_ends_as_uninterrupted(
 
 @pytest.mark.slow
 def test_retagging_killed_anywhere_keeps_the_first_choice_or_makes_the_second(
-        persistent_tiny, tmp_path):
+    persistent_tiny, tmp_path
+):
     pre, tgt, store = persistent_tiny
     with_influence_run(pre, tgt, tmp_path)
-    killed = kill_and_rerun("retagging", ["commit_started", "old_removed", "tagged",
-                                          "record_saved"], pre, tgt, store,
-                            before=lambda: ts.tag_classes(pre, "infl", rule="most_harmful",
-                                                          k=2))
+    killed = kill_and_rerun(
+        "retagging",
+        ["commit_started", "old_removed", "tagged", "record_saved"],
+        pre,
+        tgt,
+        store,
+        before=lambda: ts.tag_classes(pre, "infl", rule="most_harmful", k=2),
+    )
     assert killed == 4
 
 
@@ -270,14 +334,20 @@ except ts.TransferScopeError as e:
 
 @pytest.mark.slow
 def test_two_processes_with_the_same_key_one_completes_the_other_is_refused(
-        persistent_tiny, tmp_path):
+    persistent_tiny, tmp_path
+):
     pre, tgt, store = persistent_tiny
     go = tmp_path / "go"
     code = _HOLD.format(tests=HERE)
-    procs = [subprocess.Popen([sys.executable, "-c", code, pre.name, tgt.name, str(go),
-                               str(tmp_path / f"store{i}")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pre.name, tgt.name, str(go), str(tmp_path / f"store{i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     time.sleep(8)  # both imported and waiting
     go.write_text("go")
     outs = [p.communicate(timeout=600) for p in procs]
@@ -293,21 +363,38 @@ def test_two_processes_with_the_same_key_one_completes_the_other_is_refused(
 
 def test_a_lock_whose_process_is_gone_is_taken_over(persistent_tiny, tmp_path):
     pre, tgt, store = persistent_tiny
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     pid = int(dead.stdout)
     import psutil
 
     assert not psutil.pid_exists(pid)
-    owner = {"host": writes.socket.gethostname(), "pid": pid, "started": 1.0,
-             "since": "2026-01-01T00:00:00+00:00", "heartbeat": "2026-01-01T00:00:00+00:00"}
+    owner = {
+        "host": writes.socket.gethostname(),
+        "pid": pid,
+        "started": 1.0,
+        "since": "2026-01-01T00:00:00+00:00",
+        "heartbeat": "2026-01-01T00:00:00+00:00",
+    }
     for ds in (pre, tgt):
-        foo.get_db_conn()[writes.JOURNAL].insert_one({
-            "_id": f"{ds._doc.id}:taken", "dataset": ds.name, "key": "taken",
-            "method": "class_influence", "owner": owner, "phase": "locked", "staged": {},
-            "tags": [], "views": [], "old": None})
-    ts.compute_class_influence(pre, tgt, "taken", output_dir=str(store), progress=False,
-                               **TINY_KWARGS)
+        foo.get_db_conn()[writes.JOURNAL].insert_one(
+            {
+                "_id": f"{ds._doc.id}:taken",
+                "dataset": ds.name,
+                "key": "taken",
+                "method": "class_influence",
+                "owner": owner,
+                "phase": "locked",
+                "staged": {},
+                "tags": [],
+                "views": [],
+                "old": None,
+            }
+        )
+    ts.compute_class_influence(
+        pre, tgt, "taken", output_dir=str(store), progress=False, **TINY_KWARGS
+    )
     assert "taken" in tgt.list_runs()
     assert snapshot(pre, tgt)["journal"] == 0
 
@@ -316,20 +403,21 @@ def test_a_live_holder_is_named_and_nothing_changes(persistent_tiny):
     pre, tgt, store = persistent_tiny
     with writes.RunWrite("held", "class_influence", [tgt]):
         before = snapshot(pre, tgt)
-        with pytest.raises(writes.RunLockedError,
-                           match=rf"run key 'held' on dataset '{tgt.name}' is being written "
-                                 rf"by process {os.getpid()} on "):
-            ts.compute_class_influence(pre, tgt, "held", output_dir=str(store),
-                                       progress=False, **TINY_KWARGS)
+        with pytest.raises(
+            writes.RunLockedError,
+            match=rf"run key 'held' on dataset '{tgt.name}' is being written "
+            rf"by process {os.getpid()} on ",
+        ):
+            ts.compute_class_influence(
+                pre, tgt, "held", output_dir=str(store), progress=False, **TINY_KWARGS
+            )
         after = snapshot(pre, tgt)
         assert {k: v for k, v in after.items()} == before
 
 
-def test_an_exception_while_overwriting_leaves_the_old_run_intact(persistent_tiny,
-                                                                  monkeypatch):
+def test_an_exception_while_overwriting_leaves_the_old_run_intact(persistent_tiny, monkeypatch):
     pre, tgt, store = persistent_tiny
-    ts.compute_class_influence(pre, tgt, "k", output_dir=str(store), progress=False,
-                               **TINY_KWARGS)
+    ts.compute_class_influence(pre, tgt, "k", output_dir=str(store), progress=False, **TINY_KWARGS)
     old = snapshot(pre, tgt)
     real = fo.core.collections.SampleCollection.set_values
 
@@ -340,8 +428,15 @@ def test_an_exception_while_overwriting_leaves_the_old_run_intact(persistent_tin
 
     monkeypatch.setattr(fo.core.collections.SampleCollection, "set_values", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        ts.compute_class_influence(pre, tgt, "k", output_dir=str(store), progress=False,
-                                   overwrite=True, **{**TINY_KWARGS, "epochs": 2})
+        ts.compute_class_influence(
+            pre,
+            tgt,
+            "k",
+            output_dir=str(store),
+            progress=False,
+            overwrite=True,
+            **{**TINY_KWARGS, "epochs": 2},
+        )
     assert snapshot(pre, tgt) == old
     # and the old run's models are still there
     store_path = tgt.get_run_info("k").config.output_dir
@@ -362,8 +457,9 @@ def test_stores_are_found_by_dataset_id_never_by_name(tmp_path, monkeypatch):
     assert len({p for _, _, p in made}) == len(made)
     # overwriting one run never touches another's store
     pre, tgt, path = made[1]
-    ts.compute_class_influence(pre, tgt, "infl", progress=False, overwrite=True,
-                               **{**TINY_KWARGS, "epochs": 2})
+    ts.compute_class_influence(
+        pre, tgt, "infl", progress=False, overwrite=True, **{**TINY_KWARGS, "epochs": 2}
+    )
     for _, _, other in (made[0], made[2], made[3]):
         assert os.path.exists(os.path.join(other, "completed.npy"))
     for pre, tgt, _ in made:
@@ -373,8 +469,9 @@ def test_stores_are_found_by_dataset_id_never_by_name(tmp_path, monkeypatch):
 
 def test_a_damaged_store_is_named_and_overwrite_rebuilds_it(tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                                         progress=False, **TINY_KWARGS)
+    results = ts.compute_class_influence(
+        pre, tgt, "infl", output_dir=str(tmp_path / "s"), progress=False, **TINY_KWARGS
+    )
     store = results.config.output_dir
     good = results.class_influence.copy()
     for ds in (pre, tgt):
@@ -384,11 +481,19 @@ def test_a_damaged_store_is_named_and_overwrite_rebuilds_it(tiny_datasets, tmp_p
     with open(prob, "r+b") as f:
         f.truncate(half)
     with pytest.raises(ts.TransferScopeError, match=r"prob.npy is \d+ bytes, expected"):
-        ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                                   progress=False, **TINY_KWARGS)
+        ts.compute_class_influence(
+            pre, tgt, "infl", output_dir=str(tmp_path / "s"), progress=False, **TINY_KWARGS
+        )
     assert os.path.getsize(prob) == half  # never zero-extended
-    again = ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                                       progress=False, overwrite=True, **TINY_KWARGS)
+    again = ts.compute_class_influence(
+        pre,
+        tgt,
+        "infl",
+        output_dir=str(tmp_path / "s"),
+        progress=False,
+        overwrite=True,
+        **TINY_KWARGS,
+    )
     np.testing.assert_allclose(again.class_influence, good)
     for ds in (pre, tgt):
         ds.delete_run("infl")
@@ -396,16 +501,25 @@ def test_a_damaged_store_is_named_and_overwrite_rebuilds_it(tiny_datasets, tmp_p
     with open(spec, "w") as f:
         f.write("{not json")
     with pytest.raises(ts.TransferScopeError, match="spec.json is unreadable"):
-        ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                                   progress=False, **TINY_KWARGS)
-    ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                               progress=False, overwrite=True, **TINY_KWARGS)
+        ts.compute_class_influence(
+            pre, tgt, "infl", output_dir=str(tmp_path / "s"), progress=False, **TINY_KWARGS
+        )
+    ts.compute_class_influence(
+        pre,
+        tgt,
+        "infl",
+        output_dir=str(tmp_path / "s"),
+        progress=False,
+        overwrite=True,
+        **TINY_KWARGS,
+    )
 
 
 def test_a_zeroed_completed_row_is_retrained_not_used(tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                                         progress=False, **TINY_KWARGS)
+    results = ts.compute_class_influence(
+        pre, tgt, "infl", output_dir=str(tmp_path / "s"), progress=False, **TINY_KWARGS
+    )
     good = results.class_influence.copy()
     for ds in (pre, tgt):
         ds.delete_run("infl")
@@ -414,14 +528,21 @@ def test_a_zeroed_completed_row_is_retrained_not_used(tiny_datasets, tmp_path):
     prob.flush()
     del prob
     seen = []
-    again = ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                                       progress=lambda d, t: seen.append(d), **TINY_KWARGS)
+    again = ts.compute_class_influence(
+        pre,
+        tgt,
+        "infl",
+        output_dir=str(tmp_path / "s"),
+        progress=lambda d, t: seen.append(d),
+        **TINY_KWARGS,
+    )
     assert seen == [4]  # one model (row 2) retrained: the fourth of four
     np.testing.assert_allclose(again.class_influence, good, atol=1e-6)
 
 
-def test_output_dir_that_is_empty_or_holds_a_users_files_is_refused(tiny_datasets, tmp_path,
-                                                                   monkeypatch):
+def test_output_dir_that_is_empty_or_holds_a_users_files_is_refused(
+    tiny_datasets, tmp_path, monkeypatch
+):
     pre, tgt = tiny_datasets
     monkeypatch.chdir(tmp_path)
     (tmp_path / "project.json").write_text("{}")

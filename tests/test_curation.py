@@ -23,14 +23,18 @@ PLUGIN = "@transferscope/transferscope"
 @pytest.fixture()
 def influence_run(tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "store"),
-                                         progress=False, **TINY_KWARGS)
+    results = ts.compute_class_influence(
+        pre, tgt, "infl", output_dir=str(tmp_path / "store"), progress=False, **TINY_KWARGS
+    )
     return pre, tgt, results
 
 
 def _snapshot(ds):
-    return (sorted(map(tuple, map(sorted, ds.values("tags")))), ds.list_saved_views(),
-            run_record(ds, "infl", "curation_tags"))
+    return (
+        sorted(map(tuple, map(sorted, ds.values("tags")))),
+        ds.list_saved_views(),
+        run_record(ds, "infl", "curation_tags"),
+    )
 
 
 def test_tag_view_and_undo_leave_other_tags_alone(influence_run):
@@ -101,8 +105,9 @@ def test_counterfactual_end_to_end_is_stored_and_plotted(influence_run, tmp_path
     pre, tgt, results = influence_run
     ts.tag_classes(pre, "infl", rule="most_harmful", k=1)
     calls = []
-    summary = ts.evaluate_curation(tgt, "infl", num_seeds=2, sweep_ks=[2],
-                                   progress=lambda d, t: calls.append((d, t)))
+    summary = ts.evaluate_curation(
+        tgt, "infl", num_seeds=2, sweep_ks=[2], progress=lambda d, t: calls.append((d, t))
+    )
     # full, curated (= the most harmful), random and helpful at k=1, k=2 x 3 orders:
     # 14 (mask, seed) rows at most, fewer where a random draw repeats another row
     done, total = calls[-1]
@@ -121,8 +126,9 @@ def test_counterfactual_end_to_end_is_stored_and_plotted(influence_run, tmp_path
 
     # a second call finds every model done: same numbers, nothing retrained
     calls.clear()
-    again = ts.evaluate_curation(pre, "infl", num_seeds=2, sweep_ks=[2],
-                                 progress=lambda d, t: calls.append((d, t)))
+    again = ts.evaluate_curation(
+        pre, "infl", num_seeds=2, sweep_ks=[2], progress=lambda d, t: calls.append((d, t))
+    )
     assert calls == [] and again["cells"] == summary["cells"]
 
     fig = curation_figure(summary)
@@ -133,31 +139,39 @@ def test_counterfactual_end_to_end_is_stored_and_plotted(influence_run, tmp_path
 
     exe = os.path.join(os.path.dirname(sys.executable), "transferscope")
     out = str(tmp_path / "cli.png")
-    proc = subprocess.run([exe, "plot-curation", tgt.name, "infl", "--out", out],
-                          capture_output=True, text=True, timeout=120, env=os.environ)
+    proc = subprocess.run(
+        [exe, "plot-curation", tgt.name, "infl", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ,
+    )
     assert proc.returncode == 0 and os.path.getsize(out) > 1000, proc.stderr
 
 
 def test_the_default_rule_tags_exactly_the_harmful_classes_at_the_fdr_level(influence_run):
     pre, tgt, results = influence_run
     q = pre.load_run_results("infl", cache=False).q_values
-    expected = {c for c, v, qc in zip(results.classes, results.class_influence, q)
-                if v < 0 and qc < 0.1}
+    expected = {
+        c for c, v, qc in zip(results.classes, results.class_influence, q) if v < 0 and qc < 0.1
+    }
     if expected:
         record = ts.tag_classes(pre, "infl")
         assert set(record["classes"]) == expected and record["rule"] == "harmful_fdr"
         assert record["q_value"] == [float(q[results.classes.index(c)]) for c in record["classes"]]
     else:  # four tiny models: usually nothing is settled, and the rule says so
-        with pytest.raises(TransferScopeError, match="no class is harmful at false-discovery "
-                                                     "level 0.1"):
+        with pytest.raises(
+            TransferScopeError, match="no class is harmful at false-discovery level 0.1"
+        ):
             ts.tag_classes(pre, "infl")
         assert "remove" not in pre.count_sample_tags()
 
 
 def test_each_curated_class_is_confirmed_or_not_by_its_own_retraining(influence_run):
     pre, tgt, results = influence_run
-    summary = ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=2, num_seeds=2,
-                                   progress=False)
+    summary = ts.evaluate_curation(
+        tgt, "infl", rule="most_harmful", k=2, num_seeds=2, progress=False
+    )
     each = summary["each_removed_vs_full"]
     assert [row["class"] for row in each] == summary["removed"]
     for row in each:
@@ -165,8 +179,9 @@ def test_each_curated_class_is_confirmed_or_not_by_its_own_retraining(influence_
     assert set(summary["confirmed"]) <= set(summary["removed"])
     assert summary["confirmed"] == [r["class"] for r in each if r["ci95"][0] > 0]
     assert any(line.startswith("  only ") for line in ts.curation.describe_curation(summary))
-    none = ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=2, num_seeds=2,
-                                progress=False, confirm_each=False)
+    none = ts.evaluate_curation(
+        tgt, "infl", rule="most_harmful", k=2, num_seeds=2, progress=False, confirm_each=False
+    )
     assert none["each_removed_vs_full"] == [] and none["confirmed"] == []
 
 
@@ -186,29 +201,52 @@ def test_evaluation_refuses_an_incomplete_store(influence_run):
 def test_operators_tag_view_undo_and_evaluate(influence_run):
     pre, tgt, results = influence_run
     worst = results.ranking()[-1][0]
-    tag = foo.execute_operator(f"{PLUGIN}/tag_classes", ctx=dict(dataset=pre, params=dict(
-        run_key="infl", action="tag", rule="classes", classes=[worst], tag="remove",
-        view_name="curated")))
+    tag = foo.execute_operator(
+        f"{PLUGIN}/tag_classes",
+        ctx=dict(
+            dataset=pre,
+            params=dict(
+                run_key="infl",
+                action="tag",
+                rule="classes",
+                classes=[worst],
+                tag="remove",
+                view_name="curated",
+            ),
+        ),
+    )
     assert tag.error is None, tag.error
     assert tag.result["classes"] == [worst] and tag.result["num_samples"] == 10
     assert set(pre.load_saved_view("curated").distinct("ground_truth.label")) == (
-        set(results.classes) - {worst})
+        set(results.classes) - {worst}
+    )
 
-    ev = foo.execute_operator(f"{PLUGIN}/evaluate_curation", ctx=dict(dataset=tgt, params=dict(
-        run_key="infl", rule="tagged", num_seeds=2, sweep=False, device="cpu")))
+    ev = foo.execute_operator(
+        f"{PLUGIN}/evaluate_curation",
+        ctx=dict(
+            dataset=tgt,
+            params=dict(run_key="infl", rule="tagged", num_seeds=2, sweep=False, device="cpu"),
+        ),
+    )
     assert ev.error is None, ev.error
     assert any("curated - full" in line for line in ev.result["report"])
     assert {t["name"] for t in ev.result["accuracy_vs_removed"]} >= {"random classes removed"}
 
-    undo = foo.execute_operator(f"{PLUGIN}/tag_classes", ctx=dict(dataset=pre, params=dict(
-        run_key="infl", action="undo")))
+    undo = foo.execute_operator(
+        f"{PLUGIN}/tag_classes", ctx=dict(dataset=pre, params=dict(run_key="infl", action="undo"))
+    )
     assert undo.error is None, undo.error
     assert "remove" not in pre.count_sample_tags() and not pre.has_saved_view("curated")
 
     # the form refuses a rule that selects nothing, before anything runs
     with pytest.raises(Exception, match="no class has influence below"):
-        foo.execute_operator(f"{PLUGIN}/tag_classes", ctx=dict(dataset=pre, params=dict(
-            run_key="infl", action="tag", rule="below_threshold", threshold=-5.0)))
+        foo.execute_operator(
+            f"{PLUGIN}/tag_classes",
+            ctx=dict(
+                dataset=pre,
+                params=dict(run_key="infl", action="tag", rule="below_threshold", threshold=-5.0),
+            ),
+        )
     assert "remove" not in pre.count_sample_tags()
 
 
@@ -217,8 +255,9 @@ def test_evaluation_and_planning_refuse_datasets_changed_since_the_run(influence
 
     pre, tgt, results = influence_run
     first = pre.first()
-    pre.add_sample(fo.Sample(filepath=first.filepath,
-                             ground_truth=fo.Classification(label="a_new_class")))
+    pre.add_sample(
+        fo.Sample(filepath=first.filepath, ground_truth=fo.Classification(label="a_new_class"))
+    )
     with pytest.raises(TransferScopeError, match="changed since it was computed.*curation"):
         ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, num_seeds=2)
     with pytest.raises(TransferScopeError, match="changed since it was computed.*diversity"):

@@ -18,16 +18,19 @@ def test_rules_select_the_right_classes_most_harmful_first():
     assert sel(rule="classes", classes=["e", "b"]) == ["b", "e"]
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(rule="most_harmful", k=0), "k must be an integer from 1 to 4"),
-    (dict(rule="most_harmful", k=5), "k must be an integer from 1 to 4"),
-    (dict(rule="most_harmful", k=2.0), "k must be an integer"),
-    (dict(rule="below_threshold", threshold=-0.1), "no class has influence below -0.1"),
-    (dict(rule="below_threshold", threshold=float("nan")), "finite number"),
-    (dict(rule="classes", classes=["zz"]), "unknown pretraining class"),
-    (dict(rule="classes", classes=[]), "non-empty list"),
-    (dict(rule="nope"), "rule must be one of"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(rule="most_harmful", k=0), "k must be an integer from 1 to 4"),
+        (dict(rule="most_harmful", k=5), "k must be an integer from 1 to 4"),
+        (dict(rule="most_harmful", k=2.0), "k must be an integer"),
+        (dict(rule="below_threshold", threshold=-0.1), "no class has influence below -0.1"),
+        (dict(rule="below_threshold", threshold=float("nan")), "finite number"),
+        (dict(rule="classes", classes=["zz"]), "unknown pretraining class"),
+        (dict(rule="classes", classes=[]), "non-empty list"),
+        (dict(rule="nope"), "rule must be one of"),
+    ],
+)
 def test_bad_selections_name_the_problem(kw, message):
     with pytest.raises(ValueError, match=message):
         cur.select_classes(NAMES, INFL, CI_HIGH, **kw)
@@ -59,13 +62,16 @@ def test_plan_pairs_arms_by_seed_and_shares_identical_models():
     assert plan.fingerprint() != again.fingerprint()
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(removed=[1], num_seeds=1), "num_seeds must be an integer >= 2"),
-    (dict(removed=[], num_seeds=2), "removed must be distinct"),
-    (dict(removed=[1, 1], num_seeds=2), "removed must be distinct"),
-    (dict(removed=[0, 1, 2, 3, 4], num_seeds=2), "the number of removed classes"),
-    (dict(removed=[1], num_seeds=2, sweep_ks=[9]), "every sweep k"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(removed=[1], num_seeds=1), "num_seeds must be an integer >= 2"),
+        (dict(removed=[], num_seeds=2), "removed must be distinct"),
+        (dict(removed=[1, 1], num_seeds=2), "removed must be distinct"),
+        (dict(removed=[0, 1, 2, 3, 4], num_seeds=2), "the number of removed classes"),
+        (dict(removed=[1], num_seeds=2, sweep_ks=[9]), "every sweep k"),
+    ],
+)
 def test_bad_plans_name_the_problem(kw, message):
     with pytest.raises(ValueError, match=message):
         cur.plan_curation(INFL, **kw)
@@ -76,8 +82,14 @@ def test_summary_reports_paired_differences_with_intervals():
     rng = np.random.default_rng(0)
     seed_effect = rng.normal(0, 0.05, 4)  # large, shared by every arm of a seed
     acc = np.empty(len(plan.masks))
-    shift = {"full": 0.0, "curated": 0.02, "harmful_first": 0.02,
-             "helpful_first": -0.03, "random": -0.001, "each": 0.02}
+    shift = {
+        "full": 0.0,
+        "curated": 0.02,
+        "harmful_first": 0.02,
+        "helpful_first": -0.03,
+        "random": -0.001,
+        "each": 0.02,
+    }
     for c in plan.cells:
         acc[c["rows"]] = 0.8 + seed_effect + shift[c["arm"]] + rng.normal(0, 0.002, 4)
     s = cur.summarize_curation(plan, acc, NAMES)
@@ -119,12 +131,16 @@ def test_each_curated_class_is_retrained_alone_and_confirmed_only_by_its_own_int
 
 def test_fdr_rule_selects_harmful_classes_below_the_level():
     q = np.array([0.5, 0.01, 0.02, 0.09, 0.2, 0.08])
-    sel = lambda **kw: [NAMES[i] for i in cur.select_classes(NAMES, INFL, CI_HIGH, q_values=q,
-                                                             **kw)]
+    sel = lambda **kw: [
+        NAMES[i] for i in cur.select_classes(NAMES, INFL, CI_HIGH, q_values=q, **kw)
+    ]
     assert sel(rule="harmful_fdr") == ["b", "f", "d"]  # c has q 0.02 but helps
     assert sel(rule="harmful_fdr", fdr_level=0.05) == ["b"]
-    with pytest.raises(ValueError, match="no class is harmful at false-discovery level 0.001 "
-                                         r"\(the lowest q of a harmful class: 'b' at 0.01\)"):
+    with pytest.raises(
+        ValueError,
+        match="no class is harmful at false-discovery level 0.001 "
+        r"\(the lowest q of a harmful class: 'b' at 0.01\)",
+    ):
         sel(rule="harmful_fdr", fdr_level=0.001)
     for bad in (0, 1, 1.5, -0.1, "0.1", True, None):
         with pytest.raises(ValueError, match="fdr_level must be a number in"):

@@ -33,8 +33,10 @@ def demo_run(datasets):
     _, report = demo.run_demo(out=lines.append)
     text = "\n".join(lines)
     # kept as a test artifact: the demo's figures as this run measured them
-    artifacts = os.environ.get("TRANSFERSCOPE_ARTIFACTS_DIR", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts"))
+    artifacts = os.environ.get(
+        "TRANSFERSCOPE_ARTIFACTS_DIR",
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts"),
+    )
     os.makedirs(artifacts, exist_ok=True)
     with open(os.path.join(artifacts, "demo_output.txt"), "w") as f:
         f.write(text)
@@ -106,8 +108,10 @@ def test_the_leak_shows_as_influence_concentrated_on_the_copied_test_samples(dat
     assert all(conc[fn]["gap"] > 0 for fn in ("prob", "margin", "correct"))
     # the leaked glyph class is more often the top helpful class of a copied test 7
     # than of the other test 7s
-    assert (report["leak_class_top1_helpful_fraction_on_copied"]
-            > report["leak_class_top1_helpful_fraction_on_other_same_digit"])
+    assert (
+        report["leak_class_top1_helpful_fraction_on_copied"]
+        > report["leak_class_top1_helpful_fraction_on_other_same_digit"]
+    )
     assert fo.load_dataset(tgt.name).has_sample_field("demo_influence_helpful")
 
 
@@ -151,8 +155,9 @@ def test_the_harmful_class_is_the_top_culprit_and_removing_it_fixes_failures(dat
     _, tgt = datasets
     fails = demo_run[1]["failures"]
     assert fails["top_culprit_is_planted_harmful_class"]
-    assert (fails["fixed_per_model_removing_culprit"]
-            > fails["fixed_per_model_removing_random_class"])
+    assert (
+        fails["fixed_per_model_removing_culprit"] > fails["fixed_per_model_removing_random_class"]
+    )
     assert len(tgt.load_saved_view("demo_failures_failures")) == fails["num_failures"]
 
 

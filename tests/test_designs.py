@@ -37,8 +37,12 @@ def simulate(masks, rng, num_targets=5, strong=STRONG, noise=0.03, effects=None)
         effects = rng.normal(0, 0.01, C)
         effects[0] = strong
     per_target = effects[:, None] + rng.normal(0, 0.005, (C, num_targets))
-    Y = (0.5 + X @ per_target + rng.normal(0, noise, (len(X), 1))
-         + rng.normal(0, noise, (len(X), num_targets)))
+    Y = (
+        0.5
+        + X @ per_target
+        + rng.normal(0, noise, (len(X), 1))
+        + rng.normal(0, noise, (len(X), num_targets))
+    )
     truth = per_target.mean(axis=1)
     sizes = X.sum(axis=1)
     if (sizes == sizes[0]).all():
@@ -97,14 +101,17 @@ def test_fewer_models_than_a_block_fall_back_to_the_balanced_design():
     assert not (m[1::2] == ~m[0::2]).all()  # not complementary pairs
 
 
-@pytest.mark.parametrize("design, num_models, num_classes", [
-    ("orthogonal", 80, 38),
-    ("orthogonal", 160, 38),
-    ("balanced", 64, 38),
-    ("independent", 64, 38),
-    ("pairs", 64, 38),
-    ("orthogonal", 64, 200),  # more classes than models: the balanced fallback
-])
+@pytest.mark.parametrize(
+    "design, num_models, num_classes",
+    [
+        ("orthogonal", 80, 38),
+        ("orthogonal", 160, 38),
+        ("balanced", 64, 38),
+        ("independent", 64, 38),
+        ("pairs", 64, 38),
+        ("orthogonal", 64, 200),  # more classes than models: the balanced fallback
+    ],
+)
 def test_intervals_cover_and_standard_errors_match_the_spread(design, num_models, num_classes):
     coverage, spread, agg = coverage_run(design, num_models, num_classes)
     assert 0.93 <= coverage <= 0.97, (coverage, agg.estimator, agg.se_method)
@@ -159,14 +166,16 @@ def test_the_regression_removes_the_shadow_in_a_random_design_and_the_paper_does
 
 def test_the_orthogonal_design_needs_far_fewer_models_than_independent_halves():
     errors = {}
-    for design, estimator in (("orthogonal", "auto"), ("independent", "difference_of_means"),
-                              ("independent", "regression")):
+    for design, estimator in (
+        ("orthogonal", "auto"),
+        ("independent", "difference_of_means"),
+        ("independent", "regression"),
+    ):
         err = []
         for r in range(200):
             masks = design_masks(InfluenceConfig(num_models=80, design=design, seed=r), 38)
             Y, truth = simulate(masks, np.random.default_rng([11, r]))
-            err.append((aggregate_influence(masks, Y, estimator=estimator).influence
-                        - truth)[1:])
+            err.append((aggregate_influence(masks, Y, estimator=estimator).influence - truth)[1:])
         errors[design, estimator] = np.std(err)
     orthogonal = errors["orthogonal", "auto"]
     # the paper's design and estimator: measured 5.2x the variance on this model
@@ -238,8 +247,9 @@ def test_the_datamodeling_score_is_high_for_additive_outputs_and_zero_for_noise(
     Yh, _ = simulate(held, rng, effects=effects, noise=0.005)
     score = linear_datamodeling_score(masks, Y, held, Yh)
     assert score["lds"] > 0.8 and score["num_heldout"] == 32
-    noise = linear_datamodeling_score(masks, rng.normal(size=Y.shape), held,
-                                      rng.normal(size=Yh.shape))
+    noise = linear_datamodeling_score(
+        masks, rng.normal(size=Y.shape), held, rng.normal(size=Yh.shape)
+    )
     assert abs(noise["lds"]) < 0.2
 
 
@@ -257,8 +267,10 @@ def test_bad_designs_and_estimators_are_refused_with_the_reason():
         estimate_influence(masks, np.random.default_rng(0).random((20, 2)), "regression")
     with pytest.raises(ValueError, match="holdout_models"):
         InfluenceConfig(holdout_models=2)
-    with pytest.raises(ValueError, match="no whole number of orthogonal blocks fits: 999999 "
-                                         "models round up to 1000080"):
+    with pytest.raises(
+        ValueError,
+        match="no whole number of orthogonal blocks fits: 999999 models round up to 1000080",
+    ):
         design_masks(InfluenceConfig(num_models=999_999), 68)
     with pytest.raises(ValueError, match="confidence"):
         aggregate_influence(masks, np.ones((20, 1)), confidence=1.5)

@@ -16,17 +16,26 @@ PLUGIN = "@transferscope/transferscope"
 @pytest.fixture()
 def influence_run(tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "store"),
-                               progress=False, **TINY_KWARGS)
+    ts.compute_class_influence(
+        pre, tgt, "infl", output_dir=str(tmp_path / "store"), progress=False, **TINY_KWARGS
+    )
     return pre, tgt
 
 
 def test_plan_end_to_end_writes_the_plan_view_and_run(influence_run):
     pre, tgt = influence_run
     calls = []
-    summary = plan_class_diversity(tgt, "infl", key="div", budgets=[12, 20], full_budget=30,
-                                   num_points=4, num_seeds=2, sample_choice="coverage",
-                                   progress=lambda d, t: calls.append((d, t)))
+    summary = plan_class_diversity(
+        tgt,
+        "infl",
+        key="div",
+        budgets=[12, 20],
+        full_budget=30,
+        num_points=4,
+        num_seeds=2,
+        sample_choice="coverage",
+        progress=lambda d, t: calls.append((d, t)),
+    )
     pred = summary["prediction"]
     assert set(summary["per_budget"]) == {"12", "20", "30"}
     for N, row in summary["per_budget"].items():
@@ -53,7 +62,10 @@ def test_bad_input_is_refused(influence_run):
         (dict(budgets=[12], full_budget=30), "at least two different small budgets"),
         (dict(budgets=[12, 40], full_budget=30), "must lie below the full budget"),
         (dict(budgets=[12, 20], full_budget=1000), "exceeds the 60 pretraining samples"),
-        (dict(budgets=[12, 20], full_budget=30, num_points=2), "num_points must be an integer >= 3"),
+        (
+            dict(budgets=[12, 20], full_budget=30, num_points=2),
+            "num_points must be an integer >= 3",
+        ),
         (dict(budgets=[2, 20], full_budget=30), "too small"),
         (dict(budgets=[12, 20], full_budget=30, class_choice="best"), "class_choice must be"),
         (dict(budgets=[12, 20], full_budget=59), "feasible points"),
@@ -66,10 +78,24 @@ def test_bad_input_is_refused(influence_run):
 
 def test_operator_through_fiftyones_machinery(influence_run, tmp_path):
     pre, tgt = influence_run
-    out = foo.execute_operator(f"{PLUGIN}/plan_class_diversity", ctx=dict(dataset=tgt, params=dict(
-        influence_run="infl", budgets="12,20", full_budget=30, num_points=4, num_seeds=2,
-        class_choice="random", sample_choice="random", verify=False, run_key="op_div",
-        overwrite=False)))
+    out = foo.execute_operator(
+        f"{PLUGIN}/plan_class_diversity",
+        ctx=dict(
+            dataset=tgt,
+            params=dict(
+                influence_run="infl",
+                budgets="12,20",
+                full_budget=30,
+                num_points=4,
+                num_seeds=2,
+                class_choice="random",
+                sample_choice="random",
+                verify=False,
+                run_key="op_div",
+                overwrite=False,
+            ),
+        ),
+    )
     assert out.error is None, out.error
     assert any("predicted K*" in line for line in out.result["report"])
     assert out.result["saved_view"] == "op_div_plan" and pre.has_saved_view("op_div_plan")
@@ -80,5 +106,7 @@ def test_operator_through_fiftyones_machinery(influence_run, tmp_path):
     with open(png, "rb") as f:
         assert f.read(4) == b"\x89PNG"
     with pytest.raises(Exception, match="the K grid needs at least 3 points"):
-        foo.execute_operator(f"{PLUGIN}/plan_class_diversity", ctx=dict(dataset=tgt, params=dict(
-            influence_run="infl", num_points=2, run_key="bad")))
+        foo.execute_operator(
+            f"{PLUGIN}/plan_class_diversity",
+            ctx=dict(dataset=tgt, params=dict(influence_run="infl", num_points=2, run_key="bad")),
+        )

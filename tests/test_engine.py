@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from transferscope.compute import (
-    InfluenceConfig, ResultsStore, StoreMismatchError, TransferData, open_store,
-    run_subset_models, train_subset_model,
+    InfluenceConfig,
+    ResultsStore,
+    StoreMismatchError,
+    TransferData,
+    open_store,
+    run_subset_models,
+    train_subset_model,
 )
 from transferscope.compute.train import outputs_from_logits
 
@@ -23,8 +28,16 @@ def tiny_data(num_classes=6, per_class=12, seed=0):
     pre_y = np.repeat(np.arange(num_classes), per_class)
     tr = np.stack([_pattern(2 * c, rng) for c in range(3) for _ in range(4)])
     te = np.stack([_pattern(2 * c, rng) for c in range(3) for _ in range(6)])
-    return TransferData(pre[..., None], pre_y, num_classes, tr[..., None],
-                        np.repeat(np.arange(3), 4), te[..., None], np.repeat(np.arange(3), 6), 3)
+    return TransferData(
+        pre[..., None],
+        pre_y,
+        num_classes,
+        tr[..., None],
+        np.repeat(np.arange(3), 4),
+        te[..., None],
+        np.repeat(np.arange(3), 6),
+        3,
+    )
 
 
 CFG = dict(epochs=1, width=4, batch_size=16, device="cpu")
@@ -60,11 +73,19 @@ def test_a_model_is_a_pure_function_of_config_and_index(transfer):
 def test_binary_target_task():
     data = tiny_data()
     keep_tr, keep_te = data.train_labels < 2, data.test_labels < 2
-    binary = TransferData(data.pretrain_images, data.pretrain_labels, 6,
-                          data.train_images[keep_tr], data.train_labels[keep_tr],
-                          data.test_images[keep_te], data.test_labels[keep_te], 2)
-    out = train_subset_model(InfluenceConfig(num_models=4, **CFG), 0,
-                             np.array([1, 0, 1, 0, 1, 0], bool), binary)
+    binary = TransferData(
+        data.pretrain_images,
+        data.pretrain_labels,
+        6,
+        data.train_images[keep_tr],
+        data.train_labels[keep_tr],
+        data.test_images[keep_te],
+        data.test_labels[keep_te],
+        2,
+    )
+    out = train_subset_model(
+        InfluenceConfig(num_models=4, **CFG), 0, np.array([1, 0, 1, 0, 1, 0], bool), binary
+    )
     assert out["prob"].shape == (12,) and np.isfinite(out["margin"]).all()
     assert set(out["pred"].tolist()) <= {0, 1}
 
@@ -75,13 +96,21 @@ def test_torchvision_architecture_by_name():
     out = train_subset_model(cfg, 0, np.array([1, 1, 1, 0, 0, 0], bool), data)
     assert out["prob"].shape == (18,)
     with pytest.raises(ValueError, match="unknown architecture"):
-        train_subset_model(InfluenceConfig(arch="no_such_net", **CFG), 0,
-                           np.array([1, 1, 1, 0, 0, 0], bool), data)
+        train_subset_model(
+            InfluenceConfig(arch="no_such_net", **CFG), 0, np.array([1, 1, 1, 0, 0, 0], bool), data
+        )
 
 
 def test_config_validation():
-    for bad in (dict(alpha=0.0), dict(alpha=1.5), dict(num_models=1), dict(transfer="x"),
-                dict(device="tpu"), dict(channels=2), dict(epochs=0)):
+    for bad in (
+        dict(alpha=0.0),
+        dict(alpha=1.5),
+        dict(num_models=1),
+        dict(transfer="x"),
+        dict(device="tpu"),
+        dict(channels=2),
+        dict(epochs=0),
+    ):
         with pytest.raises(ValueError):
             InfluenceConfig(**bad)
     cfg = InfluenceConfig(**CFG)
@@ -186,8 +215,11 @@ def test_precision_option_is_validated_hashed_and_keeps_old_hashes():
     cfg = InfluenceConfig(**CFG, design="pairs")
     # "auto" (and augment_shift 0, design "pairs", any holdout_models) hash as
     # configs did before the fields existed: old stores stay valid
-    old = {k: v for k, v in cfg.to_dict().items()
-           if k not in ("device", "precision", "augment_shift", "design", "holdout_models")}
+    old = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in ("device", "precision", "augment_shift", "design", "holdout_models")
+    }
     old.update(data="d", engine_version=ENGINE_VERSION)
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.fingerprint("d") == expected
@@ -201,10 +233,10 @@ def test_bf16_on_cpu_trains_and_differs_from_fp32():
     data = tiny_data()
     mask = np.array([1, 0, 1, 0, 1, 0], bool)
     fp32 = train_subset_model(InfluenceConfig(num_models=4, **CFG), 1, mask, data)
-    bf16 = train_subset_model(InfluenceConfig(num_models=4, precision="bf16", **CFG), 1, mask,
-                              data)
-    again = train_subset_model(InfluenceConfig(num_models=4, precision="bf16", **CFG), 1, mask,
-                               data)
+    bf16 = train_subset_model(InfluenceConfig(num_models=4, precision="bf16", **CFG), 1, mask, data)
+    again = train_subset_model(
+        InfluenceConfig(num_models=4, precision="bf16", **CFG), 1, mask, data
+    )
     np.testing.assert_array_equal(bf16["prob"], again["prob"])  # still deterministic
     assert not np.array_equal(bf16["prob"], fp32["prob"])  # but other arithmetic
     assert ((bf16["prob"] > 0) & (bf16["prob"] <= 1)).all()

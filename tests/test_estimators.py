@@ -3,23 +3,20 @@ import pytest
 from scipy import stats
 
 from transferscope.compute import (
-    aggregate_influence, check_design, class_influence, min_models,
-    sample_class_masks, split_half_spearman, top_k_classes,
+    aggregate_influence,
+    check_design,
+    class_influence,
+    min_models,
+    sample_class_masks,
+    split_half_spearman,
+    top_k_classes,
 )
 from transferscope.compute.estimators import split_halves
 
 
-MASKS = np.array([[1, 0, 1],
-                  [0, 1, 1],
-                  [1, 1, 0],
-                  [0, 0, 1],
-                  [1, 0, 0]], dtype=bool)
+MASKS = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=bool)
 # outputs of 5 models on 2 targets
-OUTPUTS = np.array([[0.9, 0.1],
-                    [0.5, 0.4],
-                    [0.8, 0.3],
-                    [0.2, 0.6],
-                    [0.7, 0.2]])
+OUTPUTS = np.array([[0.9, 0.1], [0.5, 0.4], [0.8, 0.3], [0.2, 0.6], [0.7, 0.2]])
 
 
 def test_influence_matches_hand_computation():

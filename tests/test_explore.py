@@ -14,8 +14,9 @@ from conftest import TINY_KWARGS
 @pytest.fixture()
 def run(tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(pre, tgt, "infl", progress=False,
-                                         output_dir=str(tmp_path / "store"), **TINY_KWARGS)
+    results = ts.compute_class_influence(
+        pre, tgt, "infl", progress=False, output_dir=str(tmp_path / "store"), **TINY_KWARGS
+    )
     return pre, tgt, results
 
 
@@ -31,19 +32,27 @@ def test_views_of_a_class(run):
     expected = [results.target_ids[i] for i in np.argsort(-results.influence[c], kind="stable")[:5]]
     assert helped.values("id") == expected  # strongest first
     hurt = explore.most_influenced(tgt, "infl", "class2", k=3, helped=False)
-    assert hurt.values("id") == [results.target_ids[i]
-                                 for i in np.argsort(results.influence[c], kind="stable")[:3]]
+    assert hurt.values("id") == [
+        results.target_ids[i] for i in np.argsort(results.influence[c], kind="stable")[:3]
+    ]
     assert influence_run_keys(pre) == influence_run_keys(tgt) == ["infl"]
     assert influence_run_keys(tgt, pretraining_only=True) == []
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda ds: explore.class_samples(ds, "infl", "no_such_class"),
-     "'no_such_class' is not a pretraining class of this run"),
-    (lambda ds: explore.most_influenced(ds, "infl", "class1", k=0),
-     "k must be a positive integer"),
-    (lambda ds: explore.class_samples(ds, "nope", "class1"), "has no run 'nope'"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda ds: explore.class_samples(ds, "infl", "no_such_class"),
+            "'no_such_class' is not a pretraining class of this run",
+        ),
+        (
+            lambda ds: explore.most_influenced(ds, "infl", "class1", k=0),
+            "k must be a positive integer",
+        ),
+        (lambda ds: explore.class_samples(ds, "nope", "class1"), "has no run 'nope'"),
+    ],
+)
 def test_bad_input_names_the_problem(run, call, message):
     _, tgt, _ = run
     with pytest.raises(TransferScopeError, match=message):

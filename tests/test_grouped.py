@@ -27,11 +27,11 @@ def uneven_data(seed=0):
     labels = np.repeat(np.arange(len(sizes)), sizes)
     images = rng.integers(0, 90, (len(labels), 16, 16, 1), dtype=np.uint8)
     for i, c in enumerate(labels):
-        images[i, 2 * c:2 * c + 3] = 255
+        images[i, 2 * c : 2 * c + 3] = 255
     y = rng.integers(0, 3, 40)
     x = rng.integers(0, 90, (40, 16, 16, 1), dtype=np.uint8)
     for i, c in enumerate(y):
-        x[i, :, 4 * c:4 * c + 3] = 255
+        x[i, :, 4 * c : 4 * c + 3] = 255
     return TransferData(images, labels, len(sizes), x[:20], y[:20], x[20:], y[20:], 3)
 
 
@@ -64,8 +64,9 @@ def float64(monkeypatch):
     original = TransferData.tensors
 
     def tensors(self, device):
-        return {k: v.double() if v.is_floating_point() else v
-                for k, v in original(self, device).items()}
+        return {
+            k: v.double() if v.is_floating_point() else v for k, v in original(self, device).items()
+        }
 
     monkeypatch.setattr(TransferData, "tensors", tensors)
     yield
@@ -124,8 +125,11 @@ def test_a_failing_model_in_a_group_is_reported_by_row_and_the_others_stored():
     data = uneven_data()
     cfg = InfluenceConfig(**CFG)
     nothing = np.zeros(len(data.pretrain_labels), bool)
-    jobs = [ModelJob(0, cfg, 0, MASKS[0]), ModelJob(1, cfg, 1, MASKS[1], nothing),
-            ModelJob(2, cfg, 2, MASKS[2])]
+    jobs = [
+        ModelJob(0, cfg, 0, MASKS[0]),
+        ModelJob(1, cfg, 1, MASKS[1], nothing),
+        ModelJob(2, cfg, 2, MASKS[2]),
+    ]
     written = {}
     failures = LocalExecutor(group_size=3).run(jobs, data, written.__setitem__)
     assert sorted(written) == [0, 2]
@@ -136,8 +140,7 @@ def test_group_sizes():
     # configs that differ are never grouped together; other architectures never
     data = uneven_data()
     a, b = InfluenceConfig(**CFG), InfluenceConfig(**dict(CFG, epochs=1))
-    jobs = [ModelJob(0, a, 0, MASKS[0]), ModelJob(1, a, 1, MASKS[1]),
-            ModelJob(2, b, 2, MASKS[2])]
+    jobs = [ModelJob(0, a, 0, MASKS[0]), ModelJob(1, a, 1, MASKS[1]), ModelJob(2, b, 2, MASKS[2])]
     assert [len(g) for g in LocalExecutor(group_size=8).groups(jobs, data)] == [2, 1]
     tv = InfluenceConfig(**dict(CFG, arch="resnet18"))
     jobs = [ModelJob(i, tv, i, MASKS[i]) for i in range(2)]
@@ -161,8 +164,14 @@ def test_shift_augmentation():
     x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
     out = shift_images(x, torch.tensor([[1, 0], [0, -1]]), 1)
     # image 0 moved one row (last row replicated), image 1 one column the other way
-    assert out[0, 0, :3].tolist() == x[0, 0, 1:].tolist() and out[0, 0, 3].tolist() == x[0, 0, 3].tolist()
-    assert out[1, 0, :, 1:].tolist() == x[1, 0, :, :3].tolist() and out[1, 0, :, 0].tolist() == x[1, 0, :, 0].tolist()
+    assert (
+        out[0, 0, :3].tolist() == x[0, 0, 1:].tolist()
+        and out[0, 0, 3].tolist() == x[0, 0, 3].tolist()
+    )
+    assert (
+        out[1, 0, :, 1:].tolist() == x[1, 0, :, :3].tolist()
+        and out[1, 0, :, 0].tolist() == x[1, 0, :, 0].tolist()
+    )
 
     # augmentation changes what a model learns (the same in both paths: above)
     data = uneven_data()

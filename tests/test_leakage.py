@@ -32,7 +32,9 @@ def leaky(tiny_datasets, tmp_path):
     rng = np.random.default_rng(1)
     leaked = tgt.match_tags("test").sort_by("filepath").limit(3)  # deterministic, unlike take()
     copies = []
-    for kind, (sid, path) in zip(("exact", "noise", "contrast"), zip(*leaked.values(["id", "filepath"]))):
+    for kind, (sid, path) in zip(
+        ("exact", "noise", "contrast"), zip(*leaked.values(["id", "filepath"]))
+    ):
         out = str(tmp_path / f"copy_{kind}.png")
         if kind == "exact":
             shutil.copy(path, out)
@@ -40,8 +42,9 @@ def leaky(tiny_datasets, tmp_path):
             img = np.asarray(Image.open(path), np.float32)
             img = img + rng.normal(0, 3, img.shape) if kind == "noise" else 0.95 * img + 8
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(out)
-        copies.append(fo.Sample(filepath=out, ground_truth=fo.Classification(label="class0"),
-                                leak_of=sid))
+        copies.append(
+            fo.Sample(filepath=out, ground_truth=fo.Classification(label="class0"), leak_of=sid)
+        )
     pre.add_samples(copies, progress=False)
     for ds in (pre, tgt):
         ds.set_values("emb", _pixels(ds.values("filepath")))
@@ -50,13 +53,23 @@ def leaky(tiny_datasets, tmp_path):
 
 def test_planted_copies_are_found_written_and_undone(leaky):
     pre, tgt, planted = leaky
-    summary = detect_leakage(tgt, pre, key="lk", embeddings_field="emb", target_split="test",
-                             max_distance=0.05, threshold=0.5)
+    summary = detect_leakage(
+        tgt,
+        pre,
+        key="lk",
+        embeddings_field="emb",
+        target_split="test",
+        max_distance=0.05,
+        threshold=0.5,
+    )
     d = dict(zip(*tgt.match_tags("test").values(["id", "lk_distance"])))
     assert set(summary["leak_ids"]) == planted, (sorted(d.values())[:6], [d[i] for i in planted])
     assert summary["num_exact_file_copies"] == 1 and summary["index"] == "flat"
     test = tgt.match_tags("test")
-    assert test.exists("lk_score").count() == 18 and tgt.match_tags("train").exists("lk_score").count() == 0
+    assert (
+        test.exists("lk_score").count() == 18
+        and tgt.match_tags("train").exists("lk_score").count() == 0
+    )
     assert set(tgt.match_tags("leak").values("id")) == planted
     for s in tgt.select(list(planted)):
         near = pre[s.lk_nearest_id]
@@ -80,8 +93,11 @@ def test_near_duplicate_groups_in_the_pretraining_set(leaky):
     pre, tgt, planted = leaky
     # a second exact copy of a leaked image: the copies group with each other
     first = pre.exists("leak_of").first()
-    pre.add_sample(fo.Sample(filepath=first.filepath, emb=first.emb,
-                             ground_truth=fo.Classification(label="class1")))
+    pre.add_sample(
+        fo.Sample(
+            filepath=first.filepath, emb=first.emb, ground_truth=fo.Classification(label="class1")
+        )
+    )
     summary = find_near_duplicates(pre, key="dups", embeddings_field="emb", max_distance=0.01)
     assert summary["num_groups"] >= 1 and summary["num_exact_pairs"] >= 1
     groups = pre.match(fo.ViewField("filepath") == first.filepath).values("dups_group")
@@ -89,7 +105,9 @@ def test_near_duplicate_groups_in_the_pretraining_set(leaky):
     assert pre.match_tags("near_duplicate").count() == summary["num_grouped_samples"]
     assert len(pre.load_saved_view("dups_groups")) == summary["num_grouped_samples"]
     pre.delete_run("dups")
-    assert "near_duplicate" not in pre.count_sample_tags() and not pre.has_sample_field("dups_group")
+    assert "near_duplicate" not in pre.count_sample_tags() and not pre.has_sample_field(
+        "dups_group"
+    )
 
 
 def test_bad_input_is_refused_and_changes_nothing(leaky, tmp_path):
@@ -113,10 +131,14 @@ def test_bad_input_is_refused_and_changes_nothing(leaky, tmp_path):
         (dict(embeddings_field="emb", index="lsh"), "index must be one of"),
         (dict(embeddings_field="emb", target_split="nosuchtag"), "is empty"),
         (dict(), "name an embeddings source"),
-        (dict(model="resnet18", weights_path=str(tmp_path / "none.pth")),
-         "must name a file in the models directory"),
-        (dict(model="resnet18", weights_path="../../etc/passwd"),
-         "must name a file in the models directory"),
+        (
+            dict(model="resnet18", weights_path=str(tmp_path / "none.pth")),
+            "must name a file in the models directory",
+        ),
+        (
+            dict(model="resnet18", weights_path="../../etc/passwd"),
+            "must name a file in the models directory",
+        ),
         (dict(model="resnet18", weights_path="missing.pth"), "no weights file 'missing.pth'"),
         (dict(model="not_a_model"), "unknown architecture"),
     ]
@@ -138,8 +160,9 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     import torchvision
 
     pre, tgt, planted = leaky
-    run = ts.compute_class_influence(pre, tgt, "infl", progress=False,
-                                     output_dir=str(tmp_path / "store"), **TINY_KWARGS)
+    run = ts.compute_class_influence(
+        pre, tgt, "infl", progress=False, output_dir=str(tmp_path / "store"), **TINY_KWARGS
+    )
     summary = detect_leakage(tgt, key="bb", run_key="infl", max_distance=0.05)
     # a 1-epoch, width-4 backbone is no duplicate detector: the byte-identical
     # copy must be found (hash and distance 0); the others may or may not be
@@ -152,9 +175,23 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     assert len([f for f in os.listdir(cache) if f.endswith(".pt")]) == 1
     again = detect_leakage(tgt, key="bb2", run_key="infl", max_distance=0.05)
     assert again["leak_ids"] == summary["leak_ids"]
-    op = foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=dict(
-        source="run", influence_run="infl", max_distance=0.05, threshold=0.5, index="auto",
-        device="cpu", tag="leak", run_key="op_bb", overwrite=False)))
+    op = foo.execute_operator(
+        f"{PLUGIN}/detect_leakage",
+        ctx=dict(
+            dataset=tgt,
+            params=dict(
+                source="run",
+                influence_run="infl",
+                max_distance=0.05,
+                threshold=0.5,
+                index="auto",
+                device="cpu",
+                tag="leak",
+                run_key="op_bb",
+                overwrite=False,
+            ),
+        ),
+    )
     assert op.error is None, op.error
     assert op.result["num_targets"] == 18 and "op_bb" in tgt.list_runs()
     dups = find_near_duplicates(pre, key="nd", run_key="infl")
@@ -165,8 +202,16 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     os.makedirs(models_dir(), exist_ok=True)
     weights = os.path.join(models_dir(), "resnet18.pth")
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    summary = detect_leakage(tgt, pre, key="tv", model="resnet18", weights_path="resnet18.pth",
-                             image_size=32, target_split="test", max_distance=0.01)
+    summary = detect_leakage(
+        tgt,
+        pre,
+        key="tv",
+        model="resnet18",
+        weights_path="resnet18.pth",
+        image_size=32,
+        target_split="test",
+        max_distance=0.01,
+    )
     # byte-identical copy at least; random weights make the rest noise
     assert summary["num_exact_file_copies"] == 1 and summary["num_targets"] == 18
 
@@ -203,26 +248,69 @@ def test_faiss_brain_backend_matches_sklearn(leaky):
     with pytest.raises(ValueError, match="do not exist in this index"):
         pre.sort_by_similarity(tgt.first().id, brain_key="fs")
     # and Brain's own leaky-splits runs on it
-    leaks = fob.compute_leaky_splits(pre, splits={"a": pre.limit(30), "b": pre.skip(30)},
-                                     similarity_index=faiss_index, threshold=0.05)
+    leaks = fob.compute_leaky_splits(
+        pre,
+        splits={"a": pre.limit(30), "b": pre.skip(30)},
+        similarity_index=faiss_index,
+        threshold=0.05,
+    )
     assert leaks.leaks_view() is not None
 
 
 def test_operators_detect_leakage_and_find_duplicates(leaky):
     pre, tgt, planted = leaky
-    out = foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=dict(
-        source="field", embeddings_field="emb", pretrain_dataset=pre.name, target_split="test",
-        max_distance=0.05, threshold=0.5, index="flat", device="cpu", tag="leak",
-        run_key="op_leak", overwrite=False)))
+    out = foo.execute_operator(
+        f"{PLUGIN}/detect_leakage",
+        ctx=dict(
+            dataset=tgt,
+            params=dict(
+                source="field",
+                embeddings_field="emb",
+                pretrain_dataset=pre.name,
+                target_split="test",
+                max_distance=0.05,
+                threshold=0.5,
+                index="flat",
+                device="cpu",
+                tag="leak",
+                run_key="op_leak",
+                overwrite=False,
+            ),
+        ),
+    )
     assert out.error is None, out.error
     assert out.result["num_leaks"] == 3 and out.result["saved_view"] == "op_leak_likely_leaks"
     assert set(tgt.match_tags("leak").values("id")) == planted
-    out = foo.execute_operator(f"{PLUGIN}/find_near_duplicates", ctx=dict(dataset=pre, params=dict(
-        source="field", embeddings_field="emb", max_distance=0.01, num_neighbors=8,
-        index="auto", device="cpu", tag="near_duplicate", run_key="op_dups", overwrite=False)))
+    out = foo.execute_operator(
+        f"{PLUGIN}/find_near_duplicates",
+        ctx=dict(
+            dataset=pre,
+            params=dict(
+                source="field",
+                embeddings_field="emb",
+                max_distance=0.01,
+                num_neighbors=8,
+                index="auto",
+                device="cpu",
+                tag="near_duplicate",
+                run_key="op_dups",
+                overwrite=False,
+            ),
+        ),
+    )
     assert out.error is None, out.error
     assert pre.has_sample_field("op_dups_group") or out.result["num_groups"] == 0
     with pytest.raises(Exception, match=r"the threshold must lie in \(0, 1\]"):
-        foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=dict(
-            source="field", embeddings_field="emb", pretrain_dataset=pre.name,
-            threshold=2.0, run_key="bad")))
+        foo.execute_operator(
+            f"{PLUGIN}/detect_leakage",
+            ctx=dict(
+                dataset=tgt,
+                params=dict(
+                    source="field",
+                    embeddings_field="emb",
+                    pretrain_dataset=pre.name,
+                    threshold=2.0,
+                    run_key="bad",
+                ),
+            ),
+        )

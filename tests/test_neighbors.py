@@ -99,4 +99,3 @@ def test_within_returns_every_neighbour_in_range(kind):
         truth = set(np.flatnonzero(exact[row] <= 0.01))
         assert set(idx[row]) == truth and (np.diff(dist[row]) >= 0).all()
     assert len(idx[100]) >= 39  # more than the first k = 16: k grew where needed
-

@@ -27,9 +27,16 @@ def test_plugin_loads_in_fiftyones_loader():
     plugins = _fiftyone("plugins", "list")
     assert "@transferscope/transferscope" in plugins.stdout, plugins.stdout + plugins.stderr
     ops = _fiftyone("operators", "list")
-    for name in ("compute_class_influence", "tag_classes", "evaluate_curation",
-                 "detect_leakage", "find_near_duplicates", "plan_class_diversity",
-                 "find_subpopulations", "explain_failures"):
+    for name in (
+        "compute_class_influence",
+        "tag_classes",
+        "evaluate_curation",
+        "detect_leakage",
+        "find_near_duplicates",
+        "plan_class_diversity",
+        "find_subpopulations",
+        "explain_failures",
+    ):
         assert f"@transferscope/transferscope/{name}" in ops.stdout, ops.stdout + ops.stderr
     assert "Failed to register" not in plugins.stderr + ops.stderr
 
@@ -50,8 +57,13 @@ def test_operator_runs_immediately_and_writes_fields(tiny_datasets):
 
 def test_operator_form_rejects_bad_input(tiny_datasets):
     pre, tgt = tiny_datasets
-    for bad in (dict(alpha=1.5), dict(run_key="not a key"), dict(holdout_models=2),
-                dict(design="latin"), dict(estimator="ridge")):
+    for bad in (
+        dict(alpha=1.5),
+        dict(run_key="not a key"),
+        dict(holdout_models=2),
+        dict(design="latin"),
+        dict(estimator="ridge"),
+    ):
         with pytest.raises(Exception):
             foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "x", **bad)))
     assert not tgt.has_sample_field("x_helpful")
@@ -60,8 +72,9 @@ def test_operator_form_rejects_bad_input(tiny_datasets):
 
 def test_operator_reports_the_design_q_values_and_reliability(tiny_datasets):
     pre, tgt = tiny_datasets
-    params = _params(pre, tgt, "rel", num_models=20, holdout_models=3,
-                     design="orthogonal", estimator="auto")
+    params = _params(
+        pre, tgt, "rel", num_models=20, holdout_models=3, design="orthogonal", estimator="auto"
+    )
     result = foo.execute_operator(URI, ctx=dict(dataset=tgt, params=params))
     assert result.error is None, result.error
     out = result.result
@@ -80,8 +93,7 @@ def test_operator_trains_in_groups_with_shift_augmentation(tiny_datasets):
     assert tgt.match_tags("test").exists("grp_harmful").count() == 18
     for bad in (dict(group_size=0), dict(augment_shift=-1)):
         with pytest.raises(Exception):
-            foo.execute_operator(URI, ctx=dict(dataset=tgt,
-                                               params=_params(pre, tgt, "bad", **bad)))
+            foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "bad", **bad)))
     assert "bad" not in tgt.list_runs()
 
 
@@ -97,8 +109,9 @@ def test_delegated_run_through_fiftyone_delegated_launch(tiny_datasets):
     pre, tgt = tiny_datasets
     pre.persistent = True  # a worker process loads them by name
     tgt.persistent = True
-    queued = foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "deleg")),
-                                  request_delegation=True)
+    queued = foo.execute_operator(
+        URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "deleg")), request_delegation=True
+    )
     assert queued.delegated
     dos = food.DelegatedOperationService()
     ops = dos.list_operations(dataset_name=tgt.name)
@@ -106,8 +119,13 @@ def test_delegated_run_through_fiftyone_delegated_launch(tiny_datasets):
     assert not tgt.has_sample_field("deleg_helpful")  # nothing ran yet
 
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    worker = subprocess.Popen([exe, "delegated", "launch"], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    worker = subprocess.Popen(
+        [exe, "delegated", "launch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline:

@@ -28,7 +28,11 @@ def test_every_operator_the_plugin_registers_is_listed_in_fiftyone_yml():
             with open(os.path.join(REPO_ROOT, "operators", module)) as f:
                 tree = ast.parse(f.read())
             for node in ast.walk(tree):
-                if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "operator_config"
-                        and node.args and isinstance(node.args[0], ast.Constant)):
+                if (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "attr", "") == "operator_config"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                ):
                     names.add(node.args[0].value)
     assert names and names <= listed

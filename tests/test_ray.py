@@ -44,17 +44,27 @@ def _namespace_works():
         return False
 
 
-NO_NAMESPACE = ("needs a private network namespace (unshare -n, as root) for a "
-                "loopback-only Ray cluster")
+NO_NAMESPACE = (
+    "needs a private network namespace (unshare -n, as root) for a loopback-only Ray cluster"
+)
 if not _namespace_works() and os.environ.get("TRANSFERSCOPE_CI") == "1":
     raise RuntimeError(f"CI must run the Ray cluster tests, but: {NO_NAMESPACE}")
 needs_cluster = pytest.mark.skipif(not _namespace_works(), reason=NO_NAMESPACE)
 
 
 def run_on_cluster(scenario, store_dir, workers=1):
-    cmd = ["unshare", "-n", sys.executable, os.path.join(ROOT, "scripts", "ray_local_cluster.py"),
-           f"--workers={workers}", "--", sys.executable,
-           os.path.join(ROOT, "tests", "ray_driver.py"), scenario, str(store_dir)]
+    cmd = [
+        "unshare",
+        "-n",
+        sys.executable,
+        os.path.join(ROOT, "scripts", "ray_local_cluster.py"),
+        f"--workers={workers}",
+        "--",
+        sys.executable,
+        os.path.join(ROOT, "tests", "ray_driver.py"),
+        scenario,
+        str(store_dir),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -119,8 +129,9 @@ def test_run_killed_on_ray_resumes_locally(tmp_path, local_reference):
     assert len(done_on_ray) == 2
     store = open_store(tmp_path / "store", ray_driver.CONFIG, ray_driver.tiny_data())
     assert sorted(np.flatnonzero(store.completed)) == sorted(done_on_ray)
-    trained = run_subset_models(ray_driver.CONFIG, ray_driver.tiny_data(), store,
-                                executor=LocalExecutor(threads=1))
+    trained = run_subset_models(
+        ray_driver.CONFIG, ray_driver.tiny_data(), store, executor=LocalExecutor(threads=1)
+    )
     assert sorted(trained + done_on_ray) == list(range(ray_driver.CONFIG.num_models))
     assert_same_outputs(store, local_reference)
 
@@ -141,6 +152,7 @@ def test_delegated_operator_on_ray_reports_progress_and_matches_local(tmp_path):
 
 # --- no cluster needed --------------------------------------------------------
 
+
 def test_unreachable_address_fails_fast_and_names_it():
     with pytest.raises(ConnectionError, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:9'"):
         RayExecutor(address="127.0.0.1:9", connect_timeout=2).check(ray_driver.CONFIG)
@@ -154,8 +166,10 @@ def test_operator_with_unreachable_cluster_names_it_and_writes_nothing(tiny_data
     pre, tgt = tiny_datasets
     params = operator_params(pre, tgt, "r", executor="ray", ray_address="127.0.0.1:9")
     with pytest.raises(Exception, match=r"cannot reach the Ray cluster at '127\.0\.0\.1:9'"):
-        foo.execute_operator("@transferscope/transferscope/compute_class_influence",
-                             ctx=dict(dataset=tgt, params=params))
+        foo.execute_operator(
+            "@transferscope/transferscope/compute_class_influence",
+            ctx=dict(dataset=tgt, params=params),
+        )
     assert not tgt.has_sample_field("r_helpful") and "r" not in tgt.list_runs()
     assert not pre.has_sample_field("r_influence")
 
@@ -172,11 +186,14 @@ def test_missing_ray_names_the_extra(monkeypatch):
         RayExecutor(address="127.0.0.1:9").check(ray_driver.CONFIG)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(cpus_per_model=0), "cpus_per_model must be a positive integer"),
-    (dict(gpus_per_model=-1), "gpus_per_model must be a number >= 0"),
-    (dict(max_retries=-1), "max_retries must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cpus_per_model=0), "cpus_per_model must be a positive integer"),
+        (dict(gpus_per_model=-1), "gpus_per_model must be a number >= 0"),
+        (dict(max_retries=-1), "max_retries must be an integer >= 0"),
+    ],
+)
 def test_bad_resources_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RayExecutor(**kwargs)

@@ -20,8 +20,9 @@ def _fields(ds):
 
 def test_writes_fields_runs_and_results(tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(pre, tgt, "infl", top_k=2,
-                                         output_dir=str(tmp_path / "store"), **TINY_KWARGS)
+    results = ts.compute_class_influence(
+        pre, tgt, "infl", top_k=2, output_dir=str(tmp_path / "store"), **TINY_KWARGS
+    )
     assert isinstance(results, ClassInfluenceResults)
     assert results.influence.shape == (6, 18)
     assert len(results.classes) == 6 and len(results.target_ids) == 18
@@ -57,10 +58,12 @@ def test_writes_fields_runs_and_results(tiny_datasets, tmp_path):
 
     # re-running with the same key needs overwrite; with it, the store is reused
     with pytest.raises(TransferScopeError, match="already has a run"):
-        ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "store"),
-                                   **TINY_KWARGS)
-    again = ts.compute_class_influence(pre, tgt, "infl", top_k=2, overwrite=True,
-                                       output_dir=str(tmp_path / "store"), **TINY_KWARGS)
+        ts.compute_class_influence(
+            pre, tgt, "infl", output_dir=str(tmp_path / "store"), **TINY_KWARGS
+        )
+    again = ts.compute_class_influence(
+        pre, tgt, "infl", top_k=2, overwrite=True, output_dir=str(tmp_path / "store"), **TINY_KWARGS
+    )
     np.testing.assert_allclose(again.influence, results.influence)
 
     # deleting the runs deletes their fields
@@ -73,8 +76,9 @@ def test_writes_fields_runs_and_results(tiny_datasets, tmp_path):
 def test_progress_callback_reports_every_model(tiny_datasets):
     pre, tgt = tiny_datasets
     seen = []
-    ts.compute_class_influence(pre, tgt, "prog", progress=lambda d, t: seen.append((d, t)),
-                               **TINY_KWARGS)
+    ts.compute_class_influence(
+        pre, tgt, "prog", progress=lambda d, t: seen.append((d, t)), **TINY_KWARGS
+    )
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
@@ -84,8 +88,9 @@ def test_splits_by_field_and_saved_view(tiny_datasets):
     r1 = ts.compute_class_influence(pre, tgt, "byfield", split_by="field", **TINY_KWARGS)
     tgt.save_view("tr", tgt.match_tags("train"))
     tgt.save_view("te", tgt.match_tags("test"))
-    r2 = ts.compute_class_influence(pre, tgt, "byview", train_split="tr", test_split="te",
-                                    split_by="saved_view", **TINY_KWARGS)
+    r2 = ts.compute_class_influence(
+        pre, tgt, "byview", train_split="tr", test_split="te", split_by="saved_view", **TINY_KWARGS
+    )
     np.testing.assert_allclose(r1.influence, r2.influence)
 
 
@@ -175,6 +180,7 @@ def test_a_failure_while_writing_leaves_nothing_behind(tiny_datasets, monkeypatc
     pre, tgt = tiny_datasets
     before = (_fields(pre), _fields(tgt))
     real_set_values = fo.core.collections.SampleCollection.set_values
+
     def flaky_set_values(self, field, *a, **k):
         if field.endswith("_partial_influence"):  # the last write, after the target fields
             raise RuntimeError("disk full")
@@ -187,7 +193,8 @@ def test_a_failure_while_writing_leaves_nothing_behind(tiny_datasets, monkeypatc
 
 
 def test_another_config_trains_in_its_own_store_and_replaces_the_old_one_at_commit(
-        tiny_datasets, tmp_path):
+    tiny_datasets, tmp_path
+):
     pre, tgt = tiny_datasets
     run_dir = tmp_path / "s"
     first = ts.compute_class_influence(pre, tgt, "cfg", output_dir=str(run_dir), **TINY_KWARGS)
@@ -196,21 +203,24 @@ def test_another_config_trains_in_its_own_store_and_replaces_the_old_one_at_comm
     other = {**TINY_KWARGS, "epochs": 2}
     with pytest.raises(TransferScopeError, match="already has a run with key 'cfg'"):
         ts.compute_class_influence(pre, tgt, "cfg", output_dir=str(run_dir), **other)
-    results = ts.compute_class_influence(pre, tgt, "cfg", output_dir=str(run_dir),
-                                         overwrite=True, **other)
+    results = ts.compute_class_influence(
+        pre, tgt, "cfg", output_dir=str(run_dir), overwrite=True, **other
+    )
     assert results.metrics["num_models"] == 4 and results.config.epochs == 2
     assert results.config.output_dir != old_store and not os.path.exists(old_store)
     # a user's file in the run directory is never touched, and such a directory is refused
     (run_dir / "notes.txt").write_text("mine")
     with pytest.raises(TransferScopeError, match="holds files transferscope did not write"):
-        ts.compute_class_influence(pre, tgt, "cfg", output_dir=str(run_dir), overwrite=True,
-                                   **TINY_KWARGS)
+        ts.compute_class_influence(
+            pre, tgt, "cfg", output_dir=str(run_dir), overwrite=True, **TINY_KWARGS
+        )
     assert (run_dir / "notes.txt").read_text() == "mine"
     assert tgt.get_run_info("cfg").config.epochs == 2  # the run that was there stays
 
 
 def test_a_failing_model_leaves_the_run_incomplete_and_a_rerun_trains_only_it(
-        tiny_datasets, tmp_path, monkeypatch):
+    tiny_datasets, tmp_path, monkeypatch
+):
     import transferscope.compute.executors as executors
 
     pre, tgt = tiny_datasets
@@ -226,28 +236,38 @@ def test_a_failing_model_leaves_the_run_incomplete_and_a_rerun_trains_only_it(
 
     monkeypatch.setattr(executors, "train_subset_model", fails_for_model_2)
     store = str(tmp_path / "store")
-    with pytest.raises(TransferScopeError,
-                       match=r"1 model\(s\) failed: row 2: RuntimeError: simulated out of "
-                             r"memory\. The run is incomplete: 3 of 4 models are stored"):
-        ts.compute_class_influence(pre, tgt, "f", output_dir=store, progress=False,
-                                   **TINY_KWARGS)
+    with pytest.raises(
+        TransferScopeError,
+        match=r"1 model\(s\) failed: row 2: RuntimeError: simulated out of "
+        r"memory\. The run is incomplete: 3 of 4 models are stored",
+    ):
+        ts.compute_class_influence(pre, tgt, "f", output_dir=store, progress=False, **TINY_KWARGS)
     assert trained == [0, 1, 2, 3]  # the others still trained
     assert "f" not in tgt.list_runs() and not tgt.has_sample_field("f_helpful")
     assert not pre.has_sample_field("f_influence")
 
     trained.clear()
-    ts.compute_class_influence(pre, tgt, "f", output_dir=store, progress=False,
-                               executor_options={"threads": 1}, **TINY_KWARGS)
+    ts.compute_class_influence(
+        pre,
+        tgt,
+        "f",
+        output_dir=store,
+        progress=False,
+        executor_options={"threads": 1},
+        **TINY_KWARGS,
+    )
     assert trained == [2]  # the rerun trains only the missing model
     assert tgt.match_tags("test").exists("f_helpful").count() == 18
 
 
 def test_default_design_is_orthogonal_rounded_to_blocks_with_q_values_and_lds(
-        tiny_datasets, tmp_path):
+    tiny_datasets, tmp_path
+):
     pre, tgt = tiny_datasets
     kwargs = {**TINY_KWARGS, "num_models": 20, "holdout_models": 3}
-    results = ts.compute_class_influence(pre, tgt, "ortho", output_dir=str(tmp_path / "o"),
-                                         progress=False, **kwargs)
+    results = ts.compute_class_influence(
+        pre, tgt, "ortho", output_dir=str(tmp_path / "o"), progress=False, **kwargs
+    )
     m = results.metrics
     # 6 classes: an order-8 Hadamard block, folded: 16 models per block
     assert m["num_models"] == 32 and results.config.num_models == 32
@@ -262,9 +282,15 @@ def test_default_design_is_orthogonal_rounded_to_blocks_with_q_values_and_lds(
     # the held-out models have their own store, and a rerun trains nothing again
     assert os.path.exists(os.path.join(results.config.output_dir, "holdout", "spec.json"))
     seen = []
-    ts.compute_class_influence(pre, tgt, "ortho", output_dir=str(tmp_path / "o"),
-                               overwrite=True, progress=lambda d, t: seen.append((d, t)),
-                               **kwargs)
+    ts.compute_class_influence(
+        pre,
+        tgt,
+        "ortho",
+        output_dir=str(tmp_path / "o"),
+        overwrite=True,
+        progress=lambda d, t: seen.append((d, t)),
+        **kwargs,
+    )
     assert seen == []
 
 
@@ -278,5 +304,6 @@ def test_runs_from_before_designs_keep_their_design_and_hash():
     config = influence_config_of(SimpleNamespace(config=old_config))
     assert config.design == "pairs" and config.holdout_models == 0
     # the pairs design hashes as every config did before the field existed
-    assert (InfluenceConfig(num_models=4, design="pairs").fingerprint("d")
-            != InfluenceConfig(num_models=4).fingerprint("d"))
+    assert InfluenceConfig(num_models=4, design="pairs").fingerprint("d") != InfluenceConfig(
+        num_models=4
+    ).fingerprint("d")

@@ -88,9 +88,7 @@ def test_culprit_check_plan_and_flip_counts():
     assert masks[0::3].all() and not masks[1::3, 4].any() and masks[1::3].sum() == 27
     assert (randoms != 4).all() and not masks[2::3][np.arange(3), randoms].any()
     # 2 failures; seed 0: full wrong on both, culprit removed fixes both, random fixes none
-    correct = np.array([[0, 0], [1, 1], [0, 0],
-                        [1, 0], [1, 1], [0, 0],
-                        [0, 0], [0, 1], [1, 0]])
+    correct = np.array([[0, 0], [1, 1], [0, 0], [1, 0], [1, 1], [0, 0], [0, 0], [0, 1], [1, 0]])
     flips = sp.flip_counts(correct, 3)
     assert flips["full"]["correct"] == pytest.approx(1 / 3)
     assert flips["culprit_removed"]["fixed"] == pytest.approx(4 / 3)
@@ -102,9 +100,14 @@ def test_culprit_check_plan_and_flip_counts():
 @pytest.fixture()
 def run(tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(pre, tgt, "infl", progress=False,
-                                         output_dir=str(tmp_path / "store"),
-                                         **{**TINY_KWARGS, "num_models": 8})
+    results = ts.compute_class_influence(
+        pre,
+        tgt,
+        "infl",
+        progress=False,
+        output_dir=str(tmp_path / "store"),
+        **{**TINY_KWARGS, "num_models": 8},
+    )
     return pre, tgt, results
 
 
@@ -122,7 +125,7 @@ def test_find_subpopulations_writes_fields_views_and_run(run):
     assert all(len(groups) <= 2 for groups in summary["classes"].values())
     assert not tgt.match_tags("train").exists("infl_subpops")
     for name in summary["saved_views"]:  # each view holds exactly its subpopulation
-        label = name[len("infl_subpops "):]
+        label = name[len("infl_subpops ") :]
         assert set(tgt.load_saved_view(name).values("infl_subpops.label")) == {label}
     acc = dict(zip(test.values("id"), test.values("infl_accuracy")))
     group = summary["classes"]["t0"][0]
@@ -133,17 +136,22 @@ def test_find_subpopulations_writes_fields_views_and_run(run):
     assert _our_fields(tgt) == [] and not tgt.list_saved_views()
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda tgt: ts.find_subpopulations(tgt, "nope"), "has no run 'nope'"),
-    (lambda tgt: ts.find_subpopulations(tgt, "infl", k=7), "'t0' has only 6 test sample"),
-    (lambda tgt: ts.find_subpopulations(tgt, "infl", k=1), "k must be an integer >= 2"),
-    (lambda tgt: ts.find_subpopulations(tgt, "infl", target_classes=["t9"]), "unknown target"),
-    (lambda tgt: ts.find_subpopulations(tgt, "infl", key="bad key"), "Python identifier"),
-    (lambda tgt: ts.explain_failures(tgt, "infl", pred_field="infl_accuracy"),
-     "not a Classification field"),
-    (lambda tgt: ts.explain_failures(tgt, "infl", pred_field="missing"), "does not exist"),
-    (lambda tgt: ts.explain_failures(tgt, "infl", top_k=0), "top_k must be a positive"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda tgt: ts.find_subpopulations(tgt, "nope"), "has no run 'nope'"),
+        (lambda tgt: ts.find_subpopulations(tgt, "infl", k=7), "'t0' has only 6 test sample"),
+        (lambda tgt: ts.find_subpopulations(tgt, "infl", k=1), "k must be an integer >= 2"),
+        (lambda tgt: ts.find_subpopulations(tgt, "infl", target_classes=["t9"]), "unknown target"),
+        (lambda tgt: ts.find_subpopulations(tgt, "infl", key="bad key"), "Python identifier"),
+        (
+            lambda tgt: ts.explain_failures(tgt, "infl", pred_field="infl_accuracy"),
+            "not a Classification field",
+        ),
+        (lambda tgt: ts.explain_failures(tgt, "infl", pred_field="missing"), "does not exist"),
+        (lambda tgt: ts.explain_failures(tgt, "infl", top_k=0), "top_k must be a positive"),
+    ],
+)
 def test_bad_input_names_the_problem_and_writes_nothing(run, call, message):
     _, tgt, _ = run
     before = (tgt.list_runs(), tgt.list_saved_views())
@@ -180,11 +188,14 @@ def test_explain_failures_with_a_prediction_field_and_the_counterfactual(run):
     _, tgt, results = run
     test = tgt.match_tags("test")
     # a prediction field: every t0 test sample predicted t1, the rest right
-    preds = {i: fo.Classification(label="t1" if gt == "t0" else gt)
-             for i, gt in zip(test.values("id"), test.values("ground_truth.label"))}
+    preds = {
+        i: fo.Classification(label="t1" if gt == "t0" else gt)
+        for i, gt in zip(test.values("id"), test.values("ground_truth.label"))
+    }
     test.set_values("pred", preds, key_field="id")
-    summary = ts.explain_failures(tgt, "infl", pred_field="pred", top_k=2, num_seeds=2,
-                                  progress=False)
+    summary = ts.explain_failures(
+        tgt, "infl", pred_field="pred", top_k=2, num_seeds=2, progress=False
+    )
     assert summary["num_failures"] == 6
     failures = tgt.exists("infl_failures_wrong")
     assert set(failures.values("ground_truth.label")) == {"t0"}
@@ -199,8 +210,9 @@ def test_explain_failures_with_a_prediction_field_and_the_counterfactual(run):
         assert 0 <= check["on_blamed"][arm]["fixed"] <= check["blamed_failures"]
     assert len(tgt.load_saved_view("infl_failures_failures")) == 6
     # resumable: a second call trains nothing new and gives the same counts
-    again = ts.explain_failures(tgt, "infl", pred_field="pred", top_k=2, num_seeds=2,
-                                progress=False, overwrite=True)
+    again = ts.explain_failures(
+        tgt, "infl", pred_field="pred", top_k=2, num_seeds=2, progress=False, overwrite=True
+    )
     assert again["counterfactual"] == check
     tgt.delete_run("infl_failures")
     assert _our_fields(tgt) == [] and "infl_failures_failures" not in tgt.list_saved_views()
@@ -209,21 +221,45 @@ def test_explain_failures_with_a_prediction_field_and_the_counterfactual(run):
 def test_both_operators_through_fiftyones_operator_machinery(run):
     _, tgt, _ = run
     uri = "@transferscope/transferscope/"
-    out = foo.execute_operator(uri + "find_subpopulations", ctx=dict(dataset=tgt, params=dict(
-        influence_run="infl", mode="k", k=2, target_classes="t0, t2", run_key="ops_subpops")))
+    out = foo.execute_operator(
+        uri + "find_subpopulations",
+        ctx=dict(
+            dataset=tgt,
+            params=dict(
+                influence_run="infl", mode="k", k=2, target_classes="t0, t2", run_key="ops_subpops"
+            ),
+        ),
+    )
     assert out.error is None, out.error
     assert len(out.result["report"]) == 2 and out.result["sizes"]
     classes = tgt.load_run_results("infl").classes
     found = set(tgt.distinct("ops_subpops.label"))
     assert {f.split(" / ")[0] for f in found} == {"t0", "t2"}
     assert found <= {f"{c} / {p}" for c in ("t0", "t2") for p in classes}
-    out = foo.execute_operator(uri + "explain_failures", ctx=dict(dataset=tgt, params=dict(
-        influence_run="infl", pred_field="(the run's models)", top_k=2, check_top=True,
-        num_seeds=1, device="cpu", executor="local", run_key="ops_failures")))
+    out = foo.execute_operator(
+        uri + "explain_failures",
+        ctx=dict(
+            dataset=tgt,
+            params=dict(
+                influence_run="infl",
+                pred_field="(the run's models)",
+                top_k=2,
+                check_top=True,
+                num_seeds=1,
+                device="cpu",
+                executor="local",
+                run_key="ops_failures",
+            ),
+        ),
+    )
     assert out.error is None, out.error
     n = out.result["num_failures"]
     assert n == len(tgt.exists("ops_failures_culprits")) and out.result["report"]
     with pytest.raises(Exception, match="k must be at least 2"):  # the form refuses it
-        foo.execute_operator(uri + "find_subpopulations", ctx=dict(dataset=tgt, params=dict(
-            influence_run="infl", mode="k", k=1, run_key="bad_subpops")))
+        foo.execute_operator(
+            uri + "find_subpopulations",
+            ctx=dict(
+                dataset=tgt, params=dict(influence_run="infl", mode="k", k=1, run_key="bad_subpops")
+            ),
+        )
     assert not tgt.has_sample_field("bad_subpops")

@@ -28,24 +28,26 @@ def _fields(ds):
     return set(ds.get_field_schema())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_models=10**7), r"num_models must be an integer from 2 to 1000000"),
-    (dict(num_models=10**9), r"num_models must be an integer from 2 to 1000000"),
-    (dict(image_size=2048), r"image_size must be an integer from 4 to 1024"),
-    (dict(arch="no_such_net"), "unknown architecture 'no_such_net'"),
-    (dict(arch="vit_b_16"), r"'vit_b_16' does not run on 16x16 images"),
-    (dict(lr=1e6), r"lr must be a finite number in \(0, 10\]"),
-    (dict(batch_size=1), "batch_size must be an integer from 2"),
-    (dict(alpha="0.5"), "alpha must be a finite number"),
-    (dict(seed=-1), "seed must be an integer from 0"),
-    (dict(epochs=2.5), "epochs must be an integer"),
-    (dict(foo=1), r"unknown argument\(s\) \['foo'\]"),
-    (dict(run_key="a\n"), "Python identifier"),
-    (dict(run_key="a" * 300), "at most 64 characters"),
-    (dict(run_key="class"), "Python identifier"),
-])
-def test_bad_arguments_are_refused_before_any_work(tiny_datasets, kwargs, message,
-                                                   monkeypatch):
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_models=10**7), r"num_models must be an integer from 2 to 1000000"),
+        (dict(num_models=10**9), r"num_models must be an integer from 2 to 1000000"),
+        (dict(image_size=2048), r"image_size must be an integer from 4 to 1024"),
+        (dict(arch="no_such_net"), "unknown architecture 'no_such_net'"),
+        (dict(arch="vit_b_16"), r"'vit_b_16' does not run on 16x16 images"),
+        (dict(lr=1e6), r"lr must be a finite number in \(0, 10\]"),
+        (dict(batch_size=1), "batch_size must be an integer from 2"),
+        (dict(alpha="0.5"), "alpha must be a finite number"),
+        (dict(seed=-1), "seed must be an integer from 0"),
+        (dict(epochs=2.5), "epochs must be an integer"),
+        (dict(foo=1), r"unknown argument\(s\) \['foo'\]"),
+        (dict(run_key="a\n"), "Python identifier"),
+        (dict(run_key="a" * 300), "at most 64 characters"),
+        (dict(run_key="class"), "Python identifier"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tiny_datasets, kwargs, message, monkeypatch):
     import transferscope.views as views
 
     pre, tgt = tiny_datasets
@@ -105,8 +107,9 @@ def test_a_listener_that_is_not_ray_is_refused_within_the_timeout():
     server.listen(4)
     port = server.getsockname()[1]
     held = []
-    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(4)],
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: [held.append(server.accept()) for _ in range(4)], daemon=True
+    ).start()
     from transferscope.influence import prepare_executor
 
     with pytest.raises(TransferScopeError, match="does not answer as a Ray cluster"):
@@ -122,8 +125,9 @@ def weird_run(tiny_datasets, tmp_path):
     pre.set_values("ground_truth.label", [names[l] for l in pre.values("ground_truth.label")])
     targets = dict(zip(["t0", "t1", "t2"], WEIRD_TARGETS))
     tgt.set_values("ground_truth.label", [targets[l] for l in tgt.values("ground_truth.label")])
-    results = ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                                         progress=False, **TINY_KWARGS)
+    results = ts.compute_class_influence(
+        pre, tgt, "infl", output_dir=str(tmp_path / "s"), progress=False, **TINY_KWARGS
+    )
     return pre, tgt, results
 
 
@@ -136,7 +140,9 @@ def test_class_names_that_look_like_expressions_are_matched_as_written(weird_run
     record = ts.tag_classes(pre, "infl", rule="classes", classes=["$5", "$ground_truth.label"])
     assert record["num_samples"] == 20 and pre.match_tags("remove").count() == 20
     assert set(pre.match_tags("remove").values("ground_truth.label")) == {
-        "$5", "$ground_truth.label"}
+        "$5",
+        "$ground_truth.label",
+    }
     assert len(pre.load_saved_view("infl_curated")) == 40
     ts.untag_classes(pre, "infl")
     record = ts.tag_classes(pre, "infl", rule="classes", classes=["", "x/y"])
@@ -144,25 +150,35 @@ def test_class_names_that_look_like_expressions_are_matched_as_written(weird_run
     summary = ts.find_subpopulations(tgt, "infl", key="sub", k=2)
     for name in summary["saved_views"]:
         view = tgt.load_saved_view(name)
-        label = name[len("sub "):]
+        label = name[len("sub ") :]
         assert len(view) > 0 and set(view.values("sub.label")) == {label}
 
 
 def test_splits_given_by_a_field_value_that_looks_like_a_path(tiny_datasets):
     pre, tgt = tiny_datasets
     tgt.set_values("split", ["$train" if "train" in t else "$test" for t in tgt.values("tags")])
-    results = ts.compute_class_influence(pre, tgt, "byfield", split_by="field",
-                                         train_split="$train", test_split="$test",
-                                         progress=False, **TINY_KWARGS)
+    results = ts.compute_class_influence(
+        pre,
+        tgt,
+        "byfield",
+        split_by="field",
+        train_split="$train",
+        test_split="$test",
+        progress=False,
+        **TINY_KWARGS,
+    )
     assert len(results.target_ids) == 18
 
 
 def test_tagging_refuses_classes_renamed_since_the_run(tiny_datasets, tmp_path):
     pre, tgt = tiny_datasets
-    ts.compute_class_influence(pre, tgt, "infl", output_dir=str(tmp_path / "s"),
-                               progress=False, **TINY_KWARGS)
-    pre.set_values("ground_truth.label", [l.replace("class0", "renamed")
-                                          for l in pre.values("ground_truth.label")])
+    ts.compute_class_influence(
+        pre, tgt, "infl", output_dir=str(tmp_path / "s"), progress=False, **TINY_KWARGS
+    )
+    pre.set_values(
+        "ground_truth.label",
+        [l.replace("class0", "renamed") for l in pre.values("ground_truth.label")],
+    )
     with pytest.raises(TransferScopeError, match=r"\['class0'\].*no longer labels"):
         ts.tag_classes(pre, "infl", rule="classes", classes=["class1"])
     assert "remove" not in pre.count_sample_tags()
@@ -182,6 +198,7 @@ def test_run_keys_are_identifiers_and_stores_stay_in_the_runs_directory(key):
         accepted = False
     assert accepted == valid
     if accepted:
+
         class Root:  # what _run_dir reads of a dataset
             class _doc:
                 id = "0123456789abcdef01234567"
@@ -194,15 +211,23 @@ def test_run_keys_are_identifiers_and_stores_stay_in_the_runs_directory(key):
 @pytest.fixture(scope="module")
 def label_dataset():
     ds = fo.Dataset()
-    ds.add_samples([fo.Sample(filepath=f"/nowhere/{i}.png",
-                              gt=fo.Classification(label=f"x{i}")) for i in range(8)])
+    ds.add_samples(
+        [
+            fo.Sample(filepath=f"/nowhere/{i}.png", gt=fo.Classification(label=f"x{i}"))
+            for i in range(8)
+        ]
+    )
     yield ds
     ds.delete()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.text(max_size=12), min_size=1, max_size=4, unique=True),
-       st.lists(st.integers(0, 3), min_size=8, max_size=8))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.text(max_size=12), min_size=1, max_size=4, unique=True),
+    st.lists(st.integers(0, 3), min_size=8, max_size=8),
+)
 def test_any_label_string_matches_exactly_its_samples(label_dataset, names, picks):
     ds = label_dataset
     labels = [names[p % len(names)] for p in picks]

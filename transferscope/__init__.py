@@ -29,8 +29,17 @@ _faiss_backend.register()  # fob.compute_similarity(..., backend="faiss")
 __version__ = "0.2.0"
 
 __all__ = [
-    "compute_class_influence", "field_names", "runs_dir", "TransferScopeError",
-    "tag_classes", "untag_classes", "evaluate_curation", "curation_of",
-    "detect_leakage", "find_near_duplicates", "plan_class_diversity",
-    "find_subpopulations", "explain_failures",
+    "compute_class_influence",
+    "field_names",
+    "runs_dir",
+    "TransferScopeError",
+    "tag_classes",
+    "untag_classes",
+    "evaluate_curation",
+    "curation_of",
+    "detect_leakage",
+    "find_near_duplicates",
+    "plan_class_diversity",
+    "find_subpopulations",
+    "explain_failures",
 ]

@@ -13,24 +13,44 @@ def main(argv=None):
     demo.add_argument("--num-models", type=int, default=None)
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--seed", type=int, default=None)
-    demo.add_argument("--executor", choices=("local", "ray"), default="local",
-                      help="where the models train (ray: one task per model)")
-    demo.add_argument("--ray-address", default="auto",
-                      help="with --executor ray: auto, HOST:PORT or ray://HOST:PORT")
-    demo.add_argument("--cpus-per-model", type=int, default=1,
-                      help="with --executor ray: CPUs (and torch threads) per model")
-    demo.add_argument("--group-size", type=int, default=None,
-                      help="local executor: models trained at once (default: automatic, "
-                           "1 on a CPU, as many as fit on a GPU)")
-    cur = sub.add_parser("evaluate-curation",
-                         help="retrain on the full, curated and random sets; print and plot")
+    demo.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the models train (ray: one task per model)",
+    )
+    demo.add_argument(
+        "--ray-address",
+        default="auto",
+        help="with --executor ray: auto, HOST:PORT or ray://HOST:PORT",
+    )
+    demo.add_argument(
+        "--cpus-per-model",
+        type=int,
+        default=1,
+        help="with --executor ray: CPUs (and torch threads) per model",
+    )
+    demo.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="local executor: models trained at once (default: automatic, "
+        "1 on a CPU, as many as fit on a GPU)",
+    )
+    cur = sub.add_parser(
+        "evaluate-curation", help="retrain on the full, curated and random sets; print and plot"
+    )
     cur.add_argument("dataset", help="the run's target or pretraining dataset")
     cur.add_argument("run_key", help="a class-influence run")
-    cur.add_argument("--rule", default=None,
-                     help="harmful_fdr, ci_below_zero, most_harmful, below_threshold "
-                          "(default: the tagged classes, else harmful_fdr)")
-    cur.add_argument("--fdr-level", type=float, default=0.1,
-                     help="with harmful_fdr: the false-discovery level")
+    cur.add_argument(
+        "--rule",
+        default=None,
+        help="harmful_fdr, ci_below_zero, most_harmful, below_threshold "
+        "(default: the tagged classes, else harmful_fdr)",
+    )
+    cur.add_argument(
+        "--fdr-level", type=float, default=0.1, help="with harmful_fdr: the false-discovery level"
+    )
     cur.add_argument("--k", type=int, default=None)
     cur.add_argument("--threshold", type=float, default=None)
     cur.add_argument("--seeds", type=int, default=8, help="models per arm")
@@ -40,10 +60,10 @@ def main(argv=None):
     plot.add_argument("dataset")
     plot.add_argument("run_key")
     plot.add_argument("--out", required=True, help="PNG path")
-    plug = sub.add_parser("install-plugin",
-                          help="link this plugin into FiftyOne's plugins directory")
-    plug.add_argument("--plugins-dir", default=None,
-                      help="default: fiftyone.config.plugins_dir")
+    plug = sub.add_parser(
+        "install-plugin", help="link this plugin into FiftyOne's plugins directory"
+    )
+    plug.add_argument("--plugins-dir", default=None, help="default: fiftyone.config.plugins_dir")
     args = parser.parse_args(argv)
     # our own messages only: FiftyOne prints its own through its handler, and
     # a root handler would print those twice
@@ -65,12 +85,23 @@ def _dispatch(args):
     if args.command == "demo":
         from .demo import DEFAULTS, run_demo
 
-        kwargs = {k: v for k, v in (("num_models", args.num_models),
-                                     ("epochs", args.epochs), ("seed", args.seed))
-                  if v is not None}
+        kwargs = {
+            k: v
+            for k, v in (
+                ("num_models", args.num_models),
+                ("epochs", args.epochs),
+                ("seed", args.seed),
+            )
+            if v is not None
+        }
         if args.executor == "ray":
-            kwargs.update(executor="ray", executor_options={
-                "address": args.ray_address, "cpus_per_model": args.cpus_per_model})
+            kwargs.update(
+                executor="ray",
+                executor_options={
+                    "address": args.ray_address,
+                    "cpus_per_model": args.cpus_per_model,
+                },
+            )
         elif args.group_size is not None:
             kwargs.update(executor_options={"group_size": args.group_size})
         run_demo(**{**DEFAULTS, **kwargs})
@@ -79,10 +110,16 @@ def _dispatch(args):
         from .plots import save_curation_png
 
         sweep = [int(k) for k in args.sweep.split(",") if k.strip()]
-        summary = evaluate_curation(args.dataset, args.run_key, rule=args.rule, k=args.k,
-                                    threshold=args.threshold, num_seeds=args.seeds,
-                                    fdr_level=args.fdr_level,
-                                    sweep_ks=sweep)
+        summary = evaluate_curation(
+            args.dataset,
+            args.run_key,
+            rule=args.rule,
+            k=args.k,
+            threshold=args.threshold,
+            num_seeds=args.seeds,
+            fdr_level=args.fdr_level,
+            sweep_ks=sweep,
+        )
         print("\n".join(describe_curation(summary)))
         if args.png:
             print(f"plot: {save_curation_png(summary, args.png)}")

@@ -10,7 +10,6 @@ import logging
 import os
 
 
-
 from . import views as tsv
 from .influence import (
     complete_store_of,
@@ -36,16 +35,24 @@ def curated_view_name(run_key):
     return f"{run_key}_curated"
 
 
-def select_removed_classes(results, rule=DEFAULT_RULE, k=None, threshold=None, classes=None,
-                           fdr_level=DEFAULT_FDR):
+def select_removed_classes(
+    results, rule=DEFAULT_RULE, k=None, threshold=None, classes=None, fdr_level=DEFAULT_FDR
+):
     """The class names a rule selects from a run, most harmful first."""
     from . import compute as tsc
 
     try:
-        idx = tsc.select_classes(results.classes, results.class_influence,
-                                 results.class_ci_high, rule=rule, k=k,
-                                 threshold=threshold, classes=classes,
-                                 q_values=results.q_values, fdr_level=fdr_level)
+        idx = tsc.select_classes(
+            results.classes,
+            results.class_influence,
+            results.class_ci_high,
+            rule=rule,
+            k=k,
+            threshold=threshold,
+            classes=classes,
+            q_values=results.q_values,
+            fdr_level=fdr_level,
+        )
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
     return [results.classes[i] for i in idx]
@@ -62,8 +69,17 @@ def _pretraining_run(dataset, run_key):
     return root, root.load_run_results(run_key, cache=False)
 
 
-def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=None,
-                classes=None, tag=DEFAULT_TAG, view_name=None, fdr_level=DEFAULT_FDR):
+def tag_classes(
+    pretrain_dataset,
+    run_key,
+    rule=DEFAULT_RULE,
+    k=None,
+    threshold=None,
+    classes=None,
+    tag=DEFAULT_TAG,
+    view_name=None,
+    fdr_level=DEFAULT_FDR,
+):
     """Tags the pretraining samples of the classes a rule selects for removal.
 
     Chooses classes from the class-influence run ``run_key`` by ``rule``
@@ -93,27 +109,34 @@ def tag_classes(pretrain_dataset, run_key, rule=DEFAULT_RULE, k=None, threshold=
     with RunWrite(run_key, "tagging", [dataset]) as write:
         previous = run_record(dataset, run_key, "curation_tags")
         if previous:  # replaced at commit, once everything new is known
-            write.replace_old(dataset, tags=[{"tag": previous["tag"],
-                                              "ids": previous["tagged_ids"]}],
-                              views=[previous["view_name"]])
+            write.replace_old(
+                dataset,
+                tags=[{"tag": previous["tag"], "ids": previous["tagged_ids"]}],
+                views=[previous["view_name"]],
+            )
         ids = tsv.ids_with_labels(dataset, label_path, removed)
         tagged = write.tag(dataset, ids, tag)
         index = {c: i for i, c in enumerate(results.classes)}
         q = results.q_values
         record = {
-            "rule": rule, "k": k, "threshold": threshold, "tag": tag, "view_name": view_name,
+            "rule": rule,
+            "k": k,
+            "threshold": threshold,
+            "tag": tag,
+            "view_name": view_name,
             "fdr_level": fdr_level if rule == "harmful_fdr" else None,
             "classes": removed,
             "influence": [float(results.class_influence[index[c]]) for c in removed],
-            "ci95": [[float(results.class_ci_low[index[c]]),
-                      float(results.class_ci_high[index[c]])] for c in removed],
+            "ci95": [
+                [float(results.class_ci_low[index[c]]), float(results.class_ci_high[index[c]])]
+                for c in removed
+            ],
             "q_value": [float(q[index[c]]) for c in removed] if q is not None else None,
             "num_samples": len(ids),
         }
         write.save_view(dataset, view_name, lambda: dataset.match_tags(tag, bool=False))
         # only the samples that lacked the tag at commit lose it again on undo
-        write.set_record(dataset, "curation_tags",
-                         lambda: dict(record, tagged_ids=tagged["ids"]))
+        write.set_record(dataset, "curation_tags", lambda: dict(record, tagged_ids=tagged["ids"]))
         write.commit()
     return dict(record, tagged_ids=tagged["ids"])
 
@@ -125,7 +148,8 @@ def _check_classes_unchanged(dataset, results, label_path):
         raise TransferScopeError(
             f"class(es) {missing[:5]} of run {results.key!r} are no longer labels of "
             f"{dataset.name!r} (renamed or removed since the run); compute the run again "
-            f"before tagging")
+            f"before tagging"
+        )
 
 
 def untag_classes(pretrain_dataset, run_key):
@@ -138,18 +162,35 @@ def untag_classes(pretrain_dataset, run_key):
         if not record:
             raise TransferScopeError(
                 f"run {run_key!r} on {dataset.name!r} has no tagged classes to undo; "
-                f"nothing changed")
-        write.replace_old(dataset, tags=[{"tag": record["tag"], "ids": record["tagged_ids"]}],
-                          views=[record["view_name"]])
+                f"nothing changed"
+            )
+        write.replace_old(
+            dataset,
+            tags=[{"tag": record["tag"], "ids": record["tagged_ids"]}],
+            views=[record["view_name"]],
+        )
         write.set_record(dataset, "curation_tags", None)
         write.commit()
     return record
 
 
-def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, classes=None,
-                      num_seeds=8, sweep_ks=None, seed=0, device=None, progress=None,
-                      executor="local", executor_options=None, fdr_level=DEFAULT_FDR,
-                      confirm_each=True):
+def evaluate_curation(
+    dataset,
+    run_key,
+    rule=None,
+    k=None,
+    threshold=None,
+    classes=None,
+    num_seeds=8,
+    sweep_ks=None,
+    seed=0,
+    device=None,
+    progress=None,
+    executor="local",
+    executor_options=None,
+    fdr_level=DEFAULT_FDR,
+    confirm_each=True,
+):
     """Proves (or refutes) a curation by retraining: the paper's counterfactual.
 
     Retrains from scratch, with the run's own protocol (architecture, epochs,
@@ -203,12 +244,19 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
     removed = select_removed_classes(results, rule, k, threshold, classes, fdr_level)
     index = {c: i for i, c in enumerate(results.classes)}
     try:
-        plan = tsc.plan_curation(results.class_influence, [index[c] for c in removed],
-                                 num_seeds, sweep_ks or (), seed, each=confirm_each)
+        plan = tsc.plan_curation(
+            results.class_influence,
+            [index[c] for c in removed],
+            num_seeds,
+            sweep_ks or (),
+            seed,
+            each=confirm_each,
+        )
         train_config = influence_config_of(results)
         if device is not None:
             train_config = tsc.InfluenceConfig.from_dict(
-                {**train_config.to_dict(), "device": device})
+                {**train_config.to_dict(), "device": device}
+            )
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
 
@@ -216,16 +264,26 @@ def evaluate_curation(dataset, run_key, rule=None, k=None, threshold=None, class
     runner = prepare_executor(executor, executor_options, train_config)
     data = labelled.decode(train_config.image_size, train_config.channels)
     path = os.path.join(results.config.output_dir, "curation", plan.fingerprint())
-    store = tsc.open_retrain_store(path, train_config, data, plan.masks, plan.seeds,
-                                   meta={"classes": list(results.classes)})
+    store = tsc.open_retrain_store(
+        path, train_config, data, plan.masks, plan.seeds, meta={"classes": list(results.classes)}
+    )
     run_with_progress(
         (store, lambda done: tsc.run_retraining(train_config, data, store, done, runner)),
-        progress, "Retraining for the curation counterfactual")
+        progress,
+        "Retraining for the curation counterfactual",
+    )
 
     accuracy = store.outputs("correct").mean(axis=1)
     summary = tsc.summarize_curation(plan, accuracy, results.classes)
-    summary.update(rule=rule_label, k=k, threshold=threshold, seed=seed, store=path,
-                   target_dataset=target.name, pretrain_dataset=pretrain.name)
+    summary.update(
+        rule=rule_label,
+        k=k,
+        threshold=threshold,
+        seed=seed,
+        store=path,
+        target_dataset=target.name,
+        pretrain_dataset=pretrain.name,
+    )
     with RunWrite(run_key, "curation", [target, pretrain]) as write:
         for ds in (target, pretrain):
             write.set_record(ds, "curation", summary)
@@ -247,6 +305,7 @@ def curation_of(dataset, run_key):
 
 def describe_curation(summary):
     """Lines of text that report a curation summary honestly."""
+
     def pct(x):
         return f"{100 * x:.1f}%"
 
@@ -272,24 +331,34 @@ def describe_curation(summary):
     ]
     for row in summary.get("each_removed_vs_full", []):
         verdict = "confirmed" if row["ci95"][0] > 0 else "not confirmed"
-        lines.append(f"  only {row['class']!s:<12s} removed - full {100 * row['diff']:+.1f} points, "
-                     f"95% CI {ci(row['ci95'])}, better in {row['wins']}/{row['num_pairs']} "
-                     f"seeds: {verdict}")
-    for name, label in (("curated_vs_full", "curated - full"),
-                        ("curated_vs_random", "curated - random"),
-                        ("most_helpful_removed_vs_full", "helpful removed - full")):
+        lines.append(
+            f"  only {row['class']!s:<12s} removed - full {100 * row['diff']:+.1f} points, "
+            f"95% CI {ci(row['ci95'])}, better in {row['wins']}/{row['num_pairs']} "
+            f"seeds: {verdict}"
+        )
+    for name, label in (
+        ("curated_vs_full", "curated - full"),
+        ("curated_vs_random", "curated - random"),
+        ("most_helpful_removed_vs_full", "helpful removed - full"),
+    ):
         t = summary[name]
-        lines.append(f"  {label:<24s} {100 * t['diff']:+.1f} points, 95% CI {ci(t['ci95'])}, "
-                     f"paired t p={t['p_value']:.2g}, better in {t['wins']}/{t['num_pairs']} seeds")
+        lines.append(
+            f"  {label:<24s} {100 * t['diff']:+.1f} points, 95% CI {ci(t['ci95'])}, "
+            f"paired t p={t['p_value']:.2g}, better in {t['wins']}/{t['num_pairs']} seeds"
+        )
     ks = sorted({row["k"] for row in summary.get("vs_full", [])})
     if len(ks) > 1:
         by = {(row["arm"], row["k"]): row for row in summary["vs_full"]}
         lines.append("Sweep, accuracy change against the full set (points, paired 95% CI):")
-        lines.append(f"  {'k':>4s}  {'most harmful first':>22s}  {'most helpful first':>22s}  "
-                     f"{'random':>22s}")
+        lines.append(
+            f"  {'k':>4s}  {'most harmful first':>22s}  {'most helpful first':>22s}  "
+            f"{'random':>22s}"
+        )
         for kk in ks:
-            cols = [f"{100 * by[(o, kk)]['diff']:+5.1f} [{100 * by[(o, kk)]['ci95'][0]:+5.1f}, "
-                    f"{100 * by[(o, kk)]['ci95'][1]:+5.1f}]" for o in
-                    ("harmful_first", "helpful_first", "random")]
+            cols = [
+                f"{100 * by[(o, kk)]['diff']:+5.1f} [{100 * by[(o, kk)]['ci95'][0]:+5.1f}, "
+                f"{100 * by[(o, kk)]['ci95'][1]:+5.1f}]"
+                for o in ("harmful_first", "helpful_first", "random")
+            ]
             lines.append(f"  {kk:>4d}  " + "  ".join(f"{c:>22s}" for c in cols))
     return lines

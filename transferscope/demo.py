@@ -21,10 +21,13 @@ from .curation import describe_curation, evaluate_curation, tag_classes
 from .influence import compute_class_influence, prepare_executor
 from .diversity import describe_diversity, plan_class_diversity
 from .leakage import detect_leakage, find_near_duplicates
-from .plots import (save_culprits_png, save_curation_png, save_diversity_png,
-                    save_subpopulations_png)
-from .subpopulations import (describe_failures, describe_subpopulations, explain_failures,
-                             find_subpopulations)
+from .plots import save_culprits_png, save_curation_png, save_diversity_png, save_subpopulations_png
+from .subpopulations import (
+    describe_failures,
+    describe_subpopulations,
+    explain_failures,
+    find_subpopulations,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +61,14 @@ def data_dir():
     )
 
 
-def load_or_build_demo(root=None, target_name=TARGET_NAME, pretrain_name=PRETRAIN_NAME,
-                       per_class=80, seed=0, rebuild=False):
+def load_or_build_demo(
+    root=None,
+    target_name=TARGET_NAME,
+    pretrain_name=PRETRAIN_NAME,
+    per_class=80,
+    seed=0,
+    rebuild=False,
+):
     """The demo datasets ``(pretrain, target)``, built only when missing or stale."""
     root = os.path.abspath(root or data_dir())
     spec = {"version": DEMO_VERSION, "per_class": per_class, "seed": seed, "root": root}
@@ -85,13 +94,16 @@ def load_or_build_demo(root=None, target_name=TARGET_NAME, pretrain_name=PRETRAI
         for img, label, idx in zip(images, labels, index):
             path = os.path.join(target_dir, f"{split}_{idx:04d}.png")
             Image.fromarray(img).save(path)
-            samples.append(fo.Sample(
-                filepath=path, tags=[split],
-                ground_truth=fo.Classification(label=str(label)),
-                digits_index=int(idx),
-            ))
+            samples.append(
+                fo.Sample(
+                    filepath=path,
+                    tags=[split],
+                    ground_truth=fo.Classification(label=str(label)),
+                    digits_index=int(idx),
+                )
+            )
     target_ids = target.add_samples(samples, progress=False)
-    test_ids = target_ids[len(arrays.train_labels):]
+    test_ids = target_ids[len(arrays.train_labels) :]
 
     pretrain = fo.Dataset(pretrain_name, persistent=True)
     copies = {v["pretrain_index"]: v for v in arrays.planted.leak_variants}
@@ -109,8 +121,9 @@ def load_or_build_demo(root=None, target_name=TARGET_NAME, pretrain_name=PRETRAI
 
     planted = arrays.planted.to_dict()
     planted["leaked_test_ids"] = [test_ids[t] for t in planted["leaked_test_indices"]]
-    planted["subpop_styles_by_id"] = {test_ids[int(t)]: style
-                                      for t, style in planted["subpop_test_styles"].items()}
+    planted["subpop_styles_by_id"] = {
+        test_ids[int(t)]: style for t, style in planted["subpop_test_styles"].items()
+    }
     target.info = {"transferscope_demo": spec, "planted": planted}
     target.save()
     pretrain.info = {"transferscope_demo": spec, "planted": planted}
@@ -148,20 +161,25 @@ def subpopulation_report(results, target, planted):
     z = sp.z_scores(results.influence, results.stderr)[:, cols].T
     top = sp.group_by_influence(z, list(results.classes))
     top_names = [top.names[g] for g in top.labels]
-    return {"digit": planted["subpop_digit"], "samples": len(ids),
-            "adjusted_rand_index": float(adjusted_rand_score(styles, k2)),
-            "planted_style_to_found_group": {
-                f"{a} -> {b}": n for (a, b), n in sorted(Counter(zip(styles, k2)).items())},
-            "top_class_grouping": {
-                "adjusted_rand_index": float(adjusted_rand_score(styles, top_names)),
-                "groups": len(top.names),
-                "top_class_by_style": {s: Counter(n for n, t in zip(top_names, styles)
-                                                  if t == s).most_common(3)
-                                       for s in sorted(set(styles))}}}
+    return {
+        "digit": planted["subpop_digit"],
+        "samples": len(ids),
+        "adjusted_rand_index": float(adjusted_rand_score(styles, k2)),
+        "planted_style_to_found_group": {
+            f"{a} -> {b}": n for (a, b), n in sorted(Counter(zip(styles, k2)).items())
+        },
+        "top_class_grouping": {
+            "adjusted_rand_index": float(adjusted_rand_score(styles, top_names)),
+            "groups": len(top.names),
+            "top_class_by_style": {
+                s: Counter(n for n, t in zip(top_names, styles) if t == s).most_common(3)
+                for s in sorted(set(styles))
+            },
+        },
+    }
 
 
-def planted_report(results, target, curation=None, leakage=None, duplicates=None,
-                   pretrain=None):
+def planted_report(results, target, curation=None, leakage=None, duplicates=None, pretrain=None):
     """What the run (curation, leakage search) found, against the planted truth."""
     from . import compute as tsc
 
@@ -188,8 +206,10 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
         y = store.outputs(fn)
         per_model_gap = y[:, copied].mean(axis=1) - y[:, same_digit].mean(axis=1)
         gap = tsc.aggregate_influence(store.masks, per_model_gap[:, None])
-        concentration[fn] = {"gap": float(gap.influence[leak]),
-                             "ci95": [float(gap.ci_low[leak]), float(gap.ci_high[leak])]}
+        concentration[fn] = {
+            "gap": float(gap.influence[leak]),
+            "ci95": [float(gap.ci_low[leak]), float(gap.ci_high[leak])],
+        }
     helpful_rank = np.argsort(np.argsort(-matrix, axis=0, kind="stable"), axis=0)[leak] + 1
 
     top3 = np.argsort(-matrix, axis=0, kind="stable")[:3].T  # (T, 3)
@@ -204,8 +224,9 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
         "harmful_influence": float(infl[harm]),
         "harmful_ci95": [float(results.class_ci_low[harm]), float(results.class_ci_high[harm])],
         "harmful_q_value": float(results.q_values[harm]),
-        "harmful_at_fdr_0.1": [classes[i] for i in order
-                               if infl[i] < 0 and results.q_values[i] < 0.1],
+        "harmful_at_fdr_0.1": [
+            classes[i] for i in order if infl[i] < 0 and results.q_values[i] < 0.1
+        ],
         "leak_class": planted["leak_class"],
         "leak_num_copied_tests": int(len(copied)),
         "leak_influence_on_copied_tests": float(matrix[leak, copied].mean()),
@@ -215,7 +236,8 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
         "leak_class_mean_helpful_rank_on_other_same_digit": float(helpful_rank[same_digit].mean()),
         "leak_class_top1_helpful_fraction_on_copied": float((helpful_rank[copied] == 1).mean()),
         "leak_class_top1_helpful_fraction_on_other_same_digit": float(
-            (helpful_rank[same_digit] == 1).mean()),
+            (helpful_rank[same_digit] == 1).mean()
+        ),
         "own_glyph_in_top3_fraction_by_digit": own_glyph,
         "own_glyph_in_top3_fraction": float(np.mean(list(own_glyph.values()))),
         "split_half_spearman": results.metrics["split_half_spearman"],
@@ -235,20 +257,28 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
             "removed": curation["removed"],
             "harmful_class_removed": planted["harmful_class"] in curation["removed"],
             "num_seeds": curation["num_seeds"],
-            **{f"accuracy_{arm}": cells[(arm, kk)]["accuracy"] for arm, kk in (
-                ("full", 0), ("curated", k), ("random", k), ("helpful_first", k))},
-            **{name: {key: curation[name][key] for key in ("diff", "ci95", "p_value", "wins")}
-               for name in ("curated_vs_full", "curated_vs_random",
-                            "most_helpful_removed_vs_full")},
+            **{
+                f"accuracy_{arm}": cells[(arm, kk)]["accuracy"]
+                for arm, kk in (("full", 0), ("curated", k), ("random", k), ("helpful_first", k))
+            },
+            **{
+                name: {key: curation[name][key] for key in ("diff", "ci95", "p_value", "wins")}
+                for name in ("curated_vs_full", "curated_vs_random", "most_helpful_removed_vs_full")
+            },
             "helpful_first_vs_full_by_k": {
                 row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
-                for row in curation["vs_full"] if row["arm"] == "helpful_first"},
+                for row in curation["vs_full"]
+                if row["arm"] == "helpful_first"
+            },
             "harmful_first_vs_full_by_k": {
                 row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
-                for row in curation["vs_full"] if row["arm"] == "harmful_first"},
+                for row in curation["vs_full"]
+                if row["arm"] == "harmful_first"
+            },
             "each_removed_vs_full": {
                 row["class"]: {key: row[key] for key in ("diff", "ci95", "p_value", "wins")}
-                for row in curation.get("each_removed_vs_full", [])},
+                for row in curation.get("each_removed_vs_full", [])
+            },
             "confirmed_by_retraining": curation.get("confirmed", []),
         }
     if leakage is not None:
@@ -256,10 +286,14 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
         found = set(leakage["leak_ids"])
         hits = len(truth & found)
         report["leakage"] = {
-            "planted_leaked_tests": len(truth), "flagged": len(found), "true_positives": hits,
-            "recall": hits / len(truth), "precision": hits / len(found) if found else None,
+            "planted_leaked_tests": len(truth),
+            "flagged": len(found),
+            "true_positives": hits,
+            "recall": hits / len(truth),
+            "precision": hits / len(found) if found else None,
             "exact_file_copies": leakage["num_exact_file_copies"],
-            "index": leakage["index"], "seconds": leakage["seconds"],
+            "index": leakage["index"],
+            "seconds": leakage["seconds"],
         }
     if duplicates is not None and pretrain is not None:
         group_f = f"{DUPLICATES_KEY}_group"
@@ -272,7 +306,8 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
         report["near_duplicates"] = {
             "groups": duplicates["num_groups"],
             "grouped_samples": duplicates["num_grouped_samples"],
-            "planted_copies_grouped": len(grouped), "planted_copies": len(copies),
+            "planted_copies_grouped": len(grouped),
+            "planted_copies": len(copies),
             # a group holding copies of one test image only, and every copy of it
             "copy_groups_pure": sum(len(v) == 1 for v in by_group.values()),
             "copy_groups": len(by_group),
@@ -280,10 +315,18 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
     return report
 
 
-def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
-             alpha=DEFAULTS["alpha"], seed=DEFAULTS["seed"], overwrite=True,
-             curation_seeds=CURATION["num_seeds"], sweep_ks=CURATION["sweep_ks"], out=print,
-             executor="local", executor_options=None):
+def run_demo(
+    num_models=DEFAULTS["num_models"],
+    epochs=DEFAULTS["epochs"],
+    alpha=DEFAULTS["alpha"],
+    seed=DEFAULTS["seed"],
+    overwrite=True,
+    curation_seeds=CURATION["num_seeds"],
+    sweep_ks=CURATION["sweep_ks"],
+    out=print,
+    executor="local",
+    executor_options=None,
+):
     """Builds the demo (if needed), computes influence, curates, prints the findings.
 
     With ``curation_seeds=0`` the curation step is skipped. ``executor`` and
@@ -296,24 +339,41 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
     # an unreachable cluster is refused before the demo data is built
     prepare_executor(executor, executor_options, InfluenceConfig(num_models=num_models))
     pretrain, target = load_or_build_demo()
-    out(f"Target:      {target.name}: {len(target)} digit scans "
-        f"({len(target.match_tags('train'))} train, {len(target.match_tags('test'))} test)")
-    out(f"Pretraining: {pretrain.name}: {len(pretrain)} glyph images, "
-        f"{len(pretrain.distinct('ground_truth.label'))} classes")
+    out(
+        f"Target:      {target.name}: {len(target)} digit scans "
+        f"({len(target.match_tags('train'))} train, {len(target.match_tags('test'))} test)"
+    )
+    out(
+        f"Pretraining: {pretrain.name}: {len(pretrain)} glyph images, "
+        f"{len(pretrain.distinct('ground_truth.label'))} classes"
+    )
     results = compute_class_influence(
-        pretrain, target, RUN_KEY, num_models=num_models, epochs=epochs,
-        alpha=alpha, seed=seed, overwrite=overwrite, **where,
+        pretrain,
+        target,
+        RUN_KEY,
+        num_models=num_models,
+        epochs=epochs,
+        alpha=alpha,
+        seed=seed,
+        overwrite=overwrite,
+        **where,
     )
     order = np.argsort(results.class_influence, kind="stable")
     m = results.metrics
-    out(f"\n{m['num_models']} models, {m['design']} design, {m['estimator']} estimate"
-        + (f" ({m['design_note']})" if m["design_note"] else ""))
-    out(f"Reliability: split-half Spearman {m['split_half_spearman']:.2f}, split-half "
+    out(
+        f"\n{m['num_models']} models, {m['design']} design, {m['estimator']} estimate"
+        + (f" ({m['design_note']})" if m["design_note"] else "")
+    )
+    out(
+        f"Reliability: split-half Spearman {m['split_half_spearman']:.2f}, split-half "
         f"z-score spread {m['split_half_z_sd']:.2f} (1 when the intervals are right), "
         f"LDS {m.get('lds', float('nan')):.3f} on {m.get('num_holdout_models', 0)} "
-        f"held-out models")
-    out("\nMost helpful pretraining classes (influence on correct-class probability, "
-        "95% CI, q-value):")
+        f"held-out models"
+    )
+    out(
+        "\nMost helpful pretraining classes (influence on correct-class probability, "
+        "95% CI, q-value):"
+    )
     for i in order[::-1][:8]:
         out(f"  {results.describe_class(i)}")
     out("Most harmful pretraining classes:")
@@ -323,72 +383,95 @@ def run_demo(num_models=DEFAULTS["num_models"], epochs=DEFAULTS["epochs"],
     subpops = find_subpopulations(target, RUN_KEY, key=SUBPOPS_KEY, k=2, overwrite=True)
     out("\n".join(describe_subpopulations(subpops)))
     subpop_report = subpopulation_report(results, target, target.info["planted"])
-    out(f"  planted styles of the {subpop_report['digit']}s recovered: adjusted Rand index "
-        f"{subpop_report['adjusted_rand_index']:.3f}")
+    out(
+        f"  planted styles of the {subpop_report['digit']}s recovered: adjusted Rand index "
+        f"{subpop_report['adjusted_rand_index']:.3f}"
+    )
     png = save_subpopulations_png(subpops, os.path.join(data_dir(), "subpopulations.png"))
     out(f"Plot: {png}; saved views '{SUBPOPS_KEY} <digit> / <class>'")
-    out(f"\nExplaining the failures (retraining without the top culprit, {FAILURE_SEEDS} seeds) ...")
-    failures = explain_failures(target, RUN_KEY, key=FAILURES_KEY, num_seeds=FAILURE_SEEDS,
-                                overwrite=True, **where)
+    out(
+        f"\nExplaining the failures (retraining without the top culprit, {FAILURE_SEEDS} seeds) ..."
+    )
+    failures = explain_failures(
+        target, RUN_KEY, key=FAILURES_KEY, num_seeds=FAILURE_SEEDS, overwrite=True, **where
+    )
     out("\n".join(describe_failures(failures)))
     png = save_culprits_png(failures, os.path.join(data_dir(), "culprits.png"))
     out(f"Plot: {png}; saved view {FAILURES_KEY}_failures")
     summary = None
     if curation_seeds:
         record = tag_classes(pretrain, RUN_KEY)  # harmful at false-discovery level 0.1
-        out(f"\nTagged {len(record['classes'])} class(es) harmful at false-discovery level "
+        out(
+            f"\nTagged {len(record['classes'])} class(es) harmful at false-discovery level "
             f"{record['fdr_level']} ({', '.join(record['classes'])}): {record['num_samples']} "
-            f"pretraining samples tagged {record['tag']!r}; saved view {record['view_name']!r}")
-        out("Retraining to check the curation (full / curated / random / helpful removed / "
-            f"each tagged class alone, {curation_seeds} seeds each, sweep k={sweep_ks}) ...")
-        summary = evaluate_curation(target, RUN_KEY, num_seeds=curation_seeds,
-                                    sweep_ks=sweep_ks, **where)
+            f"pretraining samples tagged {record['tag']!r}; saved view {record['view_name']!r}"
+        )
+        out(
+            "Retraining to check the curation (full / curated / random / helpful removed / "
+            f"each tagged class alone, {curation_seeds} seeds each, sweep k={sweep_ks}) ..."
+        )
+        summary = evaluate_curation(
+            target, RUN_KEY, num_seeds=curation_seeds, sweep_ks=sweep_ks, **where
+        )
         out("\n".join(describe_curation(summary)))
         png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
         out(f"Plot: {png}")
     # every step that trains runs before FAISS: after a FAISS call torch trains on one
     # thread in this process (they share OpenMP's setting; see the README's limits)
-    out(f"\nPlanning the number of classes (budgets {DIVERSITY['budgets']} -> "
-        f"{DIVERSITY['full_budget']}, {DIVERSITY['num_seeds']} seeds per point) ...")
-    diversity = plan_class_diversity(target, RUN_KEY, key=DIVERSITY_KEY, overwrite=True,
-                                     **DIVERSITY, **where)
+    out(
+        f"\nPlanning the number of classes (budgets {DIVERSITY['budgets']} -> "
+        f"{DIVERSITY['full_budget']}, {DIVERSITY['num_seeds']} seeds per point) ..."
+    )
+    diversity = plan_class_diversity(
+        target, RUN_KEY, key=DIVERSITY_KEY, overwrite=True, **DIVERSITY, **where
+    )
     out("\n".join(describe_diversity(diversity)))
     png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
     out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")
     out("\nLooking for leaks (FAISS on the run's backbone embeddings, file hashes, influence) ...")
     leakage = detect_leakage(target, key=LEAKAGE_KEY, run_key=RUN_KEY, overwrite=True)
-    out(f"  {leakage['num_leaks']} of {leakage['num_targets']} test samples tagged 'leak' "
+    out(
+        f"  {leakage['num_leaks']} of {leakage['num_targets']} test samples tagged 'leak' "
         f"({leakage['num_exact_file_copies']} byte-identical); saved view "
-        f"{LEAKAGE_KEY}_likely_leaks")
-    duplicates = find_near_duplicates(pretrain, key=DUPLICATES_KEY, run_key=RUN_KEY,
-                                      overwrite=True)
-    out(f"  {duplicates['num_groups']} near-duplicate groups ({duplicates['num_grouped_samples']}"
-        f" pretraining samples) tagged 'near_duplicate'; saved view {DUPLICATES_KEY}_groups")
+        f"{LEAKAGE_KEY}_likely_leaks"
+    )
+    duplicates = find_near_duplicates(pretrain, key=DUPLICATES_KEY, run_key=RUN_KEY, overwrite=True)
+    out(
+        f"  {duplicates['num_groups']} near-duplicate groups ({duplicates['num_grouped_samples']}"
+        f" pretraining samples) tagged 'near_duplicate'; saved view {DUPLICATES_KEY}_groups"
+    )
     report = planted_report(results, target, summary, leakage, duplicates, pretrain)
     report["subpopulations"] = subpop_report
     check = failures.get("counterfactual", {})
     report["failures"] = {
-        "num_failures": failures["num_failures"], "top_culprit": failures.get("top_culprit"),
-        "top_culprit_is_planted_harmful_class":
-            failures.get("top_culprit") == target.info["planted"]["harmful_class"],
+        "num_failures": failures["num_failures"],
+        "top_culprit": failures.get("top_culprit"),
+        "top_culprit_is_planted_harmful_class": failures.get("top_culprit")
+        == target.info["planted"]["harmful_class"],
         "culprits": failures.get("culprits", [])[:5],
         "blamed_failures": check.get("blamed_failures"),
-        "fixed_per_model_removing_culprit": check.get("on_blamed", {}).get(
-            "culprit_removed", {}).get("fixed"),
-        "fixed_per_model_removing_random_class": check.get("on_blamed", {}).get(
-            "random_removed", {}).get("fixed"),
+        "fixed_per_model_removing_culprit": check.get("on_blamed", {})
+        .get("culprit_removed", {})
+        .get("fixed"),
+        "fixed_per_model_removing_random_class": check.get("on_blamed", {})
+        .get("random_removed", {})
+        .get("fixed"),
         "counterfactual": check,
     }
-    report["diversity"] = {"prediction": diversity["prediction"],
-                           "verification": diversity["verification"],
-                           "per_budget": diversity["per_budget"]}
+    report["diversity"] = {
+        "prediction": diversity["prediction"],
+        "verification": diversity["verification"],
+        "per_budget": diversity["per_budget"],
+    }
     out("\nAgainst the planted truth:")
     out(json.dumps(report, indent=2))
     report_path = os.path.join(data_dir(), "demo_report.json")
     with open(report_path, "w") as f:
         json.dump(report, f, indent=2)
     out(f"(also written to {report_path})")
-    out(f"\nOpen the App to explore: fiftyone app launch {target.name}  "
+    out(
+        f"\nOpen the App to explore: fiftyone app launch {target.name}  "
         f"(fields {RUN_KEY}_helpful / _harmful / _accuracy; on {pretrain.name}: "
-        f"{RUN_KEY}_influence, tag 'remove', saved view {RUN_KEY}_curated)")
+        f"{RUN_KEY}_influence, tag 'remove', saved view {RUN_KEY}_curated)"
+    )
     return results, report

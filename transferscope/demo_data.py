@@ -42,9 +42,20 @@ SUBPOP_STYLES = ("outline", "dotted")  # also the names of their pretraining cla
 SUBPOP_CLASS_SIZE = 200
 
 _SYMBOLS = {
-    "plus": "+", "equals": "=", "percent": "%", "ampersand": "&", "hash": "#",
-    "at": "@", "question": "?", "exclamation": "!", "dollar": "$", "star": "*",
-    "slash": "/", "less": "<", "greater": ">", "tilde": "~",
+    "plus": "+",
+    "equals": "=",
+    "percent": "%",
+    "ampersand": "&",
+    "hash": "#",
+    "at": "@",
+    "question": "?",
+    "exclamation": "!",
+    "dollar": "$",
+    "star": "*",
+    "slash": "/",
+    "less": "<",
+    "greater": ">",
+    "tilde": "~",
 }
 _LOWER = "abdeghklmnqrtuy"
 
@@ -102,8 +113,7 @@ class DemoArrays:
     planted: PlantedTruth
 
 
-def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per_leak=10,
-                     seed=0):
+def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per_leak=10, seed=0):
     rng = np.random.default_rng(seed)
     fonts = _load_fonts()
 
@@ -136,8 +146,9 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per
         for kind in kinds:
             images.append(_near_copy(test_images[t], kind, rng))
             labels.append(leak_cls)
-            variants.append({"pretrain_index": len(images) - 1, "test_index": int(t),
-                             "kind": str(kind)})
+            variants.append(
+                {"pretrain_index": len(images) - 1, "test_index": int(t), "kind": str(kind)}
+            )
 
     # the subpopulations: a stream of its own, so the data above stays as it was
     style_rng = np.random.default_rng([seed, SUBPOP_DIGIT])
@@ -177,8 +188,9 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per
 def _outline(img):
     """Hollow strokes: the morphological gradient (dilation minus erosion)."""
     x = img.astype(np.int32)
-    return np.clip(ndimage.grey_dilation(x, size=3) - ndimage.grey_erosion(x, size=3),
-                   0, 255).astype(np.uint8)
+    return np.clip(
+        ndimage.grey_dilation(x, size=3) - ndimage.grey_erosion(x, size=3), 0, 255
+    ).astype(np.uint8)
 
 
 _yy, _xx = np.mgrid[:CANVAS, :CANVAS]
@@ -212,10 +224,9 @@ def _load_digits():
 
     d = load_digits()
     small = (d.images / 16.0 * 255.0).clip(0, 255).astype(np.uint8)
-    big = np.stack([
-        np.asarray(Image.fromarray(im).resize((CANVAS, CANVAS), Image.BILINEAR))
-        for im in small
-    ])
+    big = np.stack(
+        [np.asarray(Image.fromarray(im).resize((CANVAS, CANVAS), Image.BILINEAR)) for im in small]
+    )
     return big, d.target.astype(np.int64)
 
 

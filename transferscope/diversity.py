@@ -34,11 +34,24 @@ CLASS_CHOICES = ("influence", "random")
 SAMPLE_CHOICES = ("coverage", "random")
 
 
-def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_budget=None,
-                         num_points=4, num_seeds=3, class_choice="influence",
-                         sample_choice="coverage", verify=True, device=None, seed=0,
-                         overwrite=False, progress=None, executor="local",
-                         executor_options=None):
+def plan_class_diversity(
+    dataset,
+    run_key,
+    key="diversity",
+    budgets=None,
+    full_budget=None,
+    num_points=4,
+    num_seeds=3,
+    class_choice="influence",
+    sample_choice="coverage",
+    verify=True,
+    device=None,
+    seed=0,
+    overwrite=False,
+    progress=None,
+    executor="local",
+    executor_options=None,
+):
     """Plans the number of classes ``K*`` and samples per class ``n*`` for a budget.
 
     With the protocol of class-influence run ``run_key`` (architecture,
@@ -96,11 +109,13 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     if len(budgets) < 2 or len(set(budgets)) < 2:
         raise TransferScopeError(f"need at least two different small budgets; got {budgets}")
     if budgets[-1] >= full_budget:
-        raise TransferScopeError(f"the small budgets {budgets} must lie below the full "
-                                 f"budget {full_budget}")
+        raise TransferScopeError(
+            f"the small budgets {budgets} must lie below the full budget {full_budget}"
+        )
     if full_budget > sizes.sum():
-        raise TransferScopeError(f"the full budget {full_budget} exceeds the "
-                                 f"{int(sizes.sum())} pretraining samples")
+        raise TransferScopeError(
+            f"the full budget {full_budget} exceeds the {int(sizes.sum())} pretraining samples"
+        )
 
     # --- the sweep: cells (budget, K, n, seed), only K the data allows --------
     grids, dropped = {}, {}
@@ -117,7 +132,8 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
         if len(feasible) < 3:
             raise TransferScopeError(
                 f"budget {N}: only {len(feasible)} feasible points on the K grid {grid} "
-                f"(need 3); classes with fewer than N/K samples rule out {dropped[N]}")
+                f"(need 3); classes with fewer than N/K samples rule out {dropped[N]}"
+            )
         grids[N] = feasible
     base = influence_config_of(results)
     if device is not None:
@@ -126,9 +142,19 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
     def epochs_for(N):  # about as many steps as a full-budget model
         return max(base.epochs, math.ceil(base.epochs * full_budget / N))
 
-    cells = [{"budget": N, "classes": K, "per_class": N // K, "seed": s,
-              "epochs": epochs_for(N), "arm": "sweep"}
-             for N, grid in grids.items() for K in grid for s in range(num_seeds)]
+    cells = [
+        {
+            "budget": N,
+            "classes": K,
+            "per_class": N // K,
+            "seed": s,
+            "epochs": epochs_for(N),
+            "arm": "sweep",
+        }
+        for N, grid in grids.items()
+        for K in grid
+        for s in range(num_seeds)
+    ]
     runner = prepare_executor(executor, executor_options, base)
     with open_write(pretrain, key, "class_diversity", overwrite, []) as write:
         data = labelled.decode(base.image_size, base.channels)
@@ -136,11 +162,14 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
         store_root = os.path.join(results.config.output_dir, "diversity")
 
         def run_cells(group, name):
-            store = open_cells_store(os.path.join(store_root, cells_digest(group)), base, data,
-                                     group)
+            store = open_cells_store(
+                os.path.join(store_root, cells_digest(group)), base, data, group
+            )
             run_with_progress(
                 (store, lambda done: run_diversity_cells(base, data, store, group, done, runner)),
-                progress, f"Training the diversity {name}")
+                progress,
+                f"Training the diversity {name}",
+            )
             accuracy = store.outputs("correct").mean(axis=1)
             return [dict(c, error=float(1 - a)) for c, a in zip(group, accuracy)]
 
@@ -160,56 +189,93 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
             k_star, interior = dv.parabola_optimum(k, e)
             lo, hi = dv.bootstrap_parabola(k, e, seed=seed)
             per_budget[str(N)] = {
-                "grid": grid, "dropped_infeasible_K": dropped[N],
-                "sweep_best_K": k_star, "interior": interior, "sweep_best_K_ci95": [lo, hi],
+                "grid": grid,
+                "dropped_infeasible_K": dropped[N],
+                "sweep_best_K": k_star,
+                "interior": interior,
+                "sweep_best_K_ci95": [lo, hi],
                 "sweep_best_ratio": k_star**2 / N,
                 "fit_best_K": fit.best_classes(N) if fit.converged else None,
                 "fit_best_ratio": fit.best_ratio(N) if fit.converged else None,
                 "fit_best_ratio_ci95": fit.interval(lambda t, N=N: fit.best_ratio(N, t))
-                if fit.converged else None,
+                if fit.converged
+                else None,
             }
         ratios = [per_budget[str(N)]["sweep_best_ratio"] for N in budgets]
         pooled_ratio = float(np.exp(np.mean(np.log(ratios))))
         prediction = {
             "full_budget": full_budget,
-            "fit_converged": fit.converged, "fit_message": fit.message,
+            "fit_converged": fit.converged,
+            "fit_message": fit.message,
             "fit": {"a": fit.a, "p": fit.p, "b": fit.b, "q": fit.q, "c": fit.c, "rmse": fit.rmse},
             "K_from_fit": fit.best_classes(full_budget) if fit.converged else None,
             "K_from_fit_ci95": fit.interval(lambda t: fit.best_classes(full_budget, t))
-            if fit.converged else None,
+            if fit.converged
+            else None,
             "K_from_pooled_sweep_ratio": math.sqrt(pooled_ratio * full_budget),
             "pooled_sweep_ratio": pooled_ratio,
         }
         # the fit is the prediction when it converged; the pooled sweep ratio otherwise
         k_pred = prediction["K_from_fit"] or prediction["K_from_pooled_sweep_ratio"]
         k_plan, n_plan, excluded, adapted = _feasible_plan(k_pred, full_budget, sizes)
-        prediction.update(K_plan=k_plan, n_plan=n_plan,
-                          classes_too_small=[class_names[i] for i in excluded],
-                          adapted=adapted)
+        prediction.update(
+            K_plan=k_plan,
+            n_plan=n_plan,
+            classes_too_small=[class_names[i] for i in excluded],
+            adapted=adapted,
+        )
 
         # --- the plan's samples ----------------------------------------------------
         eligible = np.flatnonzero(sizes >= n_plan)
         if class_choice == "influence":
-            order = [i for i in np.argsort(-results.class_influence, kind="stable") if i in eligible]
+            order = [
+                i for i in np.argsort(-results.class_influence, kind="stable") if i in eligible
+            ]
         else:
             order = list(np.random.default_rng(seed).permutation(eligible))
         chosen = order[:k_plan]
-        plan_rows = _choose_samples(labels, chosen, n_plan, sample_choice, results, device, seed,
-                                    labelled, data)
+        plan_rows = _choose_samples(
+            labels, chosen, n_plan, sample_choice, results, device, seed, labelled, data
+        )
         plan_ids = [str(labelled.pre_ids[i]) for i in plan_rows]
 
         verification = None
         if verify:
-            extra = [{"budget": full_budget, "classes": k_plan, "per_class": n_plan, "seed": s,
-                      "epochs": epochs_for(full_budget), "arm": "predicted_K"}
-                     for s in range(num_seeds)]
+            extra = [
+                {
+                    "budget": full_budget,
+                    "classes": k_plan,
+                    "per_class": n_plan,
+                    "seed": s,
+                    "epochs": epochs_for(full_budget),
+                    "arm": "predicted_K",
+                }
+                for s in range(num_seeds)
+            ]
             all_k = int((sizes >= full_budget // num_classes).sum())
-            extra += [{"budget": full_budget, "classes": all_k, "per_class": full_budget // all_k,
-                       "seed": s, "epochs": epochs_for(full_budget), "arm": "all_classes"}
-                      for s in range(num_seeds)]
-            extra += [{"budget": full_budget, "classes": k_plan, "per_class": n_plan, "seed": s,
-                       "epochs": epochs_for(full_budget), "arm": "plan",
-                       "sample_rows": [int(i) for i in plan_rows]} for s in range(num_seeds)]
+            extra += [
+                {
+                    "budget": full_budget,
+                    "classes": all_k,
+                    "per_class": full_budget // all_k,
+                    "seed": s,
+                    "epochs": epochs_for(full_budget),
+                    "arm": "all_classes",
+                }
+                for s in range(num_seeds)
+            ]
+            extra += [
+                {
+                    "budget": full_budget,
+                    "classes": k_plan,
+                    "per_class": n_plan,
+                    "seed": s,
+                    "epochs": epochs_for(full_budget),
+                    "arm": "plan",
+                    "sample_rows": [int(i) for i in plan_rows],
+                }
+                for s in range(num_seeds)
+            ]
             table = sweep + run_cells(extra, "check")
             full = [c for c in table if c["budget"] == full_budget and c["arm"] == "sweep"]
             by_k = {}
@@ -231,19 +297,35 @@ def plan_class_diversity(dataset, run_key, key="diversity", budgets=None, full_b
                 "accuracy_all_classes": acc("all_classes")[0],
                 "accuracy_all_classes_ci95": acc("all_classes")[1],
                 "all_classes_K": all_k,
-                "accuracy_plan": acc("plan")[0], "accuracy_plan_ci95": acc("plan")[1],
+                "accuracy_plan": acc("plan")[0],
+                "accuracy_plan_ci95": acc("plan")[1],
             }
             sweep = table
 
-        summary = {"run_key": run_key, "budgets": budgets, "per_budget": per_budget,
-                   "prediction": prediction, "verification": verification,
-                   "cells": [{k: v for k, v in c.items() if k != "sample_rows"} for c in sweep],
-                   "class_choice": class_choice, "sample_choice": sample_choice,
-                   "plan_classes": [class_names[i] for i in chosen], "num_seeds": num_seeds}
+        summary = {
+            "run_key": run_key,
+            "budgets": budgets,
+            "per_budget": per_budget,
+            "prediction": prediction,
+            "verification": verification,
+            "cells": [{k: v for k, v in c.items() if k != "sample_rows"} for c in sweep],
+            "class_choice": class_choice,
+            "sample_choice": sample_choice,
+            "plan_classes": [class_names[i] for i in chosen],
+            "num_seeds": num_seeds,
+        }
 
         params = dict(run_key=run_key, full_budget=full_budget, budgets=budgets)
-        commit_run(write, pretrain, "class_diversity", {}, {},
-                   {view_name: lambda: pretrain.select(plan_ids)}, summary, params)
+        commit_run(
+            write,
+            pretrain,
+            "class_diversity",
+            {},
+            {},
+            {view_name: lambda: pretrain.select(plan_ids)},
+            summary,
+            params,
+        )
         return summary
 
 
@@ -257,8 +339,10 @@ def _feasible_plan(k_pred, budget, sizes):
         if enough >= k:
             break
         k_new = k + 1 if k < len(sizes) else k - 1  # more classes need fewer samples each
-        adapted = (f"K*={k} needs {k} classes with {n} samples but only {enough} have "
-                   f"them; using K={k_new}")
+        adapted = (
+            f"K*={k} needs {k} classes with {n} samples but only {enough} have "
+            f"them; using K={k_new}"
+        )
         if k_new == k or k_new > len(sizes):
             raise TransferScopeError(f"no K fits budget {budget}: " + adapted)
         k = k_new
@@ -292,8 +376,7 @@ def _coverage(vectors, k, seed):
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     set_faiss_threads()
     # small classes are the normal case here: no "too few points" warning
-    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False,
-                      min_points_per_centroid=1)
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
     km.train(x)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
@@ -305,37 +388,50 @@ def _coverage(vectors, k, seed):
                 picked.append(int(i))
                 break
     rest = [i for i in range(len(x)) if i not in picked]
-    picked += rest[:k - len(picked)]  # rare: centroids sharing all their neighbours
+    picked += rest[: k - len(picked)]  # rare: centroids sharing all their neighbours
     return np.array(picked[:k])
 
 
 def describe_diversity(summary):
     """Lines of text that report a plan and its check."""
     pred, ver = summary["prediction"], summary["verification"]
-    lines = ["Best number of classes per budget (sweep: parabola in log K, 95% bootstrap CI; "
-             "fit: a K^-p + b n^-q + c on the small budgets):"]
+    lines = [
+        "Best number of classes per budget (sweep: parabola in log K, 95% bootstrap CI; "
+        "fit: a K^-p + b n^-q + c on the small budgets):"
+    ]
     for N, row in summary["per_budget"].items():
         fit_k = f"{row['fit_best_K']:.1f}" if row["fit_best_K"] is not None else "-"
         lo, hi = row["sweep_best_K_ci95"]
-        lines.append(f"  N = {int(N):>6d}: sweep K* = {row['sweep_best_K']:.1f} [{lo:.1f}, {hi:.1f}]"
-                     f"{'' if row['interior'] else ' (best grid point: no interior optimum)'}"
-                     f", ratio K/n = {row['sweep_best_ratio']:.2f} "
-                     f"[{lo**2 / int(N):.2f}, {hi**2 / int(N):.2f}]; fit K* = {fit_k}")
+        lines.append(
+            f"  N = {int(N):>6d}: sweep K* = {row['sweep_best_K']:.1f} [{lo:.1f}, {hi:.1f}]"
+            f"{'' if row['interior'] else ' (best grid point: no interior optimum)'}"
+            f", ratio K/n = {row['sweep_best_ratio']:.2f} "
+            f"[{lo**2 / int(N):.2f}, {hi**2 / int(N):.2f}]; fit K* = {fit_k}"
+        )
     f = pred["fit"]
-    lines.append(f"Fit: a={f['a']:.3g} p={f['p']:.3g} b={f['b']:.3g} q={f['q']:.3g} "
-                 f"c={f['c']:.3g}, rmse {f['rmse']:.4f}"
-                 + ("" if pred["fit_converged"] else f" (not used: {pred['fit_message']})"))
+    lines.append(
+        f"Fit: a={f['a']:.3g} p={f['p']:.3g} b={f['b']:.3g} q={f['q']:.3g} "
+        f"c={f['c']:.3g}, rmse {f['rmse']:.4f}"
+        + ("" if pred["fit_converged"] else f" (not used: {pred['fit_message']})")
+    )
     ci = pred["K_from_fit_ci95"]
-    lines.append(f"Full budget N = {pred['full_budget']}: predicted K* = "
-                 + (f"{pred['K_from_fit']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] (fit)"
-                    if pred["K_from_fit"] else "-")
-                 + f", {pred['K_from_pooled_sweep_ratio']:.1f} (pooled sweep ratio); "
-                 f"plan: {pred['K_plan']} classes x {pred['n_plan']} samples")
+    lines.append(
+        f"Full budget N = {pred['full_budget']}: predicted K* = "
+        + (
+            f"{pred['K_from_fit']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] (fit)"
+            if pred["K_from_fit"]
+            else "-"
+        )
+        + f", {pred['K_from_pooled_sweep_ratio']:.1f} (pooled sweep ratio); "
+        f"plan: {pred['K_plan']} classes x {pred['n_plan']} samples"
+    )
     if pred["adapted"]:
         lines.append(f"  adapted: {pred['adapted']}")
     if pred["classes_too_small"]:
-        lines.append(f"  classes with fewer than {pred['n_plan']} samples, left out: "
-                     f"{pred['classes_too_small']}")
+        lines.append(
+            f"  classes with fewer than {pred['n_plan']} samples, left out: "
+            f"{pred['classes_too_small']}"
+        )
     if ver:
         lines += [
             f"Check at the full budget: measured best K = {ver['measured_best_K']:.1f} "

@@ -40,20 +40,26 @@ def from_field(view, field, role):
         raise TransferScopeError(f"the {role} samples are empty")
     root = view._root_dataset
     if not root.has_sample_field(field):
-        raise TransferScopeError(f"the {role} dataset {root.name!r} has no embeddings "
-                                 f"field {field!r}")
+        raise TransferScopeError(
+            f"the {role} dataset {root.name!r} has no embeddings field {field!r}"
+        )
     ids, vectors = view.values(["id", field])
     missing = [i for i, v in zip(ids, vectors) if v is None]
     if missing:
-        raise TransferScopeError(f"{len(missing)} {role} sample(s) have no {field!r} "
-                                 f"embedding, e.g. {missing[:3]}")
+        raise TransferScopeError(
+            f"{len(missing)} {role} sample(s) have no {field!r} embedding, e.g. {missing[:3]}"
+        )
     lengths = {np.asarray(v).size for v in vectors}
     if len(lengths) > 1:
-        raise TransferScopeError(f"the {role} embeddings in {field!r} have different "
-                                 f"lengths: {sorted(lengths)[:5]}")
+        raise TransferScopeError(
+            f"the {role} embeddings in {field!r} have different lengths: {sorted(lengths)[:5]}"
+        )
     try:
-        arr = as_vectors(np.stack([np.asarray(v, dtype=np.float32).ravel() for v in vectors]),
-                         f"the {role} embeddings {field!r}", ids)
+        arr = as_vectors(
+            np.stack([np.asarray(v, dtype=np.float32).ravel() for v in vectors]),
+            f"the {role} embeddings {field!r}",
+            ids,
+        )
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
     return Embedded(np.asarray(ids), arr)
@@ -83,7 +89,8 @@ def from_model(view, arch, weights_path, role, image_size=64, device="auto", bat
     except Exception:  # noqa: BLE001 - torch's message could show the file's content
         raise TransferScopeError(
             f"{os.path.basename(weights_path)!r} in the models directory is not a state "
-            f"dict of {arch!r} (a torch.save file of its tensors)") from None
+            f"dict of {arch!r} (a torch.save file of its tensors)"
+        ) from None
     ids, paths = view.values(["id", "filepath"])
     images = tsv.decode_images(paths, ids, image_size, 3)
     dev = resolve_device(device)
@@ -98,8 +105,10 @@ MODELS_DIR_ENV = "TRANSFERSCOPE_MODELS_DIR"
 def models_dir():
     """Where weights files may be read from (``$TRANSFERSCOPE_MODELS_DIR``, default
     ``~/transferscope/models``): a form names a file there, never a path elsewhere."""
-    return os.path.realpath(os.environ.get(MODELS_DIR_ENV) or os.path.join(
-        os.path.expanduser("~"), "transferscope", "models"))
+    return os.path.realpath(
+        os.environ.get(MODELS_DIR_ENV)
+        or os.path.join(os.path.expanduser("~"), "transferscope", "models")
+    )
 
 
 def resolve_weights_path(weights_path):
@@ -108,15 +117,20 @@ def resolve_weights_path(weights_path):
     exists."""
     root = models_dir()
     if not isinstance(weights_path, str) or not weights_path.strip():
-        raise TransferScopeError(f"weights_path must name a file in the models directory "
-                                 f"{root} (set {MODELS_DIR_ENV} to change it)")
+        raise TransferScopeError(
+            f"weights_path must name a file in the models directory "
+            f"{root} (set {MODELS_DIR_ENV} to change it)"
+        )
     path = os.path.realpath(os.path.join(root, os.path.expanduser(weights_path)))
     if os.path.commonpath([root, path]) != root:
-        raise TransferScopeError(f"weights_path must name a file in the models directory "
-                                 f"{root} (set {MODELS_DIR_ENV} to change it)")
+        raise TransferScopeError(
+            f"weights_path must name a file in the models directory "
+            f"{root} (set {MODELS_DIR_ENV} to change it)"
+        )
     if not os.path.isfile(path):
-        raise TransferScopeError(f"no weights file {os.path.relpath(path, root)!r} in the "
-                                 f"models directory {root}")
+        raise TransferScopeError(
+            f"no weights file {os.path.relpath(path, root)!r} in the models directory {root}"
+        )
     return path
 
 
@@ -138,13 +152,20 @@ def from_run(results, device=None, labelled=None, data=None):
         labelled = labelled_transfer_of(results)
     if data is None:
         data = labelled.decode(config.image_size, config.channels)
-    net, dev = load_or_train_backbone(config, data,
-                                      os.path.join(results.config.output_dir, "backbone"))
+    net, dev = load_or_train_backbone(
+        config, data, os.path.join(results.config.output_dir, "backbone")
+    )
     norm = data.normalisation()
-    pre = Embedded(np.asarray(labelled.pre_ids, dtype=str),
-                   embed_images(net, data.pretrain_images, dev, norm), list(labelled.pre_labels))
-    test = Embedded(np.asarray(labelled.test_ids, dtype=str),
-                    embed_images(net, data.test_images, dev, norm), list(labelled.test_labels))
+    pre = Embedded(
+        np.asarray(labelled.pre_ids, dtype=str),
+        embed_images(net, data.pretrain_images, dev, norm),
+        list(labelled.pre_labels),
+    )
+    test = Embedded(
+        np.asarray(labelled.test_ids, dtype=str),
+        embed_images(net, data.test_images, dev, norm),
+        list(labelled.test_labels),
+    )
     return pre, test
 
 

@@ -1,7 +1,7 @@
 """Views for looking at a class-influence run: the panel's SDK (also usable alone).
 
-    ts.explore.class_samples(dataset, "influence", "bold")          # its pretraining samples
-    ts.explore.most_influenced(dataset, "influence", "bold", k=24)  # the target samples it moves most
+ts.explore.class_samples(dataset, "influence", "bold")          # its pretraining samples
+ts.explore.most_influenced(dataset, "influence", "bold", k=24)  # the target samples it moves most
 """
 
 import numpy as np
@@ -15,7 +15,8 @@ def _check_class(results, class_name):
     if class_name not in results.classes:
         raise TransferScopeError(
             f"{class_name!r} is not a pretraining class of this run; it has "
-            f"{len(results.classes)} classes, e.g. {', '.join(results.classes[:5])}")
+            f"{len(results.classes)} classes, e.g. {', '.join(results.classes[:5])}"
+        )
     return results.classes.index(class_name)
 
 

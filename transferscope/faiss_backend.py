@@ -90,8 +90,9 @@ class FaissNeighbors:
 
         self.keep_inds = keep_inds
         # centred, as the sklearn backend does, so the two agree
-        self.index = NeighborIndex(vectors, kind=kind, device=device, center=True,
-                                   name="similarity index embeddings")
+        self.index = NeighborIndex(
+            vectors, kind=kind, device=device, center=True, name="similarity index embeddings"
+        )
 
     def kneighbors(self, X=None, n_neighbors=5, return_distance=True):
         if X is None:  # every indexed item, itself excluded (sklearn semantics)

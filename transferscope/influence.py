@@ -130,12 +130,33 @@ def compute_class_influence(
     from . import compute as tsc
 
     request = _validate_request(
-        pretrain_dataset, target_dataset, run_key, pretrain_label_field, target_label_field,
-        train_split, test_split, split_by, split_field, dict(
-            num_models=num_models, alpha=alpha, seed=seed, arch=arch, image_size=image_size,
-            channels=channels, epochs=epochs, transfer=transfer, device=device, design=design,
-            holdout_models=holdout_models, **train_kwargs),
-        estimator, target_function, top_k)
+        pretrain_dataset,
+        target_dataset,
+        run_key,
+        pretrain_label_field,
+        target_label_field,
+        train_split,
+        test_split,
+        split_by,
+        split_field,
+        dict(
+            num_models=num_models,
+            alpha=alpha,
+            seed=seed,
+            arch=arch,
+            image_size=image_size,
+            channels=channels,
+            epochs=epochs,
+            transfer=transfer,
+            device=device,
+            design=design,
+            holdout_models=holdout_models,
+            **train_kwargs,
+        ),
+        estimator,
+        target_function,
+        top_k,
+    )
     labelled, config = request.labelled, request.config
     target_root, pretrain_root = request.target._root_dataset, request.pretrain._root_dataset
     runner = prepare_executor(executor, executor_options, config)
@@ -147,15 +168,26 @@ def compute_class_influence(
         tsv.check_run_key_free(pretrain_root, run_key, overwrite, pretrain_fields)
         # --- decode images once, then train (resumable) --------------------
         data = labelled.decode(config.image_size, config.channels)
-        meta = {"classes": labelled.classes, "target_classes": labelled.target_classes,
-                "design_note": request.design.note, "num_models_requested": num_models,
-                "unlabelled_pretraining_samples": request.num_unlabelled}
+        meta = {
+            "classes": labelled.classes,
+            "target_classes": labelled.target_classes,
+            "design_note": request.design.note,
+            "num_models_requested": num_models,
+            "unlabelled_pretraining_samples": request.num_unlabelled,
+        }
         store, holdout = _open_stores(run_dir, config, data, meta, overwrite)
-        stages = [(store, lambda done: tsc.run_subset_models(config, data, store, done,
-                                                             executor=runner))]
+        stages = [
+            (store, lambda done: tsc.run_subset_models(config, data, store, done, executor=runner))
+        ]
         if holdout is not None:
-            stages.append((holdout, lambda done: tsc.run_holdout_models(
-                config, data, holdout, done, executor=runner)))
+            stages.append(
+                (
+                    holdout,
+                    lambda done: tsc.run_holdout_models(
+                        config, data, holdout, done, executor=runner
+                    ),
+                )
+            )
         run_with_progress(stages, progress, "Training subset models", write.heartbeat)
 
         # --- estimate --------------------------------------------------------
@@ -169,13 +201,18 @@ def compute_class_influence(
             target_dataset=target_root.name,
             pretrain_label_field=pretrain_label_field,
             target_label_field=target_label_field,
-            train_split=_describe(train_split), test_split=_describe(test_split),
-            split_by=split_by, split_field=split_field,
-            target_function=target_function, top_k=top_k, output_dir=store.path,
+            train_split=_describe(train_split),
+            test_split=_describe(test_split),
+            split_by=split_by,
+            split_field=split_field,
+            target_function=target_function,
+            top_k=top_k,
+            output_dir=store.path,
             estimator=estimator,
         )
-        results = _stage_write_back(write, labelled, run_params, results_kwargs,
-                                    store.outputs("correct"), top_k)
+        results = _stage_write_back(
+            write, labelled, run_params, results_kwargs, store.outputs("correct"), top_k
+        )
         write.commit()
     _remove_other_stores(run_dir, keep=store.path)
     return results
@@ -191,9 +228,21 @@ class _Request:
     num_unlabelled: int
 
 
-def _validate_request(pretrain_dataset, target_dataset, run_key, pretrain_label_field,
-                      target_label_field, train_split, test_split, split_by, split_field,
-                      config_kwargs, estimator, target_function, top_k):
+def _validate_request(
+    pretrain_dataset,
+    target_dataset,
+    run_key,
+    pretrain_label_field,
+    target_label_field,
+    train_split,
+    test_split,
+    split_by,
+    split_field,
+    config_kwargs,
+    estimator,
+    target_function,
+    top_k,
+):
     """Everything a run needs checked before any work or write, including that the
     architecture runs at the image size and the decoded images fit in memory."""
     from . import compute as tsc
@@ -214,14 +263,24 @@ def _validate_request(pretrain_dataset, target_dataset, run_key, pretrain_label_
     if unknown:
         raise TransferScopeError(
             f"unknown argument(s) {unknown}; compute_class_influence takes its own "
-            f"arguments and these InfluenceConfig fields: {sorted(known)}")
-    labelled = collect_labels(pretrain, target, pretrain_label_field, target_label_field,
-                              train_split, test_split, split_by, split_field)
+            f"arguments and these InfluenceConfig fields: {sorted(known)}"
+        )
+    labelled = collect_labels(
+        pretrain,
+        target,
+        pretrain_label_field,
+        target_label_field,
+        train_split,
+        test_split,
+        split_by,
+        split_field,
+    )
     classes = labelled.classes
     if len(labelled.target_classes) < 2:
         raise TransferScopeError(
             f"the target train split has {len(labelled.target_classes)} class(es) "
-            f"({labelled.target_classes}); a transferred classifier needs at least 2")
+            f"({labelled.target_classes}); a transferred classifier needs at least 2"
+        )
     channels = config_kwargs.pop("channels", None)
     try:
         config = tsc.InfluenceConfig(channels=channels or 1, **config_kwargs)
@@ -243,8 +302,11 @@ def _validate_request(pretrain_dataset, target_dataset, run_key, pretrain_label_
         raise TransferScopeError(str(e)) from e
     unlabelled = len(pretrain) - len(labelled.pre_ids)
     if unlabelled:
-        logger.warning("%d pretraining sample(s) have no %r label and are left out",
-                       unlabelled, pretrain_label_field)
+        logger.warning(
+            "%d pretraining sample(s) have no %r label and are left out",
+            unlabelled,
+            pretrain_label_field,
+        )
     return _Request(pretrain, target, labelled, config, design, unlabelled)
 
 
@@ -259,7 +321,8 @@ def check_decoded_size(num_images, image_size, channels):
         raise TransferScopeError(
             f"{num_images} images at {image_size}x{image_size}x{channels} take "
             f"{need / 2**30:.1f} GiB decoded, more than half this machine's memory "
-            f"({2 * limit / 2**30:.1f} GiB); use a smaller image_size")
+            f"({2 * limit / 2**30:.1f} GiB); use a smaller image_size"
+        )
 
 
 def _run_dir(output_dir, target_root, run_key):
@@ -272,8 +335,10 @@ def _run_dir(output_dir, target_root, run_key):
             raise TransferScopeError(f"store path {path} is outside {root}")
         return path
     if not isinstance(output_dir, str) or not output_dir.strip():
-        raise TransferScopeError(f"output_dir must name a directory; got {output_dir!r} (an "
-                                 f"empty path would be the working directory)")
+        raise TransferScopeError(
+            f"output_dir must name a directory; got {output_dir!r} (an "
+            f"empty path would be the working directory)"
+        )
     return os.path.abspath(os.path.expanduser(output_dir))
 
 
@@ -306,8 +371,9 @@ def _remove_other_stores(run_dir, keep):
 
     for name in tsc.store._read_manifest(run_dir):
         path = os.path.join(run_dir, name)
-        if os.path.abspath(path) != os.path.abspath(keep) and \
-                os.path.exists(os.path.join(path, "spec.json")):
+        if os.path.abspath(path) != os.path.abspath(keep) and os.path.exists(
+            os.path.join(path, "spec.json")
+        ):
             tsc.clear_dir(path)
 
 
@@ -326,37 +392,59 @@ def _stage_write_back(write, labelled, run_params, results_kwargs, correct, top_
     ids = [str(i) for i in labelled.test_ids]
 
     def labels(t, idx):
-        return fo.Classifications(classifications=[
-            fo.Classification(label=classes[c], influence=float(infl[c, t])) for c in idx[t]
-        ])
+        return fo.Classifications(
+            classifications=[
+                fo.Classification(label=classes[c], influence=float(infl[c, t])) for c in idx[t]
+            ]
+        )
 
     for field, idx in ((helpful_f, helpful_idx), (harmful_f, harmful_idx)):
         write.add_field(target_root, field, fo.Classifications)
-        write.set_values(target_root, field, {i: labels(t, idx) for t, i in enumerate(ids)},
-                         view=test_view)
+        write.set_values(
+            target_root, field, {i: labels(t, idx) for t, i in enumerate(ids)}, view=test_view
+        )
         # declared, so the App sidebar can filter on it
         write.declare_subfield(target_root, field, "classifications.influence", fo.FloatField)
     write.add_field(target_root, acc_f, fo.FloatField)
-    write.set_values(target_root, acc_f, dict(zip(ids, map(float, correct.mean(axis=0)))),
-                     view=test_view)
+    write.set_values(
+        target_root, acc_f, dict(zip(ids, map(float, correct.mean(axis=0)))), view=test_view
+    )
     class_infl = dict(zip(classes, results_kwargs["class_influence"]))
     write.add_field(pretrain_root, pretrain_fields[0], fo.FloatField)
-    write.set_values(pretrain_root, pretrain_fields[0],
-                     {str(i): float(class_infl[l])
-                      for i, l in zip(labelled.pre_ids, labelled.pre_labels)},
-                     view=labelled.pre_view)
+    write.set_values(
+        pretrain_root,
+        pretrain_fields[0],
+        {str(i): float(class_infl[l]) for i, l in zip(labelled.pre_ids, labelled.pre_labels)},
+        view=labelled.pre_view,
+    )
 
     results = ClassInfluenceResults(
-        target_root, ClassInfluenceConfig(fields=target_fields, **run_params), run_key,
-        classes=classes, target_classes=labelled.target_classes, target_ids=ids,
+        target_root,
+        ClassInfluenceConfig(fields=target_fields, **run_params),
+        run_key,
+        classes=classes,
+        target_classes=labelled.target_classes,
+        target_ids=ids,
         **results_kwargs,
     )
     write.register(target_root, results.config, results)
     pre_results = ClassInfluenceResults(
-        pretrain_root, ClassInfluenceConfig(fields=pretrain_fields, **run_params), run_key,
-        classes=classes, **{k: results_kwargs[k] for k in (
-            "class_influence", "class_stderr", "class_ci_low", "class_ci_high",
-            "class_p_value", "class_q_value", "metrics")},
+        pretrain_root,
+        ClassInfluenceConfig(fields=pretrain_fields, **run_params),
+        run_key,
+        classes=classes,
+        **{
+            k: results_kwargs[k]
+            for k in (
+                "class_influence",
+                "class_stderr",
+                "class_ci_low",
+                "class_ci_high",
+                "class_p_value",
+                "class_q_value",
+                "metrics",
+            )
+        },
     )
     write.register(pretrain_root, pre_results.config, pre_results)
     return results
@@ -387,8 +475,10 @@ class LabelledTransfer:
         """Every image, decoded (or read from the image cache), as :class:`TransferData`."""
         from . import compute as tsc
 
-        logger.info("Reading %d images (decoded once, then from the image cache)",
-                    len(self.pre_paths) + len(self.train_paths) + len(self.test_paths))
+        logger.info(
+            "Reading %d images (decoded once, then from the image cache)",
+            len(self.pre_paths) + len(self.train_paths) + len(self.test_paths),
+        )
         class_index = {c: i for i, c in enumerate(self.classes)}
         target_index = {c: i for i, c in enumerate(self.target_classes)}
         return tsc.TransferData(
@@ -403,9 +493,16 @@ class LabelledTransfer:
         )
 
 
-def collect_labels(pretrain, target, pretrain_label_field="ground_truth",
-                   target_label_field="ground_truth", train_split="train",
-                   test_split="test", split_by="tags", split_field="split"):
+def collect_labels(
+    pretrain,
+    target,
+    pretrain_label_field="ground_truth",
+    target_label_field="ground_truth",
+    train_split="train",
+    test_split="test",
+    split_by="tags",
+    split_field="split",
+):
     """Validates the fields and splits and gathers ids, paths and labels."""
     tsv.check_classification_field(pretrain, pretrain_label_field, "pretraining")
     tsv.check_classification_field(target, target_label_field, "target")
@@ -418,9 +515,9 @@ def collect_labels(pretrain, target, pretrain_label_field="ground_truth",
         )
     pre_ids, pre_paths, pre_labels = tsv.labels_of(pre_view, pretrain_label_field, "pretraining")
     train_ids, train_paths, train_labels = tsv.labels_of(
-        train_view, target_label_field, "target train")
-    test_ids, test_paths, test_labels = tsv.labels_of(
-        test_view, target_label_field, "target test")
+        train_view, target_label_field, "target train"
+    )
+    test_ids, test_paths, test_labels = tsv.labels_of(test_view, target_label_field, "target test")
     overlap = np.intersect1d(train_ids, test_ids)
     if len(overlap):
         raise TransferScopeError(
@@ -430,8 +527,7 @@ def collect_labels(pretrain, target, pretrain_label_field="ground_truth",
     classes = sorted(set(pre_labels))
     if len(classes) < 2:
         raise TransferScopeError(
-            f"need at least 2 pretraining classes in {pretrain_label_field!r}; "
-            f"found {len(classes)}"
+            f"need at least 2 pretraining classes in {pretrain_label_field!r}; found {len(classes)}"
         )
     target_classes = sorted(set(train_labels))
     absent = sorted(set(test_labels) - set(target_classes))
@@ -440,10 +536,21 @@ def collect_labels(pretrain, target, pretrain_label_field="ground_truth",
             f"the test split has labels absent from the train split: {absent}; "
             f"a transferred model cannot predict them"
         )
-    return LabelledTransfer(pre_view, pre_ids, pre_paths, pre_labels,
-                            train_ids, train_paths, train_labels,
-                            test_view, test_ids, test_paths, test_labels,
-                            classes, target_classes)
+    return LabelledTransfer(
+        pre_view,
+        pre_ids,
+        pre_paths,
+        pre_labels,
+        train_ids,
+        train_paths,
+        train_labels,
+        test_view,
+        test_ids,
+        test_paths,
+        test_labels,
+        classes,
+        target_classes,
+    )
 
 
 HOLDOUT_DIR = "holdout"
@@ -488,15 +595,24 @@ def estimate(store, target_function="prob", estimator="auto", holdout=None):
     }
     if holdout is not None:
         check_store_complete(holdout)
-        lds = tsc.linear_datamodeling_score(masks, outputs, holdout.masks,
-                                            holdout.outputs(target_function), estimator)
-        metrics.update(lds=lds["lds"], lds_mean_output=lds["lds_mean_output"],
-                       num_holdout_models=lds["num_heldout"])
+        lds = tsc.linear_datamodeling_score(
+            masks, outputs, holdout.masks, holdout.outputs(target_function), estimator
+        )
+        metrics.update(
+            lds=lds["lds"],
+            lds_mean_output=lds["lds_mean_output"],
+            num_holdout_models=lds["num_heldout"],
+        )
     return dict(
-        influence=est.influence, stderr=est.stderr,
-        class_influence=agg.influence, class_stderr=agg.stderr,
-        class_ci_low=agg.ci_low, class_ci_high=agg.ci_high,
-        class_p_value=agg.p_value, class_q_value=agg.q_value, metrics=metrics,
+        influence=est.influence,
+        stderr=est.stderr,
+        class_influence=agg.influence,
+        class_stderr=agg.stderr,
+        class_ci_low=agg.ci_low,
+        class_ci_high=agg.ci_high,
+        class_p_value=agg.p_value,
+        class_q_value=agg.q_value,
+        metrics=metrics,
     )
 
 
@@ -564,9 +680,9 @@ def influence_config_of(results):
     # fields added since a run was stored take the value they had then
     before = {"design": "pairs", "holdout_models": 0}
     fields = dataclasses.fields(tsc.InfluenceConfig)
-    return tsc.InfluenceConfig(**{
-        f.name: getattr(results.config, f.name, before.get(f.name, f.default))
-        for f in fields})
+    return tsc.InfluenceConfig(
+        **{f.name: getattr(results.config, f.name, before.get(f.name, f.default)) for f in fields}
+    )
 
 
 def labelled_transfer_of(results, unchanged_for=None):
@@ -577,17 +693,24 @@ def labelled_transfer_of(results, unchanged_for=None):
     """
     cfg = results.config
     if str(cfg.train_split).startswith("<view") or str(cfg.test_split).startswith("<view"):
-        raise TransferScopeError("this run was computed on views passed from Python; "
-                                 "pass the same views again")
+        raise TransferScopeError(
+            "this run was computed on views passed from Python; pass the same views again"
+        )
     labelled = collect_labels(
         tsv.load_dataset(cfg.pretrain_dataset, "pretrain_dataset"),
         tsv.load_dataset(cfg.target_dataset, "target_dataset"),
-        cfg.pretrain_label_field, cfg.target_label_field,
-        cfg.train_split, cfg.test_split, cfg.split_by, cfg.split_field,
+        cfg.pretrain_label_field,
+        cfg.target_label_field,
+        cfg.train_split,
+        cfg.test_split,
+        cfg.split_by,
+        cfg.split_field,
     )
-    if unchanged_for and (labelled.classes != list(results.classes)
-                          or labelled.target_classes != list(results.target_classes)
-                          or [str(i) for i in labelled.test_ids] != list(results.target_ids)):
+    if unchanged_for and (
+        labelled.classes != list(results.classes)
+        or labelled.target_classes != list(results.target_classes)
+        or [str(i) for i in labelled.test_ids] != list(results.target_ids)
+    ):
         raise TransferScopeError(
             f"the datasets of run {results.key!r} changed since it was computed (classes or "
             f"test samples differ); compute the run again before {unchanged_for}"
@@ -631,8 +754,10 @@ def load_influence_run(dataset, run_key, role="dataset"):
 
 def run_datasets(config):
     """The ``(pretraining, target)`` root datasets a run was computed on."""
-    return (tsv.load_dataset(config.pretrain_dataset, "the run's pretraining dataset"),
-            tsv.load_dataset(config.target_dataset, "the run's target dataset"))
+    return (
+        tsv.load_dataset(config.pretrain_dataset, "the run's pretraining dataset"),
+        tsv.load_dataset(config.target_dataset, "the run's target dataset"),
+    )
 
 
 def complete_store_of(results):

@@ -25,8 +25,13 @@ DEFAULT_MAX_DISTANCE = 0.01
 
 
 def leakage_fields(key):
-    return [f"{key}_score", f"{key}_distance", f"{key}_nearest_id",
-            f"{key}_nearest_label", f"{key}_influence_z"]
+    return [
+        f"{key}_score",
+        f"{key}_distance",
+        f"{key}_nearest_id",
+        f"{key}_nearest_label",
+        f"{key}_influence_z",
+    ]
 
 
 def duplicate_fields(key):
@@ -41,21 +46,43 @@ def _check_range(value, name, low, high, low_open=True):
 
 
 def _embed_sources(run_key, embeddings_field, model):
-    named = [n for n, v in (("run_key", run_key), ("embeddings_field", embeddings_field),
-                            ("model", model)) if v is not None]
+    named = [
+        n
+        for n, v in (("run_key", run_key), ("embeddings_field", embeddings_field), ("model", model))
+        if v is not None
+    ]
     if not named:
-        raise TransferScopeError("name an embeddings source: run_key= (a class-influence "
-                                 "run's backbone), embeddings_field= or model=")
+        raise TransferScopeError(
+            "name an embeddings source: run_key= (a class-influence "
+            "run's backbone), embeddings_field= or model="
+        )
     return named
 
 
-def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key=None,
-                   embeddings_field=None, pretrain_embeddings_field=None, model=None,
-                   weights_path=None, image_size=64, target_split=None, split_by="tags",
-                   split_field="split", pretrain_label_field="ground_truth",
-                   max_distance=DEFAULT_MAX_DISTANCE, threshold=0.5, influence_weight=0.25,
-                   index="auto", device="auto", tag="leak", hash_files=True,
-                   overwrite=False, progress=None):
+def detect_leakage(
+    target_dataset,
+    pretrain_dataset=None,
+    key="leakage",
+    run_key=None,
+    embeddings_field=None,
+    pretrain_embeddings_field=None,
+    model=None,
+    weights_path=None,
+    image_size=64,
+    target_split=None,
+    split_by="tags",
+    split_field="split",
+    pretrain_label_field="ground_truth",
+    max_distance=DEFAULT_MAX_DISTANCE,
+    threshold=0.5,
+    influence_weight=0.25,
+    index="auto",
+    device="auto",
+    tag="leak",
+    hash_files=True,
+    overwrite=False,
+    progress=None,
+):
     """Finds target samples that (nearly) copy a pretraining image.
 
     For each target sample: the nearest pretraining image (cosine distance
@@ -111,8 +138,10 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
         results = run_target.load_run_results(run_key, cache=False)
         pretrain = tsv.load_dataset(pretrain_dataset or run_pre, "pretrain_dataset")
         if pretrain._root_dataset.name != run_pre.name:
-            raise TransferScopeError(f"run {run_key!r} was computed on pretraining dataset "
-                                     f"{run_pre.name!r}, not {pretrain._root_dataset.name!r}")
+            raise TransferScopeError(
+                f"run {run_key!r} was computed on pretraining dataset "
+                f"{run_pre.name!r}, not {pretrain._root_dataset.name!r}"
+            )
         pretrain_label_field = run_config.pretrain_label_field
     else:
         if pretrain_dataset is None:
@@ -123,15 +152,15 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
     root = target._root_dataset
     fields = leakage_fields(key)
     with open_write(root, key, "leakage", overwrite, fields) as write:
-
         steps = 4
         report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
         t0 = time.perf_counter()
         if results is not None and len(sources) == 1:
             pre, tgt = tse.from_run(results, device=None if device == "auto" else device)
             if target_split is not None:
-                keep = set(tsv.resolve_split(target, target_split, split_by, split_field)
-                           .values("id"))
+                keep = set(
+                    tsv.resolve_split(target, target_split, split_by, split_field).values("id")
+                )
                 rows = np.array([i in keep for i in tgt.ids])
                 tgt = tse.Embedded(tgt.ids[rows], tgt.vectors[rows])
         else:
@@ -143,11 +172,14 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
                 target_view = tsv.resolve_split(target, target_split, split_by, split_field)
             if embeddings_field is not None:
                 tgt = tse.from_field(target_view, embeddings_field, "target")
-                pre = tse.from_field(pretrain, pretrain_embeddings_field or embeddings_field,
-                                     "pretraining")
+                pre = tse.from_field(
+                    pretrain, pretrain_embeddings_field or embeddings_field, "pretraining"
+                )
             else:
                 tgt = tse.from_model(target_view, model, weights_path, "target", image_size, device)
-                pre = tse.from_model(pretrain, model, weights_path, "pretraining", image_size, device)
+                pre = tse.from_model(
+                    pretrain, model, weights_path, "pretraining", image_size, device
+                )
         if len(tgt.ids) == 0:
             raise TransferScopeError("no target samples to check")
         t_embed = time.perf_counter() - t0
@@ -155,8 +187,9 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
 
         t0 = time.perf_counter()
         try:
-            index_ = nb.NeighborIndex(pre.vectors, kind=index, device=device, ids=pre.ids,
-                                      name="pretraining embeddings")
+            index_ = nb.NeighborIndex(
+                pre.vectors, kind=index, device=device, ids=pre.ids, name="pretraining embeddings"
+            )
             queries = index_.prepare(tgt.vectors, "target embeddings", tgt.ids)
         except ValueError as e:
             raise TransferScopeError(str(e)) from e
@@ -200,52 +233,91 @@ def detect_leakage(target_dataset, pretrain_dataset=None, key="leakage", run_key
             ok = (cols >= 0) & (rows >= 0)
             support = np.zeros(len(tgt.ids))
             support[ok] = nb.influence_support(results.influence[:, cols[ok]], rows[ok])
-        scores = nb.leak_scores(dist, max_distance, support,
-                                influence_weight if support is not None else 0.0)
+        scores = nb.leak_scores(
+            dist, max_distance, support, influence_weight if support is not None else 0.0
+        )
 
         score_f, dist_f, id_f, label_f, z_f = fields
         ids = [str(i) for i in tgt.ids]
         leaks = [i for i, s in zip(ids, scores) if s >= threshold]
         view_name = f"{key}_likely_leaks"
         written = fields if support is not None else fields[:4]
-        params = dict(pretrain_dataset=pretrain._root_dataset.name, run_key=run_key,
-                      embeddings=sources[-1] if len(sources) > 1 else sources[0],
-                      embeddings_field=embeddings_field, model=model,
-                      max_distance=max_distance, threshold=threshold,
-                      influence_weight=influence_weight if support is not None else 0.0,
-                      index=index_.kind, tag=tag)
+        params = dict(
+            pretrain_dataset=pretrain._root_dataset.name,
+            run_key=run_key,
+            embeddings=sources[-1] if len(sources) > 1 else sources[0],
+            embeddings_field=embeddings_field,
+            model=model,
+            max_distance=max_distance,
+            threshold=threshold,
+            influence_weight=influence_weight if support is not None else 0.0,
+            index=index_.kind,
+            tag=tag,
+        )
         summary = {
-            "num_targets": len(ids), "num_pretrain": len(pre.ids), "num_leaks": len(leaks),
-            "num_exact_file_copies": exact, "index": index_.kind, "on_gpu": index_.on_gpu,
+            "num_targets": len(ids),
+            "num_pretrain": len(pre.ids),
+            "num_leaks": len(leaks),
+            "num_exact_file_copies": exact,
+            "index": index_.kind,
+            "on_gpu": index_.on_gpu,
             "recall_at_1": recall,
             # to choose max_distance: how far typical target samples are from the pretraining set
-            "nearest_distance_quantiles": dict(zip(
-                ("1%", "5%", "50%"), np.quantile(dist, [0.01, 0.05, 0.5]).round(5).tolist())),
-            "seconds": {"embed": t_embed, "build": t_build,
-                                               "search": t_search},
+            "nearest_distance_quantiles": dict(
+                zip(("1%", "5%", "50%"), np.quantile(dist, [0.01, 0.05, 0.5]).round(5).tolist())
+            ),
+            "seconds": {"embed": t_embed, "build": t_build, "search": t_search},
             "leak_ids": leaks,
         }
-        values = {score_f: dict(zip(ids, scores.tolist())),
-                  dist_f: dict(zip(ids, dist.tolist())),
-                  id_f: dict(zip(ids, map(str, nearest_ids))),
-                  label_f: dict(zip(ids, nearest_labels)),
-                  z_f: dict(zip(ids, support.tolist())) if support is not None else {}}
-        types = dict(zip(fields, (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField,
-                                  fo.FloatField)))
-        commit_run(write, root, "leakage", {f: types[f] for f in written},
-                   {f: values[f] for f in written},
-                   {view_name: lambda: root.match(fo.ViewField(score_f) >= threshold)
-                    .sort_by(score_f, reverse=True)},
-                   summary, params, tagged=(leaks, tag))
+        values = {
+            score_f: dict(zip(ids, scores.tolist())),
+            dist_f: dict(zip(ids, dist.tolist())),
+            id_f: dict(zip(ids, map(str, nearest_ids))),
+            label_f: dict(zip(ids, nearest_labels)),
+            z_f: dict(zip(ids, support.tolist())) if support is not None else {},
+        }
+        types = dict(
+            zip(
+                fields,
+                (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField, fo.FloatField),
+            )
+        )
+        commit_run(
+            write,
+            root,
+            "leakage",
+            {f: types[f] for f in written},
+            {f: values[f] for f in written},
+            {
+                view_name: lambda: root.match(fo.ViewField(score_f) >= threshold).sort_by(
+                    score_f, reverse=True
+                )
+            },
+            summary,
+            params,
+            tagged=(leaks, tag),
+        )
         report(4)
         return summary
 
 
-def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
-                         embeddings_field=None, model=None, weights_path=None, image_size=64,
-                         max_distance=DEFAULT_MAX_DISTANCE, num_neighbors=16, index="auto",
-                         device="auto", tag="near_duplicate", hash_files=True,
-                         overwrite=False, progress=None):
+def find_near_duplicates(
+    pretrain_dataset,
+    key="near_duplicates",
+    run_key=None,
+    embeddings_field=None,
+    model=None,
+    weights_path=None,
+    image_size=64,
+    max_distance=DEFAULT_MAX_DISTANCE,
+    num_neighbors=16,
+    index="auto",
+    device="auto",
+    tag="near_duplicate",
+    hash_files=True,
+    overwrite=False,
+    progress=None,
+):
     """Groups near-identical images inside a (pretraining) dataset.
 
     Two samples are linked when one is among the other's ``num_neighbors``
@@ -265,10 +337,8 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
 
     _check_range(max_distance, "max_distance", 0, 2)
     tsv.validate_tag(tag)
-    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) \
-            or num_neighbors < 1:
-        raise TransferScopeError(f"num_neighbors must be a positive integer; "
-                                 f"got {num_neighbors!r}")
+    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 1:
+        raise TransferScopeError(f"num_neighbors must be a positive integer; got {num_neighbors!r}")
     _embed_sources(run_key, embeddings_field, model)  # refuses none named
     dataset = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     root = dataset._root_dataset
@@ -277,7 +347,6 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
     if len(dataset) < 2:
         raise TransferScopeError(f"{root.name!r} has fewer than 2 samples: no duplicates")
     with open_write(root, key, "near_duplicates", overwrite, fields) as write:
-
         steps = 3
         report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
         t0 = time.perf_counter()
@@ -291,17 +360,22 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
             _, run_config = load_influence_run(root, run_key)
             run_pre, run_target = run_datasets(run_config)
             if run_pre.name != root.name:
-                raise TransferScopeError(f"{root.name!r} is not the pretraining dataset of run "
-                                         f"{run_key!r} (that is {run_pre.name!r})")
-            emb, _ = tse.from_run(run_target.load_run_results(run_key, cache=False),
-                                  device=None if device == "auto" else device)
+                raise TransferScopeError(
+                    f"{root.name!r} is not the pretraining dataset of run "
+                    f"{run_key!r} (that is {run_pre.name!r})"
+                )
+            emb, _ = tse.from_run(
+                run_target.load_run_results(run_key, cache=False),
+                device=None if device == "auto" else device,
+            )
         t_embed = time.perf_counter() - t0
         report(1)
 
         t0 = time.perf_counter()
         try:
-            index_ = nb.NeighborIndex(emb.vectors, kind=index, device=device, ids=emb.ids,
-                                      name="embeddings")
+            index_ = nb.NeighborIndex(
+                emb.vectors, kind=index, device=device, ids=emb.ids, name="embeddings"
+            )
         except ValueError as e:
             raise TransferScopeError(str(e)) from e
         pairs = nb.near_pairs(index_, max_distance, min(num_neighbors, len(emb.ids) - 1))
@@ -319,19 +393,34 @@ def find_near_duplicates(pretrain_dataset, key="near_duplicates", run_key=None,
         view_name = f"{key}_groups"
         group_f = fields[0]
         summary = {
-            "num_samples": len(emb.ids), "num_groups": int(groups.max() + 1) if len(members) else 0,
-            "num_grouped_samples": len(members), "num_exact_pairs": len(exact_pairs),
-            "index": index_.kind, "on_gpu": index_.on_gpu,
+            "num_samples": len(emb.ids),
+            "num_groups": int(groups.max() + 1) if len(members) else 0,
+            "num_grouped_samples": len(members),
+            "num_exact_pairs": len(exact_pairs),
+            "index": index_.kind,
+            "on_gpu": index_.on_gpu,
             "seconds": {"embed": t_embed, "search": t_search},
         }
-        params = dict(run_key=run_key, embeddings_field=embeddings_field, model=model,
-                      max_distance=max_distance, num_neighbors=num_neighbors, index=index_.kind,
-                      tag=tag)
+        params = dict(
+            run_key=run_key,
+            embeddings_field=embeddings_field,
+            model=model,
+            max_distance=max_distance,
+            num_neighbors=num_neighbors,
+            index=index_.kind,
+            tag=tag,
+        )
 
-        commit_run(write, root, "near_duplicates", {group_f: fo.IntField},
-                   {group_f: dict(zip(ids, groups[members].tolist()))},
-                   {view_name: lambda: root.exists(group_f).sort_by(group_f)}, summary, params,
-                   tagged=(ids, tag))
+        commit_run(
+            write,
+            root,
+            "near_duplicates",
+            {group_f: fo.IntField},
+            {group_f: dict(zip(ids, groups[members].tolist()))},
+            {view_name: lambda: root.exists(group_f).sort_by(group_f)},
+            summary,
+            params,
+            tagged=(ids, tag),
+        )
         report(3)
         return summary
-

@@ -49,19 +49,34 @@ def curation_plotly(summary):
     traces = []
     for order, (ks, acc, lo, hi) in curation_series(summary).items():
         label, colour = ORDER_STYLE[order]
-        traces.append({
-            "type": "scatter", "mode": "lines+markers", "name": label, "x": ks, "y": acc,
-            "line": {"color": colour},
-            "error_y": {"type": "data", "symmetric": False,
-                        "array": [h - a for a, h in zip(acc, hi)],
-                        "arrayminus": [a - l for a, l in zip(acc, lo)]},
-        })
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": label,
+                "x": ks,
+                "y": acc,
+                "line": {"color": colour},
+                "error_y": {
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [h - a for a, h in zip(acc, hi)],
+                    "arrayminus": [a - l for a, l in zip(acc, lo)],
+                },
+            }
+        )
     cur = _curated_point(summary)
     if cur is not None:
-        traces.append({
-            "type": "scatter", "mode": "markers", "name": f"curated ({summary['rule']})",
-            "x": [cur["k"]], "y": [100 * cur["accuracy"]], "marker": {"size": 12, "symbol": "star"},
-        })
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": f"curated ({summary['rule']})",
+                "x": [cur["k"]],
+                "y": [100 * cur["accuracy"]],
+                "marker": {"size": 12, "symbol": "star"},
+            }
+        )
     return traces, dict(CURATION_LAYOUT)
 
 
@@ -86,13 +101,25 @@ def save_curation_png(summary, path):
     step = max(1, max(max(ks) for ks, *_ in series.values())) * 0.012
     for j, (order, (ks, acc, lo, hi)) in enumerate(series.items()):
         label, colour = ORDER_STYLE[order]
-        ax.errorbar([k + (j - 1) * step for k in ks], acc, yerr=[[a - l for a, l in zip(acc, lo)],
-                                   [h - a for a, h in zip(acc, hi)]],
-                    marker="o", capsize=3, color=colour, label=label)
+        ax.errorbar(
+            [k + (j - 1) * step for k in ks],
+            acc,
+            yerr=[[a - l for a, l in zip(acc, lo)], [h - a for a, h in zip(acc, hi)]],
+            marker="o",
+            capsize=3,
+            color=colour,
+            label=label,
+        )
     cur = _curated_point(summary)
     if cur is not None:
-        ax.plot([cur["k"]], [100 * cur["accuracy"]], "*", ms=14, color="black",
-                label=f"curated ({summary['rule']})")
+        ax.plot(
+            [cur["k"]],
+            [100 * cur["accuracy"]],
+            "*",
+            ms=14,
+            color="black",
+            label=f"curated ({summary['rule']})",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(X_LABEL)
     ax.set_ylabel(Y_LABEL)
@@ -121,14 +148,32 @@ def diversity_series(summary):
         ks = sorted({c["classes"] for c in cells})
         errs = [[c["error"] for c in cells if c["classes"] == k] for k in ks]
         mean = [100 * float(np.mean(e)) for e in errs]
-        half = [100 * 1.96 * float(np.std(e, ddof=1)) / np.sqrt(len(e)) if len(e) > 1 else 0.0
-                for e in errs]
+        half = [
+            100 * 1.96 * float(np.std(e, ddof=1)) / np.sqrt(len(e)) if len(e) > 1 else 0.0
+            for e in errs
+        ]
         curve_k = np.geomspace(min(ks), max(ks), 50)
-        curve = (100 * (fit["a"] * curve_k ** -fit["p"] + fit["b"] * (N / curve_k) ** -fit["q"]
-                        + fit["c"])).tolist() if converged else None
-        out[N] = {"K": ks, "error": mean, "half_ci": half, "curve_K": curve_k.tolist(),
-                  "curve": curve, "sweep_best_K": row["sweep_best_K"],
-                  "fit_best_K": row["fit_best_K"]}
+        curve = (
+            (
+                100
+                * (
+                    fit["a"] * curve_k ** -fit["p"]
+                    + fit["b"] * (N / curve_k) ** -fit["q"]
+                    + fit["c"]
+                )
+            ).tolist()
+            if converged
+            else None
+        )
+        out[N] = {
+            "K": ks,
+            "error": mean,
+            "half_ci": half,
+            "curve_K": curve_k.tolist(),
+            "curve": curve,
+            "sweep_best_K": row["sweep_best_K"],
+            "fit_best_K": row["fit_best_K"],
+        }
     return out
 
 
@@ -136,15 +181,32 @@ def diversity_plotly(summary):
     """``(traces, layout)``: error vs K per budget, fitted curves, optima."""
     traces = []
     for N, s in diversity_series(summary).items():
-        traces.append({"type": "scatter", "mode": "markers+lines", "name": f"N = {N} measured",
-                       "x": s["K"], "y": s["error"],
-                       "error_y": {"type": "data", "array": s["half_ci"]}})
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers+lines",
+                "name": f"N = {N} measured",
+                "x": s["K"],
+                "y": s["error"],
+                "error_y": {"type": "data", "array": s["half_ci"]},
+            }
+        )
         if s["curve"] is not None:
-            traces.append({"type": "scatter", "mode": "lines", "name": f"N = {N} fit",
-                           "x": s["curve_K"], "y": s["curve"], "line": {"dash": "dash"}})
-    layout = {"title": {"text": DIVERSITY_TITLE},
-              "xaxis": {"title": {"text": "classes K (n = N / K samples each)"}, "type": "log"},
-              "yaxis": {"title": {"text": "target test error (%)"}}}
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "name": f"N = {N} fit",
+                    "x": s["curve_K"],
+                    "y": s["curve"],
+                    "line": {"dash": "dash"},
+                }
+            )
+    layout = {
+        "title": {"text": DIVERSITY_TITLE},
+        "xaxis": {"title": {"text": "classes K (n = N / K samples each)"}, "type": "log"},
+        "yaxis": {"title": {"text": "target test error (%)"}},
+    }
     return traces, layout
 
 
@@ -163,8 +225,15 @@ def save_diversity_png(summary, path):
     for i, (N, s) in enumerate(series.items()):
         colour = f"C{i}"
         full = N == pred["full_budget"]
-        ax.errorbar(s["K"], s["error"], yerr=s["half_ci"], marker="o", capsize=3, color=colour,
-                    label=f"N = {N}" + (" (full, measured)" if full else ""))
+        ax.errorbar(
+            s["K"],
+            s["error"],
+            yerr=s["half_ci"],
+            marker="o",
+            capsize=3,
+            color=colour,
+            label=f"N = {N}" + (" (full, measured)" if full else ""),
+        )
         if s["curve"] is not None:
             ax.plot(s["curve_K"], s["curve"], "--", color=colour, alpha=0.7)
         if s["fit_best_K"] is not None:
@@ -178,14 +247,25 @@ def save_diversity_png(summary, path):
     budgets = sorted(series)
     measured = [summary["per_budget"][str(N)]["sweep_best_K"] for N in budgets]
     ci = [summary["per_budget"][str(N)]["sweep_best_K_ci95"] for N in budgets]
-    bx.errorbar(budgets, measured, yerr=[[m - c[0] for m, c in zip(measured, ci)],
-                                         [c[1] - m for m, c in zip(measured, ci)]],
-                fmt="o", capsize=3, label="best K of each sweep (95% CI)")
+    bx.errorbar(
+        budgets,
+        measured,
+        yerr=[[m - c[0] for m, c in zip(measured, ci)], [c[1] - m for m, c in zip(measured, ci)]],
+        fmt="o",
+        capsize=3,
+        label="best K of each sweep (95% CI)",
+    )
     if pred["fit_converged"]:
         fit_k = [summary["per_budget"][str(N)]["fit_best_K"] for N in budgets]
         bx.plot(budgets, fit_k, "s--", label="fit on the small budgets")
-    bx.plot([pred["full_budget"]], [pred["K_plan"]], "*", ms=14, color="black",
-            label=f"planned K* = {pred['K_plan']}")
+    bx.plot(
+        [pred["full_budget"]],
+        [pred["K_plan"]],
+        "*",
+        ms=14,
+        color="black",
+        label=f"planned K* = {pred['K_plan']}",
+    )
     bx.set_xscale("log")
     for axis in (ax.xaxis, bx.xaxis):  # plain numbers on the log axes
         axis.set_major_formatter(ScalarFormatter())
@@ -231,22 +311,35 @@ def influence_plotly(results):
 
     colours = [colour(v, lo, hi, qc) for (_, v, lo, hi), qc in zip(rows, q)]
     trace = {
-        "type": "bar", "x": names, "y": values, "ids": names, "name": "influence",
+        "type": "bar",
+        "x": names,
+        "y": values,
+        "ids": names,
+        "name": "influence",
         "marker": {"color": colours},
-        "error_y": {"type": "data", "symmetric": False,
-                    "array": [hi - v for _, v, _, hi in rows],
-                    "arrayminus": [v - lo for _, v, lo, _ in rows]},
-        "customdata": [[lo, hi, "n/a" if qc is None else f"{qc:.2g}"]
-                       for (_, _, lo, hi), qc in zip(rows, q)],
+        "error_y": {
+            "type": "data",
+            "symmetric": False,
+            "array": [hi - v for _, v, _, hi in rows],
+            "arrayminus": [v - lo for _, v, lo, _ in rows],
+        },
+        "customdata": [
+            [lo, hi, "n/a" if qc is None else f"{qc:.2g}"] for (_, _, lo, hi), qc in zip(rows, q)
+        ],
         "hovertemplate": "%{x}: %{y:+.4f} [%{customdata[0]:+.4f}, %{customdata[1]:+.4f}] "
-                         "q=%{customdata[2]}<extra></extra>",
+        "q=%{customdata[2]}<extra></extra>",
     }
     layout = {
         "title": {"text": INFLUENCE_TITLE},
-        "xaxis": {"title": {"text": "pretraining class (click: show its samples)"},
-                  "tickangle": -60, "automargin": True},
+        "xaxis": {
+            "title": {"text": "pretraining class (click: show its samples)"},
+            "tickangle": -60,
+            "automargin": True,
+        },
         "yaxis": {"title": {"text": "influence on the target output"}},
-        "dragmode": "select", "showlegend": False, "margin": {"t": 40},
+        "dragmode": "select",
+        "showlegend": False,
+        "margin": {"t": 40},
     }
     return trace, layout
 
@@ -257,8 +350,10 @@ CULPRIT_TITLE = "Pretraining classes behind the most failures"
 
 def subpopulation_series(summary):
     """``[(target class, [(subpopulation, size, accuracy)], ...)]``, largest group first."""
-    return [(c, [(g["pretraining_class"], g["size"], g["accuracy"]) for g in groups])
-            for c, groups in summary["classes"].items()]
+    return [
+        (c, [(g["pretraining_class"], g["size"], g["accuracy"]) for g in groups])
+        for c, groups in summary["classes"].items()
+    ]
 
 
 def subpopulations_plotly(summary):
@@ -268,16 +363,25 @@ def subpopulations_plotly(summary):
     traces = []
     for j in range(depth):  # the j-th largest group of every class, in one trace
         rows = [(c, groups[j]) for c, groups in series if j < len(groups)]
-        traces.append({
-            "type": "bar", "name": f"group {j + 1}", "x": [c for c, _ in rows],
-            "y": [g[1] for _, g in rows], "text": [g[0] for _, g in rows],
-            "customdata": [100 * g[2] for _, g in rows], "showlegend": False,
-            "hovertemplate": "%{x} / %{text}: %{y} samples, %{customdata:.0f}% right"
-                             "<extra></extra>",
-        })
-    layout = {"title": {"text": SUBPOP_TITLE}, "barmode": "stack",
-              "xaxis": {"title": {"text": "target class"}, "type": "category"},
-              "yaxis": {"title": {"text": "test samples"}}}
+        traces.append(
+            {
+                "type": "bar",
+                "name": f"group {j + 1}",
+                "x": [c for c, _ in rows],
+                "y": [g[1] for _, g in rows],
+                "text": [g[0] for _, g in rows],
+                "customdata": [100 * g[2] for _, g in rows],
+                "showlegend": False,
+                "hovertemplate": "%{x} / %{text}: %{y} samples, %{customdata:.0f}% right"
+                "<extra></extra>",
+            }
+        )
+    layout = {
+        "title": {"text": SUBPOP_TITLE},
+        "barmode": "stack",
+        "xaxis": {"title": {"text": "target class"}, "type": "category"},
+        "yaxis": {"title": {"text": "test samples"}},
+    }
     return traces, layout
 
 
@@ -290,11 +394,16 @@ def culprit_series(summary, top=12):
 def culprits_plotly(summary):
     """``(traces, layout)``: failures per culprit class (strongest culprit; among the top k)."""
     names, top1, in_top = culprit_series(summary)
-    traces = [{"type": "bar", "name": "strongest culprit", "x": names, "y": top1},
-              {"type": "bar", "name": "among the top culprits", "x": names, "y": in_top}]
-    layout = {"title": {"text": CULPRIT_TITLE}, "barmode": "group",
-              "xaxis": {"title": {"text": "pretraining class"}, "type": "category"},
-              "yaxis": {"title": {"text": "failures"}}}
+    traces = [
+        {"type": "bar", "name": "strongest culprit", "x": names, "y": top1},
+        {"type": "bar", "name": "among the top culprits", "x": names, "y": in_top},
+    ]
+    layout = {
+        "title": {"text": CULPRIT_TITLE},
+        "barmode": "group",
+        "xaxis": {"title": {"text": "pretraining class"}, "type": "category"},
+        "yaxis": {"title": {"text": "failures"}},
+    }
     return traces, layout
 
 
@@ -307,13 +416,22 @@ def save_subpopulations_png(summary, path):
         for j, (name, size, acc) in enumerate(groups):
             ax.bar(i, size, bottom=bottom, color=f"C{j % 10}", edgecolor="white")
             if size >= 4:
-                ax.text(i, bottom + size / 2, f"{name}\n{100 * acc:.0f}%", ha="center",
-                        va="center", fontsize=7)
+                ax.text(
+                    i,
+                    bottom + size / 2,
+                    f"{name}\n{100 * acc:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                )
             bottom += size
     ax.set_xticks(range(len(summary["classes"])), list(summary["classes"]))
-    ax.set_xlabel("target class (segments: subpopulations, named by the pretraining class "
-                  "that helps them more than the rest of their class; % = accuracy of the "
-                  "run's models)", fontsize=8)
+    ax.set_xlabel(
+        "target class (segments: subpopulations, named by the pretraining class "
+        "that helps them more than the rest of their class; % = accuracy of the "
+        "run's models)",
+        fontsize=8,
+    )
     ax.set_ylabel("test samples")
     ax.set_title(SUBPOP_TITLE.split(" (")[0])
     return _save(fig, plt, path)
@@ -333,9 +451,11 @@ def save_culprits_png(summary, path):
     check = summary.get("counterfactual")
     if check:
         on = check["on_blamed"]
-        title += (f"\nremoving {check['culprit']!r} fixes {on['culprit_removed']['fixed']:.1f} "
-                  f"of its {check['blamed_failures']} failures per model; a random class "
-                  f"{on['random_removed']['fixed']:.1f}")
+        title += (
+            f"\nremoving {check['culprit']!r} fixes {on['culprit_removed']['fixed']:.1f} "
+            f"of its {check['blamed_failures']} failures per model; a random class "
+            f"{on['random_removed']['fixed']:.1f}"
+        )
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, plt, path)

@@ -35,8 +35,12 @@ class ClassInfluence(fors.Run):
         # the tags and saved view that tag_classes added for this run go with it
         record = run_record(dataset, key, "curation_tags")
         if record:
-            undo_writes(dataset, [], [record["view_name"]],
-                        {"tag": record["tag"], "ids": record["tagged_ids"]})
+            undo_writes(
+                dataset,
+                [],
+                [record["view_name"]],
+                {"tag": record["tag"], "ids": record["tagged_ids"]},
+            )
 
 
 class ClassInfluenceResults(fors.RunResults):
@@ -54,8 +58,16 @@ class ClassInfluenceResults(fors.RunResults):
             Spearman and z-score spread, LDS, accuracy, ...)
     """
 
-    _ARRAYS = ("influence", "stderr", "class_influence", "class_stderr",
-               "class_ci_low", "class_ci_high", "class_p_value", "class_q_value")
+    _ARRAYS = (
+        "influence",
+        "stderr",
+        "class_influence",
+        "class_stderr",
+        "class_ci_low",
+        "class_ci_high",
+        "class_p_value",
+        "class_q_value",
+    )
 
     def __init__(self, samples, config, key, backend=None, **kwargs):
         for name in self._ARRAYS:
@@ -77,8 +89,12 @@ class ClassInfluenceResults(fors.RunResults):
         """``[(class, influence, ci_low, ci_high), ...]``, most helpful first."""
         order = np.argsort(-self.class_influence, kind="stable")
         return [
-            (self.classes[i], float(self.class_influence[i]),
-             float(self.class_ci_low[i]), float(self.class_ci_high[i]))
+            (
+                self.classes[i],
+                float(self.class_influence[i]),
+                float(self.class_ci_low[i]),
+                float(self.class_ci_high[i]),
+            )
             for i in order
         ]
 
@@ -90,8 +106,10 @@ class ClassInfluenceResults(fors.RunResults):
     def describe_class(self, i):
         """``"bold  -0.0840 [-0.1000, -0.0680] q=2e-05"``: class ``i`` as the reports show it."""
         q = self.q_values
-        text = (f"{self.classes[i]}  {self.class_influence[i]:+.4f}  "
-                f"[{self.class_ci_low[i]:+.4f}, {self.class_ci_high[i]:+.4f}]")
+        text = (
+            f"{self.classes[i]}  {self.class_influence[i]:+.4f}  "
+            f"[{self.class_ci_low[i]:+.4f}, {self.class_ci_high[i]:+.4f}]"
+        )
         return text if q is None else f"{text}  q={q[i]:.2g}"
 
 
@@ -115,8 +133,12 @@ class TransferScopeRun(fors.Run):
 
     def cleanup(self, samples, key):
         dataset = samples._root_dataset
-        undo_writes(dataset, self.config.fields, self.config.saved_views,
-                    getattr(dataset.load_run_results(key, cache=False), "tagged", None))
+        undo_writes(
+            dataset,
+            self.config.fields,
+            self.config.saved_views,
+            getattr(dataset.load_run_results(key, cache=False), "tagged", None),
+        )
 
 
 def run_record(dataset, key, name):
@@ -159,8 +181,9 @@ def open_write(root, key, method, overwrite, fields, others=()):
         yield write
 
 
-def commit_run(write, root, method, fields, values, saved_views, summary, params,
-               tagged=None, subfields=()):
+def commit_run(
+    write, root, method, fields, values, saved_views, summary, params, tagged=None, subfields=()
+):
     """Writes an analysis run's fields, tag, saved views and record in one commit.
 
     Args:
@@ -182,9 +205,11 @@ def commit_run(write, root, method, fields, values, saved_views, summary, params
     record = write.tag(root, *tagged) if tagged else {"tag": None, "ids": []}
     for name, make_view in saved_views.items():
         write.save_view(root, name, make_view)
-    config = TransferScopeRunConfig(method=method, fields=list(fields),
-                                    saved_views=list(saved_views), **params)
-    write.register(root, config, fors.RunResults(root, config, write.key, tagged=record,
-                                                summary=summary))
+    config = TransferScopeRunConfig(
+        method=method, fields=list(fields), saved_views=list(saved_views), **params
+    )
+    write.register(
+        root, config, fors.RunResults(root, config, write.key, tagged=record, summary=summary)
+    )
     write.commit()
     return record

@@ -45,12 +45,14 @@ def _run_and_labels(dataset, run_key):
     if len(labels) != len(ids) or any(l is None for l in labels):
         raise TransferScopeError(
             f"the test samples of run {run_key!r} changed since it was computed (some are "
-            f"gone or unlabelled); compute the run again")
+            f"gone or unlabelled); compute the run again"
+        )
     index = {c: i for i, c in enumerate(results.target_classes)}
     unknown = sorted({l for l in labels if l not in index})
     if unknown:
-        raise TransferScopeError(f"test labels {unknown} are not among the run's target "
-                                 f"classes; compute the run again")
+        raise TransferScopeError(
+            f"test labels {unknown} are not among the run's target classes; compute the run again"
+        )
     return target, results, store, ids, np.array([index[l] for l in labels])
 
 
@@ -58,8 +60,9 @@ def subpopulation_fields(key):
     return [key, f"{key}_strength"]
 
 
-def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None, seed=0,
-                        overwrite=False):
+def find_subpopulations(
+    dataset, run_key, key=None, k=None, target_classes=None, seed=0, overwrite=False
+):
     """Splits each target class into subpopulations by the pretraining classes that help it.
 
     For each target class, its test samples are grouped by their influence
@@ -98,8 +101,9 @@ def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None,
         names = list(results.target_classes)
         chosen = names if target_classes is None else list(target_classes)
         if isinstance(target_classes, str) or not chosen:
-            raise TransferScopeError(f"target_classes must be a non-empty list of names; "
-                                     f"got {target_classes!r}")
+            raise TransferScopeError(
+                f"target_classes must be a non-empty list of names; got {target_classes!r}"
+            )
         unknown = [c for c in chosen if c not in names]
         if unknown:
             raise TransferScopeError(f"unknown target class(es) {unknown}; the run has {names}")
@@ -109,31 +113,39 @@ def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None,
         members = {c: np.flatnonzero(labels == names.index(c)) for c in chosen}
         if k is not None:  # every class checked before anything is computed or written
             if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-                raise TransferScopeError(f"k must be an integer >= 2 (or None for the top "
-                                         f"class); got {k!r}")
+                raise TransferScopeError(
+                    f"k must be an integer >= 2 (or None for the top class); got {k!r}"
+                )
             for c, cols in members.items():
                 if k > len(cols):
                     raise TransferScopeError(
-                        f"k={k} groups but target class {c!r} has only {len(cols)} test sample(s)")
+                        f"k={k} groups but target class {c!r} has only {len(cols)} test sample(s)"
+                    )
 
         label_of, strength_of, summary = {}, {}, {"k": k, "classes": {}}
         for c, cols in members.items():
             if len(cols) == 0:
                 continue
             try:
-                grouping = sp.group_by_influence(z[cols], list(results.classes), k=k, seed=seed,
-                                                 influence=influence[cols])
+                grouping = sp.group_by_influence(
+                    z[cols], list(results.classes), k=k, seed=seed, influence=influence[cols]
+                )
             except ValueError as e:
                 raise TransferScopeError(f"target class {c!r}: {e}") from e
             groups = []
             for g, name in enumerate(grouping.names):
                 in_g = grouping.labels == g
                 label = f"{c} / {name}"
-                groups.append({"name": label, "pretraining_class": name,
-                               "characteristic_classes": grouping.characteristic[g],
-                               "size": int(in_g.sum()),
-                               "accuracy": float(accuracy[cols[in_g]].mean()),
-                               "mean_strength": float(grouping.strength[in_g].mean())})
+                groups.append(
+                    {
+                        "name": label,
+                        "pretraining_class": name,
+                        "characteristic_classes": grouping.characteristic[g],
+                        "size": int(in_g.sum()),
+                        "accuracy": float(accuracy[cols[in_g]].mean()),
+                        "mean_strength": float(grouping.strength[in_g].mean()),
+                    }
+                )
                 for t, s in zip(cols[in_g], grouping.strength[in_g]):
                     label_of[ids[t]] = label
                     strength_of[ids[t]] = float(s)
@@ -143,18 +155,32 @@ def find_subpopulations(dataset, run_key, key=None, k=None, target_classes=None,
         root = target._root_dataset
         label_f, strength_f = fields
         written = list(label_of)
-        values = {label_f: {i: fo.Classification(label=label_of[i]) for i in written},
-                  strength_f: strength_of}
+        values = {
+            label_f: {i: fo.Classification(label=label_of[i]) for i in written},
+            strength_f: strength_of,
+        }
         saved_views = {
-            f"{key} {g['name']}": (lambda name=g["name"]: root.match(
-                tsv.label_is(f"{label_f}.label", name)).sort_by(strength_f, reverse=True))
-            for groups in summary["classes"].values() for g in groups if g["size"] >= MIN_VIEW_SIZE
+            f"{key} {g['name']}": (
+                lambda name=g["name"]: root.match(tsv.label_is(f"{label_f}.label", name)).sort_by(
+                    strength_f, reverse=True
+                )
+            )
+            for groups in summary["classes"].values()
+            for g in groups
+            if g["size"] >= MIN_VIEW_SIZE
         }
         summary["saved_views"] = list(saved_views)
         params = dict(run_key=run_key, k=k, target_classes=chosen, seed=seed)
-        commit_run(write, root, "subpopulations",
-                   {label_f: fo.Classification, strength_f: fo.FloatField}, values,
-                   saved_views, summary, params)
+        commit_run(
+            write,
+            root,
+            "subpopulations",
+            {label_f: fo.Classification, strength_f: fo.FloatField},
+            values,
+            saved_views,
+            summary,
+            params,
+        )
         return summary
 
 
@@ -162,8 +188,11 @@ def describe_subpopulations(summary, max_groups=4):
     """Lines of text: each target class's largest subpopulations."""
     lines = []
     for c, groups in summary["classes"].items():
-        parts = [f"{'/'.join(g['characteristic_classes'][:2])} ({g['size']}, "
-                 f"{100 * g['accuracy']:.0f}% right)" for g in groups[:max_groups]]
+        parts = [
+            f"{'/'.join(g['characteristic_classes'][:2])} ({g['size']}, "
+            f"{100 * g['accuracy']:.0f}% right)"
+            for g in groups[:max_groups]
+        ]
         more = f", +{len(groups) - max_groups} more" if len(groups) > max_groups else ""
         lines.append(f"  {c:>8s}: " + ", ".join(parts) + more)
     return lines
@@ -173,9 +202,21 @@ def failure_fields(key):
     return [f"{key}_wrong", f"{key}_culprits"]
 
 
-def explain_failures(dataset, run_key, key=None, pred_field=None, top_k=3, check_top=True,
-                     num_seeds=8, seed=0, device=None, overwrite=False, progress=None,
-                     executor="local", executor_options=None):
+def explain_failures(
+    dataset,
+    run_key,
+    key=None,
+    pred_field=None,
+    top_k=3,
+    check_top=True,
+    num_seeds=8,
+    seed=0,
+    device=None,
+    overwrite=False,
+    progress=None,
+    executor="local",
+    executor_options=None,
+):
     """The pretraining classes that push misclassified target samples to their wrong answer.
 
     A failure is a test sample of the run whose prediction is wrong: by
@@ -205,8 +246,9 @@ def explain_failures(dataset, run_key, key=None, pred_field=None, top_k=3, check
     tsv.validate_run_key(key)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise TransferScopeError(f"top_k must be a positive integer; got {top_k!r}")
-    if check_top and (isinstance(num_seeds, bool) or not isinstance(num_seeds, int)
-                      or num_seeds < 1):
+    if check_top and (
+        isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1
+    ):
         raise TransferScopeError(f"num_seeds must be a positive integer; got {num_seeds!r}")
     target, results, store, ids, labels = _run_and_labels(dataset, run_key)
     fields = failure_fields(key)
@@ -222,22 +264,25 @@ def explain_failures(dataset, run_key, key=None, pred_field=None, top_k=3, check
             values = target.select(ids, ordered=True).values(f"{pred_field}.label")
             strange = sorted({v for v in values if v is not None and v not in target_names})
             if strange:
-                raise TransferScopeError(f"{pred_field!r} holds labels that are not target classes "
-                                         f"of the run: {strange[:5]}")
+                raise TransferScopeError(
+                    f"{pred_field!r} holds labels that are not target classes "
+                    f"of the run: {strange[:5]}"
+                )
             predicted = np.array([-1 if v is None else target_names.index(v) for v in values])
             source = f"field {pred_field!r}"
         failed = np.flatnonzero((predicted >= 0) & (predicted != labels))
         summary = {"source": source, "num_test_samples": len(ids), "num_failures": int(len(failed))}
         if len(failed) == 0:
-            summary["message"] = (f"no misclassified test sample according to {source}; "
-                                  f"nothing was written")
+            summary["message"] = (
+                f"no misclassified test sample according to {source}; nothing was written"
+            )
             logger.info(summary["message"])
             return summary
 
         wrong = predicted[failed]
         infl, z = sp.failure_influence(store.masks, predictions[:, failed], wrong)
         classes = list(results.classes)
-        order = np.argsort(-z, axis=0, kind="stable")[:min(top_k, len(classes))].T  # (F, k)
+        order = np.argsort(-z, axis=0, kind="stable")[: min(top_k, len(classes))].T  # (F, k)
         table = sp.culprit_summary(z, classes, top_k)
         summary["culprits"] = table[:20]
         summary["top_culprit"] = table[0]["class"]
@@ -246,43 +291,77 @@ def explain_failures(dataset, run_key, key=None, pred_field=None, top_k=3, check
             culprit = classes.index(table[0]["class"])
             blamed = failed[(order == culprit).any(axis=1)]
             summary["counterfactual"] = _check_culprit(
-                results, culprit, failed, blamed, num_seeds, seed, device, progress, executor,
-                executor_options)
+                results,
+                culprit,
+                failed,
+                blamed,
+                num_seeds,
+                seed,
+                device,
+                progress,
+                executor,
+                executor_options,
+            )
 
         root = target._root_dataset
         wrong_f, culprits_f = fields
         failed_ids = [ids[t] for t in failed]
 
         values = {
-            wrong_f: {i: fo.Classification(label=target_names[w])
-                      for i, w in zip(failed_ids, wrong)},
-            culprits_f: {i: fo.Classifications(classifications=[
-                fo.Classification(label=classes[c], influence=float(infl[c, f]),
-                                  z=float(z[c, f])) for c in order[f]])
-                for f, i in enumerate(failed_ids)}}
+            wrong_f: {
+                i: fo.Classification(label=target_names[w]) for i, w in zip(failed_ids, wrong)
+            },
+            culprits_f: {
+                i: fo.Classifications(
+                    classifications=[
+                        fo.Classification(
+                            label=classes[c], influence=float(infl[c, f]), z=float(z[c, f])
+                        )
+                        for c in order[f]
+                    ]
+                )
+                for f, i in enumerate(failed_ids)
+            },
+        }
         view_name = f"{key}_failures"
-        params = dict(run_key=run_key, pred_field=pred_field, top_k=top_k, check_top=check_top,
-                      num_seeds=num_seeds, seed=seed)
+        params = dict(
+            run_key=run_key,
+            pred_field=pred_field,
+            top_k=top_k,
+            check_top=check_top,
+            num_seeds=num_seeds,
+            seed=seed,
+        )
         # declared, so the App sidebar can filter on them
-        subfields = [(culprits_f, f"classifications.{attr}", fo.FloatField)
-                     for attr in ("influence", "z")]
-        commit_run(write, root, "failure_explanation",
-                   {wrong_f: fo.Classification, culprits_f: fo.Classifications}, values,
-                   {view_name: lambda: root.select(failed_ids)}, summary, params,
-                   subfields=subfields)
+        subfields = [
+            (culprits_f, f"classifications.{attr}", fo.FloatField) for attr in ("influence", "z")
+        ]
+        commit_run(
+            write,
+            root,
+            "failure_explanation",
+            {wrong_f: fo.Classification, culprits_f: fo.Classifications},
+            values,
+            {view_name: lambda: root.select(failed_ids)},
+            summary,
+            params,
+            subfields=subfields,
+        )
         summary["saved_view"] = view_name
         return summary
 
 
-def _check_culprit(results, culprit, failed, blamed, num_seeds, seed, device, progress,
-                   executor, executor_options):
+def _check_culprit(
+    results, culprit, failed, blamed, num_seeds, seed, device, progress, executor, executor_options
+):
     """Retrains without the culprit and without a random class; counts fixed failures."""
     from . import compute as tsc
     from .compute import subpopulations as sp
 
     try:
-        masks, seeds, randoms = sp.plan_culprit_check(len(results.classes), culprit,
-                                                      num_seeds, seed)
+        masks, seeds, randoms = sp.plan_culprit_check(
+            len(results.classes), culprit, num_seeds, seed
+        )
         config = influence_config_of(results)
         if device is not None:
             config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "device": device})
@@ -293,10 +372,14 @@ def _check_culprit(results, culprit, failed, blamed, num_seeds, seed, device, pr
     data = labelled.decode(config.image_size, config.channels)
     name = hashlib.sha256(masks.tobytes() + seeds.tobytes()).hexdigest()[:16]
     path = os.path.join(results.config.output_dir, "failures", name)
-    store = tsc.open_retrain_store(path, config, data, masks, seeds,
-                                   meta={"classes": list(results.classes)})
-    run_with_progress((store, lambda done: tsc.run_retraining(config, data, store, done, runner)),
-                      progress, "Retraining without the top culprit")
+    store = tsc.open_retrain_store(
+        path, config, data, masks, seeds, meta={"classes": list(results.classes)}
+    )
+    run_with_progress(
+        (store, lambda done: tsc.run_retraining(config, data, store, done, runner)),
+        progress,
+        "Retraining without the top culprit",
+    )
     correct = store.outputs("correct")
     classes = list(results.classes)
     return {
@@ -313,9 +396,11 @@ def describe_failures(summary, max_rows=8):
     """Lines of text that report :func:`explain_failures` honestly."""
     if summary["num_failures"] == 0:
         return [summary["message"]]
-    lines = [f"{summary['num_failures']} of {summary['num_test_samples']} test samples are "
-             f"misclassified ({summary['source']}). Classes behind the most failures:",
-             f"  {'class':>12s}  {'strongest culprit of':>20s}  {'in top k of':>12s}"]
+    lines = [
+        f"{summary['num_failures']} of {summary['num_test_samples']} test samples are "
+        f"misclassified ({summary['source']}). Classes behind the most failures:",
+        f"  {'class':>12s}  {'strongest culprit of':>20s}  {'in top k of':>12s}",
+    ]
     for row in summary["culprits"][:max_rows]:
         lines.append(f"  {row['class']:>12s}  {row['top1']:>20d}  {row['in_top_k']:>12d}")
     check = summary.get("counterfactual")
@@ -328,5 +413,6 @@ def describe_failures(summary, max_rows=8):
             f"{on['culprit_removed']['broken']:.1f} per model; removing a random class fixes "
             f"{on['random_removed']['fixed']:.1f} and breaks "
             f"{on['random_removed']['broken']:.1f} (the full model gets "
-            f"{on['full']['correct']:.1f} of them right)")
+            f"{on['full']['correct']:.1f} of them right)"
+        )
     return lines

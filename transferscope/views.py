@@ -39,8 +39,12 @@ def load_dataset(dataset_or_name, role):
 
 
 def validate_run_key(run_key):
-    if (not isinstance(run_key, str) or not _KEY_RE.fullmatch(run_key)
-            or keyword.iskeyword(run_key) or len(run_key) > MAX_KEY_LENGTH):
+    if (
+        not isinstance(run_key, str)
+        or not _KEY_RE.fullmatch(run_key)
+        or keyword.iskeyword(run_key)
+        or len(run_key) > MAX_KEY_LENGTH
+    ):
         raise TransferScopeError(
             f"run_key must be a Python identifier starting with a letter "
             f"(letters, digits, underscores; at most {MAX_KEY_LENGTH} characters); "
@@ -68,8 +72,9 @@ def ids_with_labels(collection, path, values):
 
 def validate_tag(tag):
     if not isinstance(tag, str) or not tag.strip() or tag != tag.strip():
-        raise TransferScopeError(f"tag must be a non-empty string without surrounding "
-                                 f"spaces; got {tag!r}")
+        raise TransferScopeError(
+            f"tag must be a non-empty string without surrounding spaces; got {tag!r}"
+        )
 
 
 def check_run_key_free(collection, run_key, overwrite, fields):
@@ -98,8 +103,7 @@ def check_classification_field(collection, field, role):
         all_fields = collection.get_field_schema()
         if field not in all_fields:
             raise TransferScopeError(
-                f"{role} label field {field!r} does not exist on "
-                f"{collection._root_dataset.name!r}"
+                f"{role} label field {field!r} does not exist on {collection._root_dataset.name!r}"
             )
         raise TransferScopeError(
             f"{role} label field {field!r} is not a Classification field "
@@ -129,9 +133,7 @@ def resolve_split(collection, split, split_by="tags", split_field="split"):
     elif split_by == "saved_view":
         dataset = collection._root_dataset
         if split not in dataset.list_saved_views():
-            raise TransferScopeError(
-                f"dataset {dataset.name!r} has no saved view named {split!r}"
-            )
+            raise TransferScopeError(f"dataset {dataset.name!r} has no saved view named {split!r}")
         view = dataset.load_saved_view(split)
     else:
         raise TransferScopeError(f"split_by must be one of {SPLIT_KINDS}; got {split_by!r}")
@@ -148,8 +150,7 @@ def labels_of(view, field, role):
     missing = [i for i, l in zip(ids, labels) if l is None]
     if missing:
         raise TransferScopeError(
-            f"{len(missing)} {role} sample(s) have no {field!r} label, "
-            f"e.g. {missing[:3]}"
+            f"{len(missing)} {role} sample(s) have no {field!r} label, e.g. {missing[:3]}"
         )
     return np.asarray(ids), list(paths), list(labels)
 
@@ -198,13 +199,18 @@ def file_digests(paths, folder):
     os.makedirs(folder, exist_ok=True)
     db = sqlite3.connect(os.path.join(folder, "digests.sqlite"), timeout=60)
     try:
-        db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, ino INTEGER, "
-                   "size INTEGER, mtime INTEGER, ctime INTEGER, digest TEXT)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, ino INTEGER, "
+            "size INTEGER, mtime INTEGER, ctime INTEGER, digest TEXT)"
+        )
         known = {}
         for start in range(0, len(paths), 900):  # SQLite's limit on bound parameters
-            chunk = list(paths[start:start + 900])
-            rows = db.execute(f"SELECT path, ino, size, mtime, ctime, digest FROM digests "
-                              f"WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+            chunk = list(paths[start : start + 900])
+            rows = db.execute(
+                f"SELECT path, ino, size, mtime, ctime, digest FROM digests "
+                f"WHERE path IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
             known.update({r[0]: r[1:] for r in rows})
         out, fresh = [], []
         for p in paths:
@@ -288,8 +294,7 @@ def _decode(paths, ids, image_size, channels, num_workers=None):
         bad.sort()
         shown = "; ".join(f"{i} ({p}: {err})" for i, p, err in bad[:5])
         raise TransferScopeError(
-            f"{len(bad)} image(s) could not be read: {shown}"
-            + (" ..." if len(bad) > 5 else "")
+            f"{len(bad)} image(s) could not be read: {shown}" + (" ..." if len(bad) > 5 else "")
         )
     return out
 

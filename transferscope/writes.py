@@ -64,9 +64,13 @@ def _now():
 def _me():
     import psutil
 
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": psutil.Process().create_time(), "since": _now().isoformat(),
-            "heartbeat": _now().isoformat()}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": psutil.Process().create_time(),
+        "since": _now().isoformat(),
+        "heartbeat": _now().isoformat(),
+    }
 
 
 def owner_alive(owner):
@@ -76,8 +80,10 @@ def owner_alive(owner):
     if owner.get("host") == socket.gethostname():
         try:
             proc = psutil.Process(int(owner["pid"]))
-            return abs(proc.create_time() - float(owner["started"])) < 1.0 and \
-                proc.status() != psutil.STATUS_ZOMBIE
+            return (
+                abs(proc.create_time() - float(owner["started"])) < 1.0
+                and proc.status() != psutil.STATUS_ZOMBIE
+            )
         except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
             return False
     beat = datetime.datetime.fromisoformat(owner.get("heartbeat") or owner["since"])
@@ -131,10 +137,20 @@ class RunWrite:
         coll = _journal()
         try:
             for ds in self.datasets:
-                doc = {"_id": self._id(ds), "dataset": ds.name, "key": self.key,
-                       "method": self.method, "owner": _me(), "phase": "locked",
-                       "staged": {}, "tags": [], "views": [], "old": None,
-                       "old_deleted": False, "registered": False}
+                doc = {
+                    "_id": self._id(ds),
+                    "dataset": ds.name,
+                    "key": self.key,
+                    "method": self.method,
+                    "owner": _me(),
+                    "phase": "locked",
+                    "staged": {},
+                    "tags": [],
+                    "views": [],
+                    "old": None,
+                    "old_deleted": False,
+                    "registered": False,
+                }
                 try:
                     coll.insert_one(doc)
                 except DuplicateKeyError:
@@ -154,14 +170,23 @@ class RunWrite:
             raise RunLockedError(
                 f"run key {self.key!r} on dataset {ds.name!r} is being written by "
                 f"{describe_owner(old['owner'])} ({old.get('method')}); wait for it or "
-                f"choose another key")
-        taken = coll.find_one_and_update({"_id": fresh["_id"], "owner": old["owner"]},
-                                         {"$set": {"owner": fresh["owner"]}})
+                f"choose another key"
+            )
+        taken = coll.find_one_and_update(
+            {"_id": fresh["_id"], "owner": old["owner"]}, {"$set": {"owner": fresh["owner"]}}
+        )
         if taken is None:
-            raise RunLockedError(f"run key {self.key!r} on dataset {ds.name!r} was just taken "
-                                 f"by another process; try again")
-        logger.warning("undoing the interrupted %s write of key %r on %r (%s)",
-                       old.get("method"), self.key, ds.name, describe_owner(old["owner"]))
+            raise RunLockedError(
+                f"run key {self.key!r} on dataset {ds.name!r} was just taken "
+                f"by another process; try again"
+            )
+        logger.warning(
+            "undoing the interrupted %s write of key %r on %r (%s)",
+            old.get("method"),
+            self.key,
+            ds.name,
+            describe_owner(old["owner"]),
+        )
         recover(ds, old)
         coll.replace_one({"_id": fresh["_id"]}, fresh)
 
@@ -176,8 +201,9 @@ class RunWrite:
     def _release(self):
         coll = _journal()
         for ds in self._held:
-            coll.delete_one({"_id": self._id(ds), "owner.pid": os.getpid(),
-                             "owner.host": socket.gethostname()})
+            coll.delete_one(
+                {"_id": self._id(ds), "owner.pid": os.getpid(), "owner.host": socket.gethostname()}
+            )
         self._held = []
 
     def heartbeat(self):
@@ -186,8 +212,9 @@ class RunWrite:
             return
         self._last_beat = _now()
         for ds in self._held:
-            _journal().update_one({"_id": self._id(ds)},
-                                  {"$set": {"owner.heartbeat": self._last_beat.isoformat()}})
+            _journal().update_one(
+                {"_id": self._id(ds)}, {"$set": {"owner.heartbeat": self._last_beat.isoformat()}}
+            )
 
     def _journal_update(self, ds, update):
         _journal().update_one({"_id": self._id(ds)}, update)
@@ -217,7 +244,8 @@ class RunWrite:
     def set_values(self, ds, field, values, view=None):
         """``values``: ``{sample id: value}`` for the staged ``field``."""
         (view if view is not None else ds).set_values(
-            self.staged_name(ds, field), values, key_field="id")
+            self.staged_name(ds, field), values, key_field="id"
+        )
         _checkpoint("field_staged")
 
     def tag(self, ds, ids, tag):
@@ -257,7 +285,8 @@ class RunWrite:
             if not owned:
                 raise TransferScopeError(
                     f"dataset {ds.name!r} already has a saved view {name!r} that run "
-                    f"{self.key!r} did not create; rename or delete it, or choose another key")
+                    f"{self.key!r} did not create; rename or delete it, or choose another key"
+                )
 
     def commit(self):
         """Replaces the old run (with ``overwrite``), renames the staged fields, tags,
@@ -268,9 +297,16 @@ class RunWrite:
             old = dict(self._old_runs.get(ds.name) or {"tags": [], "views": []})
             old["run"] = self.overwrite and self.key in ds.list_runs()
             olds[ds.name] = old
-            self._journal_update(ds, {"$set": {
-                "old": old, "views": [n for d, n, _ in self._views if d.name == ds.name],
-                "records": [n for d, n, _ in self._records if d.name == ds.name]}})
+            self._journal_update(
+                ds,
+                {
+                    "$set": {
+                        "old": old,
+                        "views": [n for d, n, _ in self._views if d.name == ds.name],
+                        "records": [n for d, n, _ in self._records if d.name == ds.name],
+                    }
+                },
+            )
         _checkpoint("commit_started")  # until here, a kill leaves the old state intact
         for ds in self.datasets:
             self._journal_update(ds, {"$set": {"phase": "committing"}})
@@ -313,8 +349,7 @@ class RunWrite:
                 try:
                     recover(ds, doc)
                 except Exception:  # keep the original error
-                    logger.exception("could not undo the writes of key %r on %r",
-                                     self.key, ds.name)
+                    logger.exception("could not undo the writes of key %r on %r", self.key, ds.name)
 
 
 def _remove_old(ds, key, old):
