@@ -6,100 +6,97 @@ Usable alone::
     store = open_store("runs/x", config, data)
     run_subset_models(config, data, store)
     est = aggregate_influence(store.masks, store.outputs("prob"))
+
+The names below are imported when first used, so ``import transferscope``
+(which the FiftyOne plugin loader repeats at every registry look-up) does not
+load torch, and FAISS is loaded only by the calls that search.
 """
 
-from .config import InfluenceConfig, TARGET_FUNCTIONS, TRANSFER_MODES
-from .curation import (
-    ORDERS,
-    SELECTION_RULES,
-    CurationPlan,
-    check_num_removed,
-    paired_comparison,
-    plan_curation,
-    select_classes,
-    summarize_curation,
-)
-from .engine import (
-    design_masks,
-    open_holdout_store,
-    open_retrain_store,
-    open_store,
-    resolve_design,
-    run_holdout_models,
-    run_retraining,
-    run_subset_models,
-)
-from .executors import LocalExecutor, ModelsFailedError, RayExecutor, make_executor
-from .estimators import (
-    ESTIMATORS,
-    aggregate_influence,
-    benjamini_hochberg,
-    check_estimator,
-    class_influence,
-    estimate_influence,
-    linear_datamodeling_score,
-    split_half,
-    split_half_spearman,
-    top_k_classes,
-)
-from .store import (
-    ForeignFilesError,
-    ResultsStore,
-    StoreCorruptError,
-    StoreMismatchError,
-    clear_dir,
-)
-from .subsets import DESIGNS, Design, check_design, make_design, min_models, sample_class_masks
-from .nets import check_architecture
-from .train import TransferData, resolve_device, train_subset_model
+import importlib
 
-__all__ = [
-    "InfluenceConfig",
-    "TARGET_FUNCTIONS",
-    "design_masks",
-    "TRANSFER_MODES",
-    "open_store",
-    "run_subset_models",
-    "open_retrain_store",
-    "run_retraining",
-    "aggregate_influence",
-    "class_influence",
-    "split_half_spearman",
-    "top_k_classes",
-    "ResultsStore",
-    "StoreMismatchError",
-    "StoreCorruptError",
-    "ForeignFilesError",
-    "clear_dir",
-    "check_design",
-    "min_models",
-    "sample_class_masks",
-    "TransferData",
-    "DESIGNS",
-    "Design",
-    "make_design",
-    "resolve_design",
-    "ESTIMATORS",
-    "estimate_influence",
-    "benjamini_hochberg",
-    "check_estimator",
-    "linear_datamodeling_score",
-    "split_half",
-    "open_holdout_store",
-    "run_holdout_models",
-    "check_architecture",
-    "resolve_device",
-    "train_subset_model",
-    "ORDERS",
-    "SELECTION_RULES",
-    "CurationPlan",
-    "check_num_removed",
-    "paired_comparison",
-    "plan_curation",
-    "select_classes",
-    "summarize_curation",
-    "LocalExecutor",
-    "RayExecutor",
-    "ModelsFailedError",
-    "make_executor",
-]
+# module -> the names it exports here
+_MODULE_EXPORTS = {
+    "config": ("InfluenceConfig", "TARGET_FUNCTIONS", "TRANSFER_MODES"),
+    "curation": (
+        "ORDERS",
+        "SELECTION_RULES",
+        "CurationPlan",
+        "check_num_removed",
+        "paired_comparison",
+        "plan_curation",
+        "select_classes",
+        "summarize_curation",
+    ),
+    "engine": (
+        "design_masks",
+        "open_holdout_store",
+        "open_retrain_store",
+        "open_store",
+        "resolve_design",
+        "run_holdout_models",
+        "run_retraining",
+        "run_subset_models",
+    ),
+    "executors": ("LocalExecutor", "ModelsFailedError", "RayExecutor", "make_executor"),
+    "estimators": (
+        "ESTIMATORS",
+        "aggregate_influence",
+        "benjamini_hochberg",
+        "check_estimator",
+        "class_influence",
+        "estimate_influence",
+        "linear_datamodeling_score",
+        "split_half",
+        "split_half_spearman",
+        "top_k_classes",
+    ),
+    "store": (
+        "ForeignFilesError",
+        "ResultsStore",
+        "StoreCorruptError",
+        "StoreMismatchError",
+        "clear_dir",
+    ),
+    "subsets": (
+        "DESIGNS",
+        "Design",
+        "check_design",
+        "make_design",
+        "min_models",
+        "sample_class_masks",
+    ),
+    "nets": ("check_architecture",),
+    "train": ("TransferData", "resolve_device", "train_subset_model"),
+}
+_EXPORTS = {name: module for module, names in _MODULE_EXPORTS.items() for name in names}
+_SUBMODULES = (
+    "checks",
+    "config",
+    "curation",
+    "diversity",
+    "engine",
+    "estimators",
+    "executors",
+    "grouped",
+    "neighbors",
+    "nets",
+    "store",
+    "subpopulations",
+    "subsets",
+    "train",
+)
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

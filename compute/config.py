@@ -26,6 +26,17 @@ ENGINE_VERSION = 2
 MAX_NUM_MODELS = 1_000_000
 MAX_IMAGE_SIZE = 1024
 MAX_LR = 10.0
+# training constants that became fields in 0.2: at these values they stay out
+# of the fingerprint, so stores of earlier versions keep their hash
+TRAINING_DEFAULTS = {
+    "label_smoothing": 0.1,
+    "momentum": 0.9,
+    "warmup_fraction": 0.2,
+    "finetune_lr_divisor": 10.0,
+    "probe_max_iter": 2000,
+    "bn_momentum": None,
+    "bn_eps": None,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +74,14 @@ class InfluenceConfig:
             shifted by up to this many pixels in each direction (edges
             replicated), drawn from the model's seed and done on the device;
             0: none
+        label_smoothing: label smoothing of the training loss
+        momentum: SGD's Nesterov momentum
+        warmup_fraction: fraction of the steps the learning rate rises
+            linearly before it decays linearly to zero
+        finetune_lr_divisor: fine-tuning runs at ``lr / finetune_lr_divisor``
+        probe_max_iter: iterations of the linear probe's solver (lbfgs)
+        bn_momentum, bn_eps: BatchNorm's running-average momentum and epsilon;
+            ``None``: the architecture's own (``resnet_small``: 0.1, 1e-5)
     """
 
     num_models: int = 64
@@ -84,6 +103,13 @@ class InfluenceConfig:
     augment_shift: int = 0
     design: str = "orthogonal"
     holdout_models: int = 16
+    label_smoothing: float = 0.1
+    momentum: float = 0.9
+    warmup_fraction: float = 0.2
+    finetune_lr_divisor: float = 10.0
+    probe_max_iter: int = 2000
+    bn_momentum: float | None = None
+    bn_eps: float | None = None
 
     def __post_init__(self):
         check_int(self.num_models, "num_models", 2, MAX_NUM_MODELS)
@@ -119,6 +145,15 @@ class InfluenceConfig:
         check_number(self.lr, "lr", 0, MAX_LR, low_open=True)
         check_number(self.weight_decay, "weight_decay", 0, 1)
         check_number(self.probe_c, "probe_c", 0, 1e6, low_open=True)
+        check_number(self.label_smoothing, "label_smoothing", 0, 1, high_open=True)
+        check_number(self.momentum, "momentum", 0, 1, high_open=True)
+        check_number(self.warmup_fraction, "warmup_fraction", 0, 1)
+        check_number(self.finetune_lr_divisor, "finetune_lr_divisor", 0, 1e6, low_open=True)
+        check_int(self.probe_max_iter, "probe_max_iter", 1, 10_000_000)
+        if self.bn_momentum is not None:
+            check_number(self.bn_momentum, "bn_momentum", 0, 1)
+        if self.bn_eps is not None:
+            check_number(self.bn_eps, "bn_eps", 0, 1, low_open=True)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -148,6 +183,9 @@ class InfluenceConfig:
             d.pop("precision")
         if d["augment_shift"] == 0:
             d.pop("augment_shift")
+        for name, value in TRAINING_DEFAULTS.items():
+            if d[name] == value:
+                d.pop(name)
         d["data"] = data_fingerprint
         d["engine_version"] = ENGINE_VERSION
         blob = json.dumps(d, sort_keys=True).encode()

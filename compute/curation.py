@@ -7,14 +7,20 @@ the same model seed in every arm, so arms compare in pairs (common random
 numbers: initialisation and data order match, only the classes differ).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from .estimators import mean_ci
+
+if TYPE_CHECKING:  # names in annotations only
+    from collections.abc import Sequence
 
 SELECTION_RULES = ("harmful_fdr", "most_harmful", "below_threshold", "ci_below_zero", "classes")
 DEFAULT_RULE = "harmful_fdr"
@@ -26,16 +32,16 @@ MIN_REMAINING_CLASSES = 2
 
 
 def select_classes(
-    class_names,
-    class_influence,
-    ci_high=None,
-    rule=DEFAULT_RULE,
-    k=None,
-    threshold=None,
-    classes=None,
-    q_values=None,
-    fdr_level=DEFAULT_FDR,
-):
+    class_names: Sequence[str],
+    class_influence: np.ndarray,
+    ci_high: np.ndarray | None = None,
+    rule: str = DEFAULT_RULE,
+    k: int | None = None,
+    threshold: float | None = None,
+    classes: Sequence[str] | None = None,
+    q_values: np.ndarray | None = None,
+    fdr_level: float = DEFAULT_FDR,
+) -> list[int]:
     """Indices of the classes a rule selects for removal, most harmful first.
 
     Rules:
@@ -133,7 +139,7 @@ def check_fdr_level(level):
         raise ValueError(f"fdr_level must be a number in (0, 1), e.g. 0.1; got {level!r}")
 
 
-def check_num_removed(k, num_classes, name="k"):
+def check_num_removed(k: int, num_classes: int, name: str = "k"):
     largest = num_classes - MIN_REMAINING_CLASSES
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= largest:
         raise ValueError(
@@ -178,7 +184,14 @@ class CurationPlan:
         raise KeyError((arm, k, cls))
 
 
-def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0, each=True):
+def plan_curation(
+    class_influence: np.ndarray,
+    removed: Sequence[int],
+    num_seeds: int,
+    sweep_ks: Sequence[int] = (),
+    seed: int = 0,
+    each: bool = True,
+):
     """Plans the counterfactual: full, curated and random (and an optional sweep).
 
     The curated set removes ``removed``. The random baseline removes, for
@@ -240,7 +253,7 @@ def plan_curation(class_influence, removed, num_seeds, sweep_ks=(), seed=0, each
     return CurationPlan(np.array(masks), np.array(seeds), cells, removed)
 
 
-def paired_comparison(a, b, confidence=0.95):
+def paired_comparison(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict:
     """``a - b`` paired by seed: mean, CI, paired t-test p-value, wins."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     diff = a - b
@@ -259,7 +272,9 @@ def paired_comparison(a, b, confidence=0.95):
     }
 
 
-def summarize_curation(plan, accuracy, class_names=None):
+def summarize_curation(
+    plan: CurationPlan, accuracy: np.ndarray, class_names: Sequence[str] | None = None
+) -> dict:
     """Accuracy per arm with 95% CIs, and the paired tests of the curated set.
 
     Args:

@@ -1,20 +1,33 @@
 """Runs the subset models that a results store still lacks."""
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .executors import LocalExecutor, ModelJob, ModelsFailedError
-from .nets import build_network
+from .nets import network_for
 from .store import ResultsStore, claim, make_dirs
 from .subsets import check_design, independent_masks, make_design
 from .train import pretrain_network, resolve_device
 
+if TYPE_CHECKING:  # names in annotations only
+    from collections.abc import Callable, Sequence
 
-def resolve_design(config, num_classes, class_names=None):
+    from .config import InfluenceConfig
+    from .executors import RayExecutor
+    from .subsets import Design
+    from .train import TransferData
+
+
+def resolve_design(
+    config: InfluenceConfig, num_classes: int, class_names: Sequence[str] | None = None
+) -> Design:
     """The run's :class:`~.subsets.Design`, refused if some class is not in and
     out of enough subsets. Its ``num_models`` may exceed ``config.num_models``
     (an orthogonal design is rounded up to whole blocks; ``note`` says so)."""
@@ -32,12 +45,20 @@ def resolve_design(config, num_classes, class_names=None):
     return design
 
 
-def design_masks(config, num_classes, class_names=None):
+def design_masks(
+    config: InfluenceConfig, num_classes: int, class_names: Sequence[str] | None = None
+):
     """The run's ``(M, C)`` class masks (see :func:`resolve_design`)."""
     return resolve_design(config, num_classes, class_names).masks
 
 
-def open_store(path, config, data, class_names=None, meta=None):
+def open_store(
+    path: str,
+    config: InfluenceConfig,
+    data: TransferData,
+    class_names: Sequence[str] | None = None,
+    meta: dict | None = None,
+) -> ResultsStore:
     """The store for (config, data) at ``path``: new, or resumed if it matches.
 
     ``config.num_models`` must be the design's own count (see
@@ -67,7 +88,7 @@ def holdout_masks(config, num_classes):
     )
 
 
-def open_holdout_store(path, config, data):
+def open_holdout_store(path: str, config: InfluenceConfig, data: TransferData) -> ResultsStore:
     """A resumable store of the run's held-out models (their own hash and masks)."""
     masks = holdout_masks(config, data.num_pretrain_classes)
     rows_hash = hashlib.sha256(masks.tobytes()).hexdigest()[:16]
@@ -75,7 +96,13 @@ def open_holdout_store(path, config, data):
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels))
 
 
-def run_holdout_models(config, data, store, on_model_done=None, executor=None):
+def run_holdout_models(
+    config: InfluenceConfig,
+    data: TransferData,
+    store: ResultsStore,
+    on_model_done: Callable[[int, int, int], None] | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
+):
     """Trains the held-out models a store lacks (resumable)."""
     indices = HOLDOUT_INDEX_BASE + np.arange(len(store.completed))
     return run_subset_models(
@@ -83,7 +110,14 @@ def run_holdout_models(config, data, store, on_model_done=None, executor=None):
     )
 
 
-def run_subset_models(config, data, store, on_model_done=None, model_indices=None, executor=None):
+def run_subset_models(
+    config: InfluenceConfig,
+    data: TransferData,
+    store: ResultsStore,
+    on_model_done: Callable[[int, int, int], None] | None = None,
+    model_indices: Sequence[int] | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
+):
     """Trains every model whose row is not complete, writing each as it ends.
 
     Args:
@@ -133,7 +167,14 @@ def _train_pending(store, job_for_row, data, on_model_done=None, executor=None):
 RETRAIN_INDEX_BASE = 1_000_000
 
 
-def open_retrain_store(path, config, data, masks, seeds, meta=None):
+def open_retrain_store(
+    path: str,
+    config: InfluenceConfig,
+    data: TransferData,
+    masks: np.ndarray,
+    seeds: np.ndarray,
+    meta: dict | None = None,
+) -> ResultsStore:
     """A resumable store for retrained models, one row per ``(mask, seed)``.
 
     Seed ``s`` trains as model ``RETRAIN_INDEX_BASE + s`` whatever its
@@ -150,7 +191,13 @@ def open_retrain_store(path, config, data, masks, seeds, meta=None):
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
 
 
-def run_retraining(config, data, store, on_model_done=None, executor=None):
+def run_retraining(
+    config: InfluenceConfig,
+    data: TransferData,
+    store: ResultsStore,
+    on_model_done: Callable[[int, int, int], None] | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
+):
     """Trains the rows of a retrain store that are not complete (resumable)."""
     seeds = np.asarray(store.spec["meta"]["seeds"], dtype=np.int64)
     return run_subset_models(
@@ -177,7 +224,7 @@ def load_or_train_backbone(config, data, cache_dir):
     path = os.path.join(cache_dir, f"backbone-{config.fingerprint(data.fingerprint())}.pt")
     device = resolve_device(config.device)
     if os.path.exists(path):
-        net = build_network(config.arch, data.num_pretrain_classes, config.channels, config.width)
+        net = network_for(config, data.num_pretrain_classes)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return net.to(device).to(memory_format=torch.channels_last), device
     everything = np.ones(data.num_pretrain_classes, dtype=bool)

@@ -27,6 +27,8 @@ measured and left out: its intervals covered the truth 87% of the time at
 strong effects towards zero.)
 """
 
+from __future__ import annotations
+
 import dataclasses
 
 import numpy as np
@@ -69,7 +71,7 @@ def _as_arrays(masks, outputs):
     return X, Y
 
 
-def class_influence(masks, outputs):
+def class_influence(masks: np.ndarray, outputs: np.ndarray):
     """The paper's difference of means, with Welch's standard error, per (class, target).
 
     Args:
@@ -154,7 +156,7 @@ def variance_inflation(masks):
     return float(np.mean(np.diag(inv)) * np.mean(np.diag(G)))
 
 
-def check_estimator(masks, estimator):
+def check_estimator(masks: np.ndarray, estimator: str) -> None:
     """Raises ``ValueError`` (naming the problem) unless ``estimator`` can run on ``masks``."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
@@ -167,7 +169,7 @@ def check_estimator(masks, estimator):
         )
 
 
-def estimate_influence(masks, outputs, estimator="auto"):
+def estimate_influence(masks: np.ndarray, outputs: np.ndarray, estimator: str = "auto"):
     """``Infl[c -> t]`` with standard errors valid for the design (see the module).
 
     Returns an :class:`InfluenceEstimate`; raises ``ValueError`` naming the
@@ -265,7 +267,9 @@ class AggregateInfluence:
     se_method: str = "welch"
 
 
-def aggregate_influence(masks, outputs, confidence=0.95, estimator="auto"):
+def aggregate_influence(
+    masks: np.ndarray, outputs: np.ndarray, confidence: float = 0.95, estimator: str = "auto"
+) -> AggregateInfluence:
     """Per-class influence averaged over the targets, with an interval and a q-value.
 
     The mean over targets of ``Infl[c -> t]`` equals the influence on each
@@ -299,7 +303,7 @@ def aggregate_influence(masks, outputs, confidence=0.95, estimator="auto"):
     )
 
 
-def benjamini_hochberg(p_values):
+def benjamini_hochberg(p_values: np.ndarray):
     """Benjamini-Hochberg adjusted p-values (q-values), as scipy computes them."""
     p = np.asarray(p_values, dtype=np.float64)
     if p.size == 0:
@@ -344,7 +348,9 @@ def split_halves(num_models, block_size=2, masks=None):
     return first, second
 
 
-def split_half(masks, outputs, block_size=1, estimator="auto"):
+def split_half(
+    masks: np.ndarray, outputs: np.ndarray, block_size: int = 1, estimator: str = "auto"
+) -> dict:
     """The per-class influence of two disjoint halves of the models, compared.
 
     Returns ``{"spearman", "z_sd", "halves"}``: the Spearman correlation of
@@ -371,7 +377,7 @@ def split_half(masks, outputs, block_size=1, estimator="auto"):
     }
 
 
-def split_half_spearman(masks, outputs, block_size=2):
+def split_half_spearman(masks: np.ndarray, outputs: np.ndarray, block_size: int = 2) -> float:
     """Spearman correlation of the per-class influence of two model halves."""
     return split_half(masks, outputs, block_size)["spearman"]
 
@@ -386,7 +392,13 @@ def predict_outputs(masks, outputs, new_masks, estimator="auto"):
     return Y.mean(axis=0) + (Xn - X.mean(axis=0)) @ est.influence
 
 
-def linear_datamodeling_score(masks, outputs, heldout_masks, heldout_outputs, estimator="auto"):
+def linear_datamodeling_score(
+    masks: np.ndarray,
+    outputs: np.ndarray,
+    heldout_masks: np.ndarray,
+    heldout_outputs: np.ndarray,
+    estimator: str = "auto",
+) -> dict:
     """The linear datamodeling score (datamodels, TRAK) of class influence.
 
     On held-out models, the Spearman correlation over models between the
@@ -414,7 +426,7 @@ def linear_datamodeling_score(masks, outputs, heldout_masks, heldout_outputs, es
     }
 
 
-def top_k_classes(influence, k):
+def top_k_classes(influence: np.ndarray, k: int):
     """Per target: indices of the k most positive and k most negative classes.
 
     Returns ``(positive, negative)``, each ``(T, k)``, strongest first.

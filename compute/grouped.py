@@ -25,18 +25,14 @@ thread counts.
 Only ``resnet_small`` is grouped; other architectures train one at a time.
 """
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
 from .train import (
-    LABEL_SMOOTHING,
-    MOMENTUM,
     _autocast,
-    draw_shifts,
+    batch_schedule,
     lr_factor,
     resolve_device,
     seeded_model,
@@ -45,8 +41,6 @@ from .train import (
 )
 
 GROUPABLE_ARCHS = ("resnet_small",)
-BN_MOMENTUM = 0.1
-BN_EPS = 1e-5
 
 
 def can_group(config):
@@ -92,7 +86,13 @@ def pretrain_group(config, indices, mask_rows, data, sample_masks=None):
     num_classes = [net.head.out_features for net in nets]
 
     plan = _step_plan(
-        selections, gens, config.epochs, config.batch_size, device, config.augment_shift
+        selections,
+        gens,
+        config.epochs,
+        config.batch_size,
+        device,
+        config.warmup_fraction,
+        config.augment_shift,
     )
     params, buffers = _stack(nets, max(num_classes), device)
     class_valid = torch.zeros(group, max(num_classes), dtype=torch.bool, device=device)
@@ -117,8 +117,9 @@ def pretrain_group(config, indices, mask_rows, data, sample_masks=None):
     return nets, gens, states, device
 
 
-def _step_plan(selections, gens, epochs, batch_size, device, shift=0):
-    """Every model's batches, step by step, as in the one-model loop.
+def _step_plan(selections, gens, epochs, batch_size, device, warmup_fraction, shift=0):
+    """Every model's batches, step by step: the one-model loop's
+    (:func:`~.train.batch_schedule`), stacked.
 
     Returns a dict of ``index`` ``(S, G, B)`` sample rows, ``weight``
     ``(S, G, B)`` (0 for padding), ``offsets`` ``(S, G, B, 2)`` (shift
@@ -127,24 +128,18 @@ def _step_plan(selections, gens, epochs, batch_size, device, shift=0):
     """
     per_model, offsets_of = [], []
     for sel, gen in zip(selections, gens):
-        offsets_of.append([])
-        sel, n = sel.cpu(), len(sel)
-        steps_per_epoch = max(1, math.ceil(n / batch_size))
-        total = epochs * steps_per_epoch
-        batches = []
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)  # the same draws as the one-model loop
-            for i in range(steps_per_epoch):
-                idx = order[i * batch_size : (i + 1) * batch_size]
-                if len(idx) < 2:  # BatchNorm needs two samples
-                    continue
-                batches.append(sel[idx])
-                if shift:
-                    offsets_of[-1].append(draw_shifts(len(idx), shift, gen))
-        factors = [lr_factor(k, total) for k in range(len(batches))]
+        sel = sel.cpu()
+        total, schedule = batch_schedule(len(sel), epochs, batch_size, gen, shift)
+        batches, model_offsets = [], []
+        for rows, offsets in schedule:
+            batches.append(sel[rows])
+            if shift:
+                model_offsets.append(offsets)
+        factors = [lr_factor(k, total, warmup_fraction) for k in range(len(batches))]
         if not batches:  # one sample: the one-model loop takes no step either
             batches, factors = [sel[:1].repeat(2)], []
-            offsets_of[-1] = [torch.zeros(2, 2, dtype=torch.long)]
+            model_offsets = [torch.zeros(2, 2, dtype=torch.long)]
+        offsets_of.append(model_offsets)
         per_model.append((batches, factors))
 
     num_steps = max(len(b) for b, _ in per_model)
@@ -210,6 +205,7 @@ def _fit_group(
 ):
     """SGD (Nesterov momentum, weight decay) on every model of the group at once."""
     model_forward = _masked_forward(template)
+    smoothing = config.label_smoothing
 
     def loss_fn(p, b, x, y, w, valid):
         logits, new_buffers = model_forward(p, b, x, w)
@@ -217,11 +213,12 @@ def _fit_group(
         logp = torch.log_softmax(logits, dim=-1)
         nll = -logp.gather(1, y[:, None]).squeeze(1)
         smooth = -torch.where(valid, logp, torch.zeros_like(logp)).sum(-1) / valid.sum()
-        per_sample = (1 - LABEL_SMOOTHING) * nll + LABEL_SMOOTHING * smooth
+        per_sample = (1 - smoothing) * nll + smoothing * smooth
         return (per_sample * w).sum() / w.sum(), new_buffers
 
     step_grads = vmap(grad_and_value(loss_fn, has_aux=True))
     momentum = {k: None for k in params}
+    mu = config.momentum
     lr, wd = config.lr, config.weight_decay
     for s in range(plan["index"].shape[0]):
         idx = plan["index"][s]  # (G, B)
@@ -244,9 +241,9 @@ def _fit_group(
                 d = grads[name] + wd * p
                 buf = momentum[name]
                 # torch's SGD starts the buffer at the first gradient
-                buf = d.clone() if buf is None else torch.where(on, MOMENTUM * buf + d, buf)
+                buf = d.clone() if buf is None else torch.where(on, mu * buf + d, buf)
                 momentum[name] = buf
-                update = d + MOMENTUM * buf
+                update = d + mu * buf
                 params[name] = torch.where(on, p - step_lr.to(p.dtype).view(shape) * update, p)
             for name, b in buffers.items():
                 on = active.view((-1,) + (1,) * (b.dim() - 1))
@@ -261,21 +258,24 @@ def _masked_forward(net):
         return F.conv2d(x, p[f"{name}.weight"], None, module.stride, module.padding)
 
     def bn(p, b, new_b, name, x, w):
+        # the constants of the template's own BatchNorm (see nets.network_for)
+        module = net.get_submodule(name)
+        eps, bn_momentum = module.eps, module.momentum
         x = _at_least_fp32(x)  # statistics in fp32 under bf16 autocast
         wx = w.view(-1, 1, 1, 1)
         count = w.sum() * x.shape[2] * x.shape[3]
         mean = (x * wx).sum((0, 2, 3)) / count
         centered = x - mean.view(1, -1, 1, 1)
         var = (centered.square() * wx).sum((0, 2, 3)) / count
-        out = centered * torch.rsqrt(var + BN_EPS).view(1, -1, 1, 1)
+        out = centered * torch.rsqrt(var + eps).view(1, -1, 1, 1)
         out = out * p[f"{name}.weight"].view(1, -1, 1, 1) + p[f"{name}.bias"].view(1, -1, 1, 1)
         # running variance is unbiased, as in nn.BatchNorm2d
-        new_b[f"{name}.running_mean"] = (1 - BN_MOMENTUM) * b[
+        new_b[f"{name}.running_mean"] = (1 - bn_momentum) * b[
             f"{name}.running_mean"
-        ] + BN_MOMENTUM * mean.detach()
-        new_b[f"{name}.running_var"] = (1 - BN_MOMENTUM) * b[
+        ] + bn_momentum * mean.detach()
+        new_b[f"{name}.running_var"] = (1 - bn_momentum) * b[
             f"{name}.running_var"
-        ] + BN_MOMENTUM * var.detach() * count / (count - 1)
+        ] + bn_momentum * var.detach() * count / (count - 1)
         return out
 
     def forward(p, b, x, w):

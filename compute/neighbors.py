@@ -310,3 +310,26 @@ def leak_scores(distance, max_distance, support_z=None, influence_weight=0.25):
         return closeness
     support = stats.norm.cdf(np.asarray(support_z, np.float64))
     return closeness ** (1 - influence_weight) * support**influence_weight
+
+
+def centroid_samples(vectors, k, seed):
+    """Indices of ``k`` samples nearest to the centroids of a FAISS k-means."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    set_faiss_threads()
+    # small classes are the normal case here: no "too few points" warning
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
+    km.train(x)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    _, nearest = index.search(km.centroids, min(len(x), 8))
+    picked = []
+    for row in nearest:  # the nearest sample not picked yet
+        for i in row:
+            if i not in picked:
+                picked.append(int(i))
+                break
+    rest = [i for i in range(len(x)) if i not in picked]
+    picked += rest[: k - len(picked)]  # rare: centroids sharing all their neighbours
+    return np.array(picked[:k])

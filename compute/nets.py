@@ -5,8 +5,15 @@ the linear probe reads) and ``head`` (the classification layer that transfer
 replaces).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # names in annotations only
+    from .config import InfluenceConfig
 
 
 class BasicBlock(nn.Module):
@@ -135,13 +142,27 @@ def build_network(arch, num_classes, in_channels, width=16):
     return TorchvisionBackbone(arch, num_classes, in_channels=in_channels)
 
 
-def check_architecture(config, num_classes):
+def network_for(config, num_classes):
+    """The untrained network of ``config`` (architecture, channels, width and
+    its BatchNorm constants) with ``num_classes`` outputs."""
+    net = build_network(config.arch, num_classes, config.channels, config.width)
+    if config.bn_momentum is not None or config.bn_eps is not None:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if config.bn_momentum is not None:
+                    module.momentum = config.bn_momentum
+                if config.bn_eps is not None:
+                    module.eps = config.bn_eps
+    return net
+
+
+def check_architecture(config: InfluenceConfig, num_classes: int) -> None:
     """Builds ``config.arch`` and runs a batch of two images at ``config.image_size``
     through it on the CPU; ``ValueError`` naming the problem if it cannot."""
     import torch
 
     try:
-        net = build_network(config.arch, num_classes, config.channels, config.width)
+        net = network_for(config, num_classes)
         net.train()  # as in pretraining: BatchNorm with batch statistics
         x = torch.zeros(2, config.channels, config.image_size, config.image_size)
         with torch.no_grad():

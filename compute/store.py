@@ -21,6 +21,8 @@ Nothing is deleted that the manifest does not name: :func:`clear_dir`
 removes only what transferscope wrote.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
@@ -138,7 +140,7 @@ def check_dir_is_ours(folder):
         )
 
 
-def clear_dir(folder):
+def clear_dir(folder: str):
     """Deletes what transferscope wrote in ``folder`` (recursively, by the
     manifests) and ``folder`` itself if that leaves it empty; nothing else."""
     folder = os.path.abspath(folder)

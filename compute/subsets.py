@@ -28,10 +28,16 @@ Four designs (``InfluenceConfig.design``):
     stores stay valid.
 """
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import linalg
+
+if TYPE_CHECKING:  # names in annotations only
+    from collections.abc import Sequence
 
 DESIGNS = ("orthogonal", "balanced", "independent", "pairs")
 # Fewer than this many models with (or without) a class leave its standard
@@ -82,7 +88,14 @@ class Design:
         }
 
 
-def make_design(design, num_models, num_classes, alpha=0.5, seed=0, max_models=None):
+def make_design(
+    design: str,
+    num_models: int,
+    num_classes: int,
+    alpha: float = 0.5,
+    seed: int = 0,
+    max_models: int | None = None,
+):
     """The :class:`Design` of ``num_models`` subsets of ``num_classes`` classes.
 
     Deterministic in its arguments. Raises ``ValueError`` naming the problem
@@ -273,7 +286,7 @@ def _orthogonal_block(order, num_classes, seed):
 # --- random designs -------------------------------------------------------------
 
 
-def sample_class_masks(num_models, num_classes, alpha=0.5, seed=0):
+def sample_class_masks(num_models: int, num_classes: int, alpha: float = 0.5, seed: int = 0):
     """The ``"pairs"`` design: an ``(num_models, num_classes)`` boolean mask.
 
     Every row holds ``round(alpha * num_classes)`` classes. Rows are drawn
@@ -337,7 +350,7 @@ def _subset_size(num_classes, alpha):
     return min(max(int(round(alpha * num_classes)), 1), num_classes - 1)
 
 
-def check_design(masks, class_names=None):
+def check_design(masks: np.ndarray, class_names: Sequence[str] | None = None) -> None:
     """Raises if some class is not both in and out of enough subsets."""
     n_in = masks.sum(axis=0)
     n_out = masks.shape[0] - n_in
@@ -358,7 +371,7 @@ def check_design(masks, class_names=None):
         )
 
 
-def min_models(alpha):
+def min_models(alpha: float):
     """The smallest number of models that passes :func:`check_design` (random designs)."""
     side = min(alpha, 1 - alpha)
     return int(np.ceil(MIN_MODELS_PER_SIDE / side))

@@ -5,15 +5,21 @@ its arguments (seeded from ``config.seed`` and ``index``), so any executor can
 run any model anywhere and get the same row of outputs.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from .nets import build_network
+from .nets import network_for
+
+if TYPE_CHECKING:  # names in annotations only
+    from .config import InfluenceConfig
 
 
 @dataclasses.dataclass
@@ -90,7 +96,7 @@ class TransferData:
 OUTPUT_NAMES = ("prob", "margin", "correct", "pred")
 
 
-def resolve_device(device):
+def resolve_device(device: str):
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -103,7 +109,13 @@ def model_seed(config, index):
     return int(np.random.SeedSequence([config.seed, index]).generate_state(1)[0])
 
 
-def train_subset_model(config, index, mask_row, data, sample_mask=None):
+def train_subset_model(
+    config: InfluenceConfig,
+    index: int,
+    mask_row: np.ndarray,
+    data: TransferData,
+    sample_mask: np.ndarray | None = None,
+):
     """Trains model ``index`` on the classes in ``mask_row``; returns outputs.
 
     Returns:
@@ -130,6 +142,7 @@ def transfer_outputs(config, net, gen, data, device):
             config.probe_c,
             device,
             config.precision,
+            config.probe_max_iter,
         )
     else:
         net.head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
@@ -138,13 +151,12 @@ def transfer_outputs(config, net, gen, data, device):
             net,
             t["train"],
             y_train,
+            config,
             config.finetune_epochs,
             min(config.batch_size, len(y_train)),
-            config.lr / 10,
-            config.weight_decay,
+            config.lr / config.finetune_lr_divisor,
             gen,
             device,
-            config.precision,
         )
         logits = _eval_batched(net, net, t["test"], device, config.precision)
     return outputs_from_logits(logits, data.test_labels)
@@ -167,13 +179,12 @@ def pretrain_network(config, index, mask_row, data, sample_mask=None):
         net,
         x_pre,
         y_pre,
+        config,
         config.epochs,
         config.batch_size,
         config.lr,
-        config.weight_decay,
         gen,
         device,
-        config.precision,
         config.augment_shift,
     )
     return net, gen, device
@@ -204,7 +215,7 @@ def seeded_model(config, index, mask_row, data, device, sample_mask=None):
         raise ValueError(
             f"model {index} would pretrain on no samples: its mask selects no class or no sample"
         )
-    net = build_network(config.arch, len(classes), config.channels, config.width)
+    net = network_for(config, len(classes))
     return net, gen, keep, remap
 
 
@@ -252,15 +263,35 @@ def _autocast(device, precision="auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-LABEL_SMOOTHING = 0.1
-MOMENTUM = 0.9
-
-
-def lr_factor(step, total):
+def lr_factor(step, total, warmup_fraction):
     """The learning-rate multiplier at ``step`` of ``total``: linear warm-up
-    for 20% of the steps, then linear decay to zero."""
-    warm = max(1, int(0.2 * total))
+    for ``warmup_fraction`` of the steps, then linear decay to zero."""
+    warm = max(1, int(warmup_fraction * total))
     return min((step + 1) / warm, max(0.0, (total - step) / (total - warm + 1e-9)))
+
+
+def batch_schedule(n, epochs, batch_size, gen, shift=0):
+    """One model's training batches, the same on every training path.
+
+    Returns ``(total, batches)``: ``total`` steps of the learning-rate
+    schedule, and an iterator of ``(rows, offsets)``: each epoch a
+    permutation of ``n`` rows drawn from ``gen``, cut into batches (CPU
+    tensors); a batch of one sample is skipped (BatchNorm needs two);
+    ``offsets`` (shift augmentation, drawn from ``gen`` right after its
+    batch) or ``None``.
+    """
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+
+    def batches():
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for i in range(steps_per_epoch):
+                rows = order[i * batch_size : (i + 1) * batch_size]
+                if len(rows) < 2:
+                    continue
+                yield rows, (draw_shifts(len(rows), shift, gen) if shift else None)
+
+    return epochs * steps_per_epoch, batches()
 
 
 def draw_shifts(count, shift, gen):
@@ -280,31 +311,31 @@ def shift_images(x, offsets, shift):
     return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _fit(net, x, y, epochs, batch_size, lr, weight_decay, gen, device, precision="auto", shift=0):
-    n = len(y)
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    total = epochs * steps_per_epoch
+def _fit(net, x, y, config, epochs, batch_size, lr, gen, device, shift=0):
+    total, batches = batch_schedule(len(y), epochs, batch_size, gen, shift)
     opt = torch.optim.SGD(
-        net.parameters(), lr=lr, momentum=MOMENTUM, nesterov=True, weight_decay=weight_decay
+        net.parameters(),
+        lr=lr,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, config.warmup_fraction)
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     net.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            batch = x[idx]
-            if shift:
-                batch = shift_images(batch, draw_shifts(len(idx), shift, gen), shift)
-            with _autocast(device, precision):
-                loss = loss_fn(net(batch), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    for rows, offsets in batches:
+        idx = rows.to(device)
+        batch = x[idx]
+        if shift:
+            batch = shift_images(batch, offsets, shift)
+        with _autocast(device, config.precision):
+            loss = loss_fn(net(batch), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
 
 
 @torch.no_grad()
@@ -318,7 +349,9 @@ def _eval_batched(fn, net, x, device, precision="auto", batch_size=1024):
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def _linear_probe(net, x_train, y_train, x_test, num_classes, c, device, precision="auto"):
+def _linear_probe(
+    net, x_train, y_train, x_test, num_classes, c, device, precision="auto", max_iter=2000
+):
     """Multinomial logistic regression on standardised frozen features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -326,7 +359,7 @@ def _linear_probe(net, x_train, y_train, x_test, num_classes, c, device, precisi
 
     f_train = _eval_batched(net.features, net, x_train, device, precision)
     f_test = _eval_batched(net.features, net, x_test, device, precision)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
     probe.fit(f_train, y_train)
     scores = probe.decision_function(f_test)
     if scores.ndim == 1:  # two classes: one score, the logit of classes_[1]

@@ -117,7 +117,7 @@ def influence_run_choice(inputs, ctx, pretraining_only=False, name="run_key"):
     Returns ``(run_key, config)``, or ``(None, None)`` (with the form marked
     invalid) when the dataset has none.
     """
-    from transferscope.influence import influence_run_keys
+    from transferscope.influence_run import influence_run_keys
 
     dataset = ctx.dataset
     keys = influence_run_keys(dataset, pretraining_only) if dataset is not None else []

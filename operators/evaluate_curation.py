@@ -69,8 +69,7 @@ class EvaluateCuration(foo.Operator):
         return types.Property(inputs, view=types.View(label="Evaluate a curation"))
 
     def execute(self, ctx):
-        from transferscope.curation import describe_curation, evaluate_curation
-        from transferscope.plots import curation_plotly
+        from transferscope.curation import evaluate_curation
 
         p = ctx.params
         sweep_ks = None
@@ -90,8 +89,8 @@ class EvaluateCuration(foo.Operator):
             progress=_forms.progress_reporter(ctx, "models retrained"),
             **_forms.executor_kwargs(p),
         )
-        traces, _ = curation_plotly(summary)
-        return {"report": describe_curation(summary), "accuracy_vs_removed": traces}
+        traces, _ = summary.plotly()
+        return {"report": summary.describe(), "accuracy_vs_removed": traces}
 
     def resolve_output(self, ctx):
         from transferscope.plots import CURATION_LAYOUT

@@ -61,13 +61,13 @@ class ClassInfluencePanel(foo.Panel):
 
     def tag_selected(self, ctx):
         from transferscope.curation import tag_classes
-        from transferscope.influence import load_influence_run
+        from transferscope.influence_run import InfluenceRun
         from transferscope.views import TransferScopeError
 
         selected = list(ctx.panel.state.selected or [])
         key = ctx.panel.state.run_key
         try:
-            _, config = load_influence_run(ctx.dataset, key)
+            config = InfluenceRun.load(ctx.dataset, key).run_config
             record = tag_classes(config.pretrain_dataset, key, rule="classes", classes=selected)
         except TransferScopeError as e:
             ctx.panel.state.message = f"Not tagged: {e}"
@@ -87,7 +87,7 @@ class ClassInfluencePanel(foo.Panel):
 
     # --- work -----------------------------------------------------------------
     def _load_run(self, ctx, key):
-        from transferscope.influence import influence_run_keys
+        from transferscope.influence_run import influence_run_keys
         from transferscope.plots import curation_plotly, influence_plotly
 
         keys = influence_run_keys(ctx.dataset) if ctx.dataset is not None else []
@@ -116,13 +116,12 @@ class ClassInfluencePanel(foo.Panel):
 
     def _show(self, ctx, class_name, show):
         from transferscope import explore
-        from transferscope.influence import load_influence_run, run_datasets
+        from transferscope.influence_run import InfluenceRun
         from transferscope.views import TransferScopeError
 
         key = ctx.panel.state.run_key
         try:
-            _, config = load_influence_run(ctx.dataset, key)
-            pretrain, target = run_datasets(config)
+            pretrain, target = InfluenceRun.load(ctx.dataset, key).datasets
             wanted = pretrain if show == "pretraining" else target
             if ctx.dataset.name != wanted.name:
                 # the view lives on the other dataset: open it, show the view once it is open

@@ -52,7 +52,7 @@ class DetectLeakage(foo.Operator):
         return types.Property(inputs, view=types.View(label="Detect leakage"))
 
     def execute(self, ctx):
-        from transferscope.leakage import detect_leakage
+        from transferscope.leakage import DEFAULT_MAX_DISTANCE, detect_leakage
 
         p = ctx.params
         summary = detect_leakage(
@@ -60,7 +60,7 @@ class DetectLeakage(foo.Operator):
             pretrain_dataset=p.get("pretrain_dataset"),
             key=p["run_key"],
             target_split=p.get("target_split") or None,
-            max_distance=p.get("max_distance", 0.01),
+            max_distance=p.get("max_distance", DEFAULT_MAX_DISTANCE),
             threshold=p.get("threshold", 0.5),
             influence_weight=p.get("influence_weight", 0.25),
             index=p.get("index", "auto"),
@@ -109,13 +109,13 @@ class FindNearDuplicates(foo.Operator):
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
     def execute(self, ctx):
-        from transferscope.leakage import find_near_duplicates
+        from transferscope.leakage import DEFAULT_MAX_DISTANCE, find_near_duplicates
 
         p = ctx.params
         summary = find_near_duplicates(
             ctx.dataset,
             key=p["run_key"],
-            max_distance=p.get("max_distance", 0.01),
+            max_distance=p.get("max_distance", DEFAULT_MAX_DISTANCE),
             num_neighbors=p.get("num_neighbors", 16),
             index=p.get("index", "auto"),
             device=p.get("device", "auto"),

@@ -73,8 +73,7 @@ class PlanClassDiversity(foo.Operator):
         return types.Property(inputs, view=types.View(label="Plan class diversity"))
 
     def execute(self, ctx):
-        from transferscope.diversity import describe_diversity, plan_class_diversity
-        from transferscope.plots import diversity_plotly
+        from transferscope.diversity import plan_class_diversity
 
         p = ctx.params
         budgets = [int(b) for b in (p.get("budgets") or "").split(",") if b.strip()] or None
@@ -94,9 +93,9 @@ class PlanClassDiversity(foo.Operator):
             **_forms.executor_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)
-        traces, _ = diversity_plotly(summary)
+        traces, _ = summary.plotly()
         return {
-            "report": describe_diversity(summary),
+            "report": summary.describe(),
             "error_vs_classes": traces,
             "saved_view": f"{p['run_key']}_plan",
         }

@@ -40,8 +40,7 @@ class FindSubpopulations(foo.Operator):
         return types.Property(inputs, view=types.View(label="Find subpopulations"))
 
     def execute(self, ctx):
-        from transferscope.plots import subpopulations_plotly
-        from transferscope.subpopulations import describe_subpopulations, find_subpopulations
+        from transferscope.subpopulations import find_subpopulations
 
         p = ctx.params
         classes = [c.strip() for c in (p.get("target_classes") or "").split(",") if c.strip()]
@@ -54,9 +53,9 @@ class FindSubpopulations(foo.Operator):
             overwrite=p.get("overwrite", False),
         )
         _forms.reload_if_immediate(ctx)
-        traces, _ = subpopulations_plotly(summary)
+        traces, _ = summary.plotly()
         return {
-            "report": describe_subpopulations(summary),
+            "report": summary.describe(),
             "sizes": traces,
             "saved_views": ", ".join(summary["saved_views"]),
         }
@@ -114,8 +113,7 @@ class ExplainFailures(foo.Operator):
         return types.Property(inputs, view=types.View(label="Explain failures"))
 
     def execute(self, ctx):
-        from transferscope.plots import culprits_plotly
-        from transferscope.subpopulations import describe_failures, explain_failures
+        from transferscope.subpopulations import explain_failures
 
         p = ctx.params
         pred = p.get("pred_field")
@@ -133,9 +131,9 @@ class ExplainFailures(foo.Operator):
             **(_forms.executor_kwargs(p) if check else {}),
         )
         _forms.reload_if_immediate(ctx)
-        traces, _ = culprits_plotly(summary)
+        traces, _ = summary.plotly()
         return {
-            "report": describe_failures(summary),
+            "report": summary.describe(),
             "culprits": traces,
             "num_failures": summary["num_failures"],
         }

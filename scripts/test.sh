@@ -16,4 +16,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 export FIFTYONE_DO_NOT_TRACK=true
 .venv/bin/ruff check --quiet .   # lint first: it takes a second
+.venv/bin/ruff format --check --quiet .
+# the import contract (pyproject's [tool.importlinter]): the report only when broken
+contract=$(.venv/bin/python scripts/check_imports.py 2>&1) || { echo "$contract"; exit 1; }
 exec .venv/bin/python -m pytest "$@"

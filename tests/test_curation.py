@@ -12,7 +12,7 @@ import fiftyone.operators as foo
 
 import transferscope as ts
 from transferscope import TransferScopeError
-from transferscope.plots import curation_figure, save_curation_png
+from transferscope.plots import curation_figure, curation_plotly, save_curation_png
 from transferscope.runs import run_record
 
 from conftest import TINY_KWARGS
@@ -114,6 +114,8 @@ def test_counterfactual_end_to_end_is_stored_and_plotted(influence_run, tmp_path
     assert done == total and 10 <= total <= 14
     assert summary["removed"] == [results.classes[int(np.argmin(results.class_influence))]]
     assert summary["rule"] == "tagged (most_harmful)"
+    assert summary.describe() == ts.curation.describe_curation(summary)
+    assert summary.plotly() == curation_plotly(summary)
     arms = {(c["arm"], c["k"]) for c in summary["cells"]}
     assert {("full", 0), ("curated", 1), ("random", 1), ("helpful_first", 2)} <= arms
     for c in summary["cells"]:

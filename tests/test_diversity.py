@@ -6,7 +6,8 @@ import fiftyone.operators as foo
 
 import transferscope as ts
 from transferscope import TransferScopeError
-from transferscope.diversity import plan_class_diversity
+from transferscope.diversity import describe_diversity, plan_class_diversity
+from transferscope.plots import diversity_plotly
 
 from conftest import TINY_KWARGS
 
@@ -38,6 +39,8 @@ def test_plan_end_to_end_writes_the_plan_view_and_run(influence_run):
     )
     pred = summary["prediction"]
     assert set(summary["per_budget"]) == {"12", "20", "30"}
+    assert summary.describe() == describe_diversity(summary)
+    assert summary.plotly() == diversity_plotly(summary)
     for N, row in summary["per_budget"].items():
         assert len(row["grid"]) >= 3 and row["sweep_best_K"] > 0
     k, n = pred["K_plan"], pred["n_plan"]

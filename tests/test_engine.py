@@ -208,7 +208,7 @@ def test_precision_option_is_validated_hashed_and_keeps_old_hashes():
     import hashlib
     import json
 
-    from transferscope.compute.config import ENGINE_VERSION
+    from transferscope.compute.config import ENGINE_VERSION, TRAINING_DEFAULTS
 
     with pytest.raises(ValueError, match="precision must be one of"):
         InfluenceConfig(precision="fp16")
@@ -218,7 +218,15 @@ def test_precision_option_is_validated_hashed_and_keeps_old_hashes():
     old = {
         k: v
         for k, v in cfg.to_dict().items()
-        if k not in ("device", "precision", "augment_shift", "design", "holdout_models")
+        if k
+        not in (
+            "device",
+            "precision",
+            "augment_shift",
+            "design",
+            "holdout_models",
+            *TRAINING_DEFAULTS,
+        )
     }
     old.update(data="d", engine_version=ENGINE_VERSION)
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
@@ -227,6 +235,59 @@ def test_precision_option_is_validated_hashed_and_keeps_old_hashes():
     assert InfluenceConfig(**CFG).fingerprint("d") != expected  # the orthogonal default
     assert InfluenceConfig(**CFG, precision="bf16").fingerprint("d") != expected
     assert InfluenceConfig(**CFG, augment_shift=1).fingerprint("d") != expected
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("label_smoothing", 0.0),
+        ("momentum", 0.8),
+        ("warmup_fraction", 0.1),
+        ("finetune_lr_divisor", 5.0),
+        ("probe_max_iter", 100),
+        ("bn_momentum", 0.1),
+        ("bn_eps", 1e-3),
+    ],
+)
+def test_every_training_constant_is_in_the_fingerprint(field, value):
+    base = InfluenceConfig(**CFG)
+    assert base.fingerprint("d") != InfluenceConfig(**CFG, **{field: value}).fingerprint("d")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("label_smoothing", 1.0),
+        ("momentum", -0.1),
+        ("warmup_fraction", 1.5),
+        ("finetune_lr_divisor", 0),
+        ("probe_max_iter", 0),
+        ("bn_momentum", 2.0),
+        ("bn_eps", 0.0),
+        ("momentum", "0.9"),
+    ],
+)
+def test_training_constants_are_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        InfluenceConfig(**CFG, **{field: value})
+
+
+def test_batchnorm_constants_reach_every_batchnorm_layer():
+    from torch import nn
+
+    from transferscope.compute.nets import network_for
+
+    for arch in ("resnet_small", "resnet18"):
+        net = network_for(InfluenceConfig(arch=arch, bn_momentum=0.3, bn_eps=1e-3), 5)
+        layers = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert layers and all(m.momentum == 0.3 and m.eps == 1e-3 for m in layers)
+        # None keeps the architecture's own
+        plain = network_for(InfluenceConfig(arch=arch), 5)
+        assert all(
+            m.momentum == 0.1 and m.eps == 1e-5
+            for m in plain.modules()
+            if isinstance(m, nn.BatchNorm2d)
+        )
 
 
 def test_bf16_on_cpu_trains_and_differs_from_fp32():

@@ -6,7 +6,7 @@ import pytest
 
 import transferscope as ts
 from transferscope import TransferScopeError, explore
-from transferscope.influence import influence_run_keys
+from transferscope.influence_run import influence_run_keys
 
 from conftest import TINY_KWARGS
 

@@ -81,10 +81,20 @@ def max_difference(a, b):
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("shift", [0, 2])
-def test_grouped_pretraining_is_the_one_model_arithmetic(float64, shift):
+# every training constant away from its default: both paths read them from the config
+OTHER_CONSTANTS = dict(
+    label_smoothing=0.25, momentum=0.8, warmup_fraction=0.35, bn_momentum=0.3, bn_eps=1e-3
+)
+
+
+@pytest.mark.parametrize("shift, constants", [(0, {}), (2, {}), (0, OTHER_CONSTANTS)])
+def test_grouped_pretraining_is_the_one_model_arithmetic(float64, shift, constants):
     data = uneven_data()
-    cfg = InfluenceConfig(augment_shift=shift, **CFG)
+    cfg = InfluenceConfig(augment_shift=shift, **constants, **CFG)
+    if constants:  # the constants change the network, so agreeing on them means something
+        default, _, _ = pretrain_network(InfluenceConfig(**CFG), 0, MASKS[0], data)
+        other, _, _ = pretrain_network(cfg, 0, MASKS[0], data)
+        assert max_difference(default, other) > 1e-3
     sample_masks = [None, None, np.arange(len(data.pretrain_labels)) % 3 != 0]
     for indices in ([0, 1, 2], [10, 11, 12]):
         nets, _, _, _ = pretrain_group(cfg, indices, MASKS, data, sample_masks)

@@ -65,6 +65,11 @@ def test_planted_copies_are_found_written_and_undone(leaky):
     d = dict(zip(*tgt.match_tags("test").values(["id", "lk_distance"])))
     assert set(summary["leak_ids"]) == planted, (sorted(d.values())[:6], [d[i] for i in planted])
     assert summary["num_exact_file_copies"] == 1 and summary["index"] == "flat"
+    assert summary.describe()[0].startswith(
+        f"{len(planted)} of 18 target samples are likely leaks (1 byte-identical"
+    )
+    traces, _ = summary.plotly()
+    assert traces[0]["y"] == [18, len(planted), 1]
     test = tgt.match_tags("test")
     assert (
         test.exists("lk_score").count() == 18
@@ -100,6 +105,8 @@ def test_near_duplicate_groups_in_the_pretraining_set(leaky):
     )
     summary = find_near_duplicates(pre, key="dups", embeddings_field="emb", max_distance=0.01)
     assert summary["num_groups"] >= 1 and summary["num_exact_pairs"] >= 1
+    assert summary.describe()[0].startswith(f"{summary['num_groups']} near-duplicate groups")
+    assert summary.plotly()[0][0]["y"][1] == summary["num_grouped_samples"]
     groups = pre.match(fo.ViewField("filepath") == first.filepath).values("dups_group")
     assert len(set(groups)) == 1 and groups[0] is not None
     assert pre.match_tags("near_duplicate").count() == summary["num_grouped_samples"]

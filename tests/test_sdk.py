@@ -298,7 +298,7 @@ def test_runs_from_before_designs_keep_their_design_and_hash():
     from types import SimpleNamespace
 
     from transferscope.compute import InfluenceConfig
-    from transferscope.influence import influence_config_of
+    from transferscope.influence_run import influence_config_of
 
     old_config = SimpleNamespace(num_models=4, epochs=1, width=4)  # no design, no holdout
     config = influence_config_of(SimpleNamespace(config=old_config))

@@ -122,6 +122,9 @@ def test_find_subpopulations_writes_fields_views_and_run(run):
     labels = test.values("infl_subpops.label")
     assert all(l.split(" / ")[0] == gt for l, gt in zip(labels, test.values("ground_truth.label")))
     assert sum(g["size"] for groups in summary["classes"].values() for g in groups) == len(test)
+    assert summary.describe() == ts.subpopulations.describe_subpopulations(summary)
+    traces, _ = summary.plotly()
+    assert sum(sum(t["y"]) for t in traces) == len(test)
     assert all(len(groups) <= 2 for groups in summary["classes"].values())
     assert not tgt.match_tags("train").exists("infl_subpops")
     for name in summary["saved_views"]:  # each view holds exactly its subpopulation
@@ -197,6 +200,8 @@ def test_explain_failures_with_a_prediction_field_and_the_counterfactual(run):
         tgt, "infl", pred_field="pred", top_k=2, num_seeds=2, progress=False
     )
     assert summary["num_failures"] == 6
+    assert summary.describe()[0].startswith("6 of ")
+    assert summary.plotly()[0][0]["x"] == [row["class"] for row in summary["culprits"][:12]]
     failures = tgt.exists("infl_failures_wrong")
     assert set(failures.values("ground_truth.label")) == {"t0"}
     assert set(failures.values("infl_failures_wrong.label")) == {"t1"}

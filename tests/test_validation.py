@@ -110,7 +110,7 @@ def test_a_listener_that_is_not_ray_is_refused_within_the_timeout():
     threading.Thread(
         target=lambda: [held.append(server.accept()) for _ in range(4)], daemon=True
     ).start()
-    from transferscope.influence import prepare_executor
+    from transferscope.influence_run import prepare_executor
 
     with pytest.raises(TransferScopeError, match="does not answer as a Ray cluster"):
         prepare_executor("ray", {"address": f"127.0.0.1:{port}", "connect_timeout": 2.0})

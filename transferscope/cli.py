@@ -106,7 +106,7 @@ def _dispatch(args):
             kwargs.update(executor_options={"group_size": args.group_size})
         run_demo(**{**DEFAULTS, **kwargs})
     elif args.command == "evaluate-curation":
-        from .curation import describe_curation, evaluate_curation
+        from .curation import evaluate_curation
         from .plots import save_curation_png
 
         sweep = [int(k) for k in args.sweep.split(",") if k.strip()]
@@ -120,7 +120,7 @@ def _dispatch(args):
             fdr_level=args.fdr_level,
             sweep_ks=sweep,
         )
-        print("\n".join(describe_curation(summary)))
+        print("\n".join(summary.describe()))
         if args.png:
             print(f"plot: {save_curation_png(summary, args.png)}")
     elif args.command == "plot-curation":

@@ -6,22 +6,19 @@ randomly curated sets (the counterfactual of Jain et al., CVPR 2023) and
 stores the result in the run.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Sequence
 import os
 
-
+from . import compute as tsc
 from . import views as tsv
-from .influence import (
-    complete_store_of,
-    influence_config_of,
-    labelled_transfer_of,
-    load_influence_run,
-    run_datasets,
-    prepare_executor,
-    run_with_progress,
-)
+from .influence_run import InfluenceRun, prepare_executor, run_with_progress
+from .plots import curation_plotly
+from .results import JobResults
 from .runs import run_record
-from .views import TransferScopeError
+from .views import DatasetLike, Progress, TransferScopeError
 from .writes import RunWrite
 
 logger = logging.getLogger(__name__)
@@ -29,6 +26,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_TAG = "remove"
 DEFAULT_RULE = "harmful_fdr"
 DEFAULT_FDR = 0.1
+
+
+class CurationResults(JobResults):
+    """What :func:`evaluate_curation` measured (accuracy per arm with 95% CIs,
+    paired tests, the removals retraining confirms)."""
+
+    def describe(self):
+        return describe_curation(self)
+
+    def plotly(self):
+        return curation_plotly(self)
 
 
 def curated_view_name(run_key):
@@ -39,8 +47,6 @@ def select_removed_classes(
     results, rule=DEFAULT_RULE, k=None, threshold=None, classes=None, fdr_level=DEFAULT_FDR
 ):
     """The class names a rule selects from a run, most harmful first."""
-    from . import compute as tsc
-
     try:
         idx = tsc.select_classes(
             results.classes,
@@ -60,26 +66,27 @@ def select_removed_classes(
 
 def _pretraining_run(dataset, run_key):
     """The run's pretraining dataset and results; refuses its target dataset."""
-    root, config = load_influence_run(dataset, run_key)
+    run = InfluenceRun.load(dataset, run_key)
+    root, config = run.root, run.run_config
     if config.pretrain_dataset != root.name:
         raise TransferScopeError(
             f"{root.name!r} is not the pretraining dataset of run {run_key!r} "
             f"(that is {config.pretrain_dataset!r}); tag classes there"
         )
-    return root, root.load_run_results(run_key, cache=False)
+    return root, run.results_here()
 
 
 def tag_classes(
-    pretrain_dataset,
-    run_key,
-    rule=DEFAULT_RULE,
-    k=None,
-    threshold=None,
-    classes=None,
-    tag=DEFAULT_TAG,
-    view_name=None,
-    fdr_level=DEFAULT_FDR,
-):
+    pretrain_dataset: DatasetLike,
+    run_key: str,
+    rule: str = DEFAULT_RULE,
+    k: int | None = None,
+    threshold: float | None = None,
+    classes: Sequence[str] | None = None,
+    tag: str = DEFAULT_TAG,
+    view_name: str | None = None,
+    fdr_level: float = DEFAULT_FDR,
+) -> dict:
     """Tags the pretraining samples of the classes a rule selects for removal.
 
     Chooses classes from the class-influence run ``run_key`` by ``rule``
@@ -152,7 +159,7 @@ def _check_classes_unchanged(dataset, results, label_path):
         )
 
 
-def untag_classes(pretrain_dataset, run_key):
+def untag_classes(pretrain_dataset: DatasetLike, run_key: str) -> dict:
     """Undoes :func:`tag_classes`: removes the tag from the samples it tagged
     (other tags, and samples tagged before, are left alone) and deletes the
     saved view it created."""
@@ -175,22 +182,22 @@ def untag_classes(pretrain_dataset, run_key):
 
 
 def evaluate_curation(
-    dataset,
-    run_key,
-    rule=None,
-    k=None,
-    threshold=None,
-    classes=None,
-    num_seeds=8,
-    sweep_ks=None,
-    seed=0,
-    device=None,
-    progress=None,
-    executor="local",
-    executor_options=None,
-    fdr_level=DEFAULT_FDR,
-    confirm_each=True,
-):
+    dataset: DatasetLike,
+    run_key: str,
+    rule: str | None = None,
+    k: int | None = None,
+    threshold: float | None = None,
+    classes: Sequence[str] | None = None,
+    num_seeds: int = 8,
+    sweep_ks: Sequence[int] | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: Progress = None,
+    executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
+    executor_options: dict | None = None,
+    fdr_level: float = DEFAULT_FDR,
+    confirm_each: bool = True,
+) -> CurationResults:
     """Proves (or refutes) a curation by retraining: the paper's counterfactual.
 
     Retrains from scratch, with the run's own protocol (architecture, epochs,
@@ -224,14 +231,13 @@ def evaluate_curation(
             :func:`transferscope.compute_class_influence`
 
     Returns:
-        the summary dict (accuracy per arm with 95% CIs, paired tests)
+        a :class:`CurationResults`: the summary dict (accuracy per arm with 95%
+        CIs, paired tests), with ``describe()`` and ``plotly()``
     """
-    from . import compute as tsc
-
-    root, config = load_influence_run(dataset, run_key)
-    pretrain, target = run_datasets(config)
-    results = target.load_run_results(run_key, cache=False)
-    complete_store_of(results)
+    run = InfluenceRun.load(dataset, run_key)
+    pretrain, target = run.datasets
+    results = run.results
+    run.store()
 
     rule_label = rule
     if rule is None:
@@ -252,15 +258,11 @@ def evaluate_curation(
             seed,
             each=confirm_each,
         )
-        train_config = influence_config_of(results)
-        if device is not None:
-            train_config = tsc.InfluenceConfig.from_dict(
-                {**train_config.to_dict(), "device": device}
-            )
+        train_config = run.training_config_for(device)
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
 
-    labelled = labelled_transfer_of(results, unchanged_for="evaluating a curation")
+    labelled = run.labelled(unchanged_for="evaluating a curation")
     runner = prepare_executor(executor, executor_options, train_config)
     data = labelled.decode(train_config.image_size, train_config.channels)
     path = os.path.join(results.config.output_dir, "curation", plan.fingerprint())
@@ -288,19 +290,19 @@ def evaluate_curation(
         for ds in (target, pretrain):
             write.set_record(ds, "curation", summary)
         write.commit()
-    return summary
+    return CurationResults(summary)
 
 
-def curation_of(dataset, run_key):
+def curation_of(dataset: DatasetLike, run_key: str) -> CurationResults:
     """The stored summary of :func:`evaluate_curation` for a run."""
-    root, _ = load_influence_run(dataset, run_key)
+    root = InfluenceRun.load(dataset, run_key).root
     summary = run_record(root, run_key, "curation")
     if not summary:
         raise TransferScopeError(
             f"run {run_key!r} on {root.name!r} has no curation evaluation; "
             f"run evaluate_curation first"
         )
-    return summary
+    return CurationResults(summary)
 
 
 def describe_curation(summary):

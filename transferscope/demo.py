@@ -16,18 +16,16 @@ from PIL import Image
 
 import fiftyone as fo
 
+from . import compute as tsc
 from . import demo_data
-from .curation import describe_curation, evaluate_curation, tag_classes
-from .influence import compute_class_influence, prepare_executor
-from .diversity import describe_diversity, plan_class_diversity
+from .compute import subpopulations as sp
+from .curation import evaluate_curation, tag_classes
+from .diversity import plan_class_diversity
+from .influence import compute_class_influence
+from .influence_run import prepare_executor
 from .leakage import detect_leakage, find_near_duplicates
 from .plots import save_culprits_png, save_curation_png, save_diversity_png, save_subpopulations_png
-from .subpopulations import (
-    describe_failures,
-    describe_subpopulations,
-    explain_failures,
-    find_subpopulations,
-)
+from .subpopulations import explain_failures, find_subpopulations
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +148,6 @@ def subpopulation_report(results, target, planted):
 
     from sklearn.metrics import adjusted_rand_score
 
-    from .compute import subpopulations as sp
-
     truth = planted["subpop_styles_by_id"]
     ids = sorted(truth)
     styles = [truth[i] for i in ids]
@@ -181,8 +177,6 @@ def subpopulation_report(results, target, planted):
 
 def planted_report(results, target, curation=None, leakage=None, duplicates=None, pretrain=None):
     """What the run (curation, leakage search) found, against the planted truth."""
-    from . import compute as tsc
-
     planted = target.info["planted"]
     classes = list(results.classes)
     infl = results.class_influence
@@ -334,10 +328,8 @@ def run_demo(
     every model trains; the figures are the same on either.
     """
     where = dict(executor=executor, executor_options=executor_options)
-    from .compute import InfluenceConfig
-
     # an unreachable cluster is refused before the demo data is built
-    prepare_executor(executor, executor_options, InfluenceConfig(num_models=num_models))
+    prepare_executor(executor, executor_options, tsc.InfluenceConfig(num_models=num_models))
     pretrain, target = load_or_build_demo()
     out(
         f"Target:      {target.name}: {len(target)} digit scans "
@@ -381,7 +373,7 @@ def run_demo(
         out(f"  {results.describe_class(i)}")
     out("\nSubpopulations (k=2 per digit, by the pretraining classes that help each sample):")
     subpops = find_subpopulations(target, RUN_KEY, key=SUBPOPS_KEY, k=2, overwrite=True)
-    out("\n".join(describe_subpopulations(subpops)))
+    out("\n".join(subpops.describe()))
     subpop_report = subpopulation_report(results, target, target.info["planted"])
     out(
         f"  planted styles of the {subpop_report['digit']}s recovered: adjusted Rand index "
@@ -395,7 +387,7 @@ def run_demo(
     failures = explain_failures(
         target, RUN_KEY, key=FAILURES_KEY, num_seeds=FAILURE_SEEDS, overwrite=True, **where
     )
-    out("\n".join(describe_failures(failures)))
+    out("\n".join(failures.describe()))
     png = save_culprits_png(failures, os.path.join(data_dir(), "culprits.png"))
     out(f"Plot: {png}; saved view {FAILURES_KEY}_failures")
     summary = None
@@ -413,7 +405,7 @@ def run_demo(
         summary = evaluate_curation(
             target, RUN_KEY, num_seeds=curation_seeds, sweep_ks=sweep_ks, **where
         )
-        out("\n".join(describe_curation(summary)))
+        out("\n".join(summary.describe()))
         png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
         out(f"Plot: {png}")
     # every step that trains runs before FAISS: after a FAISS call torch trains on one
@@ -425,7 +417,7 @@ def run_demo(
     diversity = plan_class_diversity(
         target, RUN_KEY, key=DIVERSITY_KEY, overwrite=True, **DIVERSITY, **where
     )
-    out("\n".join(describe_diversity(diversity)))
+    out("\n".join(diversity.describe()))
     png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
     out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")
     out("\nLooking for leaks (FAISS on the run's backbone embeddings, file hashes, influence) ...")

@@ -8,25 +8,27 @@ samples each) at small budgets ``N``, fit the error surface, predict the best
 plan as a view of the pretraining dataset.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
+from collections.abc import Sequence
 import math
 import os
 
 import numpy as np
 
-
+from . import compute as tsc
 from . import views as tsv
-from .influence import (
-    influence_config_of,
-    labelled_transfer_of,
-    load_influence_run,
-    run_datasets,
-    prepare_executor,
-    run_with_progress,
-)
+from .compute import diversity as dv
+from .compute.estimators import mean_ci
+from .compute.neighbors import centroid_samples
+from .embeddings import from_run
+from .influence_run import InfluenceRun, prepare_executor, run_with_progress
+from .plots import diversity_plotly
+from .results import JobResults
 from .runs import commit_run, open_write
-from .views import TransferScopeError
+from .views import DatasetLike, Progress, TransferScopeError
 
 logger = logging.getLogger(__name__)
 
@@ -34,24 +36,35 @@ CLASS_CHOICES = ("influence", "random")
 SAMPLE_CHOICES = ("coverage", "random")
 
 
+class DiversityResults(JobResults):
+    """The plan of :func:`plan_class_diversity` (fit, per-budget optima, the
+    predicted ``K*`` and its check at the full budget)."""
+
+    def describe(self):
+        return describe_diversity(self)
+
+    def plotly(self):
+        return diversity_plotly(self)
+
+
 def plan_class_diversity(
-    dataset,
-    run_key,
-    key="diversity",
-    budgets=None,
-    full_budget=None,
-    num_points=4,
-    num_seeds=3,
-    class_choice="influence",
-    sample_choice="coverage",
-    verify=True,
-    device=None,
-    seed=0,
-    overwrite=False,
-    progress=None,
-    executor="local",
-    executor_options=None,
-):
+    dataset: DatasetLike,
+    run_key: str,
+    key: str = "diversity",
+    budgets: Sequence[int] | None = None,
+    full_budget: int | None = None,
+    num_points: int = 4,
+    num_seeds: int = 3,
+    class_choice: str = "influence",
+    sample_choice: str = "coverage",
+    verify: bool = True,
+    device: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress = None,
+    executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
+    executor_options: dict | None = None,
+) -> DiversityResults:
     """Plans the number of classes ``K*`` and samples per class ``n*`` for a budget.
 
     With the protocol of class-influence run ``run_key`` (architecture,
@@ -76,26 +89,21 @@ def plan_class_diversity(
     :func:`transferscope.compute_class_influence`.
 
     Returns:
-        the summary dict stored in run ``key`` on the pretraining dataset
+        a :class:`DiversityResults`: the summary dict stored in run ``key`` on
+        the pretraining dataset, with ``describe()`` and ``plotly()``
     """
-    from . import compute as tsc
-    from .compute import diversity as dv
-    from .compute.estimators import mean_ci
-    from .compute.engine import cells_digest, open_cells_store, run_diversity_cells
-
-    _, config = load_influence_run(dataset, run_key)
-    pretrain, target = run_datasets(config)
+    run = InfluenceRun.load(dataset, run_key)
+    pretrain, target = run.datasets
     tsv.validate_run_key(key)
     view_name = f"{key}_plan"
     if class_choice not in CLASS_CHOICES:
         raise TransferScopeError(f"class_choice must be one of {CLASS_CHOICES}")
     if sample_choice not in SAMPLE_CHOICES:
         raise TransferScopeError(f"sample_choice must be one of {SAMPLE_CHOICES}")
-    for name, value, low in (("num_points", num_points, 3), ("num_seeds", num_seeds, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise TransferScopeError(f"{name} must be an integer >= {low}; got {value!r}")
-    results = target.load_run_results(run_key, cache=False)
-    labelled = labelled_transfer_of(results, unchanged_for="planning class diversity")
+    tsv.check_count(num_points, "num_points", 3)
+    tsv.check_count(num_seeds, "num_seeds", 2)
+    results = run.results
+    labelled = run.labelled(unchanged_for="planning class diversity")
     class_names = list(results.classes)
     counts = collections.Counter(labelled.pre_labels)
     sizes = np.array([counts[c] for c in class_names])
@@ -135,9 +143,7 @@ def plan_class_diversity(
                 f"(need 3); classes with fewer than N/K samples rule out {dropped[N]}"
             )
         grids[N] = feasible
-    base = influence_config_of(results)
-    if device is not None:
-        base = tsc.InfluenceConfig.from_dict({**base.to_dict(), "device": device})
+    base = run.training_config_for(device)
 
     def epochs_for(N):  # about as many steps as a full-budget model
         return max(base.epochs, math.ceil(base.epochs * full_budget / N))
@@ -162,11 +168,14 @@ def plan_class_diversity(
         store_root = os.path.join(results.config.output_dir, "diversity")
 
         def run_cells(group, name):
-            store = open_cells_store(
-                os.path.join(store_root, cells_digest(group)), base, data, group
-            )
+            engine = tsc.engine
+            path = os.path.join(store_root, engine.cells_digest(group))
+            store = engine.open_cells_store(path, base, data, group)
             run_with_progress(
-                (store, lambda done: run_diversity_cells(base, data, store, group, done, runner)),
+                (
+                    store,
+                    lambda done: engine.run_diversity_cells(base, data, store, group, done, runner),
+                ),
                 progress,
                 f"Training the diversity {name}",
             )
@@ -235,7 +244,7 @@ def plan_class_diversity(
             order = list(np.random.default_rng(seed).permutation(eligible))
         chosen = order[:k_plan]
         plan_rows = _choose_samples(
-            labels, chosen, n_plan, sample_choice, results, device, seed, labelled, data
+            labels, chosen, n_plan, sample_choice, run, device, seed, labelled, data
         )
         plan_ids = [str(labelled.pre_ids[i]) for i in plan_rows]
 
@@ -326,7 +335,7 @@ def plan_class_diversity(
             summary,
             params,
         )
-        return summary
+        return DiversityResults(summary)
 
 
 def _feasible_plan(k_pred, budget, sizes):
@@ -350,46 +359,19 @@ def _feasible_plan(k_pred, budget, sizes):
     return k, n, excluded, adapted
 
 
-def _choose_samples(labels, chosen, per_class, how, results, device, seed, labelled, data):
+def _choose_samples(labels, chosen, per_class, how, run, device, seed, labelled, data):
     rows = []
     rng = np.random.default_rng(seed)
     vectors = None
     if how == "coverage":
-        from .embeddings import from_run
-
-        vectors = from_run(results, device=device, labelled=labelled, data=data)[0].vectors
+        vectors = from_run(run, device=device, labelled=labelled, data=data)[0].vectors
     for c in chosen:
         members = np.flatnonzero(labels == c)
         if how == "random" or len(members) <= per_class:
             rows.extend(rng.choice(members, per_class, replace=False))
             continue
-        rows.extend(members[_coverage(vectors[members], per_class, seed)])
+        rows.extend(members[centroid_samples(vectors[members], per_class, seed)])
     return np.array(rows, dtype=np.int64)
-
-
-def _coverage(vectors, k, seed):
-    """Indices of ``k`` samples nearest to the centroids of a FAISS k-means."""
-    import faiss
-
-    from .compute.neighbors import set_faiss_threads
-
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    set_faiss_threads()
-    # small classes are the normal case here: no "too few points" warning
-    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
-    km.train(x)
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    _, nearest = index.search(km.centroids, min(len(x), 8))
-    picked = []
-    for row in nearest:  # the nearest sample not picked yet
-        for i in row:
-            if i not in picked:
-                picked.append(int(i))
-                break
-    rest = [i for i in range(len(x)) if i not in picked]
-    picked += rest[: k - len(picked)]  # rare: centroids sharing all their neighbours
-    return np.array(picked[:k])
 
 
 def describe_diversity(summary):

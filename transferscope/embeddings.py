@@ -14,7 +14,9 @@ import os
 
 import numpy as np
 
+from . import compute as tsc
 from . import views as tsv
+from .compute.neighbors import as_vectors
 from .views import TransferScopeError
 
 logger = logging.getLogger(__name__)
@@ -34,8 +36,6 @@ class Embedded:
 
 def from_field(view, field, role):
     """The vectors stored in ``field``; refuses a missing field or vector."""
-    from .compute.neighbors import as_vectors
-
     if len(view) == 0:
         raise TransferScopeError(f"the {role} samples are empty")
     root = view._root_dataset
@@ -67,10 +67,7 @@ def from_field(view, field, role):
 
 def from_model(view, arch, weights_path, role, image_size=64, device="auto", batch_size=256):
     """Features of a torchvision model (its head removed) on RGB images."""
-    import torch
-
-    from .compute.nets import FeatureExtractor
-    from .compute.train import embed_images, resolve_device
+    import torch  # here, not at the top: ``import transferscope`` stays free of torch
 
     if len(view) == 0:
         raise TransferScopeError(f"the {role} samples are empty")
@@ -78,14 +75,12 @@ def from_model(view, arch, weights_path, role, image_size=64, device="auto", bat
         weights_path = resolve_weights_path(weights_path)
     else:
         logger.warning("model %r without weights_path: randomly initialised features", arch)
-    from .compute.nets import _torchvision_builder
-
     try:
-        _torchvision_builder(arch)
+        tsc.nets._torchvision_builder(arch)
     except ValueError as e:  # unknown arch
         raise TransferScopeError(f"cannot build model {arch!r}: {e}") from e
     try:
-        net = FeatureExtractor(arch, weights_path)
+        net = tsc.nets.FeatureExtractor(arch, weights_path)
     except Exception:  # noqa: BLE001 - torch's message could show the file's content
         raise TransferScopeError(
             f"{os.path.basename(weights_path)!r} in the models directory is not a state "
@@ -93,9 +88,9 @@ def from_model(view, arch, weights_path, role, image_size=64, device="auto", bat
         ) from None
     ids, paths = view.values(["id", "filepath"])
     images = tsv.decode_images(paths, ids, image_size, 3)
-    dev = resolve_device(device)
+    dev = tsc.resolve_device(device)
     net = net.to(dev).to(memory_format=torch.channels_last)
-    vectors = embed_images(net, images, dev, (IMAGENET_MEAN, IMAGENET_STD), batch_size)
+    vectors = tsc.train.embed_images(net, images, dev, (IMAGENET_MEAN, IMAGENET_STD), batch_size)
     return Embedded(np.asarray(ids), vectors)
 
 
@@ -134,36 +129,30 @@ def resolve_weights_path(weights_path):
     return path
 
 
-def from_run(results, device=None, labelled=None, data=None):
-    """``(pretraining, target test)`` embeddings from a class-influence run's backbone.
+def from_run(run, device=None, labelled=None, data=None):
+    """``(pretraining, target test)`` embeddings from the backbone of a class-influence
+    run (an :class:`~transferscope.influence_run.InfluenceRun`).
 
     ``labelled`` and ``data``: the run's transfer problem and its decoded
     images, when the caller has them already (decoded at the run's size).
     """
-    from . import compute as tsc
-    from .compute.engine import load_or_train_backbone
-    from .compute.train import embed_images
-    from .influence import influence_config_of, labelled_transfer_of
-
-    config = influence_config_of(results)
-    if device is not None:
-        config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "device": device})
+    config = run.training_config_for(device)
     if labelled is None:
-        labelled = labelled_transfer_of(results)
+        labelled = run.labelled()
     if data is None:
         data = labelled.decode(config.image_size, config.channels)
-    net, dev = load_or_train_backbone(
-        config, data, os.path.join(results.config.output_dir, "backbone")
+    net, dev = tsc.engine.load_or_train_backbone(
+        config, data, os.path.join(run.results.config.output_dir, "backbone")
     )
     norm = data.normalisation()
     pre = Embedded(
         np.asarray(labelled.pre_ids, dtype=str),
-        embed_images(net, data.pretrain_images, dev, norm),
+        tsc.train.embed_images(net, data.pretrain_images, dev, norm),
         list(labelled.pre_labels),
     )
     test = Embedded(
         np.asarray(labelled.test_ids, dtype=str),
-        embed_images(net, data.test_images, dev, norm),
+        tsc.train.embed_images(net, data.test_images, dev, norm),
         list(labelled.test_labels),
     )
     return pre, test

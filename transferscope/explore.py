@@ -4,11 +4,15 @@ ts.explore.class_samples(dataset, "influence", "bold")          # its pretrainin
 ts.explore.most_influenced(dataset, "influence", "bold", k=24)  # the target samples it moves most
 """
 
+from __future__ import annotations
+
 import numpy as np
 
+import fiftyone as fo
+
 from . import views as tsv
-from .influence import load_influence_run, run_datasets
-from .views import TransferScopeError
+from .influence_run import InfluenceRun
+from .views import DatasetLike, TransferScopeError
 
 
 def _check_class(results, class_name):
@@ -20,22 +24,22 @@ def _check_class(results, class_name):
     return results.classes.index(class_name)
 
 
-def class_samples(dataset, run_key, class_name):
+def class_samples(dataset: DatasetLike, run_key: str, class_name: str) -> fo.DatasetView:
     """The pretraining samples of ``class_name`` (a view of the pretraining dataset)."""
-    _, config = load_influence_run(dataset, run_key)
-    pretrain, target = run_datasets(config)
-    _check_class(target.load_run_results(run_key, cache=False), class_name)
-    return pretrain.match(tsv.label_is(f"{config.pretrain_label_field}.label", class_name))
+    run = InfluenceRun.load(dataset, run_key)
+    pretrain, _ = run.datasets
+    _check_class(run.results, class_name)
+    return pretrain.match(tsv.label_is(f"{run.run_config.pretrain_label_field}.label", class_name))
 
 
-def most_influenced(dataset, run_key, class_name, k=24, helped=True):
+def most_influenced(
+    dataset: DatasetLike, run_key: str, class_name: str, k: int = 24, helped: bool = True
+) -> fo.DatasetView:
     """The ``k`` target test samples ``class_name`` helps most (``helped=False``:
     hurts most), strongest first (a view of the target dataset)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise TransferScopeError(f"k must be a positive integer; got {k!r}")
-    _, config = load_influence_run(dataset, run_key)
-    _, target = run_datasets(config)
-    results = target.load_run_results(run_key, cache=False)
+    tsv.check_count(k, "k")
+    run = InfluenceRun.load(dataset, run_key)
+    target, results = run.datasets[1], run.results
     row = np.asarray(results.influence)[_check_class(results, class_name)]
     order = np.argsort(-row if helped else row, kind="stable")[:k]
     return target.select([results.target_ids[i] for i in order], ordered=True)

@@ -25,6 +25,8 @@ from fiftyone.brain.internal.core.sklearn import (
     SklearnSimilarityIndex,
 )
 
+from .compute.neighbors import NeighborIndex
+
 BACKEND = "faiss"
 CONFIG_CLS = f"{__name__}.FaissSimilarityConfig"
 
@@ -86,8 +88,6 @@ class FaissNeighbors:
     _cosine_hack = False  # distances are cosine distances already
 
     def __init__(self, vectors, keep_inds, kind, device):
-        from .compute.neighbors import NeighborIndex
-
         self.keep_inds = keep_inds
         # centred, as the sklearn backend does, so the two agree
         self.index = NeighborIndex(

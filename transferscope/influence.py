@@ -1,17 +1,24 @@
 """``compute_class_influence``: the SDK call behind the operator, demo and tests."""
 
+from __future__ import annotations
+
 import dataclasses
 import logging
 import os
 
-import numpy as np
-
 import fiftyone as fo
-import fiftyone.core.utils as fou
 
+from . import compute as tsc
 from . import views as tsv
+from .influence_run import (
+    collect_labels,
+    estimate,
+    open_holdout_store,
+    prepare_executor,
+    run_with_progress,
+)
 from .runs import ClassInfluenceConfig, ClassInfluenceResults
-from .views import TransferScopeError
+from .views import DatasetLike, SplitLike, Progress, TransferScopeError
 from .writes import RunWrite
 
 logger = logging.getLogger(__name__)
@@ -32,36 +39,36 @@ def field_names(run_key):
 
 
 def compute_class_influence(
-    pretrain_dataset,
-    target_dataset,
-    run_key,
-    pretrain_label_field="ground_truth",
-    target_label_field="ground_truth",
-    train_split="train",
-    test_split="test",
-    split_by="tags",
-    split_field="split",
-    num_models=144,
-    alpha=0.5,
-    design="orthogonal",
-    estimator="auto",
-    holdout_models=16,
-    epochs=4,
-    arch="resnet_small",
-    transfer="linear",
-    device="auto",
-    image_size=16,
-    channels=None,
-    seed=0,
-    target_function="prob",
-    top_k=3,
-    output_dir=None,
-    overwrite=False,
-    progress=None,
-    executor="local",
-    executor_options=None,
+    pretrain_dataset: DatasetLike,
+    target_dataset: DatasetLike,
+    run_key: str,
+    pretrain_label_field: str = "ground_truth",
+    target_label_field: str = "ground_truth",
+    train_split: SplitLike = "train",
+    test_split: SplitLike = "test",
+    split_by: str = "tags",
+    split_field: str = "split",
+    num_models: int = 144,
+    alpha: float = 0.5,
+    design: str = "orthogonal",
+    estimator: str = "auto",
+    holdout_models: int = 16,
+    epochs: int = 4,
+    arch: str = "resnet_small",
+    transfer: str = "linear",
+    device: str = "auto",
+    image_size: int = 16,
+    channels: int | None = None,
+    seed: int = 0,
+    target_function: str = "prob",
+    top_k: int = 3,
+    output_dir: str | None = None,
+    overwrite: bool = False,
+    progress: Progress = None,
+    executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
+    executor_options: dict | None = None,
     **train_kwargs,
-):
+) -> ClassInfluenceResults:
     """Estimates the influence of each pretraining class on each target test sample.
 
     Trains ``num_models`` models, each from scratch on a subset of the
@@ -127,8 +134,6 @@ def compute_class_influence(
     Returns:
         a :class:`transferscope.runs.ClassInfluenceResults`
     """
-    from . import compute as tsc
-
     request = _validate_request(
         pretrain_dataset,
         target_dataset,
@@ -245,8 +250,6 @@ def _validate_request(
 ):
     """Everything a run needs checked before any work or write, including that the
     architecture runs at the image size and the decoded images fit in memory."""
-    from . import compute as tsc
-
     tsv.validate_run_key(run_key)
     pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     target = tsv.load_dataset(target_dataset, "target_dataset")
@@ -256,8 +259,7 @@ def _validate_request(
         raise TransferScopeError(
             f"target_function must be one of {tsc.TARGET_FUNCTIONS}; got {target_function!r}"
         )
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise TransferScopeError(f"top_k must be a positive integer; got {top_k!r}")
+    tsv.check_count(top_k, "top_k")
     known = {f.name for f in dataclasses.fields(tsc.InfluenceConfig)}
     unknown = sorted(set(config_kwargs) - known)
     if unknown:
@@ -345,8 +347,6 @@ def _run_dir(output_dir, target_root, run_key):
 def _open_stores(run_dir, config, data, meta, overwrite):
     """The run's store (``<run dir>/<config hash>``) and its held-out store; with
     ``overwrite``, a damaged or mismatched store of the same hash is rebuilt."""
-    from . import compute as tsc
-
     path = os.path.join(run_dir, config.fingerprint(data.fingerprint()))
 
     def open_both():
@@ -367,8 +367,6 @@ def _open_stores(run_dir, config, data, meta, overwrite):
 
 def _remove_other_stores(run_dir, keep):
     """After a commit: the stores of this run directory written for other configs."""
-    from . import compute as tsc
-
     for name in tsc.store._read_manifest(run_dir):
         path = os.path.join(run_dir, name)
         if os.path.abspath(path) != os.path.abspath(keep) and os.path.exists(
@@ -379,8 +377,6 @@ def _remove_other_stores(run_dir, keep):
 
 def _stage_write_back(write, labelled, run_params, results_kwargs, correct, top_k):
     """Stages the run's fields on both datasets and registers its two runs."""
-    from . import compute as tsc
-
     classes = labelled.classes
     run_key = write.key
     test_view = labelled.test_view
@@ -450,336 +446,5 @@ def _stage_write_back(write, labelled, run_params, results_kwargs, correct, top_
     return results
 
 
-@dataclasses.dataclass
-class LabelledTransfer:
-    """The validated samples and labels of a transfer problem (images not yet read)."""
-
-    pre_view: object
-    pre_ids: np.ndarray
-    pre_paths: list
-    pre_labels: list
-    train_ids: np.ndarray
-    train_paths: list
-    train_labels: list
-    test_view: object
-    test_ids: np.ndarray
-    test_paths: list
-    test_labels: list
-    classes: list
-    target_classes: list
-
-    def detect_channels(self):
-        return tsv.detect_channels(self.pre_paths + self.train_paths)
-
-    def decode(self, image_size, channels):
-        """Every image, decoded (or read from the image cache), as :class:`TransferData`."""
-        from . import compute as tsc
-
-        logger.info(
-            "Reading %d images (decoded once, then from the image cache)",
-            len(self.pre_paths) + len(self.train_paths) + len(self.test_paths),
-        )
-        class_index = {c: i for i, c in enumerate(self.classes)}
-        target_index = {c: i for i, c in enumerate(self.target_classes)}
-        return tsc.TransferData(
-            pretrain_images=tsv.decode_images(self.pre_paths, self.pre_ids, image_size, channels),
-            pretrain_labels=np.array([class_index[l] for l in self.pre_labels]),
-            num_pretrain_classes=len(self.classes),
-            train_images=tsv.decode_images(self.train_paths, self.train_ids, image_size, channels),
-            train_labels=np.array([target_index[l] for l in self.train_labels]),
-            test_images=tsv.decode_images(self.test_paths, self.test_ids, image_size, channels),
-            test_labels=np.array([target_index[l] for l in self.test_labels]),
-            num_target_classes=len(self.target_classes),
-        )
-
-
-def collect_labels(
-    pretrain,
-    target,
-    pretrain_label_field="ground_truth",
-    target_label_field="ground_truth",
-    train_split="train",
-    test_split="test",
-    split_by="tags",
-    split_field="split",
-):
-    """Validates the fields and splits and gathers ids, paths and labels."""
-    tsv.check_classification_field(pretrain, pretrain_label_field, "pretraining")
-    tsv.check_classification_field(target, target_label_field, "target")
-    train_view = tsv.resolve_split(target, train_split, split_by, split_field)
-    test_view = tsv.resolve_split(target, test_split, split_by, split_field)
-    pre_view = pretrain.exists(pretrain_label_field)
-    if len(pre_view) == 0:
-        raise TransferScopeError(
-            f"the pretraining dataset has no samples with a {pretrain_label_field!r} label"
-        )
-    pre_ids, pre_paths, pre_labels = tsv.labels_of(pre_view, pretrain_label_field, "pretraining")
-    train_ids, train_paths, train_labels = tsv.labels_of(
-        train_view, target_label_field, "target train"
-    )
-    test_ids, test_paths, test_labels = tsv.labels_of(test_view, target_label_field, "target test")
-    overlap = np.intersect1d(train_ids, test_ids)
-    if len(overlap):
-        raise TransferScopeError(
-            f"{len(overlap)} sample(s) are in both the train and the test split, "
-            f"e.g. {list(overlap[:3])}"
-        )
-    classes = sorted(set(pre_labels))
-    if len(classes) < 2:
-        raise TransferScopeError(
-            f"need at least 2 pretraining classes in {pretrain_label_field!r}; found {len(classes)}"
-        )
-    target_classes = sorted(set(train_labels))
-    absent = sorted(set(test_labels) - set(target_classes))
-    if absent:
-        raise TransferScopeError(
-            f"the test split has labels absent from the train split: {absent}; "
-            f"a transferred model cannot predict them"
-        )
-    return LabelledTransfer(
-        pre_view,
-        pre_ids,
-        pre_paths,
-        pre_labels,
-        train_ids,
-        train_paths,
-        train_labels,
-        test_view,
-        test_ids,
-        test_paths,
-        test_labels,
-        classes,
-        target_classes,
-    )
-
-
-HOLDOUT_DIR = "holdout"
-# the false-discovery level the run's summary counts significant classes at
-SUMMARY_FDR = 0.1
-
-
-def open_holdout_store(output_dir, config, data):
-    """The run's held-out models' store (in ``<output_dir>/holdout``), or None."""
-    from . import compute as tsc
-
-    if not config.holdout_models:
-        return None
-    return tsc.open_holdout_store(os.path.join(output_dir, HOLDOUT_DIR), config, data)
-
-
-def estimate(store, target_function="prob", estimator="auto", holdout=None):
-    """Influence matrix, class aggregates (intervals, q-values) and reliability figures."""
-    from . import compute as tsc
-
-    check_store_complete(store)
-    masks = store.masks
-    outputs = store.outputs(target_function)
-    est = tsc.estimate_influence(masks, outputs, estimator)
-    agg = tsc.aggregate_influence(masks, outputs, estimator=estimator)
-    meta = store.spec.get("meta", {})
-    split = tsc.split_half(masks, outputs, meta.get("block_size", 1), estimator)
-    correct = store.outputs("correct")
-    harmful = (agg.influence < 0) & (agg.q_value < SUMMARY_FDR)
-    metrics = {
-        "num_models": int(len(masks)),
-        "design": meta.get("design", "pairs"),
-        "design_note": meta.get("design_note", ""),
-        "estimator": agg.estimator,
-        "standard_errors": agg.se_method,
-        "target_function": target_function,
-        "mean_test_accuracy": float(correct.mean()),
-        "model_accuracy_std": float(correct.mean(axis=1).std(ddof=1)),
-        "split_half_spearman": split["spearman"],
-        "split_half_z_sd": split["z_sd"],
-        "num_harmful_at_fdr_0.1": int(harmful.sum()),
-    }
-    if holdout is not None:
-        check_store_complete(holdout)
-        lds = tsc.linear_datamodeling_score(
-            masks, outputs, holdout.masks, holdout.outputs(target_function), estimator
-        )
-        metrics.update(
-            lds=lds["lds"],
-            lds_mean_output=lds["lds_mean_output"],
-            num_holdout_models=lds["num_heldout"],
-        )
-    return dict(
-        influence=est.influence,
-        stderr=est.stderr,
-        class_influence=agg.influence,
-        class_stderr=agg.stderr,
-        class_ci_low=agg.ci_low,
-        class_ci_high=agg.ci_high,
-        class_p_value=agg.p_value,
-        class_q_value=agg.q_value,
-        metrics=metrics,
-    )
-
-
-def prepare_executor(executor="local", executor_options=None, config=None):
-    """The executor for a job, checked against ``config`` before any work: bad
-    options, an unreachable cluster or one without the resources asked for
-    are refused here, with the reason."""
-    from .compute.executors import make_executor
-
-    try:
-        runner = make_executor(executor, **(executor_options or {}))
-        runner.check(config)
-    except (ValueError, TypeError, ImportError, ConnectionError) as e:
-        raise TransferScopeError(f"executor {executor!r}: {e}") from e
-    return runner
-
-
-def run_with_progress(stages, progress, start_msg, heartbeat=None):
-    """Runs ``run(on_model_done)`` over each ``(store, run)`` stage's pending rows,
-    with one progress count over all of them.
-
-    ``stages``: a ``(store, run)`` pair or a list of them. ``progress``:
-    ``None``/``True`` for a progress bar (as FiftyOne's config says),
-    ``False`` for none, or ``callable(num_done, num_total)``.
-    """
-    from .compute.executors import ModelsFailedError
-
-    if isinstance(stages, tuple):
-        stages = [stages]
-    total = sum(len(store.completed) for store, _ in stages)
-    already = sum(len(store.completed) - len(store.pending()) for store, _ in stages)
-    callback = progress if callable(progress) else None
-    # None defers to fo.config.show_progress_bars, as the docstring says
-    bar_setting = False if callback is not None else progress
-    if already:
-        logger.info("Resuming: %d/%d models already trained", already, total)
-    done = already
-    with fou.ProgressBar(total=total, start_msg=start_msg, progress=bar_setting) as bar:
-        bar.update(already)
-
-        def on_model_done(index, stage_done, stage_total):
-            nonlocal done
-            done += 1
-            bar.update(1)
-            if heartbeat is not None:
-                heartbeat()
-            if callback is not None:
-                callback(done, total)
-
-        for _, run in stages:
-            try:
-                run(on_model_done)
-            except ModelsFailedError as e:  # the others are stored; a rerun retries these
-                raise TransferScopeError(str(e)) from e
-
-
 def _describe(split):
     return split if isinstance(split, str) else f"<view of {len(split)} samples>"
-
-
-def influence_config_of(results):
-    """The :class:`InfluenceConfig` a class-influence run was computed with."""
-    from . import compute as tsc
-
-    # fields added since a run was stored take the value they had then
-    before = {"design": "pairs", "holdout_models": 0}
-    fields = dataclasses.fields(tsc.InfluenceConfig)
-    return tsc.InfluenceConfig(
-        **{f.name: getattr(results.config, f.name, before.get(f.name, f.default)) for f in fields}
-    )
-
-
-def labelled_transfer_of(results, unchanged_for=None):
-    """The run's transfer problem (same datasets, fields and splits).
-
-    ``unchanged_for``: what the caller is about to do; when given, refuses
-    datasets whose classes or test samples changed since the run.
-    """
-    cfg = results.config
-    if str(cfg.train_split).startswith("<view") or str(cfg.test_split).startswith("<view"):
-        raise TransferScopeError(
-            "this run was computed on views passed from Python; pass the same views again"
-        )
-    labelled = collect_labels(
-        tsv.load_dataset(cfg.pretrain_dataset, "pretrain_dataset"),
-        tsv.load_dataset(cfg.target_dataset, "target_dataset"),
-        cfg.pretrain_label_field,
-        cfg.target_label_field,
-        cfg.train_split,
-        cfg.test_split,
-        cfg.split_by,
-        cfg.split_field,
-    )
-    if unchanged_for and (
-        labelled.classes != list(results.classes)
-        or labelled.target_classes != list(results.target_classes)
-        or [str(i) for i in labelled.test_ids] != list(results.target_ids)
-    ):
-        raise TransferScopeError(
-            f"the datasets of run {results.key!r} changed since it was computed (classes or "
-            f"test samples differ); compute the run again before {unchanged_for}"
-        )
-    return labelled
-
-
-def influence_run_keys(dataset, pretraining_only=False):
-    """The class-influence runs on ``dataset`` (on its pretraining side only, if asked)."""
-    keys = []
-    for key in dataset.list_runs():
-        config = dataset.get_run_info(key).config
-        if getattr(config, "method", None) != "class_influence":
-            continue
-        if pretraining_only and config.pretrain_dataset != dataset.name:
-            continue
-        keys.append(key)
-    return keys
-
-
-def load_influence_run(dataset, run_key, role="dataset"):
-    """``(root dataset, config)`` of a class-influence run on ``dataset``.
-
-    Raises naming the problem: unknown dataset, unknown run key, or a run
-    that is not a transferscope class-influence run.
-    """
-    tsv.validate_run_key(run_key)
-    root = tsv.load_dataset(dataset, role)._root_dataset
-    if run_key not in root.list_runs():
-        known = influence_run_keys(root)
-        raise TransferScopeError(
-            f"dataset {root.name!r} has no run {run_key!r}; its class-influence runs: {known}"
-        )
-    config = root.get_run_info(run_key).config
-    if getattr(config, "method", None) != "class_influence":
-        raise TransferScopeError(
-            f"run {run_key!r} on {root.name!r} is not a transferscope class-influence run"
-        )
-    return root, config
-
-
-def run_datasets(config):
-    """The ``(pretraining, target)`` root datasets a run was computed on."""
-    return (
-        tsv.load_dataset(config.pretrain_dataset, "the run's pretraining dataset"),
-        tsv.load_dataset(config.target_dataset, "the run's target dataset"),
-    )
-
-
-def complete_store_of(results):
-    """The run's results store, refused when missing or incomplete."""
-    from . import compute as tsc
-
-    path = results.config.output_dir
-    try:
-        store = tsc.ResultsStore.load(path)
-    except FileNotFoundError:
-        raise TransferScopeError(
-            f"the results store of run {results.key!r} is missing ({path}); "
-            f"run compute_class_influence again with overwrite=True"
-        ) from None
-    check_store_complete(store)
-    return store
-
-
-def check_store_complete(store):
-    if not store.is_complete():
-        raise TransferScopeError(
-            f"the results store at {store.path} is incomplete "
-            f"({int(store.completed.sum())}/{len(store.completed)} models); run "
-            f"compute_class_influence again with the same arguments to finish it"
-        )

@@ -6,6 +6,8 @@ signal of a class-influence run when one is named. ``find_near_duplicates``:
 groups of near-identical images inside the pretraining set.
 """
 
+from __future__ import annotations
+
 import logging
 import time
 
@@ -15,13 +17,61 @@ import fiftyone as fo
 
 from . import embeddings as tse
 from . import views as tsv
+from .compute import neighbors as nb
+from .influence_run import InfluenceRun
+from .results import JobResults, counts_plotly
 from .runs import commit_run, open_write
-from .views import TransferScopeError
+from .views import DatasetLike, SplitLike, Progress, TransferScopeError
 
 logger = logging.getLogger(__name__)
 
 # chosen on the demo's run-backbone embeddings (README); tune it for yours
 DEFAULT_MAX_DISTANCE = 0.01
+
+
+class LeakageResults(JobResults):
+    """What :func:`detect_leakage` found: likely leaks, byte-identical copies, the index."""
+
+    def describe(self):
+        q = self["nearest_distance_quantiles"]
+        return [
+            f"{self['num_leaks']} of {self['num_targets']} target samples are likely "
+            f"leaks ({self['num_exact_file_copies']} byte-identical to a pretraining file)",
+            f"index {self['index']}{' on the GPU' if self['on_gpu'] else ''}, recall@1 "
+            f"{self['recall_at_1']:.3f}; nearest cosine distance of the targets: 1% "
+            f"{q['1%']:g}, 5% {q['5%']:g}, median {q['50%']:g}",
+        ]
+
+    def plotly(self):
+        return counts_plotly(
+            "Target samples and likely leaks",
+            [
+                ("checked", self["num_targets"]),
+                ("likely leaks", self["num_leaks"]),
+                ("byte-identical", self["num_exact_file_copies"]),
+            ],
+        )
+
+
+class DuplicateResults(JobResults):
+    """What :func:`find_near_duplicates` found: groups of near-identical samples."""
+
+    def describe(self):
+        return [
+            f"{self['num_groups']} near-duplicate groups of {self['num_grouped_samples']} "
+            f"samples (of {self['num_samples']}; {self['num_exact_pairs']} byte-identical "
+            f"pairs); index {self['index']}{' on the GPU' if self['on_gpu'] else ''}"
+        ]
+
+    def plotly(self):
+        return counts_plotly(
+            "Samples in near-duplicate groups",
+            [
+                ("samples", self["num_samples"]),
+                ("grouped", self["num_grouped_samples"]),
+                ("groups", self["num_groups"]),
+            ],
+        )
 
 
 def leakage_fields(key):
@@ -60,29 +110,29 @@ def _embed_sources(run_key, embeddings_field, model):
 
 
 def detect_leakage(
-    target_dataset,
-    pretrain_dataset=None,
-    key="leakage",
-    run_key=None,
-    embeddings_field=None,
-    pretrain_embeddings_field=None,
-    model=None,
-    weights_path=None,
-    image_size=64,
-    target_split=None,
-    split_by="tags",
-    split_field="split",
-    pretrain_label_field="ground_truth",
-    max_distance=DEFAULT_MAX_DISTANCE,
-    threshold=0.5,
-    influence_weight=0.25,
-    index="auto",
-    device="auto",
-    tag="leak",
-    hash_files=True,
-    overwrite=False,
-    progress=None,
-):
+    target_dataset: DatasetLike,
+    pretrain_dataset: DatasetLike | None = None,
+    key: str = "leakage",
+    run_key: str | None = None,
+    embeddings_field: str | None = None,
+    pretrain_embeddings_field: str | None = None,
+    model: str | None = None,
+    weights_path: str | None = None,
+    image_size: int = 64,
+    target_split: SplitLike | None = None,
+    split_by: str = "tags",
+    split_field: str = "split",
+    pretrain_label_field: str = "ground_truth",
+    max_distance: float = DEFAULT_MAX_DISTANCE,
+    threshold: float = 0.5,
+    influence_weight: float = 0.25,
+    index: str = "auto",
+    device: str = "auto",
+    tag: str = "leak",
+    hash_files: bool = True,
+    overwrite: bool = False,
+    progress: Progress = None,
+) -> LeakageResults:
     """Finds target samples that (nearly) copy a pretraining image.
 
     For each target sample: the nearest pretraining image (cosine distance
@@ -117,10 +167,9 @@ def detect_leakage(
         progress: ``callable(step, num_steps)``
 
     Returns:
-        a dict of what was found (counts, index kind and recall, timings)
+        a :class:`LeakageResults`: a dict of what was found (counts, index kind
+        and recall, timings), with ``describe()`` and ``plotly()``
     """
-    from .compute import neighbors as nb
-
     _check_range(max_distance, "max_distance", 0, 2)
     _check_range(threshold, "threshold", 0, 1)
     _check_range(influence_weight, "influence_weight", 0, 0.999, low_open=False)
@@ -129,13 +178,12 @@ def detect_leakage(
         raise TransferScopeError(f"index must be one of {nb.INDEX_KINDS}; got {index!r}")
     sources = _embed_sources(run_key, embeddings_field, model)
     target = tsv.load_dataset(target_dataset, "target_dataset")
-    results = None
+    run = results = None
     if run_key is not None:
-        from .influence import load_influence_run, run_datasets
-
-        _, run_config = load_influence_run(target, run_key)
-        run_pre, run_target = run_datasets(run_config)
-        results = run_target.load_run_results(run_key, cache=False)
+        run = InfluenceRun.load(target, run_key)
+        run_config = run.run_config
+        run_pre, _ = run.datasets
+        results = run.results
         pretrain = tsv.load_dataset(pretrain_dataset or run_pre, "pretrain_dataset")
         if pretrain._root_dataset.name != run_pre.name:
             raise TransferScopeError(
@@ -156,7 +204,7 @@ def detect_leakage(
         report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
         t0 = time.perf_counter()
         if results is not None and len(sources) == 1:
-            pre, tgt = tse.from_run(results, device=None if device == "auto" else device)
+            pre, tgt = tse.from_run(run, device=None if device == "auto" else device)
             if target_split is not None:
                 keep = set(
                     tsv.resolve_split(target, target_split, split_by, split_field).values("id")
@@ -298,26 +346,26 @@ def detect_leakage(
             tagged=(leaks, tag),
         )
         report(4)
-        return summary
+        return LeakageResults(summary)
 
 
 def find_near_duplicates(
-    pretrain_dataset,
-    key="near_duplicates",
-    run_key=None,
-    embeddings_field=None,
-    model=None,
-    weights_path=None,
-    image_size=64,
-    max_distance=DEFAULT_MAX_DISTANCE,
-    num_neighbors=16,
-    index="auto",
-    device="auto",
-    tag="near_duplicate",
-    hash_files=True,
-    overwrite=False,
-    progress=None,
-):
+    pretrain_dataset: DatasetLike,
+    key: str = "near_duplicates",
+    run_key: str | None = None,
+    embeddings_field: str | None = None,
+    model: str | None = None,
+    weights_path: str | None = None,
+    image_size: int = 64,
+    max_distance: float = DEFAULT_MAX_DISTANCE,
+    num_neighbors: int = 16,
+    index: str = "auto",
+    device: str = "auto",
+    tag: str = "near_duplicate",
+    hash_files: bool = True,
+    overwrite: bool = False,
+    progress: Progress = None,
+) -> DuplicateResults:
     """Groups near-identical images inside a (pretraining) dataset.
 
     Two samples are linked when one is among the other's ``num_neighbors``
@@ -331,14 +379,12 @@ def find_near_duplicates(
     class-influence run, ``embeddings_field`` or ``model``).
 
     Returns:
-        a dict (number of groups and grouped samples, index kind, timings)
+        a :class:`DuplicateResults`: a dict (number of groups and grouped
+        samples, index kind, timings), with ``describe()`` and ``plotly()``
     """
-    from .compute import neighbors as nb
-
     _check_range(max_distance, "max_distance", 0, 2)
     tsv.validate_tag(tag)
-    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 1:
-        raise TransferScopeError(f"num_neighbors must be a positive integer; got {num_neighbors!r}")
+    tsv.check_count(num_neighbors, "num_neighbors")
     _embed_sources(run_key, embeddings_field, model)  # refuses none named
     dataset = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     root = dataset._root_dataset
@@ -355,19 +401,14 @@ def find_near_duplicates(
         elif model is not None:
             emb = tse.from_model(dataset, model, weights_path, "pretraining", image_size, device)
         else:
-            from .influence import load_influence_run, run_datasets
-
-            _, run_config = load_influence_run(root, run_key)
-            run_pre, run_target = run_datasets(run_config)
+            run = InfluenceRun.load(root, run_key)
+            run_pre, _ = run.datasets
             if run_pre.name != root.name:
                 raise TransferScopeError(
                     f"{root.name!r} is not the pretraining dataset of run "
                     f"{run_key!r} (that is {run_pre.name!r})"
                 )
-            emb, _ = tse.from_run(
-                run_target.load_run_results(run_key, cache=False),
-                device=None if device == "auto" else device,
-            )
+            emb, _ = tse.from_run(run, device=None if device == "auto" else device)
         t_embed = time.perf_counter() - t0
         report(1)
 
@@ -423,4 +464,4 @@ def find_near_duplicates(
             tagged=(ids, tag),
         )
         report(3)
-        return summary
+        return DuplicateResults(summary)

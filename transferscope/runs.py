@@ -11,6 +11,7 @@ import contextlib
 import numpy as np
 import fiftyone.core.runs as fors
 
+from . import views as tsv
 from .writes import RunWrite
 
 
@@ -173,8 +174,6 @@ def open_write(root, key, method, overwrite, fields, others=()):
     ``others``): takes the key's lock (undoing what an interrupted write of
     the same key left), then refuses a key in use unless ``overwrite``.
     ``fields``: the fields the job writes on ``root``."""
-    from . import views as tsv
-
     tsv.validate_run_key(key)
     with RunWrite(key, method, [root, *others], overwrite) as write:
         tsv.check_run_key_free(root, key, overwrite, fields)

@@ -7,26 +7,25 @@ Both read the run's stored influence and per-model outputs; only the
 counterfactual check of ``explain_failures`` trains models (resumable).
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
+from collections.abc import Sequence
 import os
 
 import numpy as np
 
 import fiftyone as fo
 
+from . import compute as tsc
 from . import views as tsv
-from .influence import (
-    complete_store_of,
-    influence_config_of,
-    labelled_transfer_of,
-    load_influence_run,
-    prepare_executor,
-    run_datasets,
-    run_with_progress,
-)
+from .compute import subpopulations as sp
+from .influence_run import InfluenceRun, prepare_executor, run_with_progress
+from .plots import culprits_plotly, subpopulations_plotly
+from .results import JobResults
 from .runs import commit_run, open_write
-from .views import TransferScopeError
+from .views import DatasetLike, Progress, TransferScopeError
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +34,11 @@ MIN_VIEW_SIZE = 5
 
 
 def _run_and_labels(dataset, run_key):
-    """The run's target dataset, results, complete store and test labels (as indices)."""
-    _, config = load_influence_run(dataset, run_key)
-    _, target = run_datasets(config)
-    results = target.load_run_results(run_key, cache=False)
-    store = complete_store_of(results)
+    """The run, its complete store, its test sample ids and their labels (as indices)."""
+    run = InfluenceRun.load(dataset, run_key)
+    config = run.run_config
+    target, results = run.datasets[1], run.results
+    store = run.store()
     ids = list(results.target_ids)
     labels = target.select(ids, ordered=True).values(f"{config.target_label_field}.label")
     if len(labels) != len(ids) or any(l is None for l in labels):
@@ -53,7 +52,27 @@ def _run_and_labels(dataset, run_key):
         raise TransferScopeError(
             f"test labels {unknown} are not among the run's target classes; compute the run again"
         )
-    return target, results, store, ids, np.array([index[l] for l in labels])
+    return run, store, ids, np.array([index[l] for l in labels])
+
+
+class SubpopulationResults(JobResults):
+    """The groups :func:`find_subpopulations` found, per target class."""
+
+    def describe(self):
+        return describe_subpopulations(self)
+
+    def plotly(self):
+        return subpopulations_plotly(self)
+
+
+class FailureResults(JobResults):
+    """What :func:`explain_failures` found: failures, culprits, counterfactual."""
+
+    def describe(self):
+        return describe_failures(self)
+
+    def plotly(self):
+        return culprits_plotly(self)
 
 
 def subpopulation_fields(key):
@@ -61,8 +80,14 @@ def subpopulation_fields(key):
 
 
 def find_subpopulations(
-    dataset, run_key, key=None, k=None, target_classes=None, seed=0, overwrite=False
-):
+    dataset: DatasetLike,
+    run_key: str,
+    key: str | None = None,
+    k: int | None = None,
+    target_classes: Sequence[str] | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> SubpopulationResults:
     """Splits each target class into subpopulations by the pretraining classes that help it.
 
     For each target class, its test samples are grouped by their influence
@@ -88,14 +113,14 @@ def find_subpopulations(
         seed: of k-means
 
     Returns:
-        the summary: per target class, each subpopulation's name, size,
-        accuracy of the run's models on it and mean strength
+        a :class:`SubpopulationResults`: per target class, each
+        subpopulation's name, size, accuracy of the run's models on it and
+        mean strength; with ``describe()`` and ``plotly()``
     """
-    from .compute import subpopulations as sp
-
     key = key or f"{run_key}_subpops"
     tsv.validate_run_key(key)
-    target, results, store, ids, labels = _run_and_labels(dataset, run_key)
+    run, store, ids, labels = _run_and_labels(dataset, run_key)
+    target, results = run.datasets[1], run.results
     fields = subpopulation_fields(key)
     with open_write(target._root_dataset, key, "subpopulations", overwrite, fields) as write:
         names = list(results.target_classes)
@@ -112,10 +137,7 @@ def find_subpopulations(
         accuracy = store.outputs("correct").mean(axis=0)
         members = {c: np.flatnonzero(labels == names.index(c)) for c in chosen}
         if k is not None:  # every class checked before anything is computed or written
-            if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-                raise TransferScopeError(
-                    f"k must be an integer >= 2 (or None for the top class); got {k!r}"
-                )
+            tsv.check_count(k, "k", 2, note=" (or None for the top class)")
             for c, cols in members.items():
                 if k > len(cols):
                     raise TransferScopeError(
@@ -181,7 +203,7 @@ def find_subpopulations(
             summary,
             params,
         )
-        return summary
+        return SubpopulationResults(summary)
 
 
 def describe_subpopulations(summary, max_groups=4):
@@ -203,20 +225,20 @@ def failure_fields(key):
 
 
 def explain_failures(
-    dataset,
-    run_key,
-    key=None,
-    pred_field=None,
-    top_k=3,
-    check_top=True,
-    num_seeds=8,
-    seed=0,
-    device=None,
-    overwrite=False,
-    progress=None,
-    executor="local",
-    executor_options=None,
-):
+    dataset: DatasetLike,
+    run_key: str,
+    key: str | None = None,
+    pred_field: str | None = None,
+    top_k: int = 3,
+    check_top: bool = True,
+    num_seeds: int = 8,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: Progress = None,
+    executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
+    executor_options: dict | None = None,
+) -> FailureResults:
     """The pretraining classes that push misclassified target samples to their wrong answer.
 
     A failure is a test sample of the run whose prediction is wrong: by
@@ -238,19 +260,16 @@ def explain_failures(
     With no failure, writes nothing and says so in the summary.
 
     Returns:
-        the summary dict (failures, culprit table, counterfactual)
+        a :class:`FailureResults`: the summary dict (failures, culprit table,
+        counterfactual), with ``describe()`` and ``plotly()``
     """
-    from .compute import subpopulations as sp
-
     key = key or f"{run_key}_failures"
     tsv.validate_run_key(key)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise TransferScopeError(f"top_k must be a positive integer; got {top_k!r}")
-    if check_top and (
-        isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1
-    ):
-        raise TransferScopeError(f"num_seeds must be a positive integer; got {num_seeds!r}")
-    target, results, store, ids, labels = _run_and_labels(dataset, run_key)
+    tsv.check_count(top_k, "top_k")
+    if check_top:
+        tsv.check_count(num_seeds, "num_seeds")
+    run, store, ids, labels = _run_and_labels(dataset, run_key)
+    target, results = run.datasets[1], run.results
     fields = failure_fields(key)
     with open_write(target._root_dataset, key, "failure_explanation", overwrite, fields) as write:
         target_names = list(results.target_classes)
@@ -277,7 +296,7 @@ def explain_failures(
                 f"no misclassified test sample according to {source}; nothing was written"
             )
             logger.info(summary["message"])
-            return summary
+            return FailureResults(summary)
 
         wrong = predicted[failed]
         infl, z = sp.failure_influence(store.masks, predictions[:, failed], wrong)
@@ -291,7 +310,7 @@ def explain_failures(
             culprit = classes.index(table[0]["class"])
             blamed = failed[(order == culprit).any(axis=1)]
             summary["counterfactual"] = _check_culprit(
-                results,
+                run,
                 culprit,
                 failed,
                 blamed,
@@ -348,26 +367,22 @@ def explain_failures(
             subfields=subfields,
         )
         summary["saved_view"] = view_name
-        return summary
+        return FailureResults(summary)
 
 
 def _check_culprit(
-    results, culprit, failed, blamed, num_seeds, seed, device, progress, executor, executor_options
+    run, culprit, failed, blamed, num_seeds, seed, device, progress, executor, executor_options
 ):
     """Retrains without the culprit and without a random class; counts fixed failures."""
-    from . import compute as tsc
-    from .compute import subpopulations as sp
-
+    results = run.results
     try:
         masks, seeds, randoms = sp.plan_culprit_check(
             len(results.classes), culprit, num_seeds, seed
         )
-        config = influence_config_of(results)
-        if device is not None:
-            config = tsc.InfluenceConfig.from_dict({**config.to_dict(), "device": device})
+        config = run.training_config_for(device)
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
-    labelled = labelled_transfer_of(results, unchanged_for="explaining failures")
+    labelled = run.labelled(unchanged_for="explaining failures")
     runner = prepare_executor(executor, executor_options, config)
     data = labelled.decode(config.image_size, config.channels)
     name = hashlib.sha256(masks.tobytes() + seeds.tobytes()).hexdigest()[:16]

@@ -6,14 +6,24 @@ import keyword
 import logging
 import os
 import re
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
 import fiftyone as fo
+import fiftyone.core.collections as foc
 import fiftyone.core.labels as fol
 
 logger = logging.getLogger(__name__)
+
+# what the SDK takes for a dataset: a dataset, a view of one, or a dataset's name
+DatasetLike = foc.SampleCollection | str
+# a split: a tag, a field value or a saved view's name (as ``split_by`` says), or a view
+SplitLike = str | foc.SampleCollection
+# None/True: a progress bar (as FiftyOne's config says); False: none; or a callback
+# progress(num_done, num_total)
+Progress = bool | Callable[[int, int], None] | None
 
 SPLIT_KINDS = ("tags", "field", "saved_view")
 _KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -68,6 +78,14 @@ def ids_with_labels(collection, path, values):
     wanted = set(values)
     ids, labels = collection.values(["id", path])
     return [i for i, label in zip(ids, labels) if label in wanted]
+
+
+def check_count(value, name, minimum=1, note=""):
+    """Refuses ``value`` unless it is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise TransferScopeError(f"{name} must be {kind}{note}; got {value!r}")
+    return value
 
 
 def validate_tag(tag):
