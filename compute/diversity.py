@@ -17,9 +17,12 @@ over the seeds.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 from scipy import optimize
+
+from .estimators import mean_ci
 
 
 def log_grid(budget, max_classes, max_per_class, num_points, min_per_class=2, min_classes=2):
@@ -194,3 +197,221 @@ def bootstrap_parabola(K, err, num_bootstrap=200, seed=0):
         values.append(parabola_optimum(K[rows], err[rows])[0])
     lo, hi = np.percentile(values, [2.5, 97.5])
     return [float(lo), float(hi)]
+
+
+# --- the planner's bookkeeping: which cells to train, what they say ------------
+
+
+def check_budgets(budgets, full_budget, sizes):
+    """The small budgets (sorted) and the full one, defaults filled in (the full
+    budget: a quarter of the median class times the classes; the small ones: a
+    quarter and a half of it); ``ValueError`` naming what does not fit."""
+    sizes = np.asarray(sizes)
+    if full_budget is None:
+        full_budget = int(len(sizes) * np.median(sizes) // 4)
+    if budgets is None:
+        budgets = [full_budget // 4, full_budget // 2]
+    budgets = sorted(int(b) for b in budgets)
+    if len(budgets) < 2 or len(set(budgets)) < 2:
+        raise ValueError(f"need at least two different small budgets; got {budgets}")
+    if budgets[-1] >= full_budget:
+        raise ValueError(
+            f"the small budgets {budgets} must lie below the full budget {full_budget}"
+        )
+    if full_budget > sizes.sum():
+        raise ValueError(
+            f"the full budget {full_budget} exceeds the {int(sizes.sum())} pretraining samples"
+        )
+    return budgets, full_budget
+
+
+def plan_classes(sizes, per_class, num_classes, influence=None, seed=0):
+    """The plan's classes among those with at least ``per_class`` samples: the
+    most helpful first by ``influence``, or (``None``) in a random order."""
+    eligible = np.flatnonzero(np.asarray(sizes) >= per_class)
+    if influence is not None:
+        order = [i for i in np.argsort(-np.asarray(influence), kind="stable") if i in eligible]
+    else:
+        order = list(np.random.default_rng(seed).permutation(eligible))
+    return order[:num_classes]
+
+
+def feasible_grids(budgets, sizes, num_points):
+    """Per budget ``N``, the ``K`` of a log grid (``num_points`` values) that the
+    class sizes allow: ``K`` is feasible when ``K`` classes hold ``N // K``
+    samples. ``ValueError`` when a budget keeps fewer than 3.
+
+    Returns ``(grids, dropped)``: ``{N: [K, ...]}`` and the infeasible ``K`` per ``N``.
+    """
+    sizes = np.asarray(sizes)
+    grids, dropped = {}, {}
+    for N in budgets:
+        # the grid's few-classes end respects a typical class (the median size);
+        # larger classes still count for feasibility
+        grid = log_grid(N, len(sizes), int(np.median(sizes)), num_points)
+        feasible = [K for K in grid if (sizes >= N // K).sum() >= K]
+        dropped[N] = [K for K in grid if K not in feasible]
+        if len(feasible) < 3:
+            raise ValueError(
+                f"budget {N}: only {len(feasible)} feasible points on the K grid {grid} "
+                f"(need 3); classes with fewer than N/K samples rule out {dropped[N]}"
+            )
+        grids[N] = feasible
+    return grids, dropped
+
+
+def sweep_cells(grids, num_seeds, epochs_for):
+    """The sweep's cells: every ``(N, K)`` of ``grids`` with ``n = N // K``, ``num_seeds`` times."""
+    return [
+        {
+            "budget": N,
+            "classes": K,
+            "per_class": N // K,
+            "seed": s,
+            "epochs": epochs_for(N),
+            "arm": "sweep",
+        }
+        for N, grid in grids.items()
+        for K in grid
+        for s in range(num_seeds)
+    ]
+
+
+def fit_small_budgets(cells, budgets, seed):
+    """:func:`fit_power_law` on the trained cells of the small ``budgets``."""
+    small = [c for c in cells if c["budget"] in budgets]
+    K = np.array([c["classes"] for c in small], float)
+    n = np.array([c["per_class"] for c in small], float)
+    err = np.array([c["error"] for c in small])
+    return fit_power_law(K, n, err, seed=seed)
+
+
+def budget_summaries(cells, grids, dropped, fit, seed):
+    """Per budget (keys are strings, as stored): the sweep's best ``K`` (a
+    parabola in ``log K``, bootstrap CI) and the fit's best ``K`` and ratio."""
+    per_budget = {}
+    for N, grid in grids.items():
+        rows = [c for c in cells if c["budget"] == N]
+        k = np.array([c["classes"] for c in rows], float)
+        e = np.array([c["error"] for c in rows])
+        k_star, interior = parabola_optimum(k, e)
+        lo, hi = bootstrap_parabola(k, e, seed=seed)
+        per_budget[str(N)] = {
+            "grid": grid,
+            "dropped_infeasible_K": dropped[N],
+            "sweep_best_K": k_star,
+            "interior": interior,
+            "sweep_best_K_ci95": [lo, hi],
+            "sweep_best_ratio": k_star**2 / N,
+            "fit_best_K": fit.best_classes(N) if fit.converged else None,
+            "fit_best_ratio": fit.best_ratio(N) if fit.converged else None,
+            "fit_best_ratio_ci95": fit.interval(lambda t, N=N: fit.best_ratio(N, t))
+            if fit.converged
+            else None,
+        }
+    return per_budget
+
+
+def predict_full_budget(fit, per_budget, budgets, full_budget):
+    """The prediction for ``full_budget``: from the fit, and from the small
+    budgets' sweep ratios pooled (geometric mean)."""
+    ratios = [per_budget[str(N)]["sweep_best_ratio"] for N in budgets]
+    pooled_ratio = float(np.exp(np.mean(np.log(ratios))))
+    return {
+        "full_budget": full_budget,
+        "fit_converged": fit.converged,
+        "fit_message": fit.message,
+        "fit": {"a": fit.a, "p": fit.p, "b": fit.b, "q": fit.q, "c": fit.c, "rmse": fit.rmse},
+        "K_from_fit": fit.best_classes(full_budget) if fit.converged else None,
+        "K_from_fit_ci95": fit.interval(lambda t: fit.best_classes(full_budget, t))
+        if fit.converged
+        else None,
+        "K_from_pooled_sweep_ratio": math.sqrt(pooled_ratio * full_budget),
+        "pooled_sweep_ratio": pooled_ratio,
+    }
+
+
+def feasible_plan(k_pred, budget, sizes):
+    """Rounds ``K*`` and moves it until enough classes hold ``n* = N // K*`` samples:
+    up first (more classes need fewer samples each), then down.
+
+    Returns ``(K, n, excluded classes, note or None)``; ``ValueError`` when no ``K`` fits.
+    """
+    sizes = np.asarray(sizes)
+
+    def fits(k):
+        return int((sizes >= budget // k).sum()) >= k
+
+    start = int(np.clip(round(k_pred), 2, len(sizes)))
+    up = range(start, len(sizes) + 1)
+    down = range(start - 1, 1, -1)
+    k = next((k for k in (*up, *down) if fits(k)), None)
+    if k is None:
+        raise ValueError(
+            f"no K fits budget {budget}: no number of classes from 2 to "
+            f"{len(sizes)} has that many classes with N // K samples"
+        )
+    adapted = None
+    if k != start:
+        before = k - 1 if k > start else k + 1
+        n_before = budget // before
+        adapted = (
+            f"K*={before} needs {before} classes with {n_before} samples but only "
+            f"{int((sizes >= n_before).sum())} have them; using K={k}"
+        )
+    n = budget // k
+    excluded = np.flatnonzero(sizes < n).tolist()
+    return k, n, excluded, adapted
+
+
+def check_cells(full_budget, k_plan, n_plan, plan_rows, all_k, num_seeds, epochs):
+    """The full budget's check: the predicted ``K`` (random classes), all classes,
+    and the plan itself (its sample rows), ``num_seeds`` each."""
+    arms = [
+        ("predicted_K", k_plan, n_plan, None),
+        ("all_classes", all_k, full_budget // all_k, None),
+        ("plan", k_plan, n_plan, [int(i) for i in plan_rows]),
+    ]
+    cells = []
+    for arm, K, n, rows in arms:
+        for s in range(num_seeds):
+            cell = {
+                "budget": full_budget,
+                "classes": K,
+                "per_class": n,
+                "seed": s,
+                "epochs": epochs,
+                "arm": arm,
+            }
+            if rows is not None:
+                cell["sample_rows"] = rows
+            cells.append(cell)
+    return cells
+
+
+def verification_summary(cells, per_budget, full_budget, all_k):
+    """What the full budget's cells measured: its own best ``K`` and the
+    accuracy (mean, 95% CI) of each check arm."""
+    full = [c for c in cells if c["budget"] == full_budget and c["arm"] == "sweep"]
+    by_k = {}
+    for c in full:
+        by_k.setdefault(c["classes"], []).append(c["error"])
+    best_grid_k = min(by_k, key=lambda k: np.mean(by_k[k]))
+
+    def acc(arm):
+        mean, lo, hi = mean_ci([1 - c["error"] for c in cells if c["arm"] == arm])
+        return mean, [lo, hi]
+
+    return {
+        "measured_best_K": per_budget[str(full_budget)]["sweep_best_K"],
+        "measured_best_K_ci95": per_budget[str(full_budget)]["sweep_best_K_ci95"],
+        "measured_best_grid_K": best_grid_k,
+        "accuracy_at_best_grid_K": 1 - float(np.mean(by_k[best_grid_k])),
+        "accuracy_at_predicted_K": acc("predicted_K")[0],
+        "accuracy_at_predicted_K_ci95": acc("predicted_K")[1],
+        "accuracy_all_classes": acc("all_classes")[0],
+        "accuracy_all_classes_ci95": acc("all_classes")[1],
+        "all_classes_K": all_k,
+        "accuracy_plan": acc("plan")[0],
+        "accuracy_plan_ci95": acc("plan")[1],
+    }

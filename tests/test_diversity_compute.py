@@ -68,3 +68,68 @@ def test_a_surface_without_an_optimum_is_reported_not_faked():
     assert not fit.converged and "no interior optimum" in fit.message
     k_star, interior = dv.parabola_optimum(K[K * n == 400], err[K * n == 400])
     assert not interior
+
+
+def test_budgets_default_and_refuse_what_cannot_fit():
+    sizes = np.array([40] * 10)
+    assert dv.check_budgets(None, None, sizes) == ([25, 50], 100)
+    assert dv.check_budgets([50, 20], 100, sizes) == ([20, 50], 100)
+    for budgets, full, message in (
+        ([20, 20], 100, "two different small budgets"),
+        ([20, 100], 100, "must lie below the full budget"),
+        ([20, 50], 401, "exceeds the 400 pretraining samples"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            dv.check_budgets(budgets, full, sizes)
+
+
+def test_only_the_class_counts_the_sizes_allow_are_swept():
+    sizes = np.array([100] * 4 + [20] * 4 + [8] * 8)
+    grids, dropped = dv.feasible_grids([100], sizes, 5)
+    assert grids[100] == [8, 13, 16] and dropped[100] == [10, 11]
+    for K in grids[100]:  # K classes hold 100 // K samples each
+        assert (sizes >= 100 // K).sum() >= K
+    for K in dropped[100]:
+        assert (sizes >= 100 // K).sum() < K
+    with pytest.raises(ValueError, match="feasible points"):
+        dv.feasible_grids([120], np.array([100] * 4 + [20] * 4 + [8] * 8), 5)
+    cells = dv.sweep_cells(grids, 2, lambda N: 3)
+    assert len(cells) == 2 * 3
+    assert all(c["per_class"] == 100 // c["classes"] and c["epochs"] == 3 for c in cells)
+
+
+def test_the_plan_moves_k_until_enough_classes_hold_its_samples():
+    sizes = np.array([50, 50, 50, 10, 10, 10])
+    assert dv.feasible_plan(3.2, 120, sizes) == (3, 40, [3, 4, 5], None)
+    k, n, excluded, note = dv.feasible_plan(2, 120, sizes)  # 60 each: none has them
+    assert (k, n) == (3, 40) and "K*=2 needs 2 classes with 60 samples" in note
+    with pytest.raises(ValueError, match="no K fits budget"):
+        dv.feasible_plan(6, 400, sizes)
+    # up finds none: down (this case looped forever before)
+    two_large = np.array([100, 100, 5, 5, 5, 5])
+    k, n, _, note = dv.feasible_plan(4, 200, two_large)
+    assert (k, n) == (2, 100) and note.endswith("using K=2")
+    # most helpful first among the eligible; a seeded order otherwise
+    influence = np.array([0.1, 0.3, -0.2, 0.9, 0.0, 0.0])
+    assert dv.plan_classes(sizes, 40, 2, influence) == [1, 0]
+    random = dv.plan_classes(sizes, 40, 3, None, seed=1)
+    assert sorted(random) == [0, 1, 2] and random == dv.plan_classes(sizes, 40, 3, None, seed=1)
+
+
+def test_the_full_budget_check_has_three_arms_and_reports_each():
+    cells = dv.check_cells(100, 4, 25, [7, 8], 10, 2, 5)
+    assert [c["arm"] for c in cells] == ["predicted_K"] * 2 + ["all_classes"] * 2 + ["plan"] * 2
+    assert [c["per_class"] for c in cells] == [25, 25, 10, 10, 25, 25]
+    assert cells[-1]["sample_rows"] == [7, 8] and "sample_rows" not in cells[0]
+    sweep = [
+        {"budget": 100, "classes": K, "arm": "sweep", "error": e}
+        for K, e in ((4, 0.3), (4, 0.5), (10, 0.2))
+    ]
+    errors = {"predicted_K": 0.4, "all_classes": 0.3, "plan": 0.1}
+    table = sweep + [dict(c, error=errors[c["arm"]]) for c in cells]
+    per_budget = {"100": {"sweep_best_K": 9.0, "sweep_best_K_ci95": [5.0, 12.0]}}
+    v = dv.verification_summary(table, per_budget, 100, 10)
+    assert v["measured_best_grid_K"] == 10 and v["accuracy_at_best_grid_K"] == pytest.approx(0.8)
+    assert v["accuracy_plan"] == pytest.approx(0.9)
+    assert v["accuracy_at_predicted_K"] == pytest.approx(0.6)
+    assert v["measured_best_K"] == 9.0 and v["all_classes_K"] == 10

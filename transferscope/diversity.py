@@ -21,7 +21,6 @@ import numpy as np
 from . import compute as tsc
 from . import views as tsv
 from .compute import diversity as dv
-from .compute.estimators import mean_ci
 from .compute.neighbors import centroid_samples
 from .embeddings import from_run
 from .influence_run import InfluenceRun, prepare_executor, run_with_progress
@@ -109,58 +108,20 @@ def plan_class_diversity(
     sizes = np.array([counts[c] for c in class_names])
     num_classes = len(class_names)
 
-    if full_budget is None:
-        full_budget = int(num_classes * np.median(sizes) // 4)
-    if budgets is None:
-        budgets = [full_budget // 4, full_budget // 2]
-    budgets = sorted(int(b) for b in budgets)
-    if len(budgets) < 2 or len(set(budgets)) < 2:
-        raise TransferScopeError(f"need at least two different small budgets; got {budgets}")
-    if budgets[-1] >= full_budget:
-        raise TransferScopeError(
-            f"the small budgets {budgets} must lie below the full budget {full_budget}"
+    try:
+        budgets, full_budget = dv.check_budgets(budgets, full_budget, sizes)
+        # --- the sweep: cells (budget, K, n, seed), only K the data allows ----
+        grids, dropped = dv.feasible_grids(
+            budgets + ([full_budget] if verify else []), sizes, num_points
         )
-    if full_budget > sizes.sum():
-        raise TransferScopeError(
-            f"the full budget {full_budget} exceeds the {int(sizes.sum())} pretraining samples"
-        )
-
-    # --- the sweep: cells (budget, K, n, seed), only K the data allows --------
-    grids, dropped = {}, {}
-    for N in budgets + ([full_budget] if verify else []):
-        try:
-            # the grid's few-classes end respects a typical class (the median
-            # size); larger classes still count for feasibility below
-            grid = dv.log_grid(N, num_classes, int(np.median(sizes)), num_points)
-        except ValueError as e:
-            raise TransferScopeError(str(e)) from e
-        # K is feasible for N when K classes have at least N // K samples
-        feasible = [K for K in grid if (sizes >= N // K).sum() >= K]
-        dropped[N] = [K for K in grid if K not in feasible]
-        if len(feasible) < 3:
-            raise TransferScopeError(
-                f"budget {N}: only {len(feasible)} feasible points on the K grid {grid} "
-                f"(need 3); classes with fewer than N/K samples rule out {dropped[N]}"
-            )
-        grids[N] = feasible
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
     base = run.training_config_for(device)
 
     def epochs_for(N):  # about as many steps as a full-budget model
         return max(base.epochs, math.ceil(base.epochs * full_budget / N))
 
-    cells = [
-        {
-            "budget": N,
-            "classes": K,
-            "per_class": N // K,
-            "seed": s,
-            "epochs": epochs_for(N),
-            "arm": "sweep",
-        }
-        for N, grid in grids.items()
-        for K in grid
-        for s in range(num_seeds)
-    ]
+    cells = dv.sweep_cells(grids, num_seeds, epochs_for)
     runner = prepare_executor(executor, executor_options, base)
     with open_write(pretrain, key, "class_diversity", overwrite, []) as write:
         data = labelled.decode(base.image_size, base.channels)
@@ -185,48 +146,15 @@ def plan_class_diversity(
         sweep = run_cells(cells, "sweep")
 
         # --- fit on the small budgets, predict the full budget --------------------
-        small = [c for c in sweep if c["budget"] in budgets]
-        K_ = np.array([c["classes"] for c in small], float)
-        n_ = np.array([c["per_class"] for c in small], float)
-        err = np.array([c["error"] for c in small])
-        fit = dv.fit_power_law(K_, n_, err, seed=seed)
-        per_budget = {}
-        for N, grid in grids.items():
-            rows = [c for c in sweep if c["budget"] == N]
-            k = np.array([c["classes"] for c in rows], float)
-            e = np.array([c["error"] for c in rows])
-            k_star, interior = dv.parabola_optimum(k, e)
-            lo, hi = dv.bootstrap_parabola(k, e, seed=seed)
-            per_budget[str(N)] = {
-                "grid": grid,
-                "dropped_infeasible_K": dropped[N],
-                "sweep_best_K": k_star,
-                "interior": interior,
-                "sweep_best_K_ci95": [lo, hi],
-                "sweep_best_ratio": k_star**2 / N,
-                "fit_best_K": fit.best_classes(N) if fit.converged else None,
-                "fit_best_ratio": fit.best_ratio(N) if fit.converged else None,
-                "fit_best_ratio_ci95": fit.interval(lambda t, N=N: fit.best_ratio(N, t))
-                if fit.converged
-                else None,
-            }
-        ratios = [per_budget[str(N)]["sweep_best_ratio"] for N in budgets]
-        pooled_ratio = float(np.exp(np.mean(np.log(ratios))))
-        prediction = {
-            "full_budget": full_budget,
-            "fit_converged": fit.converged,
-            "fit_message": fit.message,
-            "fit": {"a": fit.a, "p": fit.p, "b": fit.b, "q": fit.q, "c": fit.c, "rmse": fit.rmse},
-            "K_from_fit": fit.best_classes(full_budget) if fit.converged else None,
-            "K_from_fit_ci95": fit.interval(lambda t: fit.best_classes(full_budget, t))
-            if fit.converged
-            else None,
-            "K_from_pooled_sweep_ratio": math.sqrt(pooled_ratio * full_budget),
-            "pooled_sweep_ratio": pooled_ratio,
-        }
+        fit = dv.fit_small_budgets(sweep, budgets, seed)
+        per_budget = dv.budget_summaries(sweep, grids, dropped, fit, seed)
+        prediction = dv.predict_full_budget(fit, per_budget, budgets, full_budget)
         # the fit is the prediction when it converged; the pooled sweep ratio otherwise
         k_pred = prediction["K_from_fit"] or prediction["K_from_pooled_sweep_ratio"]
-        k_plan, n_plan, excluded, adapted = _feasible_plan(k_pred, full_budget, sizes)
+        try:
+            k_plan, n_plan, excluded, adapted = dv.feasible_plan(k_pred, full_budget, sizes)
+        except ValueError as e:
+            raise TransferScopeError(str(e)) from e
         prediction.update(
             K_plan=k_plan,
             n_plan=n_plan,
@@ -235,14 +163,8 @@ def plan_class_diversity(
         )
 
         # --- the plan's samples ----------------------------------------------------
-        eligible = np.flatnonzero(sizes >= n_plan)
-        if class_choice == "influence":
-            order = [
-                i for i in np.argsort(-results.class_influence, kind="stable") if i in eligible
-            ]
-        else:
-            order = list(np.random.default_rng(seed).permutation(eligible))
-        chosen = order[:k_plan]
+        influence = results.class_influence if class_choice == "influence" else None
+        chosen = dv.plan_classes(sizes, n_plan, k_plan, influence, seed)
         plan_rows = _choose_samples(
             labels, chosen, n_plan, sample_choice, run, device, seed, labelled, data
         )
@@ -250,65 +172,12 @@ def plan_class_diversity(
 
         verification = None
         if verify:
-            extra = [
-                {
-                    "budget": full_budget,
-                    "classes": k_plan,
-                    "per_class": n_plan,
-                    "seed": s,
-                    "epochs": epochs_for(full_budget),
-                    "arm": "predicted_K",
-                }
-                for s in range(num_seeds)
-            ]
             all_k = int((sizes >= full_budget // num_classes).sum())
-            extra += [
-                {
-                    "budget": full_budget,
-                    "classes": all_k,
-                    "per_class": full_budget // all_k,
-                    "seed": s,
-                    "epochs": epochs_for(full_budget),
-                    "arm": "all_classes",
-                }
-                for s in range(num_seeds)
-            ]
-            extra += [
-                {
-                    "budget": full_budget,
-                    "classes": k_plan,
-                    "per_class": n_plan,
-                    "seed": s,
-                    "epochs": epochs_for(full_budget),
-                    "arm": "plan",
-                    "sample_rows": [int(i) for i in plan_rows],
-                }
-                for s in range(num_seeds)
-            ]
+            extra = dv.check_cells(
+                full_budget, k_plan, n_plan, plan_rows, all_k, num_seeds, epochs_for(full_budget)
+            )
             table = sweep + run_cells(extra, "check")
-            full = [c for c in table if c["budget"] == full_budget and c["arm"] == "sweep"]
-            by_k = {}
-            for c in full:
-                by_k.setdefault(c["classes"], []).append(c["error"])
-            best_grid_k = min(by_k, key=lambda k: np.mean(by_k[k]))
-
-            def acc(arm):
-                mean, lo, hi = mean_ci([1 - c["error"] for c in table if c["arm"] == arm])
-                return mean, [lo, hi]
-
-            verification = {
-                "measured_best_K": per_budget[str(full_budget)]["sweep_best_K"],
-                "measured_best_K_ci95": per_budget[str(full_budget)]["sweep_best_K_ci95"],
-                "measured_best_grid_K": best_grid_k,
-                "accuracy_at_best_grid_K": 1 - float(np.mean(by_k[best_grid_k])),
-                "accuracy_at_predicted_K": acc("predicted_K")[0],
-                "accuracy_at_predicted_K_ci95": acc("predicted_K")[1],
-                "accuracy_all_classes": acc("all_classes")[0],
-                "accuracy_all_classes_ci95": acc("all_classes")[1],
-                "all_classes_K": all_k,
-                "accuracy_plan": acc("plan")[0],
-                "accuracy_plan_ci95": acc("plan")[1],
-            }
+            verification = dv.verification_summary(table, per_budget, full_budget, all_k)
             sweep = table
 
         summary = {
@@ -336,27 +205,6 @@ def plan_class_diversity(
             params,
         )
         return DiversityResults(summary)
-
-
-def _feasible_plan(k_pred, budget, sizes):
-    """Rounds ``K*`` and lowers it until enough classes hold ``n* = N // K*`` samples."""
-    k = int(np.clip(round(k_pred), 2, len(sizes)))
-    adapted = None
-    while True:
-        n = budget // k
-        enough = int((sizes >= n).sum())
-        if enough >= k:
-            break
-        k_new = k + 1 if k < len(sizes) else k - 1  # more classes need fewer samples each
-        adapted = (
-            f"K*={k} needs {k} classes with {n} samples but only {enough} have "
-            f"them; using K={k_new}"
-        )
-        if k_new == k or k_new > len(sizes):
-            raise TransferScopeError(f"no K fits budget {budget}: " + adapted)
-        k = k_new
-    excluded = np.flatnonzero(sizes < n).tolist()
-    return k, n, excluded, adapted
 
 
 def _choose_samples(labels, chosen, per_class, how, run, device, seed, labelled, data):
