@@ -257,10 +257,16 @@ def _masked_forward(net):
     def conv(p, name, x, module):
         return F.conv2d(x, p[f"{name}.weight"], None, module.stride, module.padding)
 
+    # the constants of the template's own BatchNorm layers (see nets.network_for),
+    # looked up once rather than at every step
+    bn_constants = {
+        name: (m.eps, m.momentum)
+        for name, m in net.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    }
+
     def bn(p, b, new_b, name, x, w):
-        # the constants of the template's own BatchNorm (see nets.network_for)
-        module = net.get_submodule(name)
-        eps, bn_momentum = module.eps, module.momentum
+        eps, bn_momentum = bn_constants[name]
         x = _at_least_fp32(x)  # statistics in fp32 under bf16 autocast
         wx = w.view(-1, 1, 1, 1)
         count = w.sum() * x.shape[2] * x.shape[3]

@@ -88,6 +88,12 @@ class Design:
         }
 
 
+def _balanced_fallback(num_models, num_classes, seed, requested, note):
+    """The "balanced" design used where no orthogonal block fits (``note`` says why)."""
+    masks = balanced_masks(num_models, num_classes, 0.5, seed)
+    return Design(masks, "balanced", requested, 1, num_models, note)
+
+
 def make_design(
     design: str,
     num_models: int,
@@ -134,14 +140,7 @@ def make_design(
                     f"that sees every class (its complement would see none); using the "
                     f"'balanced' random design"
                 )
-                return Design(
-                    balanced_masks(num_models, num_classes, 0.5, seed),
-                    "balanced",
-                    design,
-                    1,
-                    num_models,
-                    note,
-                )
+                return _balanced_fallback(num_models, num_classes, seed, design, note)
             note = ""
             if len(masks) != num_models:
                 note = (
@@ -154,14 +153,7 @@ def make_design(
             f"{num_classes} classes ({order}, rounded up to {2 * order}); using the "
             f"'balanced' random design (difference of means)"
         )
-        return Design(
-            balanced_masks(num_models, num_classes, 0.5, seed),
-            "balanced",
-            design,
-            1,
-            num_models,
-            note,
-        )
+        return _balanced_fallback(num_models, num_classes, seed, design, note)
     if design == "balanced":
         masks = balanced_masks(num_models, num_classes, alpha, seed)
         return Design(masks, design, design, 1, num_models)
