@@ -6,10 +6,10 @@ under another config is refused.
 """
 
 import dataclasses
-import hashlib
 import json
 
 from .checks import check_choice, check_int, check_number
+from .digests import digest
 from .subsets import DESIGNS
 
 TRANSFER_MODES = ("linear", "finetune")
@@ -188,5 +188,4 @@ class InfluenceConfig:
                 d.pop(name)
         d["data"] = data_fingerprint
         d["engine_version"] = ENGINE_VERSION
-        blob = json.dumps(d, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return digest(json.dumps(d, sort_keys=True))

@@ -10,13 +10,13 @@ numbers: initialisation and data order match, only the classes differ).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
+from .digests import digest
 from .estimators import mean_ci
 
 if TYPE_CHECKING:  # names in annotations only
@@ -168,14 +168,16 @@ class CurationPlan:
     removed: list
 
     def fingerprint(self):
-        blob = json.dumps(
-            {
-                "masks": np.packbits(self.masks).tolist(),
-                "shape": list(self.masks.shape),
-                "seeds": self.seeds.tolist(),
-            }
-        ).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        # insertion order, not sorted: plans stored before digest() keep their name
+        return digest(
+            json.dumps(
+                {
+                    "masks": np.packbits(self.masks).tolist(),
+                    "shape": list(self.masks.shape),
+                    "seeds": self.seeds.tolist(),
+                }
+            )
+        )
 
     def cell(self, arm, k, cls=None):
         for c in self.cells:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import TYPE_CHECKING
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .digests import digest
 from .executors import LocalExecutor, ModelJob, ModelsFailedError
 from .nets import network_for
 from .store import ResultsStore, claim, make_dirs
@@ -91,7 +91,7 @@ def holdout_masks(config, num_classes):
 def open_holdout_store(path: str, config: InfluenceConfig, data: TransferData) -> ResultsStore:
     """A resumable store of the run's held-out models (their own hash and masks)."""
     masks = holdout_masks(config, data.num_pretrain_classes)
-    rows_hash = hashlib.sha256(masks.tobytes()).hexdigest()[:16]
+    rows_hash = digest(masks)
     config_hash = f"{config.fingerprint(data.fingerprint())}/holdout/{rows_hash}"
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels))
 
@@ -185,7 +185,7 @@ def open_retrain_store(
     seeds = np.asarray(seeds, dtype=np.int64)
     if masks.ndim != 2 or seeds.shape != (len(masks),):
         raise ValueError(f"need (R, C) masks and (R,) seeds; got {masks.shape} and {seeds.shape}")
-    rows_hash = hashlib.sha256(masks.tobytes() + seeds.tobytes()).hexdigest()[:16]
+    rows_hash = digest(masks, seeds)
     config_hash = f"{config.fingerprint(data.fingerprint())}/retrain/{rows_hash}"
     meta = dict(meta or {}, seeds=seeds.tolist())
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels), meta=meta)
@@ -305,7 +305,7 @@ def run_diversity_cells(config, data, store, cells, on_model_done=None, executor
 
 def cells_digest(cells):
     """A short hash of a list of sweep cells (their JSON)."""
-    return hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(json.dumps(cells, sort_keys=True))
 
 
 def open_cells_store(path, config, data, cells):

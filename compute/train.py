@@ -8,7 +8,6 @@ run any model anywhere and get the same row of outputs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .digests import digest
 from .nets import network_for
 
 if TYPE_CHECKING:  # names in annotations only
@@ -59,13 +59,11 @@ class TransferData:
 
     def fingerprint(self):
         """A hash of the arrays: a store is only valid for the data it saw."""
-        h = hashlib.sha256()
+        parts = []
         for name in ("pretrain", "train", "test"):
             for arr in (getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")):
-                h.update(str(arr.shape).encode())
-                h.update(np.ascontiguousarray(arr).tobytes())
-        h.update(f"{self.num_pretrain_classes}/{self.num_target_classes}".encode())
-        return h.hexdigest()[:16]
+                parts += [str(arr.shape), arr]
+        return digest(*parts, f"{self.num_pretrain_classes}/{self.num_target_classes}")
 
     def normalisation(self):
         """Per-channel mean and std of the pretraining images (in [0, 1])."""

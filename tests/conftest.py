@@ -38,6 +38,7 @@ os.environ["TRANSFERSCOPE_MODELS_DIR"] = os.path.join(_TMP, "models")
 UNIT_MODULES = {
     "test_curation_compute",
     "test_designs",
+    "test_digests",
     "test_diversity_compute",
     "test_engine",
     "test_estimators",

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import compute as tsc
 from . import views as tsv
+from .compute.digests import file_digest
 from .compute.neighbors import as_vectors
 from .views import TransferScopeError
 
@@ -161,19 +162,10 @@ def from_run(run, device=None, labelled=None, data=None):
 def content_hashes(view):
     """SHA-256 of each sample's file (exact duplicates share one)."""
     import concurrent.futures
-    import hashlib
 
     ids, paths = view.values(["id", "filepath"])
-
-    def digest(path):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        hashes = list(pool.map(_or_none(digest), paths))
+        hashes = list(pool.map(_or_none(file_digest), paths))
     return dict(zip(ids, hashes))
 
 

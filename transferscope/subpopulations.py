@@ -9,7 +9,6 @@ counterfactual check of ``explain_failures`` trains models (resumable).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 import os
@@ -21,6 +20,7 @@ import fiftyone as fo
 from . import compute as tsc
 from . import views as tsv
 from .compute import subpopulations as sp
+from .compute.digests import digest
 from .influence_run import InfluenceRun, prepare_executor, run_with_progress
 from .plots import culprits_plotly, subpopulations_plotly
 from .results import JobResults
@@ -385,7 +385,7 @@ def _check_culprit(
     labelled = run.labelled(unchanged_for="explaining failures")
     runner = prepare_executor(executor, executor_options, config)
     data = labelled.decode(config.image_size, config.channels)
-    name = hashlib.sha256(masks.tobytes() + seeds.tobytes()).hexdigest()[:16]
+    name = digest(masks, seeds)
     path = os.path.join(results.config.output_dir, "failures", name)
     store = tsc.open_retrain_store(
         path, config, data, masks, seeds, meta={"classes": list(results.classes)}

@@ -1,7 +1,6 @@
 """Between FiftyOne collections and arrays: validation, splits, image decoding."""
 
 import concurrent.futures
-import hashlib
 import keyword
 import logging
 import os
@@ -14,6 +13,8 @@ from PIL import Image
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.labels as fol
+
+from .compute.digests import digest
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +197,8 @@ def _cache_path(paths, ids, image_size, channels):
     digests = file_digests(paths, folder)
     if digests is None:
         return None  # decoding names the unreadable files
-    h = hashlib.sha256(f"{image_size}/{channels}/{len(paths)}".encode())
-    for d in digests:
-        h.update(d.encode())
-    return os.path.join(folder, f"{h.hexdigest()[:32]}.npy")
+    name = digest(f"{image_size}/{channels}/{len(paths)}", *digests, length=32)
+    return os.path.join(folder, f"{name}.npy")
 
 
 def file_digests(paths, folder):
