@@ -8,15 +8,21 @@ import math
 import numbers
 
 
-def check_int(value, name, minimum=None, maximum=None):
-    """``value`` as an int, or ``ValueError``: an integer (not a bool) within the bounds."""
+def check_int(value, name, minimum=None, maximum=None, note=""):
+    """``value`` as an int, or ``ValueError``: an integer (not a bool) within the bounds
+    (``note``: said after the bounds, e.g. what else the argument may be)."""
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if ok and minimum is not None and value < minimum:
         ok = False
     if ok and maximum is not None and value > maximum:
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be an integer{_bounds(minimum, maximum)}; got {value!r}")
+        kind = (
+            "a positive integer"
+            if minimum == 1 and maximum is None
+            else f"an integer{_bounds(minimum, maximum)}"
+        )
+        raise ValueError(f"{name} must be {kind}{note}; got {value!r}")
     return int(value)
 
 

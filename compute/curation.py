@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
+from .checks import check_int, check_number
 from .digests import digest
 from .estimators import mean_ci
 
@@ -92,12 +93,7 @@ def select_classes(
         check_num_removed(k, num)
         chosen = np.argsort(infl, kind="stable")[:k]
     elif rule == "below_threshold":
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not np.isfinite(threshold)
-        ):
-            raise ValueError(f"threshold must be a finite number; got {threshold!r}")
+        check_number(threshold, "threshold")
         chosen = np.flatnonzero(infl < threshold)
         if len(chosen) == 0:
             raise ValueError(
@@ -135,17 +131,13 @@ def select_classes(
 
 
 def check_fdr_level(level):
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise ValueError(f"fdr_level must be a number in (0, 1), e.g. 0.1; got {level!r}")
+    check_number(level, "fdr_level", 0, 1, low_open=True, high_open=True)
 
 
 def check_num_removed(k: int, num_classes: int, name: str = "k"):
     largest = num_classes - MIN_REMAINING_CLASSES
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= largest:
-        raise ValueError(
-            f"{name} must be an integer from 1 to {largest} (the number of classes, "
-            f"{num_classes}, minus the {MIN_REMAINING_CLASSES} that must remain); got {k!r}"
-        )
+    note = f" (the number of classes, {num_classes}, minus the {MIN_REMAINING_CLASSES} that must remain)"
+    check_int(k, name, 1, largest, note=note)
 
 
 @dataclasses.dataclass
@@ -206,10 +198,7 @@ def plan_curation(
     """
     infl = np.asarray(class_influence, dtype=np.float64)
     num = len(infl)
-    if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 2:
-        raise ValueError(
-            f"num_seeds must be an integer >= 2 (for a paired interval); got {num_seeds!r}"
-        )
+    check_int(num_seeds, "num_seeds", 2, note=" (for a paired interval)")
     removed = [int(c) for c in removed]
     if not removed or len(set(removed)) != len(removed) or not all(0 <= c < num for c in removed):
         raise ValueError(f"removed must be distinct class indices in [0, {num}); got {removed}")

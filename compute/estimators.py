@@ -32,7 +32,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
 from scipy import linalg, stats
+
+from .checks import check_number
 
 ESTIMATORS = ("auto", "regression", "difference_of_means")
 # residual degrees of freedom below which "auto" does not trust a regression
@@ -278,8 +281,7 @@ def aggregate_influence(
     accounts for the targets sharing models. ``q_value``: Benjamini-Hochberg
     adjusted p-values over the classes (false-discovery control).
     """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1); got {confidence!r}")
+    check_number(confidence, "confidence", 0, 1, low_open=True, high_open=True)
     per_model = np.asarray(outputs, dtype=np.float64)
     per_model = per_model.mean(axis=1, keepdims=True) if per_model.ndim == 2 else per_model
     est = estimate_influence(masks, per_model, estimator)

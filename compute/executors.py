@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from .checks import check_int
 from .config import ENGINE_VERSION, InfluenceConfig
 from .train import train_subset_model
 
@@ -230,8 +231,7 @@ class RayExecutor:
             raise ValueError(f"gpus_per_model must be a number >= 0; got {gpus_per_model!r}")
         if memory_per_model is not None:
             _check_positive_int(memory_per_model, "memory_per_model")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0; got {max_retries!r}")
+        check_int(max_retries, "max_retries", 0)
         self.address = address.strip()
         self.cpus_per_model = cpus_per_model
         self.gpus_per_model = gpus_per_model
@@ -411,5 +411,4 @@ def _answers_http2(host, port, timeout):
 
 
 def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    check_int(value, name, 1)

@@ -10,9 +10,12 @@ are present, faiss-cpu otherwise.
 import os
 
 import numpy as np
+
 from scipy import sparse
 from scipy.sparse import csgraph
 from scipy import stats
+
+from .checks import check_number
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 # After FAISS had run multithreaded, torch training in the same process
@@ -301,10 +304,8 @@ def leak_scores(distance, max_distance, support_z=None, influence_weight=0.25):
     normal CDF of :func:`influence_support` (0.5 for a class that helps as
     much as a typical class). Without influence, ``score = closeness``.
     """
-    if not 0 < max_distance <= 2:
-        raise ValueError(f"max_distance must lie in (0, 2]; got {max_distance!r}")
-    if not 0 <= influence_weight < 1:
-        raise ValueError(f"influence_weight must lie in [0, 1); got {influence_weight!r}")
+    check_number(max_distance, "max_distance", 0, 2, low_open=True)
+    check_number(influence_weight, "influence_weight", 0, 1, high_open=True)
     closeness = np.clip(1.0 - np.asarray(distance, np.float64) / max_distance, 0.0, 1.0)
     if support_z is None or influence_weight == 0:
         return closeness

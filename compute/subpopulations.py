@@ -19,6 +19,7 @@ import dataclasses
 
 import numpy as np
 
+from .checks import check_int
 from .estimators import estimate_influence
 
 
@@ -90,8 +91,7 @@ def group_by_influence(z, class_names, k=None, seed=0, influence=None, num_chara
         names = [class_names[c] for c in classes]
         strength = z[np.arange(n), top]
     else:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-            raise ValueError(f"k must be an integer >= 2; got {k!r}")
+        check_int(k, "k", 2)
         if k > n:
             raise ValueError(f"k={k} groups but the class has only {n} sample(s)")
         from sklearn.cluster import KMeans
@@ -212,8 +212,7 @@ def plan_culprit_check(num_classes, culprit, num_seeds, seed=0):
         ``3s + 1``, ``3s + 2`` are seed ``s``'s full, culprit-removed and
         random-removed models
     """
-    if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
-        raise ValueError(f"num_seeds must be a positive integer; got {num_seeds!r}")
+    check_int(num_seeds, "num_seeds", 1)
     if num_classes < 3:
         raise ValueError(
             "need at least 3 pretraining classes (one removed, others to draw a random one from)"

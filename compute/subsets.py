@@ -34,7 +34,10 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from scipy import linalg
+
+from .checks import check_number
 
 if TYPE_CHECKING:  # names in annotations only
     from collections.abc import Sequence
@@ -112,8 +115,7 @@ def make_design(
         raise ValueError(f"design must be one of {DESIGNS}; got {design!r}")
     if num_classes < 2:
         raise ValueError(f"need at least 2 pretraining classes; got {num_classes}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1); got {alpha!r}")
+    check_number(alpha, "alpha", 0, 1, low_open=True, high_open=True)
     if design == "orthogonal":
         if alpha != 0.5:
             raise ValueError(
@@ -291,8 +293,7 @@ def sample_class_masks(num_models: int, num_classes: int, alpha: float = 0.5, se
     """
     if num_classes < 2:
         raise ValueError(f"need at least 2 pretraining classes; got {num_classes}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1); got {alpha!r}")
+    check_number(alpha, "alpha", 0, 1, low_open=True, high_open=True)
     k = _subset_size(num_classes, alpha)
     rng = np.random.default_rng(seed)
     counts = np.zeros(num_classes, dtype=np.int64)

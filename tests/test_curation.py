@@ -84,8 +84,8 @@ def test_bad_tagging_input_changes_nothing(influence_run):
         (dict(rule="below_threshold", threshold=-10.0), "no class has influence below"),
         (dict(rule="classes", classes=["nope"]), "unknown pretraining class"),
         (dict(tag=" "), "tag must be a non-empty string"),
-        (dict(rule="harmful_fdr", fdr_level=1.5), "fdr_level must be a number in"),
-        (dict(rule="harmful_fdr", fdr_level=0), "fdr_level must be a number in"),
+        (dict(rule="harmful_fdr", fdr_level=1.5), "fdr_level must be a finite number in"),
+        (dict(rule="harmful_fdr", fdr_level=0), "fdr_level must be a finite number in"),
     ]
     for kw, message in cases:
         kw = {"run_key": "infl", "rule": "most_harmful", "k": 1, **kw}

@@ -143,7 +143,7 @@ def test_fdr_rule_selects_harmful_classes_below_the_level():
     ):
         sel(rule="harmful_fdr", fdr_level=0.001)
     for bad in (0, 1, 1.5, -0.1, "0.1", True, None):
-        with pytest.raises(ValueError, match="fdr_level must be a number in"):
+        with pytest.raises(ValueError, match="fdr_level must be a finite number in"):
             sel(rule="harmful_fdr", fdr_level=bad)
     with pytest.raises(ValueError, match="needs the classes' q-values"):
         cur.select_classes(NAMES, INFL, CI_HIGH, rule="harmful_fdr")

@@ -132,9 +132,18 @@ def test_bad_input_is_refused_and_changes_nothing(leaky, tmp_path):
         (dict(embeddings_field="short", pretrain_embeddings_field="emb"), "dimension"),
         (dict(embeddings_field="nan_emb"), "NaN or infinite values, e.g. sample"),
         (dict(embeddings_field="nope"), "has no embeddings field 'nope'"),
-        (dict(embeddings_field="emb", threshold=0.0), r"threshold must lie in \(0, 1\]"),
-        (dict(embeddings_field="emb", threshold=1.5), r"threshold must lie in \(0, 1\]"),
-        (dict(embeddings_field="emb", max_distance=3), r"max_distance must lie in \(0, 2\]"),
+        (
+            dict(embeddings_field="emb", threshold=0.0),
+            r"threshold must be a finite number in \(0, 1\]",
+        ),
+        (
+            dict(embeddings_field="emb", threshold=1.5),
+            r"threshold must be a finite number in \(0, 1\]",
+        ),
+        (
+            dict(embeddings_field="emb", max_distance=3),
+            r"max_distance must be a finite number in \(0, 2\]",
+        ),
         (dict(embeddings_field="emb", index="lsh"), "index must be one of"),
         (dict(embeddings_field="emb", target_split="nosuchtag"), "is empty"),
         (dict(), "name an embeddings source"),

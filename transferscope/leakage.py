@@ -88,13 +88,6 @@ def duplicate_fields(key):
     return [f"{key}_group"]
 
 
-def _check_range(value, name, low, high, low_open=True):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-    if not ok or not ((low < value) if low_open else (low <= value)) or not value <= high:
-        bracket = "(" if low_open else "["
-        raise TransferScopeError(f"{name} must lie in {bracket}{low}, {high}]; got {value!r}")
-
-
 def _embed_sources(run_key, embeddings_field, model):
     named = [
         n
@@ -170,9 +163,9 @@ def detect_leakage(
         a :class:`LeakageResults`: a dict of what was found (counts, index kind
         and recall, timings), with ``describe()`` and ``plotly()``
     """
-    _check_range(max_distance, "max_distance", 0, 2)
-    _check_range(threshold, "threshold", 0, 1)
-    _check_range(influence_weight, "influence_weight", 0, 0.999, low_open=False)
+    tsv.check_number(max_distance, "max_distance", 0, 2, low_open=True)
+    tsv.check_number(threshold, "threshold", 0, 1, low_open=True)
+    tsv.check_number(influence_weight, "influence_weight", 0, 1, high_open=True)
     tsv.validate_tag(tag)
     if index not in nb.INDEX_KINDS:
         raise TransferScopeError(f"index must be one of {nb.INDEX_KINDS}; got {index!r}")
@@ -382,7 +375,7 @@ def find_near_duplicates(
         a :class:`DuplicateResults`: a dict (number of groups and grouped
         samples, index kind, timings), with ``describe()`` and ``plotly()``
     """
-    _check_range(max_distance, "max_distance", 0, 2)
+    tsv.check_number(max_distance, "max_distance", 0, 2, low_open=True)
     tsv.validate_tag(tag)
     tsv.check_count(num_neighbors, "num_neighbors")
     _embed_sources(run_key, embeddings_field, model)  # refuses none named

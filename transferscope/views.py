@@ -14,6 +14,7 @@ import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.labels as fol
 
+from .compute import checks
 from .compute.digests import digest
 
 logger = logging.getLogger(__name__)
@@ -81,12 +82,20 @@ def ids_with_labels(collection, path, values):
     return [i for i, label in zip(ids, labels) if label in wanted]
 
 
-def check_count(value, name, minimum=1, note=""):
-    """Refuses ``value`` unless it is an integer (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise TransferScopeError(f"{name} must be {kind}{note}; got {value!r}")
-    return value
+def check_count(value, name, minimum=1, maximum=None, note=""):
+    """:func:`transferscope.compute.checks.check_int`, refusing with a TransferScopeError."""
+    try:
+        return checks.check_int(value, name, minimum, maximum, note)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from None
+
+
+def check_number(value, name, low=None, high=None, low_open=False, high_open=False):
+    """:func:`transferscope.compute.checks.check_number`, refusing with a TransferScopeError."""
+    try:
+        return checks.check_number(value, name, low, high, low_open, high_open)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from None
 
 
 def validate_tag(tag):
