@@ -11,7 +11,7 @@ import torch
 
 from .digests import digest
 from .executors import LocalExecutor, ModelJob, ModelsFailedError
-from .nets import network_for
+from .nets import network_for, place_network
 from .store import ResultsStore, claim, make_dirs
 from .subsets import check_design, independent_masks, make_design
 from .train import pretrain_network, resolve_device
@@ -226,7 +226,7 @@ def load_or_train_backbone(config, data, cache_dir):
     if os.path.exists(path):
         net = network_for(config, data.num_pretrain_classes)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return net.to(device).to(memory_format=torch.channels_last), device
+        return place_network(net, device), device
     everything = np.ones(data.num_pretrain_classes, dtype=bool)
     net, _, device = pretrain_network(config, BACKBONE_INDEX, everything, data)
     make_dirs(cache_dir)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
+from .nets import place_network
 from .train import (
     _autocast,
     batch_schedule,
@@ -113,7 +114,7 @@ def pretrain_group(config, indices, mask_rows, data, sample_masks=None):
     )
     for g, net in enumerate(nets):
         _unstack_into(net, params, buffers, g, num_classes[g], plan["steps"][g])
-        net.to(device).to(memory_format=torch.channels_last)
+        place_network(net, device)  # in place: nets[g] is this module
     return nets, gens, states, device
 
 

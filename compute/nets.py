@@ -136,6 +136,40 @@ def _find_head(net):
     return linears[-1]
 
 
+# oneDNN 3.12's AVX-512 kernel for the weight gradient of a strided 1x1
+# convolution in channels-last layout writes out of bounds with fewer than 16
+# input channels and more than one thread (torch 2.14 on CPU; reproduced with
+# resnet_small at width 4 and 8, batches of 9 and 11). Such networks train in
+# the default layout on the CPU, and so do their inputs: a one-channel batch
+# has strides that read as channels-last too, which would pick the same kernel.
+# Every other network keeps channels-last (and its stores their bytes).
+MIN_CHANNELS_LAST_CPU_CHANNELS = 16
+
+
+def place_network(net: nn.Module, device) -> nn.Module:
+    """``net`` on ``device``, in channels-last layout where that is safe (see above)."""
+    net = net.to(device)
+    if torch.device(device).type == "cpu" and any(
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and max(m.stride) > 1
+        and m.in_channels < MIN_CHANNELS_LAST_CPU_CHANNELS
+        for m in net.modules()
+    ):
+        if not getattr(net, "_inputs_in_default_layout", False):
+            net.register_forward_pre_hook(_inputs_in_default_layout)
+            net._inputs_in_default_layout = True
+        return net
+    return net.to(memory_format=torch.channels_last)
+
+
+def _inputs_in_default_layout(module, args):
+    x = args[0]
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return (x.clone(memory_format=torch.contiguous_format), *args[1:])
+    return None
+
+
 def build_network(arch, num_classes, in_channels, width=16):
     if arch == "resnet_small":
         return SmallResNet(num_classes, in_channels=in_channels, width=width)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .digests import digest
-from .nets import network_for
+from .nets import network_for, place_network
 
 if TYPE_CHECKING:  # names in annotations only
     from .config import InfluenceConfig
@@ -172,7 +172,7 @@ def pretrain_network(config, index, mask_row, data, sample_mask=None):
     t = data.tensors(device)
     x_pre = t["pretrain"][keep]
     y_pre = remap[t["pretrain_labels"][keep]]
-    net = net.to(device).to(memory_format=torch.channels_last)
+    net = place_network(net, device)
     _fit(
         net,
         x_pre,

@@ -68,7 +68,6 @@ def from_field(view, field, role):
 
 def from_model(view, arch, weights_path, role, image_size=64, device="auto", batch_size=256):
     """Features of a torchvision model (its head removed) on RGB images."""
-    import torch  # here, not at the top: ``import transferscope`` stays free of torch
 
     if len(view) == 0:
         raise TransferScopeError(f"the {role} samples are empty")
@@ -90,7 +89,7 @@ def from_model(view, arch, weights_path, role, image_size=64, device="auto", bat
     ids, paths = view.values(["id", "filepath"])
     images = tsv.decode_images(paths, ids, image_size, 3)
     dev = tsc.resolve_device(device)
-    net = net.to(dev).to(memory_format=torch.channels_last)
+    net = tsc.nets.place_network(net, dev)
     vectors = tsc.train.embed_images(net, images, dev, (IMAGENET_MEAN, IMAGENET_STD), batch_size)
     return Embedded(np.asarray(ids), vectors)
 
