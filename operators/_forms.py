@@ -242,9 +242,9 @@ def embeddings_source_inputs(inputs, ctx, dataset_role):
     radio.add_choice("model", label="a torchvision model with local weights")
     inputs.enum("source", radio.values(), default="run", label="Embeddings", view=radio)
     source = ctx.params.get("source", "run")
-    if source == "run":  # the output's key is "run_key": this one is "influence_run"
+    if source == "run":  # the form calls the written run "run_key", the read one "influence_run"
         key, _ = influence_run_choice(inputs, ctx, name="influence_run")
-        return {"run_key": key}
+        return {"influence_key": key}
     if source == "field":
         inputs.str(
             "embeddings_field",
@@ -353,7 +353,7 @@ def embeddings_kwargs(params):
     """The SDK's embeddings arguments from a form's parameters."""
     source = params.get("source", "run")
     if source == "run":
-        return {"run_key": params.get("influence_run")}
+        return {"influence_key": params.get("influence_run")}
     if source == "field":
         return {"embeddings_field": params.get("embeddings_field")}
     return {

@@ -41,7 +41,7 @@ class DetectLeakage(foo.Operator):
             description="closeness is 1 for a copy and 0 at this distance",
         )
         inputs.float("threshold", default=0.5, label="Leak score threshold, in (0, 1]")
-        if kwargs.get("run_key") is not None:
+        if kwargs.get("influence_key") is not None:
             inputs.float("influence_weight", default=0.25, label="Weight of the influence signal")
         thr = ctx.params.get("threshold", 0.5)
         if thr is not None and not 0 < thr <= 1:

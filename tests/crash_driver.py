@@ -52,10 +52,12 @@ def run(job, pre, tgt, store, overwrite):
     elif job == "retagging":
         ts.tag_classes(pre, "infl", rule="most_harmful", k=3)
     elif job == "leakage":
-        ts.detect_leakage(tgt, key="leak", run_key="infl", max_distance=0.05, overwrite=overwrite)
+        ts.detect_leakage(
+            tgt, key="leak", influence_key="infl", max_distance=0.05, overwrite=overwrite
+        )
     elif job == "duplicates":
         ts.find_near_duplicates(
-            pre, key="dups", run_key="infl", max_distance=0.05, overwrite=overwrite
+            pre, key="dups", influence_key="infl", max_distance=0.05, overwrite=overwrite
         )
     elif job == "subpopulations":
         ts.find_subpopulations(tgt, "infl", key="sub", k=2, overwrite=overwrite)

@@ -179,7 +179,7 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     run = ts.compute_class_influence(
         pre, tgt, "infl", progress=False, output_dir=str(tmp_path / "store"), **TINY_KWARGS
     )
-    summary = detect_leakage(tgt, key="bb", run_key="infl", max_distance=0.05)
+    summary = detect_leakage(tgt, key="bb", influence_key="infl", max_distance=0.05)
     # a 1-epoch, width-4 backbone is no duplicate detector: the byte-identical
     # copy must be found (hash and distance 0); the others may or may not be
     exact = pre.match(fo.ViewField("filepath").ends_with("copy_exact.png")).first().leak_of
@@ -189,7 +189,7 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     # the backbone is cached next to the run's models, loaded without pickle
     cache = os.path.join(run.config.output_dir, "backbone")
     assert len([f for f in os.listdir(cache) if f.endswith(".pt")]) == 1
-    again = detect_leakage(tgt, key="bb2", run_key="infl", max_distance=0.05)
+    again = detect_leakage(tgt, key="bb2", influence_key="infl", max_distance=0.05)
     assert again["leak_ids"] == summary["leak_ids"]
     op = foo.execute_operator(
         f"{PLUGIN}/detect_leakage",
@@ -210,7 +210,7 @@ def test_run_backbone_and_torchvision_model_sources(leaky, tmp_path):
     )
     assert op.error is None, op.error
     assert op.result["num_targets"] == 18 and "op_bb" in tgt.list_runs()
-    dups = find_near_duplicates(pre, key="nd", run_key="infl")
+    dups = find_near_duplicates(pre, key="nd", influence_key="infl")
     assert dups["num_exact_pairs"] == 0 and dups["num_samples"] == 63
 
     from transferscope.embeddings import models_dir

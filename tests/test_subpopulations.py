@@ -174,7 +174,7 @@ def test_a_run_without_its_stored_influence_is_refused(run):
 
 def test_a_run_that_is_not_an_influence_run_is_refused(run):
     _, tgt, _ = run
-    ts.detect_leakage(tgt, run_key="infl", key="leaks")
+    ts.detect_leakage(tgt, influence_key="infl", key="leaks")
     with pytest.raises(TransferScopeError, match="not a transferscope class-influence run"):
         ts.find_subpopulations(tgt, "leaks")
 

@@ -1,11 +1,13 @@
 """Odd input: refused before any work with a message that names it; labels and run
 keys are data, never expressions or paths (property-based where it can be)."""
 
+import inspect
 import keyword
 import os
 import re
 import socket
 import threading
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -240,3 +242,50 @@ def test_any_label_string_matches_exactly_its_samples(label_dataset, names, pick
     chosen = names[:2]
     expected = sorted(i for i, l in zip(ids, labels) if l in chosen)
     assert sorted(ds.match(tsv.label_in("gt.label", chosen)).values("id")) == expected
+
+
+READERS = [
+    "tag_classes",
+    "untag_classes",
+    "evaluate_curation",
+    "curation_of",
+    "class_samples",
+    "most_influenced",
+    "plan_class_diversity",
+    "find_subpopulations",
+    "explain_failures",
+    "detect_leakage",
+    "find_near_duplicates",
+]
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_jobs_that_read_a_run_name_it_influence_key_and_still_take_run_key(name):
+    fn = getattr(explore, name, None) or getattr(ts, name)
+    assert "influence_key" in inspect.signature(fn).parameters
+    assert "run_key" not in inspect.signature(fn).parameters
+    with pytest.raises(TypeError, match="pass only influence_key="):
+        fn("any-dataset", influence_key="a", run_key="a")
+
+
+def test_the_old_keyword_warns_and_is_passed_under_the_new_name():
+    from transferscope.views import renamed_keywords
+
+    @renamed_keywords(run_key="influence_key")
+    def job(dataset, influence_key, key="out"):
+        return dataset, influence_key, key
+
+    with pytest.warns(
+        DeprecationWarning, match=r"job\(run_key=...\) is deprecated; use influence_key="
+    ):
+        assert job("d", run_key="infl") == ("d", "infl", "out")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert job("d", "infl") == ("d", "infl", "out")
+
+
+def test_compute_class_influence_names_the_run_it_writes_key():
+    params = inspect.signature(ts.compute_class_influence).parameters
+    assert list(params)[:3] == ["pretrain_dataset", "target_dataset", "key"]
+    with pytest.raises(TypeError, match="pass only key="):
+        ts.compute_class_influence("a", "b", key="k", run_key="k")

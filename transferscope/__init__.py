@@ -6,8 +6,8 @@ The SDK (one function per job, used by the operators, the demo and the tests)::
     results = ts.compute_class_influence("glyphs", "digits", "influence")
     ts.tag_classes("glyphs", "influence")  # harmful at false-discovery level 0.1
     summary = ts.evaluate_curation("digits", "influence", sweep_ks=[4, 8])
-    ts.detect_leakage("digits", run_key="influence")
-    ts.find_near_duplicates("glyphs", run_key="influence")
+    ts.detect_leakage("digits", influence_key="influence")
+    ts.find_near_duplicates("glyphs", influence_key="influence")
     plan = ts.plan_class_diversity("digits", "influence", budgets=[500, 1000], full_budget=4000)
     groups = ts.find_subpopulations("digits", "influence", k=2)
     failures = ts.explain_failures("digits", "influence")

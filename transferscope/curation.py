@@ -39,8 +39,8 @@ class CurationResults(JobResults):
         return curation_plotly(self)
 
 
-def curated_view_name(run_key):
-    return f"{run_key}_curated"
+def curated_view_name(influence_key):
+    return f"{influence_key}_curated"
 
 
 def select_removed_classes(
@@ -64,21 +64,22 @@ def select_removed_classes(
     return [results.classes[i] for i in idx]
 
 
-def _pretraining_run(dataset, run_key):
+def _pretraining_run(dataset, influence_key):
     """The run's pretraining dataset and results; refuses its target dataset."""
-    run = InfluenceRun.load(dataset, run_key)
+    run = InfluenceRun.load(dataset, influence_key)
     root, config = run.root, run.run_config
     if config.pretrain_dataset != root.name:
         raise TransferScopeError(
-            f"{root.name!r} is not the pretraining dataset of run {run_key!r} "
+            f"{root.name!r} is not the pretraining dataset of run {influence_key!r} "
             f"(that is {config.pretrain_dataset!r}); tag classes there"
         )
     return root, run.results_here()
 
 
+@tsv.renamed_keywords(run_key="influence_key")
 def tag_classes(
     pretrain_dataset: DatasetLike,
-    run_key: str,
+    influence_key: str,
     rule: str = DEFAULT_RULE,
     k: int | None = None,
     threshold: float | None = None,
@@ -89,14 +90,14 @@ def tag_classes(
 ) -> dict:
     """Tags the pretraining samples of the classes a rule selects for removal.
 
-    Chooses classes from the class-influence run ``run_key`` by ``rule``
+    Chooses classes from the class-influence run ``influence_key`` by ``rule``
     (see :func:`transferscope.compute.select_classes`: ``"harmful_fdr"``
     (the default: negative influence, q-value below ``fdr_level``),
     ``"most_harmful"`` with ``k``, ``"below_threshold"`` with
     ``threshold``, ``"ci_below_zero"`` or ``"classes"`` with a list of
     names), adds ``tag`` to their samples, saves the view of the pretraining
     dataset without ``tag``-ged samples as ``view_name`` (default
-    ``<run_key>_curated``) and records the choice in the run. Tagging again
+    ``<influence_key>_curated``) and records the choice in the run. Tagging again
     replaces the previous choice; :func:`untag_classes` undoes it. Bad input
     raises before anything changes; a process killed while tagging leaves
     nothing that the same call, run again, does not put right.
@@ -104,17 +105,17 @@ def tag_classes(
     Returns:
         the record stored in the run (a dict)
     """
-    dataset, results = _pretraining_run(pretrain_dataset, run_key)
+    dataset, results = _pretraining_run(pretrain_dataset, influence_key)
     tsv.validate_tag(tag)
-    view_name = curated_view_name(run_key) if view_name is None else view_name
+    view_name = curated_view_name(influence_key) if view_name is None else view_name
     if not isinstance(view_name, str) or not view_name.strip():
         raise TransferScopeError(f"view_name must be a non-empty string; got {view_name!r}")
     removed = select_removed_classes(results, rule, k, threshold, classes, fdr_level)
     label_path = f"{results.config.pretrain_label_field}.label"
     _check_classes_unchanged(dataset, results, label_path)
 
-    with RunWrite(run_key, "tagging", [dataset]) as write:
-        previous = run_record(dataset, run_key, "curation_tags")
+    with RunWrite(influence_key, "tagging", [dataset]) as write:
+        previous = run_record(dataset, influence_key, "curation_tags")
         if previous:  # replaced at commit, once everything new is known
             write.replace_old(
                 dataset,
@@ -159,16 +160,17 @@ def _check_classes_unchanged(dataset, results, label_path):
         )
 
 
-def untag_classes(pretrain_dataset: DatasetLike, run_key: str) -> dict:
+@tsv.renamed_keywords(run_key="influence_key")
+def untag_classes(pretrain_dataset: DatasetLike, influence_key: str) -> dict:
     """Undoes :func:`tag_classes`: removes the tag from the samples it tagged
     (other tags, and samples tagged before, are left alone) and deletes the
     saved view it created."""
-    dataset, results = _pretraining_run(pretrain_dataset, run_key)
-    with RunWrite(run_key, "untagging", [dataset]) as write:
-        record = run_record(dataset, run_key, "curation_tags")
+    dataset, results = _pretraining_run(pretrain_dataset, influence_key)
+    with RunWrite(influence_key, "untagging", [dataset]) as write:
+        record = run_record(dataset, influence_key, "curation_tags")
         if not record:
             raise TransferScopeError(
-                f"run {run_key!r} on {dataset.name!r} has no tagged classes to undo; "
+                f"run {influence_key!r} on {dataset.name!r} has no tagged classes to undo; "
                 f"nothing changed"
             )
         write.replace_old(
@@ -181,9 +183,10 @@ def untag_classes(pretrain_dataset: DatasetLike, run_key: str) -> dict:
     return record
 
 
+@tsv.renamed_keywords(run_key="influence_key")
 def evaluate_curation(
     dataset: DatasetLike,
-    run_key: str,
+    influence_key: str,
     rule: str | None = None,
     k: int | None = None,
     threshold: float | None = None,
@@ -222,7 +225,7 @@ def evaluate_curation(
 
     Args:
         dataset: the run's target or pretraining dataset (or its name)
-        run_key: a class-influence run
+        influence_key: a class-influence run
         num_seeds: models per arm (>= 2)
         sweep_ks: optional numbers of classes to remove for the sweep
         seed: seed of the random-removal draws
@@ -234,14 +237,14 @@ def evaluate_curation(
         a :class:`CurationResults`: the summary dict (accuracy per arm with 95%
         CIs, paired tests), with ``describe()`` and ``plotly()``
     """
-    run = InfluenceRun.load(dataset, run_key)
+    run = InfluenceRun.load(dataset, influence_key)
     pretrain, target = run.datasets
     results = run.results
     run.store()
 
     rule_label = rule
     if rule is None:
-        tagged = run_record(pretrain, run_key, "curation_tags")
+        tagged = run_record(pretrain, influence_key, "curation_tags")
         if tagged:
             rule, classes = "classes", tagged["classes"]
             rule_label = f"tagged ({tagged['rule']})"
@@ -286,20 +289,21 @@ def evaluate_curation(
         target_dataset=target.name,
         pretrain_dataset=pretrain.name,
     )
-    with RunWrite(run_key, "curation", [target, pretrain]) as write:
+    with RunWrite(influence_key, "curation", [target, pretrain]) as write:
         for ds in (target, pretrain):
             write.set_record(ds, "curation", summary)
         write.commit()
     return CurationResults(summary)
 
 
-def curation_of(dataset: DatasetLike, run_key: str) -> CurationResults:
+@tsv.renamed_keywords(run_key="influence_key")
+def curation_of(dataset: DatasetLike, influence_key: str) -> CurationResults:
     """The stored summary of :func:`evaluate_curation` for a run."""
-    root = InfluenceRun.load(dataset, run_key).root
-    summary = run_record(root, run_key, "curation")
+    root = InfluenceRun.load(dataset, influence_key).root
+    summary = run_record(root, influence_key, "curation")
     if not summary:
         raise TransferScopeError(
-            f"run {run_key!r} on {root.name!r} has no curation evaluation; "
+            f"run {influence_key!r} on {root.name!r} has no curation evaluation; "
             f"run evaluate_curation first"
         )
     return CurationResults(summary)

@@ -421,13 +421,15 @@ def run_demo(
     png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
     out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")
     out("\nLooking for leaks (FAISS on the run's backbone embeddings, file hashes, influence) ...")
-    leakage = detect_leakage(target, key=LEAKAGE_KEY, run_key=RUN_KEY, overwrite=True)
+    leakage = detect_leakage(target, key=LEAKAGE_KEY, influence_key=RUN_KEY, overwrite=True)
     out(
         f"  {leakage['num_leaks']} of {leakage['num_targets']} test samples tagged 'leak' "
         f"({leakage['num_exact_file_copies']} byte-identical); saved view "
         f"{LEAKAGE_KEY}_likely_leaks"
     )
-    duplicates = find_near_duplicates(pretrain, key=DUPLICATES_KEY, run_key=RUN_KEY, overwrite=True)
+    duplicates = find_near_duplicates(
+        pretrain, key=DUPLICATES_KEY, influence_key=RUN_KEY, overwrite=True
+    )
     out(
         f"  {duplicates['num_groups']} near-duplicate groups ({duplicates['num_grouped_samples']}"
         f" pretraining samples) tagged 'near_duplicate'; saved view {DUPLICATES_KEY}_groups"

@@ -46,9 +46,10 @@ class DiversityResults(JobResults):
         return diversity_plotly(self)
 
 
+@tsv.renamed_keywords(run_key="influence_key")
 def plan_class_diversity(
     dataset: DatasetLike,
-    run_key: str,
+    influence_key: str,
     key: str = "diversity",
     budgets: Sequence[int] | None = None,
     full_budget: int | None = None,
@@ -66,7 +67,7 @@ def plan_class_diversity(
 ) -> DiversityResults:
     """Plans the number of classes ``K*`` and samples per class ``n*`` for a budget.
 
-    With the protocol of class-influence run ``run_key`` (architecture,
+    With the protocol of class-influence run ``influence_key`` (architecture,
     transfer, target task), trains ``num_seeds`` models for each ``K`` of a
     log grid (``num_points`` values, ``n = N // K``) at each of ``budgets``
     (two or more small budgets ``N``), each model on ``K`` random classes
@@ -91,7 +92,7 @@ def plan_class_diversity(
         a :class:`DiversityResults`: the summary dict stored in run ``key`` on
         the pretraining dataset, with ``describe()`` and ``plotly()``
     """
-    run = InfluenceRun.load(dataset, run_key)
+    run = InfluenceRun.load(dataset, influence_key)
     pretrain, target = run.datasets
     tsv.validate_run_key(key)
     view_name = f"{key}_plan"
@@ -181,7 +182,7 @@ def plan_class_diversity(
             sweep = table
 
         summary = {
-            "run_key": run_key,
+            "influence_key": influence_key,
             "budgets": budgets,
             "per_budget": per_budget,
             "prediction": prediction,
@@ -193,7 +194,7 @@ def plan_class_diversity(
             "num_seeds": num_seeds,
         }
 
-        params = dict(run_key=run_key, full_budget=full_budget, budgets=budgets)
+        params = dict(run_key=influence_key, full_budget=full_budget, budgets=budgets)
         commit_run(
             write,
             pretrain,

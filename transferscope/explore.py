@@ -24,21 +24,23 @@ def _check_class(results, class_name):
     return results.classes.index(class_name)
 
 
-def class_samples(dataset: DatasetLike, run_key: str, class_name: str) -> fo.DatasetView:
+@tsv.renamed_keywords(run_key="influence_key")
+def class_samples(dataset: DatasetLike, influence_key: str, class_name: str) -> fo.DatasetView:
     """The pretraining samples of ``class_name`` (a view of the pretraining dataset)."""
-    run = InfluenceRun.load(dataset, run_key)
+    run = InfluenceRun.load(dataset, influence_key)
     pretrain, _ = run.datasets
     _check_class(run.results, class_name)
     return pretrain.match(tsv.label_is(f"{run.run_config.pretrain_label_field}.label", class_name))
 
 
+@tsv.renamed_keywords(run_key="influence_key")
 def most_influenced(
-    dataset: DatasetLike, run_key: str, class_name: str, k: int = 24, helped: bool = True
+    dataset: DatasetLike, influence_key: str, class_name: str, k: int = 24, helped: bool = True
 ) -> fo.DatasetView:
     """The ``k`` target test samples ``class_name`` helps most (``helped=False``:
     hurts most), strongest first (a view of the target dataset)."""
     tsv.check_count(k, "k")
-    run = InfluenceRun.load(dataset, run_key)
+    run = InfluenceRun.load(dataset, influence_key)
     target, results = run.datasets[1], run.results
     row = np.asarray(results.influence)[_check_class(results, class_name)]
     order = np.argsort(-row if helped else row, kind="stable")[:k]

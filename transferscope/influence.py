@@ -30,18 +30,19 @@ def runs_dir():
     return os.environ.get("TRANSFERSCOPE_RUNS_DIR", DEFAULT_RUNS_DIR)
 
 
-def field_names(run_key):
+def field_names(key):
     """The fields a class-influence run writes: (target fields, pretraining fields)."""
     return (
-        [f"{run_key}_helpful", f"{run_key}_harmful", f"{run_key}_accuracy"],
-        [f"{run_key}_influence"],
+        [f"{key}_helpful", f"{key}_harmful", f"{key}_accuracy"],
+        [f"{key}_influence"],
     )
 
 
+@tsv.renamed_keywords(run_key="key")
 def compute_class_influence(
     pretrain_dataset: DatasetLike,
     target_dataset: DatasetLike,
-    run_key: str,
+    key: str,
     pretrain_label_field: str = "ground_truth",
     target_label_field: str = "ground_truth",
     train_split: SplitLike = "train",
@@ -82,7 +83,7 @@ def compute_class_influence(
     Benjamini-Hochberg q-values per class. ``holdout_models`` more models on
     independent random halves give the linear datamodeling score.
 
-    Writes, under ``run_key``:
+    Writes, under ``key``:
 
     - on each target test sample: ``<key>_helpful`` and ``<key>_harmful``
       (``fo.Classifications``: the ``top_k`` most positive / negative
@@ -90,17 +91,17 @@ def compute_class_influence(
       ``<key>_accuracy`` (fraction of models that classify it correctly);
     - on each pretraining sample: ``<key>_influence``, its class's aggregate
       influence;
-    - a run on both datasets (``dataset.load_run_results(run_key)`` on the
+    - a run on both datasets (``dataset.load_run_results(key)`` on the
       target dataset returns the full matrix); deleting the run deletes its
       fields.
 
     Models are written to a resumable store in ``output_dir`` (default
-    ``$TRANSFERSCOPE_RUNS_DIR/<target>/<run_key>``): calling again after a
+    ``$TRANSFERSCOPE_RUNS_DIR/<target>/<key>``): calling again after a
     crash retrains only the unfinished models.
 
     Args:
         pretrain_dataset, target_dataset: datasets, views or dataset names
-        run_key: a Python identifier naming the run and its fields
+        key: a Python identifier naming the run and its fields
         pretrain_label_field, target_label_field: ``fo.Classification`` fields
         train_split, test_split: the target splits: tag names (``split_by=
             "tags"``), values of ``split_field`` (``"field"``), saved view
@@ -137,7 +138,7 @@ def compute_class_influence(
     request = _validate_request(
         pretrain_dataset,
         target_dataset,
-        run_key,
+        key,
         pretrain_label_field,
         target_label_field,
         train_split,
@@ -165,12 +166,12 @@ def compute_class_influence(
     labelled, config = request.labelled, request.config
     target_root, pretrain_root = request.target._root_dataset, request.pretrain._root_dataset
     runner = prepare_executor(executor, executor_options, config)
-    run_dir = _run_dir(output_dir, target_root, run_key)
-    target_fields, pretrain_fields = field_names(run_key)
+    run_dir = _run_dir(output_dir, target_root, key)
+    target_fields, pretrain_fields = field_names(key)
 
-    with RunWrite(run_key, "class_influence", [target_root, pretrain_root], overwrite) as write:
-        tsv.check_run_key_free(target_root, run_key, overwrite, target_fields)
-        tsv.check_run_key_free(pretrain_root, run_key, overwrite, pretrain_fields)
+    with RunWrite(key, "class_influence", [target_root, pretrain_root], overwrite) as write:
+        tsv.check_run_key_free(target_root, key, overwrite, target_fields)
+        tsv.check_run_key_free(pretrain_root, key, overwrite, pretrain_fields)
         # --- decode images once, then train (resumable) --------------------
         data = labelled.decode(config.image_size, config.channels)
         meta = {
@@ -236,7 +237,7 @@ class _Request:
 def _validate_request(
     pretrain_dataset,
     target_dataset,
-    run_key,
+    key,
     pretrain_label_field,
     target_label_field,
     train_split,
@@ -250,7 +251,7 @@ def _validate_request(
 ):
     """Everything a run needs checked before any work or write, including that the
     architecture runs at the image size and the decoded images fit in memory."""
-    tsv.validate_run_key(run_key)
+    tsv.validate_run_key(key)
     pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     target = tsv.load_dataset(target_dataset, "target_dataset")
     if pretrain._root_dataset.name == target._root_dataset.name:
@@ -327,12 +328,12 @@ def check_decoded_size(num_images, image_size, channels):
         )
 
 
-def _run_dir(output_dir, target_root, run_key):
+def _run_dir(output_dir, target_root, key):
     """The run's directory: ``output_dir``, or inside the runs directory by the
     target dataset's id (never its name, which may hold ``/`` or ``..``)."""
     if output_dir is None:
         root = os.path.realpath(runs_dir())
-        path = os.path.realpath(os.path.join(root, str(target_root._doc.id), run_key))
+        path = os.path.realpath(os.path.join(root, str(target_root._doc.id), key))
         if os.path.commonpath([root, path]) != root:  # run keys are identifiers: cannot happen
             raise TransferScopeError(f"store path {path} is outside {root}")
         return path
@@ -378,10 +379,10 @@ def _remove_other_stores(run_dir, keep):
 def _stage_write_back(write, labelled, run_params, results_kwargs, correct, top_k):
     """Stages the run's fields on both datasets and registers its two runs."""
     classes = labelled.classes
-    run_key = write.key
+    key = write.key
     test_view = labelled.test_view
     target_root, pretrain_root = test_view._root_dataset, labelled.pre_view._root_dataset
-    target_fields, pretrain_fields = field_names(run_key)
+    target_fields, pretrain_fields = field_names(key)
     infl = results_kwargs["influence"]
     helpful_idx, harmful_idx = tsc.top_k_classes(infl, top_k)
     helpful_f, harmful_f, acc_f = target_fields
@@ -417,7 +418,7 @@ def _stage_write_back(write, labelled, run_params, results_kwargs, correct, top_
     results = ClassInfluenceResults(
         target_root,
         ClassInfluenceConfig(fields=target_fields, **run_params),
-        run_key,
+        key,
         classes=classes,
         target_classes=labelled.target_classes,
         target_ids=ids,
@@ -427,7 +428,7 @@ def _stage_write_back(write, labelled, run_params, results_kwargs, correct, top_
     pre_results = ClassInfluenceResults(
         pretrain_root,
         ClassInfluenceConfig(fields=pretrain_fields, **run_params),
-        run_key,
+        key,
         classes=classes,
         **{
             k: results_kwargs[k]

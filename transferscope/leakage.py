@@ -88,25 +88,30 @@ def duplicate_fields(key):
     return [f"{key}_group"]
 
 
-def _embed_sources(run_key, embeddings_field, model):
+def _embed_sources(influence_key, embeddings_field, model):
     named = [
         n
-        for n, v in (("run_key", run_key), ("embeddings_field", embeddings_field), ("model", model))
+        for n, v in (
+            ("influence_key", influence_key),
+            ("embeddings_field", embeddings_field),
+            ("model", model),
+        )
         if v is not None
     ]
     if not named:
         raise TransferScopeError(
-            "name an embeddings source: run_key= (a class-influence "
+            "name an embeddings source: influence_key= (a class-influence "
             "run's backbone), embeddings_field= or model="
         )
     return named
 
 
+@tsv.renamed_keywords(run_key="influence_key")
 def detect_leakage(
     target_dataset: DatasetLike,
     pretrain_dataset: DatasetLike | None = None,
     key: str = "leakage",
-    run_key: str | None = None,
+    influence_key: str | None = None,
     embeddings_field: str | None = None,
     pretrain_embeddings_field: str | None = None,
     model: str | None = None,
@@ -132,11 +137,11 @@ def detect_leakage(
     between embeddings, FAISS; exact copies by file hash too), and a leak
     score in [0, 1] (see :func:`transferscope.compute.neighbors.leak_scores`)
     that combines the distance (1 for a copy, 0 at ``max_distance`` or
-    beyond) with, when ``run_key`` names a class-influence run, how unusually
+    beyond) with, when ``influence_key`` names a class-influence run, how unusually
     the nearest image's class helps the sample (a leaked copy makes its class
     stand out). Samples scoring ``>= threshold`` get ``tag``.
 
-    Embeddings (one source): ``run_key`` (the run's backbone: one network
+    Embeddings (one source): ``influence_key`` (the run's backbone: one network
     pretrained on every class with the run's protocol), ``embeddings_field``
     (on both datasets; ``pretrain_embeddings_field`` if named differently) or
     ``model`` (a torchvision name, with local ``weights_path``).
@@ -150,7 +155,7 @@ def detect_leakage(
         target_dataset: the target dataset or view
         pretrain_dataset: the pretraining dataset (default: the run's)
         target_split: which target samples to check (default: the run's test
-            split with ``run_key``, else every sample); as in
+            split with ``influence_key``, else every sample); as in
             :func:`transferscope.compute_class_influence`
         max_distance: cosine distance in (0, 2] at which closeness reaches 0
         threshold: leak score in (0, 1] from which a sample is tagged
@@ -169,24 +174,24 @@ def detect_leakage(
     tsv.validate_tag(tag)
     if index not in nb.INDEX_KINDS:
         raise TransferScopeError(f"index must be one of {nb.INDEX_KINDS}; got {index!r}")
-    sources = _embed_sources(run_key, embeddings_field, model)
+    sources = _embed_sources(influence_key, embeddings_field, model)
     target = tsv.load_dataset(target_dataset, "target_dataset")
     run = results = None
-    if run_key is not None:
-        run = InfluenceRun.load(target, run_key)
+    if influence_key is not None:
+        run = InfluenceRun.load(target, influence_key)
         run_config = run.run_config
         run_pre, _ = run.datasets
         results = run.results
         pretrain = tsv.load_dataset(pretrain_dataset or run_pre, "pretrain_dataset")
         if pretrain._root_dataset.name != run_pre.name:
             raise TransferScopeError(
-                f"run {run_key!r} was computed on pretraining dataset "
+                f"run {influence_key!r} was computed on pretraining dataset "
                 f"{run_pre.name!r}, not {pretrain._root_dataset.name!r}"
             )
         pretrain_label_field = run_config.pretrain_label_field
     else:
         if pretrain_dataset is None:
-            raise TransferScopeError("pretrain_dataset is required without run_key")
+            raise TransferScopeError("pretrain_dataset is required without influence_key")
         pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     if pretrain._root_dataset.name == target._root_dataset.name:
         raise TransferScopeError("pretrain_dataset and target_dataset must differ")
@@ -285,7 +290,7 @@ def detect_leakage(
         written = fields if support is not None else fields[:4]
         params = dict(
             pretrain_dataset=pretrain._root_dataset.name,
-            run_key=run_key,
+            run_key=influence_key,  # stored under its 0.2 name
             embeddings=sources[-1] if len(sources) > 1 else sources[0],
             embeddings_field=embeddings_field,
             model=model,
@@ -342,10 +347,11 @@ def detect_leakage(
         return LeakageResults(summary)
 
 
+@tsv.renamed_keywords(run_key="influence_key")
 def find_near_duplicates(
     pretrain_dataset: DatasetLike,
     key: str = "near_duplicates",
-    run_key: str | None = None,
+    influence_key: str | None = None,
     embeddings_field: str | None = None,
     model: str | None = None,
     weights_path: str | None = None,
@@ -368,7 +374,7 @@ def find_near_duplicates(
     or more, adds ``tag`` to them, saves the view ``<key>_groups`` (grouped
     samples sorted by group) and registers run ``key``.
 
-    Embeddings as in :func:`detect_leakage` (``run_key`` on this dataset's
+    Embeddings as in :func:`detect_leakage` (``influence_key`` on this dataset's
     class-influence run, ``embeddings_field`` or ``model``).
 
     Returns:
@@ -378,7 +384,7 @@ def find_near_duplicates(
     tsv.check_number(max_distance, "max_distance", 0, 2, low_open=True)
     tsv.validate_tag(tag)
     tsv.check_count(num_neighbors, "num_neighbors")
-    _embed_sources(run_key, embeddings_field, model)  # refuses none named
+    _embed_sources(influence_key, embeddings_field, model)  # refuses none named
     dataset = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     root = dataset._root_dataset
     fields = duplicate_fields(key)
@@ -394,12 +400,12 @@ def find_near_duplicates(
         elif model is not None:
             emb = tse.from_model(dataset, model, weights_path, "pretraining", image_size, device)
         else:
-            run = InfluenceRun.load(root, run_key)
+            run = InfluenceRun.load(root, influence_key)
             run_pre, _ = run.datasets
             if run_pre.name != root.name:
                 raise TransferScopeError(
                     f"{root.name!r} is not the pretraining dataset of run "
-                    f"{run_key!r} (that is {run_pre.name!r})"
+                    f"{influence_key!r} (that is {run_pre.name!r})"
                 )
             emb, _ = tse.from_run(run, device=None if device == "auto" else device)
         t_embed = time.perf_counter() - t0
@@ -436,7 +442,7 @@ def find_near_duplicates(
             "seconds": {"embed": t_embed, "search": t_search},
         }
         params = dict(
-            run_key=run_key,
+            run_key=influence_key,
             embeddings_field=embeddings_field,
             model=model,
             max_distance=max_distance,

@@ -33,9 +33,9 @@ logger = logging.getLogger(__name__)
 MIN_VIEW_SIZE = 5
 
 
-def _run_and_labels(dataset, run_key):
+def _run_and_labels(dataset, influence_key):
     """The run, its complete store, its test sample ids and their labels (as indices)."""
-    run = InfluenceRun.load(dataset, run_key)
+    run = InfluenceRun.load(dataset, influence_key)
     config = run.run_config
     target, results = run.datasets[1], run.results
     store = run.store()
@@ -43,7 +43,7 @@ def _run_and_labels(dataset, run_key):
     labels = target.select(ids, ordered=True).values(f"{config.target_label_field}.label")
     if len(labels) != len(ids) or any(l is None for l in labels):
         raise TransferScopeError(
-            f"the test samples of run {run_key!r} changed since it was computed (some are "
+            f"the test samples of run {influence_key!r} changed since it was computed (some are "
             f"gone or unlabelled); compute the run again"
         )
     index = {c: i for i, c in enumerate(results.target_classes)}
@@ -79,9 +79,10 @@ def subpopulation_fields(key):
     return [key, f"{key}_strength"]
 
 
+@tsv.renamed_keywords(run_key="influence_key")
 def find_subpopulations(
     dataset: DatasetLike,
-    run_key: str,
+    influence_key: str,
     key: str | None = None,
     k: int | None = None,
     target_classes: Sequence[str] | None = None,
@@ -106,8 +107,8 @@ def find_subpopulations(
 
     Args:
         dataset: the run's target (or pretraining) dataset, or its name
-        run_key: a class-influence run
-        key: run key of this analysis (default ``<run_key>_subpops``)
+        influence_key: a class-influence run
+        key: run key of this analysis (default ``<influence_key>_subpops``)
         k: groups per target class, or None for top-class grouping
         target_classes: the target classes to split (default: all)
         seed: of k-means
@@ -117,9 +118,9 @@ def find_subpopulations(
         subpopulation's name, size, accuracy of the run's models on it and
         mean strength; with ``describe()`` and ``plotly()``
     """
-    key = key or f"{run_key}_subpops"
+    key = key or f"{influence_key}_subpops"
     tsv.validate_run_key(key)
-    run, store, ids, labels = _run_and_labels(dataset, run_key)
+    run, store, ids, labels = _run_and_labels(dataset, influence_key)
     target, results = run.datasets[1], run.results
     fields = subpopulation_fields(key)
     with open_write(target._root_dataset, key, "subpopulations", overwrite, fields) as write:
@@ -192,7 +193,7 @@ def find_subpopulations(
             if g["size"] >= MIN_VIEW_SIZE
         }
         summary["saved_views"] = list(saved_views)
-        params = dict(run_key=run_key, k=k, target_classes=chosen, seed=seed)
+        params = dict(run_key=influence_key, k=k, target_classes=chosen, seed=seed)
         commit_run(
             write,
             root,
@@ -224,9 +225,10 @@ def failure_fields(key):
     return [f"{key}_wrong", f"{key}_culprits"]
 
 
+@tsv.renamed_keywords(run_key="influence_key")
 def explain_failures(
     dataset: DatasetLike,
-    run_key: str,
+    influence_key: str,
     key: str | None = None,
     pred_field: str | None = None,
     top_k: int = 3,
@@ -263,12 +265,12 @@ def explain_failures(
         a :class:`FailureResults`: the summary dict (failures, culprit table,
         counterfactual), with ``describe()`` and ``plotly()``
     """
-    key = key or f"{run_key}_failures"
+    key = key or f"{influence_key}_failures"
     tsv.validate_run_key(key)
     tsv.check_count(top_k, "top_k")
     if check_top:
         tsv.check_count(num_seeds, "num_seeds")
-    run, store, ids, labels = _run_and_labels(dataset, run_key)
+    run, store, ids, labels = _run_and_labels(dataset, influence_key)
     target, results = run.datasets[1], run.results
     fields = failure_fields(key)
     with open_write(target._root_dataset, key, "failure_explanation", overwrite, fields) as write:
@@ -344,7 +346,7 @@ def explain_failures(
         }
         view_name = f"{key}_failures"
         params = dict(
-            run_key=run_key,
+            run_key=influence_key,
             pred_field=pred_field,
             top_k=top_k,
             check_top=check_top,

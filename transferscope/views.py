@@ -1,10 +1,12 @@
 """Between FiftyOne collections and arrays: validation, splits, image decoding."""
 
 import concurrent.futures
+import functools
 import keyword
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -35,6 +37,35 @@ MAX_KEY_LENGTH = 64
 
 class TransferScopeError(ValueError):
     """Bad input to a transferscope call; nothing was changed."""
+
+
+def renamed_keywords(**new_name_of):
+    """Accepts the keywords' old names for a deprecation period, with a warning.
+
+    ``@renamed_keywords(run_key="influence_key")``: a call with ``run_key=``
+    warns (``DeprecationWarning``) and passes it as ``influence_key=``; a
+    call that names both is refused.
+    """
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            for old, new in new_name_of.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs:
+                    raise TypeError(f"{fn.__name__}() got {old}= and {new}=; pass only {new}=")
+                warnings.warn(
+                    f"{fn.__name__}({old}=...) is deprecated; use {new}=",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return call
+
+    return wrap
 
 
 def load_dataset(dataset_or_name, role):
