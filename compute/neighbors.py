@@ -281,6 +281,30 @@ def equal_value_pairs(values):
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def exact_copies(pretrain_values, target_values):
+    """``(target rows, pretraining rows)`` of targets whose value (a content hash)
+    some pretraining item shares: its first such item. ``None`` matches nothing."""
+    first = {}
+    for j, v in enumerate(pretrain_values):
+        if v is not None:
+            first.setdefault(v, j)
+    hits = [(t, first[v]) for t, v in enumerate(target_values) if v is not None and v in first]
+    rows = np.asarray(hits, dtype=np.int64).reshape(-1, 2)
+    return rows[:, 0], rows[:, 1]
+
+
+def matched_influence_support(influence, target_cols, class_rows):
+    """:func:`influence_support` of each target where both its column of
+    ``influence`` and its nearest image's class row are known (``>= 0``); 0 elsewhere."""
+    target_cols, class_rows = np.asarray(target_cols), np.asarray(class_rows)
+    ok = (target_cols >= 0) & (class_rows >= 0)
+    support = np.zeros(len(target_cols))
+    if ok.any():
+        infl = np.asarray(influence, dtype=np.float64)[:, target_cols[ok]]
+        support[ok] = influence_support(infl, class_rows[ok])
+    return support
+
+
 def influence_support(influence, nearest_class):
     """How unusually the nearest image's class helps each target sample.
 

@@ -71,7 +71,7 @@ def operator_params(pre, tgt, key, **extra):
         transfer="linear",
         device="cpu",
         seed=0,
-        key=key,
+        run_key=key,
         overwrite=False,
         holdout_models=0,
     )

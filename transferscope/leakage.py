@@ -172,134 +172,58 @@ def detect_leakage(
     tsv.check_number(threshold, "threshold", 0, 1, low_open=True)
     tsv.check_number(influence_weight, "influence_weight", 0, 1, high_open=True)
     tsv.validate_tag(tag)
-    if index not in nb.INDEX_KINDS:
-        raise TransferScopeError(f"index must be one of {nb.INDEX_KINDS}; got {index!r}")
+    _check_index_kind(index)
     sources = _embed_sources(influence_key, embeddings_field, model)
     target = tsv.load_dataset(target_dataset, "target_dataset")
-    run = results = None
-    if influence_key is not None:
-        run = InfluenceRun.load(target, influence_key)
-        run_config = run.run_config
-        run_pre, _ = run.datasets
-        results = run.results
-        pretrain = tsv.load_dataset(pretrain_dataset or run_pre, "pretrain_dataset")
-        if pretrain._root_dataset.name != run_pre.name:
-            raise TransferScopeError(
-                f"run {influence_key!r} was computed on pretraining dataset "
-                f"{run_pre.name!r}, not {pretrain._root_dataset.name!r}"
-            )
-        pretrain_label_field = run_config.pretrain_label_field
-    else:
-        if pretrain_dataset is None:
-            raise TransferScopeError("pretrain_dataset is required without influence_key")
-        pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
-    if pretrain._root_dataset.name == target._root_dataset.name:
-        raise TransferScopeError("pretrain_dataset and target_dataset must differ")
+    run, pretrain = _leakage_datasets(target, pretrain_dataset, influence_key)
+    if run is not None:
+        pretrain_label_field = run.run_config.pretrain_label_field
     root = target._root_dataset
     fields = leakage_fields(key)
     with open_write(root, key, "leakage", overwrite, fields) as write:
-        steps = 4
-        report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
+        report = tsv.step_reporter(progress, 4)
         t0 = time.perf_counter()
-        if results is not None and len(sources) == 1:
-            pre, tgt = tse.from_run(run, device=None if device == "auto" else device)
-            if target_split is not None:
-                keep = set(
-                    tsv.resolve_split(target, target_split, split_by, split_field).values("id")
-                )
-                rows = np.array([i in keep for i in tgt.ids])
-                tgt = tse.Embedded(tgt.ids[rows], tgt.vectors[rows])
+        if run is not None and len(sources) == 1:
+            pre, tgt = _run_embeddings(run, target, target_split, split_by, split_field, device)
         else:
-            if results is not None and target_split is None:
-                target_view = root.select(list(results.target_ids))
-            elif target_split is None:
-                target_view = target
-            else:
-                target_view = tsv.resolve_split(target, target_split, split_by, split_field)
-            if embeddings_field is not None:
-                tgt = tse.from_field(target_view, embeddings_field, "target")
-                pre = tse.from_field(
-                    pretrain, pretrain_embeddings_field or embeddings_field, "pretraining"
-                )
-            else:
-                tgt = tse.from_model(target_view, model, weights_path, "target", image_size, device)
-                pre = tse.from_model(
-                    pretrain, model, weights_path, "pretraining", image_size, device
-                )
+            target_view = _target_view(run, target, target_split, split_by, split_field)
+            pre, tgt = _other_embeddings(
+                pretrain,
+                target_view,
+                embeddings_field,
+                pretrain_embeddings_field,
+                model,
+                weights_path,
+                image_size,
+                device,
+            )
         if len(tgt.ids) == 0:
             raise TransferScopeError("no target samples to check")
-        t_embed = time.perf_counter() - t0
+        seconds = {"embed": time.perf_counter() - t0}
         report(1)
-
-        t0 = time.perf_counter()
-        try:
-            index_ = nb.NeighborIndex(
-                pre.vectors, kind=index, device=device, ids=pre.ids, name="pretraining embeddings"
-            )
-            queries = index_.prepare(tgt.vectors, "target embeddings", tgt.ids)
-        except ValueError as e:
-            raise TransferScopeError(str(e)) from e
-        t_build = time.perf_counter() - t0
+        index_, queries = _index(pre, index, device, tgt, seconds)
         report(2)
         t0 = time.perf_counter()
         dist, idx = index_.search(queries, 1, prepared=True)
         dist, idx = dist[:, 0].astype(np.float64), idx[:, 0]
-        t_search = time.perf_counter() - t0
+        seconds["search"] = time.perf_counter() - t0
         recall = index_.recall(queries, k=1, prepared=True)
-
-        exact = 0
-        if hash_files:  # exact file copies: distance 0 whatever the embeddings say
-            pre_hash = tse.content_hashes(pretrain.select(list(pre.ids)))
-            by_hash = {}
-            for j, pid in enumerate(pre.ids):
-                by_hash.setdefault(pre_hash.get(pid), j)
-            by_hash.pop(None, None)
-            tgt_hash = tse.content_hashes(root.select(list(tgt.ids)))
-            for t, tid in enumerate(tgt.ids):
-                j = by_hash.get(tgt_hash.get(tid))
-                if j is not None:
-                    dist[t], idx[t] = 0.0, j
-                    exact += 1
+        exact = _mark_exact_copies(pretrain, root, pre, tgt, dist, idx) if hash_files else 0
         report(3)
 
-        nearest_ids = pre.ids[idx]
-        if pre.labels is not None:
-            nearest_labels = [pre.labels[j] for j in idx]
-        elif pretrain._root_dataset.has_sample_field(pretrain_label_field):
-            label_of = dict(zip(*pretrain.values(["id", f"{pretrain_label_field}.label"])))
-            nearest_labels = [label_of.get(i) for i in nearest_ids]
-        else:
-            nearest_labels = [None] * len(idx)
+        nearest_labels = _nearest_labels(pre, idx, pretrain, pretrain_label_field)
         support = None
-        if results is not None:
-            col = {t: i for i, t in enumerate(results.target_ids)}
-            cls = {c: i for i, c in enumerate(results.classes)}
-            cols = np.array([col.get(t, -1) for t in tgt.ids])
-            rows = np.array([cls.get(l, -1) for l in nearest_labels])
-            ok = (cols >= 0) & (rows >= 0)
-            support = np.zeros(len(tgt.ids))
-            support[ok] = nb.influence_support(results.influence[:, cols[ok]], rows[ok])
-        scores = nb.leak_scores(
-            dist, max_distance, support, influence_weight if support is not None else 0.0
-        )
-
-        score_f, dist_f, id_f, label_f, z_f = fields
+        if run is not None:
+            results = run.results
+            support = nb.matched_influence_support(
+                results.influence,
+                _positions(tgt.ids, results.target_ids),
+                _positions(nearest_labels, results.classes),
+            )
+        weight = influence_weight if support is not None else 0.0
+        scores = nb.leak_scores(dist, max_distance, support, weight)
         ids = [str(i) for i in tgt.ids]
         leaks = [i for i, s in zip(ids, scores) if s >= threshold]
-        view_name = f"{key}_likely_leaks"
-        written = fields if support is not None else fields[:4]
-        params = dict(
-            pretrain_dataset=pretrain._root_dataset.name,
-            run_key=influence_key,  # stored under its 0.2 name
-            embeddings=sources[-1] if len(sources) > 1 else sources[0],
-            embeddings_field=embeddings_field,
-            model=model,
-            max_distance=max_distance,
-            threshold=threshold,
-            influence_weight=influence_weight if support is not None else 0.0,
-            index=index_.kind,
-            tag=tag,
-        )
         summary = {
             "num_targets": len(ids),
             "num_pretrain": len(pre.ids),
@@ -312,39 +236,163 @@ def detect_leakage(
             "nearest_distance_quantiles": dict(
                 zip(("1%", "5%", "50%"), np.quantile(dist, [0.01, 0.05, 0.5]).round(5).tolist())
             ),
-            "seconds": {"embed": t_embed, "build": t_build, "search": t_search},
+            "seconds": seconds,
             "leak_ids": leaks,
         }
-        values = {
-            score_f: dict(zip(ids, scores.tolist())),
-            dist_f: dict(zip(ids, dist.tolist())),
-            id_f: dict(zip(ids, map(str, nearest_ids))),
-            label_f: dict(zip(ids, nearest_labels)),
-            z_f: dict(zip(ids, support.tolist())) if support is not None else {},
-        }
-        types = dict(
-            zip(
-                fields,
-                (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField, fo.FloatField),
-            )
+        params = dict(
+            pretrain_dataset=pretrain._root_dataset.name,
+            run_key=influence_key,  # stored under its 0.2 name
+            embeddings=sources[-1] if len(sources) > 1 else sources[0],
+            embeddings_field=embeddings_field,
+            model=model,
+            max_distance=max_distance,
+            threshold=threshold,
+            influence_weight=weight,
+            index=index_.kind,
+            tag=tag,
         )
-        commit_run(
-            write,
-            root,
-            "leakage",
-            {f: types[f] for f in written},
-            {f: values[f] for f in written},
-            {
-                view_name: lambda: root.match(fo.ViewField(score_f) >= threshold).sort_by(
-                    score_f, reverse=True
-                )
-            },
-            summary,
-            params,
-            tagged=(leaks, tag),
+        columns = (scores, dist, [str(i) for i in pre.ids[idx]], nearest_labels, support)
+        _commit_leakage(
+            write, root, key, fields, ids, columns, summary, params, threshold, leaks, tag
         )
         report(4)
         return LeakageResults(summary)
+
+
+def _check_index_kind(index):
+    if index not in nb.INDEX_KINDS:
+        raise TransferScopeError(f"index must be one of {nb.INDEX_KINDS}; got {index!r}")
+
+
+def _leakage_datasets(target, pretrain_dataset, influence_key):
+    """The class-influence run (or None) and the pretraining dataset to search."""
+    run = None
+    if influence_key is not None:
+        run = InfluenceRun.load(target, influence_key)
+        run_pre, _ = run.datasets
+        pretrain = tsv.load_dataset(pretrain_dataset or run_pre, "pretrain_dataset")
+        if pretrain._root_dataset.name != run_pre.name:
+            raise TransferScopeError(
+                f"run {influence_key!r} was computed on pretraining dataset "
+                f"{run_pre.name!r}, not {pretrain._root_dataset.name!r}"
+            )
+    elif pretrain_dataset is None:
+        raise TransferScopeError("pretrain_dataset is required without influence_key")
+    else:
+        pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
+    if pretrain._root_dataset.name == target._root_dataset.name:
+        raise TransferScopeError("pretrain_dataset and target_dataset must differ")
+    return run, pretrain
+
+
+def _run_embeddings(run, target, target_split, split_by, split_field, device):
+    """The run backbone's embeddings of its pretraining and (chosen) test samples."""
+    pre, tgt = tse.from_run(run, device=None if device == "auto" else device)
+    if target_split is not None:
+        keep = set(tsv.resolve_split(target, target_split, split_by, split_field).values("id"))
+        rows = np.array([i in keep for i in tgt.ids])
+        tgt = tse.Embedded(tgt.ids[rows], tgt.vectors[rows])
+    return pre, tgt
+
+
+def _target_view(run, target, target_split, split_by, split_field):
+    if target_split is not None:
+        return tsv.resolve_split(target, target_split, split_by, split_field)
+    if run is not None:  # the run's test split
+        return target._root_dataset.select(list(run.results.target_ids))
+    return target
+
+
+def _other_embeddings(
+    pretrain,
+    target_view,
+    embeddings_field,
+    pretrain_embeddings_field,
+    model,
+    weights_path,
+    image_size,
+    device,
+):
+    """Embeddings from a field of both datasets, or from a torchvision model."""
+    if embeddings_field is not None:
+        tgt = tse.from_field(target_view, embeddings_field, "target")
+        pre = tse.from_field(pretrain, pretrain_embeddings_field or embeddings_field, "pretraining")
+        return pre, tgt
+    tgt = tse.from_model(target_view, model, weights_path, "target", image_size, device)
+    pre = tse.from_model(pretrain, model, weights_path, "pretraining", image_size, device)
+    return pre, tgt
+
+
+def _index(pre, index, device, queries_from=None, seconds=None, name="pretraining embeddings"):
+    """A FAISS index over ``pre``; with ``queries_from``, also its prepared queries."""
+    t0 = time.perf_counter()
+    try:
+        index_ = nb.NeighborIndex(pre.vectors, kind=index, device=device, ids=pre.ids, name=name)
+        queries = None
+        if queries_from is not None:
+            queries = index_.prepare(queries_from.vectors, "target embeddings", queries_from.ids)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    if seconds is not None:
+        seconds["build"] = time.perf_counter() - t0
+    return index_, queries
+
+
+def _mark_exact_copies(pretrain, root, pre, tgt, dist, idx):
+    """Exact file copies: distance 0 to their pretraining file, whatever the
+    embeddings say (``dist`` and ``idx`` changed in place); returns their number."""
+    pre_hash = tse.content_hashes(pretrain.select(list(pre.ids)))
+    tgt_hash = tse.content_hashes(root.select(list(tgt.ids)))
+    rows, matches = nb.exact_copies(
+        [pre_hash.get(i) for i in pre.ids], [tgt_hash.get(i) for i in tgt.ids]
+    )
+    dist[rows], idx[rows] = 0.0, matches
+    return len(rows)
+
+
+def _nearest_labels(pre, idx, pretrain, label_field):
+    if pre.labels is not None:
+        return [pre.labels[j] for j in idx]
+    if pretrain._root_dataset.has_sample_field(label_field):
+        label_of = dict(zip(*pretrain.values(["id", f"{label_field}.label"])))
+        return [label_of.get(i) for i in pre.ids[idx]]
+    return [None] * len(idx)
+
+
+def _positions(values, universe):
+    """Each value's index in ``universe``, -1 where it is not there."""
+    where = {v: i for i, v in enumerate(universe)}
+    return np.array([where.get(v, -1) for v in values], dtype=np.int64)
+
+
+def _commit_leakage(write, root, key, fields, ids, columns, summary, params, threshold, leaks, tag):
+    """Writes the per-sample fields (the influence one only with a run), the view, the run."""
+    kinds = (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField, fo.FloatField)
+    written = [
+        (field, kind, column)
+        for field, kind, column in zip(fields, kinds, columns)
+        if column is not None
+    ]
+    values = {
+        field: dict(zip(ids, column.tolist() if isinstance(column, np.ndarray) else column))
+        for field, _, column in written
+    }
+    score_f = fields[0]
+    commit_run(
+        write,
+        root,
+        "leakage",
+        {field: kind for field, kind, _ in written},
+        values,
+        {
+            f"{key}_likely_leaks": lambda: root.match(fo.ViewField(score_f) >= threshold).sort_by(
+                score_f, reverse=True
+            )
+        },
+        summary,
+        params,
+        tagged=(leaks, tag),
+    )
 
 
 @tsv.renamed_keywords(run_key="influence_key")
@@ -392,32 +440,16 @@ def find_near_duplicates(
     if len(dataset) < 2:
         raise TransferScopeError(f"{root.name!r} has fewer than 2 samples: no duplicates")
     with open_write(root, key, "near_duplicates", overwrite, fields) as write:
-        steps = 3
-        report = (lambda i: progress(i, steps)) if callable(progress) else (lambda i: None)
+        report = tsv.step_reporter(progress, 3)
         t0 = time.perf_counter()
-        if embeddings_field is not None:
-            emb = tse.from_field(dataset, embeddings_field, "pretraining")
-        elif model is not None:
-            emb = tse.from_model(dataset, model, weights_path, "pretraining", image_size, device)
-        else:
-            run = InfluenceRun.load(root, influence_key)
-            run_pre, _ = run.datasets
-            if run_pre.name != root.name:
-                raise TransferScopeError(
-                    f"{root.name!r} is not the pretraining dataset of run "
-                    f"{influence_key!r} (that is {run_pre.name!r})"
-                )
-            emb, _ = tse.from_run(run, device=None if device == "auto" else device)
+        emb = _dataset_embeddings(
+            dataset, influence_key, embeddings_field, model, weights_path, image_size, device
+        )
         t_embed = time.perf_counter() - t0
         report(1)
 
         t0 = time.perf_counter()
-        try:
-            index_ = nb.NeighborIndex(
-                emb.vectors, kind=index, device=device, ids=emb.ids, name="embeddings"
-            )
-        except ValueError as e:
-            raise TransferScopeError(str(e)) from e
+        index_, _ = _index(emb, index, device, name="embeddings")
         pairs = nb.near_pairs(index_, max_distance, min(num_neighbors, len(emb.ids) - 1))
         exact_pairs = np.empty((0, 2), dtype=np.int64)
         if hash_files:
@@ -464,3 +496,24 @@ def find_near_duplicates(
         )
         report(3)
         return DuplicateResults(summary)
+
+
+def _dataset_embeddings(
+    dataset, influence_key, embeddings_field, model, weights_path, image_size, device
+):
+    """One dataset's embeddings: a field, a torchvision model, or the backbone of
+    the class-influence run it is the pretraining dataset of."""
+    if embeddings_field is not None:
+        return tse.from_field(dataset, embeddings_field, "pretraining")
+    if model is not None:
+        return tse.from_model(dataset, model, weights_path, "pretraining", image_size, device)
+    root = dataset._root_dataset
+    run = InfluenceRun.load(root, influence_key)
+    run_pre, _ = run.datasets
+    if run_pre.name != root.name:
+        raise TransferScopeError(
+            f"{root.name!r} is not the pretraining dataset of run "
+            f"{influence_key!r} (that is {run_pre.name!r})"
+        )
+    emb, _ = tse.from_run(run, device=None if device == "auto" else device)
+    return emb

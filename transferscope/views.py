@@ -113,6 +113,14 @@ def ids_with_labels(collection, path, values):
     return [i for i, label in zip(ids, labels) if label in wanted]
 
 
+def step_reporter(progress, num_steps):
+    """``report(step)`` for a job of ``num_steps`` steps: calls ``progress(step,
+    num_steps)`` when ``progress`` is a callable, else does nothing."""
+    if callable(progress):
+        return lambda step: progress(step, num_steps)
+    return lambda step: None
+
+
 def check_count(value, name, minimum=1, maximum=None, note=""):
     """:func:`transferscope.compute.checks.check_int`, refusing with a TransferScopeError."""
     try:
