@@ -84,7 +84,7 @@ class InfluenceConfig:
             ``None``: the architecture's own (``resnet_small``: 0.1, 1e-5)
     """
 
-    num_models: int = 64
+    num_models: int = 144
     alpha: float = 0.5
     seed: int = 0
     arch: str = "resnet_small"

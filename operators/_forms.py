@@ -361,3 +361,19 @@ def embeddings_kwargs(params):
         "weights_path": params.get("weights_path") or None,
         "image_size": params.get("image_size", 64),
     }
+
+
+def defaults_of(fn):
+    """The defaults of an SDK function's keyword arguments: what its form shows."""
+    import inspect
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def given(params, names):
+    """The form's values for ``names`` that are set: the SDK's defaults apply to the rest."""
+    return {name: params[name] for name in names if params.get(name) is not None}

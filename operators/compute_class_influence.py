@@ -21,6 +21,9 @@ class ComputeClassInfluence(foo.Operator):
         )
 
     def resolve_input(self, ctx):
+        from transferscope.influence import influence_defaults
+
+        d = influence_defaults()  # the SDK's defaults, so the form cannot drift from them
         inputs = types.Object()
         current = ctx.dataset.name if ctx.dataset is not None else None
 
@@ -84,7 +87,7 @@ class ComputeClassInfluence(foo.Operator):
 
         inputs.int(
             "num_models",
-            default=144,
+            default=d["num_models"],
             label="Number of models",
             description="more models, tighter estimates (about 3 s each on a 2-core "
             "CPU for the demo); an orthogonal design rounds up to whole "
@@ -99,7 +102,7 @@ class ComputeClassInfluence(foo.Operator):
         ):
             designs.add_choice(value, label=label)
         inputs.enum(
-            "design", designs.values(), default="orthogonal", label="Subset design", view=designs
+            "design", designs.values(), default=d["design"], label="Subset design", view=designs
         )
         estimators = types.RadioGroup()
         for value, label in (
@@ -109,43 +112,47 @@ class ComputeClassInfluence(foo.Operator):
         ):
             estimators.add_choice(value, label=label)
         inputs.enum(
-            "estimator", estimators.values(), default="auto", label="Estimator", view=estimators
+            "estimator",
+            estimators.values(),
+            default=d["estimator"],
+            label="Estimator",
+            view=estimators,
         )
         inputs.int(
             "holdout_models",
-            default=16,
+            default=d["holdout_models"],
             label="Held-out models",
             description="extra models for the linear datamodeling score (0: none)",
         )
-        holdout = ctx.params.get("holdout_models", 16)
+        holdout = ctx.params.get("holdout_models", d["holdout_models"])
         if holdout is not None and (holdout < 0 or 0 < holdout < 3):
             _forms.block(inputs, "holdout_error", "held-out models: 0, or at least 3")
         inputs.float(
             "alpha",
-            default=0.5,
+            default=d["alpha"],
             label="Subset fraction (alpha)",
             description="fraction of pretraining classes each model sees, in (0, 1)",
         )
-        alpha = ctx.params.get("alpha", 0.5)
+        alpha = ctx.params.get("alpha", d["alpha"])
         if alpha is not None and not 0 < alpha < 1:
             _forms.block(inputs, "alpha_error", "alpha must lie in (0, 1)")
-        inputs.int("epochs", default=4, label="Pretraining epochs")
+        inputs.int("epochs", default=d["epochs"], label="Pretraining epochs")
         inputs.str(
             "arch",
-            default="resnet_small",
+            default=d["arch"],
             label="Architecture",
             description="'resnet_small' or a torchvision model name (e.g. resnet18)",
         )
-        inputs.int("image_size", default=16, label="Image size (px)")
+        inputs.int("image_size", default=d["image_size"], label="Image size (px)")
         transfer = types.RadioGroup()
         transfer.add_choice("linear", label="linear probe (frozen features)")
         transfer.add_choice("finetune", label="full fine-tuning")
         inputs.enum(
-            "transfer", transfer.values(), default="linear", label="Transfer", view=transfer
+            "transfer", transfer.values(), default=d["transfer"], label="Transfer", view=transfer
         )
         inputs.int(
             "augment_shift",
-            default=0,
+            default=d["augment_shift"],
             label="Shift augmentation (px)",
             description="pretraining images shifted at random by up to this many "
             "pixels, on the device; 0: none",
@@ -161,16 +168,21 @@ class ComputeClassInfluence(foo.Operator):
         ):
             precision.add_choice(value, label=label)
         inputs.enum(
-            "precision", precision.values(), default="auto", label="Precision", view=precision
+            "precision",
+            precision.values(),
+            default=d["precision"],
+            label="Precision",
+            view=precision,
         )
-        inputs.int("seed", default=0, label="Seed")
+        inputs.int("seed", default=d["seed"], label="Seed")
         _forms.run_key_input(inputs, ctx, default="influence")
         return types.Property(inputs, view=types.View(label="Compute class influence"))
 
     def execute(self, ctx):
         from transferscope import compute_class_influence
+        from transferscope.influence import influence_defaults
 
-        p = ctx.params
+        p, d = ctx.params, influence_defaults()
         results = compute_class_influence(
             p["pretrain_dataset"],
             p["target_dataset"],
@@ -179,20 +191,20 @@ class ComputeClassInfluence(foo.Operator):
             target_label_field=p["target_label_field"],
             train_split=p["train_split"],
             test_split=p["test_split"],
-            split_by=p.get("split_by", "tags"),
-            split_field=p.get("split_field", "split"),
-            num_models=p.get("num_models", 144),
-            alpha=p.get("alpha", 0.5),
-            design=p.get("design", "orthogonal"),
-            estimator=p.get("estimator", "auto"),
-            holdout_models=int(p.get("holdout_models", 16) or 0),
-            epochs=p.get("epochs", 4),
-            arch=p.get("arch", "resnet_small"),
-            image_size=p.get("image_size", 16),
-            transfer=p.get("transfer", "linear"),
-            seed=p.get("seed", 0),
-            overwrite=p.get("overwrite", False),
-            precision=p.get("precision", "auto"),
+            split_by=p.get("split_by", d["split_by"]),
+            split_field=p.get("split_field", d["split_field"]),
+            num_models=p.get("num_models", d["num_models"]),
+            alpha=p.get("alpha", d["alpha"]),
+            design=p.get("design", d["design"]),
+            estimator=p.get("estimator", d["estimator"]),
+            holdout_models=int(p.get("holdout_models", d["holdout_models"]) or 0),
+            epochs=p.get("epochs", d["epochs"]),
+            arch=p.get("arch", d["arch"]),
+            image_size=p.get("image_size", d["image_size"]),
+            transfer=p.get("transfer", d["transfer"]),
+            seed=p.get("seed", d["seed"]),
+            overwrite=p.get("overwrite", d["overwrite"]),
+            precision=p.get("precision", d["precision"]),
             augment_shift=int(p.get("augment_shift") or 0),
             progress=_forms.progress_reporter(ctx, "models trained"),
             **_forms.executor_kwargs(p),

@@ -16,7 +16,9 @@ class DetectLeakage(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        from transferscope.leakage import DEFAULT_MAX_DISTANCE
+        from transferscope.leakage import detect_leakage
+
+        d = _forms.defaults_of(detect_leakage)
 
         inputs = types.Object()
         kwargs = _forms.embeddings_source_inputs(inputs, ctx, "target and pretraining datasets")
@@ -36,23 +38,27 @@ class DetectLeakage(foo.Operator):
             )
         inputs.float(
             "max_distance",
-            default=DEFAULT_MAX_DISTANCE,
+            default=d["max_distance"],
             label="Max cosine distance",
             description="closeness is 1 for a copy and 0 at this distance",
         )
-        inputs.float("threshold", default=0.5, label="Leak score threshold, in (0, 1]")
+        inputs.float("threshold", default=d["threshold"], label="Leak score threshold, in (0, 1]")
         if kwargs.get("influence_key") is not None:
-            inputs.float("influence_weight", default=0.25, label="Weight of the influence signal")
-        thr = ctx.params.get("threshold", 0.5)
+            inputs.float(
+                "influence_weight",
+                default=d["influence_weight"],
+                label="Weight of the influence signal",
+            )
+        thr = ctx.params.get("threshold", d["threshold"])
         if thr is not None and not 0 < thr <= 1:
             _forms.block(inputs, "threshold_error", "the threshold must lie in (0, 1]")
         _forms.index_and_device_inputs(inputs)
-        inputs.str("tag", default="leak", label="Tag for likely leaks")
+        inputs.str("tag", default=d["tag"], label="Tag for likely leaks")
         _forms.run_key_input(inputs, ctx, default="leakage")
         return types.Property(inputs, view=types.View(label="Detect leakage"))
 
     def execute(self, ctx):
-        from transferscope.leakage import DEFAULT_MAX_DISTANCE, detect_leakage
+        from transferscope.leakage import detect_leakage
 
         p = ctx.params
         summary = detect_leakage(
@@ -60,13 +66,18 @@ class DetectLeakage(foo.Operator):
             pretrain_dataset=p.get("pretrain_dataset"),
             key=p["run_key"],
             target_split=p.get("target_split") or None,
-            max_distance=p.get("max_distance", DEFAULT_MAX_DISTANCE),
-            threshold=p.get("threshold", 0.5),
-            influence_weight=p.get("influence_weight", 0.25),
-            index=p.get("index", "auto"),
-            device=p.get("device", "auto"),
-            tag=p.get("tag", "leak"),
-            overwrite=p.get("overwrite", False),
+            **_forms.given(
+                p,
+                (
+                    "max_distance",
+                    "threshold",
+                    "influence_weight",
+                    "index",
+                    "device",
+                    "tag",
+                    "overwrite",
+                ),
+            ),
             progress=_forms.progress_reporter(ctx, "steps"),
             **_forms.embeddings_kwargs(p),
         )
@@ -97,30 +108,31 @@ class FindNearDuplicates(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        from transferscope.leakage import DEFAULT_MAX_DISTANCE
+        from transferscope.leakage import find_near_duplicates
+
+        d = _forms.defaults_of(find_near_duplicates)
 
         inputs = types.Object()
         _forms.embeddings_source_inputs(inputs, ctx, "dataset")
-        inputs.float("max_distance", default=DEFAULT_MAX_DISTANCE, label="Max cosine distance")
-        inputs.int("num_neighbors", default=16, label="Neighbours checked per sample")
+        inputs.float("max_distance", default=d["max_distance"], label="Max cosine distance")
+        inputs.int(
+            "num_neighbors", default=d["num_neighbors"], label="Neighbours checked per sample"
+        )
         _forms.index_and_device_inputs(inputs)
-        inputs.str("tag", default="near_duplicate", label="Tag for grouped samples")
+        inputs.str("tag", default=d["tag"], label="Tag for grouped samples")
         _forms.run_key_input(inputs, ctx, default="near_duplicates")
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
     def execute(self, ctx):
-        from transferscope.leakage import DEFAULT_MAX_DISTANCE, find_near_duplicates
+        from transferscope.leakage import find_near_duplicates
 
         p = ctx.params
         summary = find_near_duplicates(
             ctx.dataset,
             key=p["run_key"],
-            max_distance=p.get("max_distance", DEFAULT_MAX_DISTANCE),
-            num_neighbors=p.get("num_neighbors", 16),
-            index=p.get("index", "auto"),
-            device=p.get("device", "auto"),
-            tag=p.get("tag", "near_duplicate"),
-            overwrite=p.get("overwrite", False),
+            **_forms.given(
+                p, ("max_distance", "num_neighbors", "index", "device", "tag", "overwrite")
+            ),
             progress=_forms.progress_reporter(ctx, "steps"),
             **_forms.embeddings_kwargs(p),
         )

@@ -99,3 +99,21 @@ def test_within_returns_every_neighbour_in_range(kind):
         truth = set(np.flatnonzero(exact[row] <= 0.01))
         assert set(idx[row]) == truth and (np.diff(dist[row]) >= 0).all()
     assert len(idx[100]) >= 39  # more than the first k = 16: k grew where needed
+
+
+def test_exact_copies_match_each_target_to_the_first_pretraining_item_with_its_hash():
+    rows, matches = nb.exact_copies(["a", None, "b", "a"], ["b", None, "a", "z", "b"])
+    assert rows.tolist() == [0, 2, 4] and matches.tolist() == [2, 0, 2]
+    rows, matches = nb.exact_copies([None], [None])  # unread files match nothing
+    assert rows.shape == (0,) and matches.shape == (0,)
+
+
+def test_matched_influence_support_is_zero_where_the_target_or_class_is_unknown():
+    rng = np.random.default_rng(0)
+    infl = rng.normal(size=(4, 6))
+    cols, rows = np.array([0, -1, 2, 5]), np.array([1, 3, -1, 0])
+    got = nb.matched_influence_support(infl, cols, rows)
+    want = nb.influence_support(infl[:, [0, 5]], np.array([1, 0]))
+    assert got[[1, 2]].tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(got[[0, 3]], want)
+    assert nb.matched_influence_support(infl, [-1], [-1]).tolist() == [0.0]

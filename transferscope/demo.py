@@ -244,69 +244,81 @@ def planted_report(results, target, curation=None, leakage=None, duplicates=None
         "num_models": results.metrics["num_models"],
     }
     if curation is not None:
-        cells = {(c["arm"], c["k"]): c for c in curation["cells"]}
-        k = curation["num_removed"]
-        report["curation"] = {
-            "rule": curation["rule"],
-            "removed": curation["removed"],
-            "harmful_class_removed": planted["harmful_class"] in curation["removed"],
-            "num_seeds": curation["num_seeds"],
-            **{
-                f"accuracy_{arm}": cells[(arm, kk)]["accuracy"]
-                for arm, kk in (("full", 0), ("curated", k), ("random", k), ("helpful_first", k))
-            },
-            **{
-                name: {key: curation[name][key] for key in ("diff", "ci95", "p_value", "wins")}
-                for name in ("curated_vs_full", "curated_vs_random", "most_helpful_removed_vs_full")
-            },
-            "helpful_first_vs_full_by_k": {
-                row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
-                for row in curation["vs_full"]
-                if row["arm"] == "helpful_first"
-            },
-            "harmful_first_vs_full_by_k": {
-                row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
-                for row in curation["vs_full"]
-                if row["arm"] == "harmful_first"
-            },
-            "each_removed_vs_full": {
-                row["class"]: {key: row[key] for key in ("diff", "ci95", "p_value", "wins")}
-                for row in curation.get("each_removed_vs_full", [])
-            },
-            "confirmed_by_retraining": curation.get("confirmed", []),
-        }
+        report["curation"] = _curation_report(curation, planted)
     if leakage is not None:
-        truth = set(planted["leaked_test_ids"])
-        found = set(leakage["leak_ids"])
-        hits = len(truth & found)
-        report["leakage"] = {
-            "planted_leaked_tests": len(truth),
-            "flagged": len(found),
-            "true_positives": hits,
-            "recall": hits / len(truth),
-            "precision": hits / len(found) if found else None,
-            "exact_file_copies": leakage["num_exact_file_copies"],
-            "index": leakage["index"],
-            "seconds": leakage["seconds"],
-        }
+        report["leakage"] = _leakage_report(leakage, planted)
     if duplicates is not None and pretrain is not None:
-        group_f = f"{DUPLICATES_KEY}_group"
-        copies = pretrain.exists("leak_of")
-        grouped = copies.exists(group_f)
-        of, groups = grouped.values(["leak_of", group_f]) if len(grouped) else ([], [])
-        by_group = {}
-        for test_id, g in zip(of, groups):
-            by_group.setdefault(g, set()).add(test_id)
-        report["near_duplicates"] = {
-            "groups": duplicates["num_groups"],
-            "grouped_samples": duplicates["num_grouped_samples"],
-            "planted_copies_grouped": len(grouped),
-            "planted_copies": len(copies),
-            # a group holding copies of one test image only, and every copy of it
-            "copy_groups_pure": sum(len(v) == 1 for v in by_group.values()),
-            "copy_groups": len(by_group),
-        }
+        report["near_duplicates"] = _duplicates_report(duplicates, pretrain)
     return report
+
+
+def _curation_report(curation, planted):
+    cells = {(c["arm"], c["k"]): c for c in curation["cells"]}
+    k = curation["num_removed"]
+    return {
+        "rule": curation["rule"],
+        "removed": curation["removed"],
+        "harmful_class_removed": planted["harmful_class"] in curation["removed"],
+        "num_seeds": curation["num_seeds"],
+        **{
+            f"accuracy_{arm}": cells[(arm, kk)]["accuracy"]
+            for arm, kk in (("full", 0), ("curated", k), ("random", k), ("helpful_first", k))
+        },
+        **{
+            name: {key: curation[name][key] for key in ("diff", "ci95", "p_value", "wins")}
+            for name in ("curated_vs_full", "curated_vs_random", "most_helpful_removed_vs_full")
+        },
+        "helpful_first_vs_full_by_k": {
+            row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
+            for row in curation["vs_full"]
+            if row["arm"] == "helpful_first"
+        },
+        "harmful_first_vs_full_by_k": {
+            row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
+            for row in curation["vs_full"]
+            if row["arm"] == "harmful_first"
+        },
+        "each_removed_vs_full": {
+            row["class"]: {key: row[key] for key in ("diff", "ci95", "p_value", "wins")}
+            for row in curation.get("each_removed_vs_full", [])
+        },
+        "confirmed_by_retraining": curation.get("confirmed", []),
+    }
+
+
+def _leakage_report(leakage, planted):
+    truth = set(planted["leaked_test_ids"])
+    found = set(leakage["leak_ids"])
+    hits = len(truth & found)
+    return {
+        "planted_leaked_tests": len(truth),
+        "flagged": len(found),
+        "true_positives": hits,
+        "recall": hits / len(truth),
+        "precision": hits / len(found) if found else None,
+        "exact_file_copies": leakage["num_exact_file_copies"],
+        "index": leakage["index"],
+        "seconds": leakage["seconds"],
+    }
+
+
+def _duplicates_report(duplicates, pretrain):
+    group_f = f"{DUPLICATES_KEY}_group"
+    copies = pretrain.exists("leak_of")
+    grouped = copies.exists(group_f)
+    of, groups = grouped.values(["leak_of", group_f]) if len(grouped) else ([], [])
+    by_group = {}
+    for test_id, g in zip(of, groups):
+        by_group.setdefault(g, set()).add(test_id)
+    return {
+        "groups": duplicates["num_groups"],
+        "grouped_samples": duplicates["num_grouped_samples"],
+        "planted_copies_grouped": len(grouped),
+        "planted_copies": len(copies),
+        # a group holding copies of one test image only, and every copy of it
+        "copy_groups_pure": sum(len(v) == 1 for v in by_group.values()),
+        "copy_groups": len(by_group),
+    }
 
 
 def run_demo(
@@ -350,6 +362,27 @@ def run_demo(
         overwrite=overwrite,
         **where,
     )
+    _print_influence(results, out)
+    subpop_report = _demo_subpopulations(results, target, out)
+    failures = _demo_failures(target, where, out)
+    summary = _demo_curation(pretrain, target, curation_seeds, sweep_ks, where, out)
+    # every step that trains runs before FAISS: after a FAISS call torch trains on one
+    # thread in this process (they share OpenMP's setting; see the README's limits)
+    diversity = _demo_diversity(pretrain, target, where, out)
+    leakage, duplicates = _demo_leaks(pretrain, target, out)
+    report = planted_report(results, target, summary, leakage, duplicates, pretrain)
+    report["subpopulations"] = subpop_report
+    report["failures"] = _failures_report(failures, target.info["planted"]["harmful_class"])
+    report["diversity"] = {
+        "prediction": diversity["prediction"],
+        "verification": diversity["verification"],
+        "per_budget": diversity["per_budget"],
+    }
+    _write_report(report, pretrain, target, out)
+    return results, report
+
+
+def _print_influence(results, out):
     order = np.argsort(results.class_influence, kind="stable")
     m = results.metrics
     out(
@@ -371,6 +404,9 @@ def run_demo(
     out("Most harmful pretraining classes:")
     for i in order[:8]:
         out(f"  {results.describe_class(i)}")
+
+
+def _demo_subpopulations(results, target, out):
     out("\nSubpopulations (k=2 per digit, by the pretraining classes that help each sample):")
     subpops = find_subpopulations(target, RUN_KEY, key=SUBPOPS_KEY, k=2, overwrite=True)
     out("\n".join(subpops.describe()))
@@ -381,6 +417,10 @@ def run_demo(
     )
     png = save_subpopulations_png(subpops, os.path.join(data_dir(), "subpopulations.png"))
     out(f"Plot: {png}; saved views '{SUBPOPS_KEY} <digit> / <class>'")
+    return subpop_report
+
+
+def _demo_failures(target, where, out):
     out(
         f"\nExplaining the failures (retraining without the top culprit, {FAILURE_SEEDS} seeds) ..."
     )
@@ -390,26 +430,32 @@ def run_demo(
     out("\n".join(failures.describe()))
     png = save_culprits_png(failures, os.path.join(data_dir(), "culprits.png"))
     out(f"Plot: {png}; saved view {FAILURES_KEY}_failures")
-    summary = None
-    if curation_seeds:
-        record = tag_classes(pretrain, RUN_KEY)  # harmful at false-discovery level 0.1
-        out(
-            f"\nTagged {len(record['classes'])} class(es) harmful at false-discovery level "
-            f"{record['fdr_level']} ({', '.join(record['classes'])}): {record['num_samples']} "
-            f"pretraining samples tagged {record['tag']!r}; saved view {record['view_name']!r}"
-        )
-        out(
-            "Retraining to check the curation (full / curated / random / helpful removed / "
-            f"each tagged class alone, {curation_seeds} seeds each, sweep k={sweep_ks}) ..."
-        )
-        summary = evaluate_curation(
-            target, RUN_KEY, num_seeds=curation_seeds, sweep_ks=sweep_ks, **where
-        )
-        out("\n".join(summary.describe()))
-        png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
-        out(f"Plot: {png}")
-    # every step that trains runs before FAISS: after a FAISS call torch trains on one
-    # thread in this process (they share OpenMP's setting; see the README's limits)
+    return failures
+
+
+def _demo_curation(pretrain, target, curation_seeds, sweep_ks, where, out):
+    if not curation_seeds:
+        return None
+    record = tag_classes(pretrain, RUN_KEY)  # harmful at false-discovery level 0.1
+    out(
+        f"\nTagged {len(record['classes'])} class(es) harmful at false-discovery level "
+        f"{record['fdr_level']} ({', '.join(record['classes'])}): {record['num_samples']} "
+        f"pretraining samples tagged {record['tag']!r}; saved view {record['view_name']!r}"
+    )
+    out(
+        "Retraining to check the curation (full / curated / random / helpful removed / "
+        f"each tagged class alone, {curation_seeds} seeds each, sweep k={sweep_ks}) ..."
+    )
+    summary = evaluate_curation(
+        target, RUN_KEY, num_seeds=curation_seeds, sweep_ks=sweep_ks, **where
+    )
+    out("\n".join(summary.describe()))
+    png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
+    out(f"Plot: {png}")
+    return summary
+
+
+def _demo_diversity(pretrain, target, where, out):
     out(
         f"\nPlanning the number of classes (budgets {DIVERSITY['budgets']} -> "
         f"{DIVERSITY['full_budget']}, {DIVERSITY['num_seeds']} seeds per point) ..."
@@ -420,6 +466,10 @@ def run_demo(
     out("\n".join(diversity.describe()))
     png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
     out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")
+    return diversity
+
+
+def _demo_leaks(pretrain, target, out):
     out("\nLooking for leaks (FAISS on the run's backbone embeddings, file hashes, influence) ...")
     leakage = detect_leakage(target, key=LEAKAGE_KEY, influence_key=RUN_KEY, overwrite=True)
     out(
@@ -434,29 +484,26 @@ def run_demo(
         f"  {duplicates['num_groups']} near-duplicate groups ({duplicates['num_grouped_samples']}"
         f" pretraining samples) tagged 'near_duplicate'; saved view {DUPLICATES_KEY}_groups"
     )
-    report = planted_report(results, target, summary, leakage, duplicates, pretrain)
-    report["subpopulations"] = subpop_report
+    return leakage, duplicates
+
+
+def _failures_report(failures, planted_harmful_class):
     check = failures.get("counterfactual", {})
-    report["failures"] = {
+    on_blamed = check.get("on_blamed", {})
+    return {
         "num_failures": failures["num_failures"],
         "top_culprit": failures.get("top_culprit"),
         "top_culprit_is_planted_harmful_class": failures.get("top_culprit")
-        == target.info["planted"]["harmful_class"],
+        == planted_harmful_class,
         "culprits": failures.get("culprits", [])[:5],
         "blamed_failures": check.get("blamed_failures"),
-        "fixed_per_model_removing_culprit": check.get("on_blamed", {})
-        .get("culprit_removed", {})
-        .get("fixed"),
-        "fixed_per_model_removing_random_class": check.get("on_blamed", {})
-        .get("random_removed", {})
-        .get("fixed"),
+        "fixed_per_model_removing_culprit": on_blamed.get("culprit_removed", {}).get("fixed"),
+        "fixed_per_model_removing_random_class": on_blamed.get("random_removed", {}).get("fixed"),
         "counterfactual": check,
     }
-    report["diversity"] = {
-        "prediction": diversity["prediction"],
-        "verification": diversity["verification"],
-        "per_budget": diversity["per_budget"],
-    }
+
+
+def _write_report(report, pretrain, target, out):
     out("\nAgainst the planted truth:")
     out(json.dumps(report, indent=2))
     report_path = os.path.join(data_dir(), "demo_report.json")
@@ -468,4 +515,3 @@ def run_demo(
         f"(fields {RUN_KEY}_helpful / _harmful / _accuracy; on {pretrain.name}: "
         f"{RUN_KEY}_influence, tag 'remove', saved view {RUN_KEY}_curated)"
     )
-    return results, report

@@ -94,14 +94,8 @@ def plan_class_diversity(
     """
     run = InfluenceRun.load(dataset, influence_key)
     pretrain, target = run.datasets
-    tsv.validate_run_key(key)
+    _check_plan_arguments(key, class_choice, sample_choice, num_points, num_seeds)
     view_name = f"{key}_plan"
-    if class_choice not in CLASS_CHOICES:
-        raise TransferScopeError(f"class_choice must be one of {CLASS_CHOICES}")
-    if sample_choice not in SAMPLE_CHOICES:
-        raise TransferScopeError(f"sample_choice must be one of {SAMPLE_CHOICES}")
-    tsv.check_count(num_points, "num_points", 3)
-    tsv.check_count(num_seeds, "num_seeds", 2)
     results = run.results
     labelled = run.labelled(unchanged_for="planning class diversity")
     class_names = list(results.classes)
@@ -128,40 +122,12 @@ def plan_class_diversity(
         data = labelled.decode(base.image_size, base.channels)
         labels = data.pretrain_labels  # class indices in the order of class_names
         store_root = os.path.join(results.config.output_dir, "diversity")
-
-        def run_cells(group, name):
-            engine = tsc.engine
-            path = os.path.join(store_root, engine.cells_digest(group))
-            store = engine.open_cells_store(path, base, data, group)
-            run_with_progress(
-                (
-                    store,
-                    lambda done: engine.run_diversity_cells(base, data, store, group, done, runner),
-                ),
-                progress,
-                f"Training the diversity {name}",
-            )
-            accuracy = store.outputs("correct").mean(axis=1)
-            return [dict(c, error=float(1 - a)) for c, a in zip(group, accuracy)]
-
+        run_cells = _cell_trainer(base, data, store_root, runner, progress)
         sweep = run_cells(cells, "sweep")
-
-        # --- fit on the small budgets, predict the full budget --------------------
-        fit = dv.fit_small_budgets(sweep, budgets, seed)
-        per_budget = dv.budget_summaries(sweep, grids, dropped, fit, seed)
-        prediction = dv.predict_full_budget(fit, per_budget, budgets, full_budget)
-        # the fit is the prediction when it converged; the pooled sweep ratio otherwise
-        k_pred = prediction["K_from_fit"] or prediction["K_from_pooled_sweep_ratio"]
-        try:
-            k_plan, n_plan, excluded, adapted = dv.feasible_plan(k_pred, full_budget, sizes)
-        except ValueError as e:
-            raise TransferScopeError(str(e)) from e
-        prediction.update(
-            K_plan=k_plan,
-            n_plan=n_plan,
-            classes_too_small=[class_names[i] for i in excluded],
-            adapted=adapted,
+        per_budget, prediction = _fit_and_predict(
+            sweep, budgets, grids, dropped, full_budget, sizes, class_names, seed
         )
+        k_plan, n_plan = prediction["K_plan"], prediction["n_plan"]
 
         # --- the plan's samples ----------------------------------------------------
         influence = results.class_influence if class_choice == "influence" else None
@@ -182,7 +148,7 @@ def plan_class_diversity(
             sweep = table
 
         summary = {
-            "influence_key": influence_key,
+            "run_key": influence_key,  # stored under its 0.2 name
             "budgets": budgets,
             "per_budget": per_budget,
             "prediction": prediction,
@@ -195,17 +161,62 @@ def plan_class_diversity(
         }
 
         params = dict(run_key=influence_key, full_budget=full_budget, budgets=budgets)
-        commit_run(
-            write,
-            pretrain,
-            "class_diversity",
-            {},
-            {},
-            {view_name: lambda: pretrain.select(plan_ids)},
-            summary,
-            params,
-        )
+        views = {view_name: lambda: pretrain.select(plan_ids)}
+        commit_run(write, pretrain, "class_diversity", {}, {}, views, summary, params)
         return DiversityResults(summary)
+
+
+def _check_plan_arguments(key, class_choice, sample_choice, num_points, num_seeds):
+    tsv.validate_run_key(key)
+    if class_choice not in CLASS_CHOICES:
+        raise TransferScopeError(f"class_choice must be one of {CLASS_CHOICES}")
+    if sample_choice not in SAMPLE_CHOICES:
+        raise TransferScopeError(f"sample_choice must be one of {SAMPLE_CHOICES}")
+    tsv.check_count(num_points, "num_points", 3)
+    tsv.check_count(num_seeds, "num_seeds", 2)
+
+
+def _cell_trainer(base, data, store_root, runner, progress):
+    """``run_cells(cells, name)``: trains the cells (resumable, one store per set
+    of cells) and returns them with their test error."""
+    engine = tsc.engine
+
+    def run_cells(group, name):
+        path = os.path.join(store_root, engine.cells_digest(group))
+        store = engine.open_cells_store(path, base, data, group)
+        run_with_progress(
+            (
+                store,
+                lambda done: engine.run_diversity_cells(base, data, store, group, done, runner),
+            ),
+            progress,
+            f"Training the diversity {name}",
+        )
+        accuracy = store.outputs("correct").mean(axis=1)
+        return [dict(c, error=float(1 - a)) for c, a in zip(group, accuracy)]
+
+    return run_cells
+
+
+def _fit_and_predict(sweep, budgets, grids, dropped, full_budget, sizes, class_names, seed):
+    """Fit on the small budgets, per-budget summaries, and the prediction for the
+    full budget with the plan the data allows (``K_plan``, ``n_plan``)."""
+    fit = dv.fit_small_budgets(sweep, budgets, seed)
+    per_budget = dv.budget_summaries(sweep, grids, dropped, fit, seed)
+    prediction = dv.predict_full_budget(fit, per_budget, budgets, full_budget)
+    # the fit is the prediction when it converged; the pooled sweep ratio otherwise
+    k_pred = prediction["K_from_fit"] or prediction["K_from_pooled_sweep_ratio"]
+    try:
+        k_plan, n_plan, excluded, adapted = dv.feasible_plan(k_pred, full_budget, sizes)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    prediction.update(
+        K_plan=k_plan,
+        n_plan=n_plan,
+        classes_too_small=[class_names[i] for i in excluded],
+        adapted=adapted,
+    )
+    return per_budget, prediction
 
 
 def _choose_samples(labels, chosen, per_class, how, run, device, seed, labelled, data):

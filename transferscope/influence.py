@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 
@@ -23,7 +24,20 @@ from .writes import RunWrite
 
 logger = logging.getLogger(__name__)
 
+# the training defaults live in InfluenceConfig; the signature reads them there
+_CONFIG = tsc.InfluenceConfig
 DEFAULT_RUNS_DIR = os.path.join(os.path.expanduser("~"), "transferscope", "runs")
+
+
+def influence_defaults():
+    """Every default of :func:`compute_class_influence`, the InfluenceConfig fields it
+    passes on included: the one source forms and the CLI read."""
+    defaults = {f.name: f.default for f in dataclasses.fields(tsc.InfluenceConfig)}
+    signature = inspect.signature(compute_class_influence).parameters.items()
+    defaults.update(
+        {name: p.default for name, p in signature if p.default is not inspect.Parameter.empty}
+    )
+    return defaults
 
 
 def runs_dir():
@@ -49,18 +63,18 @@ def compute_class_influence(
     test_split: SplitLike = "test",
     split_by: str = "tags",
     split_field: str = "split",
-    num_models: int = 144,
-    alpha: float = 0.5,
-    design: str = "orthogonal",
+    num_models: int = _CONFIG.num_models,
+    alpha: float = _CONFIG.alpha,
+    design: str = _CONFIG.design,
     estimator: str = "auto",
-    holdout_models: int = 16,
-    epochs: int = 4,
-    arch: str = "resnet_small",
-    transfer: str = "linear",
-    device: str = "auto",
-    image_size: int = 16,
+    holdout_models: int = _CONFIG.holdout_models,
+    epochs: int = _CONFIG.epochs,
+    arch: str = _CONFIG.arch,
+    transfer: str = _CONFIG.transfer,
+    device: str = _CONFIG.device,
+    image_size: int = _CONFIG.image_size,
     channels: int | None = None,
-    seed: int = 0,
+    seed: int = _CONFIG.seed,
     target_function: str = "prob",
     top_k: int = 3,
     output_dir: str | None = None,
@@ -172,31 +186,7 @@ def compute_class_influence(
     with RunWrite(key, "class_influence", [target_root, pretrain_root], overwrite) as write:
         tsv.check_run_key_free(target_root, key, overwrite, target_fields)
         tsv.check_run_key_free(pretrain_root, key, overwrite, pretrain_fields)
-        # --- decode images once, then train (resumable) --------------------
-        data = labelled.decode(config.image_size, config.channels)
-        meta = {
-            "classes": labelled.classes,
-            "target_classes": labelled.target_classes,
-            "design_note": request.design.note,
-            "num_models_requested": num_models,
-            "unlabelled_pretraining_samples": request.num_unlabelled,
-        }
-        store, holdout = _open_stores(run_dir, config, data, meta, overwrite)
-        stages = [
-            (store, lambda done: tsc.run_subset_models(config, data, store, done, executor=runner))
-        ]
-        if holdout is not None:
-            stages.append(
-                (
-                    holdout,
-                    lambda done: tsc.run_holdout_models(
-                        config, data, holdout, done, executor=runner
-                    ),
-                )
-            )
-        run_with_progress(stages, progress, "Training subset models", write.heartbeat)
-
-        # --- estimate --------------------------------------------------------
+        store, holdout = _train(request, num_models, run_dir, overwrite, runner, progress, write)
         results_kwargs = estimate(store, target_function, estimator, holdout)
         results_kwargs["metrics"]["unlabelled_pretraining_samples"] = request.num_unlabelled
 
@@ -326,6 +316,33 @@ def check_decoded_size(num_images, image_size, channels):
             f"{need / 2**30:.1f} GiB decoded, more than half this machine's memory "
             f"({2 * limit / 2**30:.1f} GiB); use a smaller image_size"
         )
+
+
+def _train(request, num_models, run_dir, overwrite, runner, progress, write):
+    """Decodes the images once and trains the run's models and held-out models
+    (resumable); returns their stores."""
+    labelled, config = request.labelled, request.config
+    data = labelled.decode(config.image_size, config.channels)
+    meta = {
+        "classes": labelled.classes,
+        "target_classes": labelled.target_classes,
+        "design_note": request.design.note,
+        "num_models_requested": num_models,
+        "unlabelled_pretraining_samples": request.num_unlabelled,
+    }
+    store, holdout = _open_stores(run_dir, config, data, meta, overwrite)
+    stages = [
+        (store, lambda done: tsc.run_subset_models(config, data, store, done, executor=runner))
+    ]
+    if holdout is not None:
+        stages.append(
+            (
+                holdout,
+                lambda done: tsc.run_holdout_models(config, data, holdout, done, executor=runner),
+            )
+        )
+    run_with_progress(stages, progress, "Training subset models", write.heartbeat)
+    return store, holdout
 
 
 def _run_dir(output_dir, target_root, key):

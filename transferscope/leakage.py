@@ -224,21 +224,7 @@ def detect_leakage(
         scores = nb.leak_scores(dist, max_distance, support, weight)
         ids = [str(i) for i in tgt.ids]
         leaks = [i for i, s in zip(ids, scores) if s >= threshold]
-        summary = {
-            "num_targets": len(ids),
-            "num_pretrain": len(pre.ids),
-            "num_leaks": len(leaks),
-            "num_exact_file_copies": exact,
-            "index": index_.kind,
-            "on_gpu": index_.on_gpu,
-            "recall_at_1": recall,
-            # to choose max_distance: how far typical target samples are from the pretraining set
-            "nearest_distance_quantiles": dict(
-                zip(("1%", "5%", "50%"), np.quantile(dist, [0.01, 0.05, 0.5]).round(5).tolist())
-            ),
-            "seconds": seconds,
-            "leak_ids": leaks,
-        }
+        summary = _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds)
         params = dict(
             pretrain_dataset=pretrain._root_dataset.name,
             run_key=influence_key,  # stored under its 0.2 name
@@ -257,6 +243,24 @@ def detect_leakage(
         )
         report(4)
         return LeakageResults(summary)
+
+
+def _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds):
+    return {
+        "num_targets": len(ids),
+        "num_pretrain": len(pre.ids),
+        "num_leaks": len(leaks),
+        "num_exact_file_copies": exact,
+        "index": index_.kind,
+        "on_gpu": index_.on_gpu,
+        "recall_at_1": recall,
+        # to choose max_distance: how far typical target samples are from the pretraining set
+        "nearest_distance_quantiles": dict(
+            zip(("1%", "5%", "50%"), np.quantile(dist, [0.01, 0.05, 0.5]).round(5).tolist())
+        ),
+        "seconds": seconds,
+        "leak_ids": leaks,
+    }
 
 
 def _check_index_kind(index):

@@ -125,17 +125,7 @@ def find_subpopulations(
     fields = subpopulation_fields(key)
     with open_write(target._root_dataset, key, "subpopulations", overwrite, fields) as write:
         names = list(results.target_classes)
-        chosen = names if target_classes is None else list(target_classes)
-        if isinstance(target_classes, str) or not chosen:
-            raise TransferScopeError(
-                f"target_classes must be a non-empty list of names; got {target_classes!r}"
-            )
-        unknown = [c for c in chosen if c not in names]
-        if unknown:
-            raise TransferScopeError(f"unknown target class(es) {unknown}; the run has {names}")
-        influence = np.asarray(results.influence).T  # (T, C)
-        z = sp.z_scores(results.influence, results.stderr).T
-        accuracy = store.outputs("correct").mean(axis=0)
+        chosen = _check_target_classes(target_classes, names)
         members = {c: np.flatnonzero(labels == names.index(c)) for c in chosen}
         if k is not None:  # every class checked before anything is computed or written
             tsv.check_count(k, "k", 2, note=" (or None for the top class)")
@@ -144,42 +134,11 @@ def find_subpopulations(
                     raise TransferScopeError(
                         f"k={k} groups but target class {c!r} has only {len(cols)} test sample(s)"
                     )
-
-        label_of, strength_of, summary = {}, {}, {"k": k, "classes": {}}
-        for c, cols in members.items():
-            if len(cols) == 0:
-                continue
-            try:
-                grouping = sp.group_by_influence(
-                    z[cols], list(results.classes), k=k, seed=seed, influence=influence[cols]
-                )
-            except ValueError as e:
-                raise TransferScopeError(f"target class {c!r}: {e}") from e
-            groups = []
-            for g, name in enumerate(grouping.names):
-                in_g = grouping.labels == g
-                label = f"{c} / {name}"
-                groups.append(
-                    {
-                        "name": label,
-                        "pretraining_class": name,
-                        "characteristic_classes": grouping.characteristic[g],
-                        "size": int(in_g.sum()),
-                        "accuracy": float(accuracy[cols[in_g]].mean()),
-                        "mean_strength": float(grouping.strength[in_g].mean()),
-                    }
-                )
-                for t, s in zip(cols[in_g], grouping.strength[in_g]):
-                    label_of[ids[t]] = label
-                    strength_of[ids[t]] = float(s)
-            groups.sort(key=lambda row: -row["size"])
-            summary["classes"][c] = groups
-
+        summary, label_of, strength_of = _group_classes(results, store, members, ids, k, seed)
         root = target._root_dataset
         label_f, strength_f = fields
-        written = list(label_of)
         values = {
-            label_f: {i: fo.Classification(label=label_of[i]) for i in written},
+            label_f: {i: fo.Classification(label=label) for i, label in label_of.items()},
             strength_f: strength_of,
         }
         saved_views = {
@@ -205,6 +164,56 @@ def find_subpopulations(
             params,
         )
         return SubpopulationResults(summary)
+
+
+def _check_target_classes(target_classes, names):
+    chosen = names if target_classes is None else list(target_classes)
+    if isinstance(target_classes, str) or not chosen:
+        raise TransferScopeError(
+            f"target_classes must be a non-empty list of names; got {target_classes!r}"
+        )
+    unknown = [c for c in chosen if c not in names]
+    if unknown:
+        raise TransferScopeError(f"unknown target class(es) {unknown}; the run has {names}")
+    return chosen
+
+
+def _group_classes(results, store, members, ids, k, seed):
+    """Groups each target class's test samples; returns the summary and each
+    grouped sample's subpopulation name and strength."""
+    influence = np.asarray(results.influence).T  # (T, C)
+    z = sp.z_scores(results.influence, results.stderr).T
+    accuracy = store.outputs("correct").mean(axis=0)
+    label_of, strength_of, summary = {}, {}, {"k": k, "classes": {}}
+    for c, cols in members.items():
+        if len(cols) == 0:
+            continue
+        try:
+            grouping = sp.group_by_influence(
+                z[cols], list(results.classes), k=k, seed=seed, influence=influence[cols]
+            )
+        except ValueError as e:
+            raise TransferScopeError(f"target class {c!r}: {e}") from e
+        groups = []
+        for g, name in enumerate(grouping.names):
+            in_g = grouping.labels == g
+            label = f"{c} / {name}"
+            groups.append(
+                {
+                    "name": label,
+                    "pretraining_class": name,
+                    "characteristic_classes": grouping.characteristic[g],
+                    "size": int(in_g.sum()),
+                    "accuracy": float(accuracy[cols[in_g]].mean()),
+                    "mean_strength": float(grouping.strength[in_g].mean()),
+                }
+            )
+            for t, strength in zip(cols[in_g], grouping.strength[in_g]):
+                label_of[ids[t]] = label
+                strength_of[ids[t]] = float(strength)
+        groups.sort(key=lambda row: -row["size"])
+        summary["classes"][c] = groups
+    return summary, label_of, strength_of
 
 
 def describe_subpopulations(summary, max_groups=4):
@@ -276,21 +285,7 @@ def explain_failures(
     with open_write(target._root_dataset, key, "failure_explanation", overwrite, fields) as write:
         target_names = list(results.target_classes)
         predictions = store.outputs("pred")
-
-        if pred_field is None:
-            predicted, _ = sp.wrong_answers(predictions, labels)
-            source = "the run's models (majority answer)"
-        else:
-            tsv.check_classification_field(target, pred_field, "prediction")
-            values = target.select(ids, ordered=True).values(f"{pred_field}.label")
-            strange = sorted({v for v in values if v is not None and v not in target_names})
-            if strange:
-                raise TransferScopeError(
-                    f"{pred_field!r} holds labels that are not target classes "
-                    f"of the run: {strange[:5]}"
-                )
-            predicted = np.array([-1 if v is None else target_names.index(v) for v in values])
-            source = f"field {pred_field!r}"
+        predicted, source = _predictions(target, ids, labels, pred_field, target_names, predictions)
         failed = np.flatnonzero((predicted >= 0) & (predicted != labels))
         summary = {"source": source, "num_test_samples": len(ids), "num_failures": int(len(failed))}
         if len(failed) == 0:
@@ -327,22 +322,11 @@ def explain_failures(
         root = target._root_dataset
         wrong_f, culprits_f = fields
         failed_ids = [ids[t] for t in failed]
-
         values = {
             wrong_f: {
                 i: fo.Classification(label=target_names[w]) for i, w in zip(failed_ids, wrong)
             },
-            culprits_f: {
-                i: fo.Classifications(
-                    classifications=[
-                        fo.Classification(
-                            label=classes[c], influence=float(infl[c, f]), z=float(z[c, f])
-                        )
-                        for c in order[f]
-                    ]
-                )
-                for f, i in enumerate(failed_ids)
-            },
+            culprits_f: _culprit_labels(failed_ids, order, classes, infl, z),
         }
         view_name = f"{key}_failures"
         params = dict(
@@ -370,6 +354,35 @@ def explain_failures(
         )
         summary["saved_view"] = view_name
         return FailureResults(summary)
+
+
+def _predictions(target, ids, labels, pred_field, target_names, predictions):
+    """Each test sample's predicted class index (-1: none) and where it comes from."""
+    if pred_field is None:
+        predicted, _ = sp.wrong_answers(predictions, labels)
+        return predicted, "the run's models (majority answer)"
+    tsv.check_classification_field(target, pred_field, "prediction")
+    values = target.select(ids, ordered=True).values(f"{pred_field}.label")
+    strange = sorted({v for v in values if v is not None and v not in target_names})
+    if strange:
+        raise TransferScopeError(
+            f"{pred_field!r} holds labels that are not target classes of the run: {strange[:5]}"
+        )
+    predicted = np.array([-1 if v is None else target_names.index(v) for v in values])
+    return predicted, f"field {pred_field!r}"
+
+
+def _culprit_labels(failed_ids, order, classes, infl, z):
+    """Each failure's top culprits as Classifications with ``influence`` and ``z``."""
+    return {
+        i: fo.Classifications(
+            classifications=[
+                fo.Classification(label=classes[c], influence=float(infl[c, f]), z=float(z[c, f]))
+                for c in order[f]
+            ]
+        )
+        for f, i in enumerate(failed_ids)
+    }
 
 
 def _check_culprit(
