@@ -62,3 +62,59 @@ def test_the_engine_exports_every_name_it_lists():
     for name in tsc.__all__:
         assert getattr(tsc, name) is not None, name
     assert "engine" in dir(tsc)
+
+
+def _code_lines(source_lines, node):
+    """Lines of a function's body, its docstring, blank lines and comments left out."""
+    import ast
+
+    body = node.body
+    if isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        body = body[1:]
+    if not body:
+        return 0
+    lines = source_lines[body[0].lineno - 1 : node.end_lineno]
+    return sum(1 for line in lines if line.strip() and not line.strip().startswith("#"))
+
+
+def _sdk_trees():
+    import ast
+
+    folder = os.path.join(REPO_ROOT, "transferscope")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                source = f.read()
+            yield name, source.splitlines(), ast.parse(source)
+
+
+def test_no_sdk_function_is_longer_than_80_lines_of_code():
+    import ast
+
+    long = [
+        f"{name}:{node.lineno} {node.name} ({_code_lines(lines, node)} lines)"
+        for name, lines, tree in _sdk_trees()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and _code_lines(lines, node) > 80
+    ]
+    assert not long, long
+
+
+def test_the_sdk_imports_the_engine_at_the_top_of_its_modules():
+    import ast
+
+    inside = []
+    for name, _, tree in _sdk_trees():
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef):
+                continue
+            for node in ast.walk(func):
+                module = None
+                if isinstance(node, ast.ImportFrom):
+                    module = ("." * node.level) + (node.module or "")
+                    module += "." + ",".join(a.name for a in node.names)
+                elif isinstance(node, ast.Import):
+                    module = ",".join(a.name for a in node.names)
+                if module and ("compute" in module.split(".") or "compute," in module):
+                    inside.append(f"{name}:{node.lineno} {module}")
+    assert not inside, inside
