@@ -18,7 +18,7 @@ Two things differ only in form:
   and the padded logits masked out of the softmax.
 
 So a grouped model is its one-at-a-time twin up to floating-point rounding
-(in float64 the two agree to 1e-8 after training: tests/test_grouped.py); in
+(in float64 the two agree to 1e-8 after training: tests/unit/test_grouped.py); in
 float32 such rounding differences grow during training, as they do between
 thread counts.
 

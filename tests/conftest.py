@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tiny import TINY_KWARGS, _pattern, build_tiny_datasets  # noqa: F401 (used by tests)
+from helpers.tiny import TINY_KWARGS, build_tiny_datasets
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TMP = tempfile.mkdtemp(prefix="transferscope-tests-")
@@ -32,37 +32,18 @@ os.environ["TRANSFERSCOPE_IMAGE_CACHE"] = os.path.join(_TMP, "image_cache")
 os.environ["TRANSFERSCOPE_MODELS_DIR"] = os.path.join(_TMP, "models")
 
 
-# Test tiers (markers, given by module): unit tests touch no database; integration
-# tests use the real database and tiny runs; system tests start other processes
-# (a Ray cluster, a browser, processes killed on purpose); acceptance is the demo.
-UNIT_MODULES = {
-    "test_curation_compute",
-    "test_designs",
-    "test_digests",
-    "test_diversity_compute",
-    "test_engine",
-    "test_estimators",
-    "test_grouped",
-    "test_neighbors",
-    "test_packaging",
-}
-SYSTEM_MODULES = {"test_browser", "test_crash_safety", "test_ray"}
-ACCEPTANCE_MODULES = {"test_demo"}
-
-
-def tier_of(module_name):
-    if module_name in UNIT_MODULES:
-        return "unit"
-    if module_name in SYSTEM_MODULES:
-        return "system"
-    if module_name in ACCEPTANCE_MODULES:
-        return "acceptance"
-    return "integration"
+# Test tiers: a test's folder is its marker. unit: no database; integration: the
+# real database and tiny runs; system: other processes (a Ray cluster, a browser,
+# processes killed on purpose); acceptance: the demo.
+TIERS = ("unit", "integration", "system", "acceptance")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        item.add_marker(getattr(pytest.mark, tier_of(item.module.__name__.rsplit(".", 1)[-1])))
+        tier = item.path.parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.path} is in no test tier folder {TIERS}")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -72,14 +53,6 @@ def pytest_sessionfinish(session, exitstatus):
             fod.drop_database()
     finally:
         shutil.rmtree(_TMP, ignore_errors=True)
-
-
-def skip_unless_ci(reason):
-    """Skips the calling test module, except in CI (TRANSFERSCOPE_CI=1), where
-    what it needs must be there, so the module fails instead of skipping."""
-    if os.environ.get("TRANSFERSCOPE_CI") == "1":
-        raise RuntimeError(f"CI must run this test module, but: {reason}")
-    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +68,52 @@ def tiny_datasets(tmp_path):
     for ds in (pre, tgt):
         if not ds.deleted:
             ds.delete()
+
+
+@pytest.fixture(scope="session")
+def tiny_store_factory(tmp_path_factory):
+    """``store(**overrides)``: the folder of a trained tiny class-influence run
+    (TINY_KWARGS with ``overrides``), trained once per session."""
+    import transferscope as ts
+
+    stores = {}
+
+    def store(**overrides):
+        key = tuple(sorted(overrides.items()))
+        if key not in stores:
+            folder = tmp_path_factory.mktemp("tiny_run")
+            pre, tgt = build_tiny_datasets(folder / "images")
+            kwargs = {**TINY_KWARGS, **overrides}
+            out = str(folder / "store")
+            ts.compute_class_influence(pre, tgt, "infl", output_dir=out, progress=False, **kwargs)
+            pre.delete()
+            tgt.delete()
+            stores[key] = folder / "store"
+        return stores[key]
+
+    return store
+
+
+@pytest.fixture()
+def make_tiny_run(tiny_datasets, tiny_store_factory, tmp_path):
+    """``run(**overrides)``: the tiny datasets with class-influence run ``"infl"``
+    written on them, from a copy of the session's trained models (no training)."""
+    import transferscope as ts
+
+    def run(**overrides):
+        pre, tgt = tiny_datasets
+        store = tmp_path / "store"
+        shutil.copytree(tiny_store_factory(**overrides), store)
+        kwargs = {**TINY_KWARGS, **overrides}
+        results = ts.compute_class_influence(
+            pre, tgt, "infl", output_dir=str(store), progress=False, **kwargs
+        )
+        return pre, tgt, results
+
+    return run
+
+
+@pytest.fixture()
+def tiny_run(make_tiny_run):
+    """``(pretrain, target, results)``: the tiny datasets with run ``"infl"``."""
+    return make_tiny_run()

@@ -4,22 +4,17 @@ import pytest
 
 import fiftyone.operators as foo
 
-import transferscope as ts
 from transferscope import TransferScopeError
 from transferscope.diversity import describe_diversity, plan_class_diversity
 from transferscope.plots import diversity_plotly
 
-from conftest import TINY_KWARGS
 
 PLUGIN = "@transferscope/transferscope"
 
 
 @pytest.fixture()
-def influence_run(tiny_datasets, tmp_path):
-    pre, tgt = tiny_datasets
-    ts.compute_class_influence(
-        pre, tgt, "infl", output_dir=str(tmp_path / "store"), progress=False, **TINY_KWARGS
-    )
+def influence_run(tiny_run):
+    pre, tgt, _ = tiny_run
     return pre, tgt
 
 

@@ -20,7 +20,7 @@ from transferscope import TransferScopeError, explore
 from transferscope import views as tsv
 from transferscope.influence import _run_dir, runs_dir
 
-from conftest import TINY_KWARGS
+from helpers.tiny import TINY_KWARGS
 
 WEIRD_CLASSES = ["$5", "$ground_truth.label", "a.b", "x/y", "with space", ""]
 WEIRD_TARGETS = ["$t", "p.q", "u/v"]

@@ -15,18 +15,13 @@ from transferscope import TransferScopeError
 from transferscope.plots import curation_figure, curation_plotly, save_curation_png
 from transferscope.runs import run_record
 
-from conftest import TINY_KWARGS
 
 PLUGIN = "@transferscope/transferscope"
 
 
 @pytest.fixture()
-def influence_run(tiny_datasets, tmp_path):
-    pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(
-        pre, tgt, "infl", output_dir=str(tmp_path / "store"), progress=False, **TINY_KWARGS
-    )
-    return pre, tgt, results
+def influence_run(tiny_run):
+    return tiny_run
 
 
 def _snapshot(ds):

@@ -4,20 +4,13 @@ import numpy as np
 import pytest
 
 
-import transferscope as ts
 from transferscope import TransferScopeError, explore
 from transferscope.influence_run import influence_run_keys
 
-from conftest import TINY_KWARGS
-
 
 @pytest.fixture()
-def run(tiny_datasets, tmp_path):
-    pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(
-        pre, tgt, "infl", progress=False, output_dir=str(tmp_path / "store"), **TINY_KWARGS
-    )
-    return pre, tgt, results
+def run(tiny_run):
+    return tiny_run
 
 
 def test_views_of_a_class(run):

@@ -11,7 +11,7 @@ import transferscope as ts
 from transferscope import TransferScopeError
 from transferscope.runs import ClassInfluenceResults
 
-from conftest import TINY_KWARGS
+from helpers.tiny import TINY_KWARGS
 
 
 def _fields(ds):

@@ -1,6 +1,6 @@
 """Serves the FiftyOne App on a dataset until killed (for the browser test).
 
-    python tests/app_server.py DATASET PORT
+    python tests/helpers/app_server.py DATASET PORT
 
 Prints "ready" once the server answers. Settings (database name, plugins
 directory, orchestrators) come from the environment, as for any FiftyOne

@@ -23,7 +23,7 @@ import fiftyone as fo
 import fiftyone.operators.delegated as food
 from fiftyone.operators.executor import ExecutionRunState
 
-from conftest import skip_unless_ci
+from helpers import skip_unless_ci
 
 try:
     from playwright import sync_api
@@ -34,7 +34,7 @@ if CHROMIUM is None:
     skip_unless_ci("Debian's chromium is not installed (apt-get install chromium)")
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_KEY = "browser"
 # what the probe of this machine found Chromium needs here: no sandbox as root,
 # no GPU, and no background connections (the network is closed)
@@ -81,7 +81,7 @@ def app(demo):
     server = subprocess.Popen(
         [
             sys.executable,
-            os.path.join(REPO_ROOT, "tests", "app_server.py"),
+            os.path.join(REPO_ROOT, "tests", "helpers", "app_server.py"),
             pretrain.name,
             str(port),
         ],

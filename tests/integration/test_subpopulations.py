@@ -14,7 +14,6 @@ import transferscope as ts
 from transferscope import TransferScopeError
 from transferscope.compute import subpopulations as sp
 
-from conftest import TINY_KWARGS
 
 CLASSES = [f"c{i}" for i in range(12)]
 
@@ -98,17 +97,8 @@ def test_culprit_check_plan_and_flip_counts():
 
 
 @pytest.fixture()
-def run(tiny_datasets, tmp_path):
-    pre, tgt = tiny_datasets
-    results = ts.compute_class_influence(
-        pre,
-        tgt,
-        "infl",
-        progress=False,
-        output_dir=str(tmp_path / "store"),
-        **{**TINY_KWARGS, "num_models": 8},
-    )
-    return pre, tgt, results
+def run(make_tiny_run):
+    return make_tiny_run(num_models=8)
 
 
 def _our_fields(dataset):

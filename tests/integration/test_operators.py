@@ -13,7 +13,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.delegated as food
 from fiftyone.operators.executor import ExecutionRunState
 
-from tiny import operator_params
+from helpers.tiny import operator_params
 
 URI = "@transferscope/transferscope/compute_class_influence"
 

@@ -15,7 +15,7 @@ import transferscope as ts  # registers the faiss similarity backend
 from transferscope import TransferScopeError
 from transferscope.leakage import detect_leakage, find_near_duplicates
 
-from conftest import TINY_KWARGS
+from helpers.tiny import TINY_KWARGS
 
 PLUGIN = "@transferscope/transferscope"
 

@@ -1,7 +1,7 @@
 """The Ray executor on a real two-node Ray cluster (head + one worker node).
 
 The cluster lives in a private network namespace (loopback only; see
-scripts/ray_local_cluster.py); the driver runs there too (tests/ray_driver.py)
+scripts/ray_local_cluster.py); the driver runs there too (tests/helpers/ray_driver.py)
 and writes a results store that this test compares, bit for bit, with the
 local executor's (same seeds, one thread per model on both sides).
 """
@@ -25,16 +25,16 @@ from transferscope.compute.executors import (
 )
 from transferscope.compute.store import OUTPUT_NAMES
 
-from conftest import skip_unless_ci
+from helpers import skip_unless_ci
 
 try:
     import ray
 except ImportError:
     skip_unless_ci("Ray is not installed (pip install 'transferscope[ray]')")
 
-import ray_driver  # noqa: E402  (tests/ is on sys.path)
+from helpers import ray_driver  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _namespace_works():
@@ -61,7 +61,7 @@ def run_on_cluster(scenario, store_dir, workers=1):
         f"--workers={workers}",
         "--",
         sys.executable,
-        os.path.join(ROOT, "tests", "ray_driver.py"),
+        os.path.join(ROOT, "tests", "helpers", "ray_driver.py"),
         scenario,
         str(store_dir),
     ]
@@ -161,7 +161,7 @@ def test_unreachable_address_fails_fast_and_names_it():
 
 def test_operator_with_unreachable_cluster_names_it_and_writes_nothing(tiny_datasets):
     import fiftyone.operators as foo
-    from tiny import operator_params
+    from helpers.tiny import operator_params
 
     pre, tgt = tiny_datasets
     params = operator_params(pre, tgt, "r", executor="ray", ray_address="127.0.0.1:9")

@@ -19,7 +19,7 @@ from transferscope.compute import (
 )
 from transferscope.compute.train import outputs_from_logits
 
-from conftest import _pattern
+from helpers.tiny import _pattern
 
 
 def tiny_data(num_classes=6, per_class=12, seed=0):
@@ -164,8 +164,8 @@ def test_a_store_from_before_manifests_and_checksums_resumes_without_retraining(
 
 
 _WORKER = """
-import sys, numpy as np
-sys.path.insert(0, {tests!r})
+import os, sys, numpy as np
+sys.path[:0] = [{tests!r}, os.path.dirname({tests!r})]  # this module, and helpers
 from test_engine import tiny_data, CFG
 from transferscope.compute import InfluenceConfig, open_store, run_subset_models
 data = tiny_data()

@@ -10,6 +10,7 @@ import pytest
 
 import fiftyone as fo
 
+from helpers import REPO_ROOT
 from transferscope import demo, demo_data
 
 
@@ -35,7 +36,7 @@ def demo_run(datasets):
     # kept as a test artifact: the demo's figures as this run measured them
     artifacts = os.environ.get(
         "TRANSFERSCOPE_ARTIFACTS_DIR",
-        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts"),
+        os.path.join(REPO_ROOT, "artifacts"),
     )
     os.makedirs(artifacts, exist_ok=True)
     with open(os.path.join(artifacts, "demo_output.txt"), "w") as f:

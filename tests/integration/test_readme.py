@@ -7,7 +7,7 @@ models. On the tiny problem no class need be harmful at false-discovery level
 0.1; where none is, ``tag_classes`` must refuse with its documented message
 (checked against the run's q-values), and the statements after it cannot
 run here: the demo runs the same two calls on a planted harmful class
-(tests/test_demo.py).
+(tests/acceptance/test_demo.py).
 """
 
 import ast
@@ -18,9 +18,9 @@ import numpy as np
 
 from transferscope import TransferScopeError
 
-from tiny import build_tiny_datasets
+from helpers.tiny import build_tiny_datasets
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLACEHOLDERS = ('"my-pretraining-set"', '"my-task"')
 
 

@@ -7,7 +7,7 @@ import yaml
 
 import transferscope
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_one_version_in_the_package_the_metadata_and_the_plugin():

@@ -1,7 +1,7 @@
 """Nothing lost, nothing locked: every job killed at each point of its write, then
 called again, ends in the state of an uninterrupted call; one writer per key.
 
-Each trial runs the job in its own process (tests/crash_driver.py), which
+Each trial runs the job in its own process (tests/helpers/crash_driver.py), which
 SIGKILLs itself at an instrumented point of the write (transferscope.writes),
 then runs the same call again to completion.
 """
@@ -20,11 +20,11 @@ import fiftyone.core.odm as foo
 import transferscope as ts
 from transferscope import writes
 
-import crash_driver
-from conftest import TINY_KWARGS, build_tiny_datasets
+from helpers import HELPERS_DIR, crash_driver
+from helpers.tiny import TINY_KWARGS, build_tiny_datasets
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DRIVER = os.path.join(HERE, "crash_driver.py")
+HERE = HELPERS_DIR
+DRIVER = os.path.join(HELPERS_DIR, "crash_driver.py")
 
 # the points of a write, in order (transferscope.writes._checkpoint)
 ALL_POINTS = [
@@ -319,7 +319,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 import fiftyone as fo
 import transferscope as ts
-from tiny import TINY_KWARGS
+from helpers.tiny import TINY_KWARGS
 pre, tgt = fo.load_dataset(sys.argv[1]), fo.load_dataset(sys.argv[2])
 while not __import__("os").path.exists(sys.argv[3]):
     time.sleep(0.01)

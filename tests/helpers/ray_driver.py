@@ -1,6 +1,6 @@
 """The driver the Ray tests run inside a throwaway cluster (see test_ray.py).
 
-    python tests/ray_driver.py SCENARIO STORE_DIR
+    python tests/helpers/ray_driver.py SCENARIO STORE_DIR
 
 Scenarios:
     complete      train every model on the cluster
@@ -39,7 +39,7 @@ def isolate_fiftyone(out_dir):
     plugins = os.path.join(out_dir, "plugins")
     os.makedirs(plugins)
     os.symlink(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         os.path.join(plugins, "transferscope"),
     )
     os.environ["FIFTYONE_PLUGINS_DIR"] = plugins
