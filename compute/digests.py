@@ -32,6 +32,6 @@ def digest(*parts, length=16):
 
 
 def file_digest(path, length=None):
-    """:func:`digest` of a file's bytes, read in 1 MiB chunks."""
+    """:func:`digest` of a file's bytes, read in chunks (never whole into memory)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()[:length]

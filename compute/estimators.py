@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from scipy import linalg, stats
 
 from .checks import check_number

@@ -111,9 +111,9 @@ class LocalExecutor:
 
     def __init__(self, threads=None, group_size="auto"):
         if threads is not None:
-            _check_positive_int(threads, "threads")
+            check_int(threads, "threads", 1)
         if group_size != "auto":
-            _check_positive_int(group_size, "group_size")
+            check_int(group_size, "group_size", 1)
         self.threads = threads
         self.group_size = group_size
 
@@ -224,13 +224,13 @@ class RayExecutor:
             raise ValueError(
                 f"ray address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT'; got {address!r}"
             )
-        _check_positive_int(cpus_per_model, "cpus_per_model")
+        check_int(cpus_per_model, "cpus_per_model", 1)
         if gpus_per_model is not None and not (
             isinstance(gpus_per_model, (int, float)) and gpus_per_model >= 0
         ):
             raise ValueError(f"gpus_per_model must be a number >= 0; got {gpus_per_model!r}")
         if memory_per_model is not None:
-            _check_positive_int(memory_per_model, "memory_per_model")
+            check_int(memory_per_model, "memory_per_model", 1)
         check_int(max_retries, "max_retries", 0)
         self.address = address.strip()
         self.cpus_per_model = cpus_per_model
@@ -408,7 +408,3 @@ def _answers_http2(host, port, timeout):
             return head[3] == 0x04  # frame type SETTINGS
     except OSError:
         return False
-
-
-def _check_positive_int(value, name):
-    check_int(value, name, 1)

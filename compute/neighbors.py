@@ -10,7 +10,6 @@ are present, faiss-cpu otherwise.
 import os
 
 import numpy as np
-
 from scipy import sparse
 from scipy.sparse import csgraph
 from scipy import stats
