@@ -3,6 +3,7 @@
 Plain functions (no pytest), so a driver process can build the same data.
 """
 
+import os
 import uuid
 
 import numpy as np
@@ -29,6 +30,7 @@ def build_tiny_datasets(folder, name=None):
     import fiftyone as fo
     from PIL import Image
 
+    os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
     name = name or uuid.uuid4().hex[:6]
     pre = fo.Dataset(f"pre-{name}")

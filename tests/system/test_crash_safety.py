@@ -23,7 +23,7 @@ from transferscope import writes
 from helpers import HELPERS_DIR, crash_driver
 from helpers.tiny import TINY_KWARGS, build_tiny_datasets
 
-HERE = HELPERS_DIR
+TESTS_DIR = os.path.dirname(HELPERS_DIR)  # where `helpers` imports from
 DRIVER = os.path.join(HELPERS_DIR, "crash_driver.py")
 
 # the points of a write, in order (transferscope.writes._checkpoint)
@@ -338,7 +338,7 @@ def test_two_processes_with_the_same_key_one_completes_the_other_is_refused(
 ):
     pre, tgt, store = persistent_tiny
     go = tmp_path / "go"
-    code = _HOLD.format(tests=HERE)
+    code = _HOLD.format(tests=TESTS_DIR)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, pre.name, tgt.name, str(go), str(tmp_path / f"store{i}")],
