@@ -70,9 +70,11 @@ _MODULE_EXPORTS = {
 }
 _EXPORTS = {name: module for module, names in _MODULE_EXPORTS.items() for name in names}
 _SUBMODULES = (
+    "attribution",
     "checks",
     "config",
     "curation",
+    "digests",
     "diversity",
     "engine",
     "estimators",

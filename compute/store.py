@@ -166,6 +166,22 @@ def clear_dir(folder: str):
             _write_json(os.path.join(parent, MANIFEST), names)
 
 
+def remove_scratch(folder: str):
+    """Removes a scratch folder that transferscope made (its parent's manifest
+    names it) for a library to write in, with everything the library wrote
+    there; a folder the manifest does not name is refused and left alone."""
+    import shutil
+
+    folder = os.path.abspath(folder)
+    parent, name = os.path.split(folder)
+    if not os.path.lexists(folder):
+        return
+    if name not in _read_manifest(parent) or os.path.islink(folder):
+        raise ForeignFilesError(f"{folder} is not a scratch folder transferscope made; left alone")
+    shutil.rmtree(folder)
+    _write_json(os.path.join(parent, MANIFEST), [n for n in _read_manifest(parent) if n != name])
+
+
 # --- arrays -------------------------------------------------------------------
 
 

@@ -351,18 +351,53 @@ def _linear_probe(
     net, x_train, y_train, x_test, num_classes, c, device, precision="auto", max_iter=2000
 ):
     """Multinomial logistic regression on standardised frozen features."""
+    probe = fit_probe(net, x_train, y_train, c, device, precision, max_iter)
+    f_test = _eval_batched(net.features, net, x_test, device, precision)
+    return probe_logits(probe, f_test, num_classes)
+
+
+def fit_probe(net, x_train, y_train, c, device, precision="auto", max_iter=2000):
+    """The linear probe of ``net``: a scikit-learn pipeline (standardise, then
+    multinomial logistic regression) fitted on its frozen train features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     f_train = _eval_batched(net.features, net, x_train, device, precision)
-    f_test = _eval_batched(net.features, net, x_test, device, precision)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
-    probe.fit(f_train, y_train)
-    scores = probe.decision_function(f_test)
+    return probe.fit(f_train, y_train)
+
+
+# the logit of a target class absent from the train split: never predicted
+ABSENT_CLASS_LOGIT = -1e9
+
+
+def probe_logits(probe, features, num_classes):
+    """``(N, num_classes)`` logits of a fitted probe on ``features``."""
+    scores = probe.decision_function(features)
     if scores.ndim == 1:  # two classes: one score, the logit of classes_[1]
         scores = np.stack([np.zeros_like(scores), scores], axis=1)
-    # classes absent from the train split can never be predicted
-    logits = np.full((len(f_test), num_classes), -1e9)
+    logits = np.full((len(features), num_classes), ABSENT_CLASS_LOGIT)
     logits[:, probe.classes_] = scores
     return logits
+
+
+def probe_layer(probe, feature_dim, num_classes):
+    """The fitted probe as an ``nn.Linear`` on raw features (the standardisation
+    folded into its weights): the same logits as :func:`probe_logits`, and
+    differentiable with respect to the network under it."""
+    scaler, logistic = probe[0], probe[-1]
+    coef = np.atleast_2d(logistic.coef_) / scaler.scale_
+    bias = np.atleast_1d(logistic.intercept_) - coef @ scaler.mean_
+    if len(probe.classes_) == 2 and coef.shape[0] == 1:  # one score for classes_[1]
+        coef = np.concatenate([np.zeros_like(coef), coef])
+        bias = np.concatenate([[0.0], bias])
+    weight = np.zeros((num_classes, feature_dim))
+    full_bias = np.full(num_classes, ABSENT_CLASS_LOGIT)
+    weight[probe.classes_] = coef
+    full_bias[probe.classes_] = bias
+    layer = nn.Linear(feature_dim, num_classes)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weight))
+        layer.bias.copy_(torch.from_numpy(full_bias))
+    return layer

@@ -1,6 +1,7 @@
 """Thin FiftyOne operators: read the form, call the SDK, report progress, reload."""
 
 from .compute_class_influence import ComputeClassInfluence
+from .compute_sample_influence import ComputeSampleInfluence
 from .evaluate_curation import EvaluateCuration
 from .influence_panel import ClassInfluencePanel
 from .leakage import DetectLeakage, FindNearDuplicates
@@ -10,6 +11,7 @@ from .tag_classes import TagClasses
 
 OPERATORS = [
     ComputeClassInfluence,
+    ComputeSampleInfluence,
     TagClasses,
     EvaluateCuration,
     DetectLeakage,

@@ -19,6 +19,7 @@ from .curation import curation_of, evaluate_curation, tag_classes, untag_classes
 from .diversity import plan_class_diversity
 from .influence import compute_class_influence, field_names, runs_dir
 from .leakage import detect_leakage, find_near_duplicates
+from .sample_influence import compute_sample_influence
 from .subpopulations import explain_failures, find_subpopulations
 from .views import TransferScopeError
 
@@ -30,6 +31,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "compute_class_influence",
+    "compute_sample_influence",
     "field_names",
     "runs_dir",
     "TransferScopeError",

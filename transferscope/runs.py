@@ -9,10 +9,12 @@ name without ``Config``.
 import contextlib
 
 import numpy as np
+import fiftyone as fo
 import fiftyone.core.runs as fors
 
+from . import compute as tsc
 from . import views as tsv
-from .writes import RunWrite
+from .writes import RunWrite, write_in_progress
 
 
 class ClassInfluenceConfig(fors.RunConfig):
@@ -112,6 +114,62 @@ class ClassInfluenceResults(fors.RunResults):
             f"[{self.class_ci_low[i]:+.4f}, {self.class_ci_high[i]:+.4f}]"
         )
         return text if q is None else f"{text}  q={q[i]:.2g}"
+
+
+class SampleInfluenceConfig(fors.RunConfig):
+    """Config of a sample-influence run; ``fields`` are the fields it wrote on
+    this dataset, ``output_dir`` its store (models and the score matrix)."""
+
+    def __init__(self, fields=None, **kwargs):
+        kwargs.setdefault("method", "sample_influence")
+        super().__init__(**kwargs)
+        self.fields = list(fields or [])
+
+
+class SampleInfluence(fors.Run):
+    def get_fields(self, samples, key):
+        return list(self.config.fields)
+
+    def cleanup(self, samples, key):
+        dataset = samples._root_dataset
+        existing = [f for f in self.config.fields if dataset.has_sample_field(f)]
+        if existing:
+            dataset.delete_sample_fields(existing)
+        # the store goes with the last of the run's two sides, unless a write of
+        # this key is replacing the run (it keeps the models it can reuse)
+        if write_in_progress(dataset, key):
+            return
+        others = [self.config.pretrain_dataset, self.config.target_dataset]
+        for name in set(others) - {dataset.name}:
+            if fo.dataset_exists(name) and key in fo.load_dataset(name).list_runs():
+                return
+        tsc.clear_dir(self.config.output_dir)
+
+
+class SampleInfluenceResults(fors.RunResults):
+    """Ids and summary figures of a sample-influence run; the ``(N, T)`` score
+    matrix stays in the run's store (:meth:`scores`).
+
+    Attributes:
+        pretrain_ids: the N pretraining sample ids (rows of the scores)
+        target_ids: the T target test sample ids (columns)
+        metrics: dict of summary figures (models, projection, damping, and
+            with a class-influence run, ``class_spearman``)
+    """
+
+    def attributes(self):
+        return [a for a in super().attributes() if not a.startswith("_")]
+
+    def scores(self):
+        """The ``(N, T)`` float32 scores, memory-mapped (read-only)."""
+        path = self.config.scores_path
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise tsv.TransferScopeError(
+                f"the score matrix of run {self.key!r} is missing ({path}); run "
+                f"compute_sample_influence again with overwrite=True"
+            ) from None
 
 
 class TransferScopeRunConfig(fors.RunConfig):

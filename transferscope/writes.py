@@ -433,6 +433,12 @@ def delete_orphan_run_docs(ds, key):
         db.runs.delete_one({"_id": doc["_id"]})
 
 
+def write_in_progress(ds, key):
+    """Whether a write of ``key`` on ``ds`` holds its lock now (a run's cleanup
+    then leaves to that write what the write may reuse, such as its store)."""
+    return _journal().find_one({"_id": f"{ds._root_dataset._doc.id}:{key}"}) is not None
+
+
 def release_all_of_this_process():
     """Drops the journals this process holds (tests: after a simulated crash)."""
     _journal().delete_many({"owner.pid": os.getpid(), "owner.host": socket.gethostname()})

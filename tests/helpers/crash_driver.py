@@ -47,6 +47,17 @@ def run(job, pre, tgt, store, overwrite):
         ts.compute_class_influence(
             pre, tgt, "k", output_dir=store, progress=progress, overwrite=overwrite, **TINY_KWARGS
         )
+    elif job == "samples":
+        ts.compute_sample_influence(
+            pre,
+            tgt,
+            "samp",
+            influence_key="infl",
+            num_models=2,
+            output_dir=os.path.join(store, "samples"),
+            overwrite=overwrite,
+            progress=progress,
+        )
     elif job == "tagging":
         ts.tag_classes(pre, "infl", rule="most_harmful", k=2)
     elif job == "retagging":

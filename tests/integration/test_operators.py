@@ -29,6 +29,7 @@ def test_plugin_loads_in_fiftyones_loader():
     ops = _fiftyone("operators", "list")
     for name in (
         "compute_class_influence",
+        "compute_sample_influence",
         "tag_classes",
         "evaluate_curation",
         "detect_leakage",

@@ -180,6 +180,7 @@ def undo(job, pre, tgt):
             "subpopulations": "sub",
             "failures": "fail",
             "planner": "div",
+            "samples": "samp",
         }[job]
         for ds in (pre, tgt):
             if key in ds.list_runs():
@@ -219,7 +220,7 @@ def kill_and_rerun(job, points, pre, tgt, store, overwrite=False, before=None):
             store,
             overwrite or (completed and job not in ("tagging", "retagging", "curation")),
         )
-        if job in ("influence", "curation", "failures", "planner"):
+        if job in ("influence", "curation", "failures", "planner", "samples"):
             assert trained == 0, f"{job} killed at {point}: the rerun trained {trained} models"
         state = snapshot(pre, tgt)
         assert state == reference, f"{job} killed at {point}: state differs"
@@ -286,6 +287,7 @@ def test_influence_overwrite_killed_anywhere_keeps_the_old_run_until_its_commit(
         ("failures", ["field_staged", "run_registered"]),
         ("curation", ["commit_started", "record_saved"]),
         ("planner", ["views_saved", "run_registered"]),
+        ("samples", ["field_staged", "commit_started", "field_renamed", "run_registered"]),
     ],
 )
 def test_each_job_killed_while_writing_then_rerun_ends_as_uninterrupted(

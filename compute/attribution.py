@@ -1,0 +1,336 @@
+"""Example-level attribution: TRAK (Park et al., ICML 2023) for transfer learning.
+
+Which pretraining *images* help or hurt each target test image. The scores
+come from ``traker`` (MadryLab's TRAK library) over a few independently
+trained models, in the transfer variant its authors describe: a pretraining
+image is featurized with the gradient of the pretraining classifier's margin,
+a target image with the gradient of the transferred classifier's margin (the
+linear probe, as a layer, or the fine-tuned head), both with respect to the
+backbone's parameters only, the one thing the two tasks share.
+
+``scores[i, t] > 0``: pretraining image ``i`` raises target image ``t``'s
+margin (helps); ``< 0``: lowers it (hurts).
+
+Each attribution model is a state dict saved by ``torch.save`` and read back
+with ``weights_only=True`` (never unpickled); traker writes JSON and ``.npy``
+memory maps only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checks import check_int, check_number
+from .digests import digest
+from .nets import network_for
+from .store import claim, make_dirs, remove_scratch
+from .train import (
+    _eval_batched,
+    _fit,
+    fit_probe,
+    pretrain_network,
+    probe_layer,
+    resolve_device,
+)
+
+if TYPE_CHECKING:  # names in annotations only
+    from collections.abc import Callable
+
+    from .config import InfluenceConfig
+    from .train import TransferData
+
+logger = logging.getLogger(__name__)
+
+# Attribution models: model k trains with seed ATTRIBUTION_INDEX_BASE + k, far
+# from the class-level subset, held-out, retraining and backbone models.
+ATTRIBUTION_INDEX_BASE = 5_000_000
+# the projector's random matrix is generated in blocks of at most this many bytes
+PROJECTION_BLOCK_BYTES = 256 * 2**20
+MAX_PROJECTION_DIM = 65_536
+
+
+class TransferredNetwork(nn.Module):
+    """A pretrained network beside its transferred head.
+
+    ``forward`` is the pretraining classifier, or with ``target = True`` the
+    transferred classifier on the same features.
+    """
+
+    def __init__(self, net: nn.Module, target_head: nn.Linear):
+        super().__init__()
+        self.net = net
+        self.target_head = target_head
+        self.target = False
+
+    def forward(self, x):
+        features = self.net.features(x)
+        return self.target_head(features) if self.target else self.net.head(features)
+
+    def backbone_parameter_names(self):
+        """The parameters both classifiers share: all but the two heads."""
+        heads = ("net.head.", "target_head.")
+        return [name for name, _ in self.named_parameters() if not name.startswith(heads)]
+
+
+def check_attribution_options(num_models, proj_dim, damping):
+    """``ValueError`` naming the first option out of range."""
+    check_int(num_models, "num_models", 1, 1024)
+    check_int(proj_dim, "proj_dim", 1, MAX_PROJECTION_DIM)
+    check_number(damping, "damping", 0, 1e6)
+
+
+def train_attribution_model(config: InfluenceConfig, k: int, data: TransferData):
+    """Attribution model ``k``: pretrained on every pretraining image, then
+    transferred as ``config.transfer`` says.
+
+    Returns ``{"pretrained": state, "transferred": state}``, two CPU state
+    dicts of :class:`TransferredNetwork`: the network as pretrained (the
+    pretraining images' gradients) and as transferred (the target images').
+    With a linear probe both hold the same backbone.
+    """
+    everything = np.ones(data.num_pretrain_classes, dtype=bool)
+    net, gen, device = pretrain_network(config, ATTRIBUTION_INDEX_BASE + k, everything, data)
+    t = data.tensors(device)
+    train_y = data.train_labels.astype(np.int64)
+    if config.transfer == "linear":
+        probe = fit_probe(
+            net,
+            t["train"],
+            train_y,
+            config.probe_c,
+            device,
+            config.precision,
+            config.probe_max_iter,
+        )
+        head = probe_layer(probe, net.feature_dim, data.num_target_classes).to(device)
+        pretrained = transferred = _cpu_state(TransferredNetwork(net, head))
+    else:
+        pretrain_head = net.head
+        head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
+        pretrained = _cpu_state(TransferredNetwork(net, head))
+        net.head = head
+        y_train = torch.from_numpy(train_y).to(device)
+        lr = config.lr / config.finetune_lr_divisor
+        batch = min(config.batch_size, len(y_train))
+        _fit(net, t["train"], y_train, config, config.finetune_epochs, batch, lr, gen, device)
+        net.head = pretrain_head  # kept for the state's shape; unused on targets
+        transferred = _cpu_state(TransferredNetwork(net, head))
+    return {"pretrained": pretrained, "transferred": transferred}
+
+
+def _cpu_state(module):
+    return {name: value.detach().to("cpu").clone() for name, value in module.state_dict().items()}
+
+
+def attribution_network(config: InfluenceConfig, data: TransferData):
+    """An untrained :class:`TransferredNetwork` of the run's shapes, in the
+    default memory layout (per-sample gradients need no channels-last)."""
+    net = network_for(config, data.num_pretrain_classes)
+    return TransferredNetwork(net, nn.Linear(net.feature_dim, data.num_target_classes))
+
+
+def save_model(state, path):
+    """Writes a model's states atomically (a killed write leaves no file)."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path):
+    """A model's states, read with ``weights_only=True`` (never unpickled)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class AttributionModels:
+    """The attribution models of a run, one file each in ``folder``; resumable:
+    a model whose file exists is never trained again."""
+
+    def __init__(self, folder, num_models):
+        self.folder = folder
+        self.num_models = num_models
+
+    def path(self, k):
+        return os.path.join(self.folder, f"model-{k:04d}.pt")
+
+    def pending(self):
+        return [k for k in range(self.num_models) if not os.path.exists(self.path(k))]
+
+    def train_pending(self, config, data, on_model_done: Callable[[int], None] | None = None):
+        """Trains and saves every model not yet on disk; returns their indices."""
+        pending = self.pending()
+        make_dirs(self.folder)
+        for k in pending:
+            claim(self.folder, os.path.basename(self.path(k)))
+            save_model(train_attribution_model(config, k, data), self.path(k))
+            if on_model_done is not None:
+                on_model_done(k)
+        return pending
+
+
+def trak_scores(
+    config: InfluenceConfig,
+    data: TransferData,
+    models: AttributionModels,
+    scratch_dir: str,
+    proj_dim: int = 2048,
+    damping: float = 0.01,
+    batch_size: int = 64,
+    on_model_done: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """``(N, T)`` float32 TRAK scores of the N pretraining images on the T target
+    test images, over every model of ``models``.
+
+    ``proj_dim``: the dimension the per-example gradients are projected to (no
+    projection when the backbone has fewer parameters); ``damping``: the ridge
+    term added to each model's gradient Gram matrix, relative to the mean of
+    its diagonal (so it is needed when there are fewer images than dimensions).
+    ``scratch_dir``: traker's working folder (a new folder; its files are
+    intermediate).
+    """
+    from trak import TRAKer
+    from trak.projectors import BasicProjector, NoOpProjector, ProjectionType
+    from trak.score_computers import BasicScoreComputer
+
+    class RelativeDamping(BasicScoreComputer):
+        """traker's score computer with the ridge term ``damping`` times the mean
+        of the Gram matrix's diagonal: the same damping means the same at any
+        scale of gradients and any projection dimension."""
+
+        def __init__(self, *args, lambda_reg=0.0, **kwargs):
+            super().__init__(*args, lambda_reg=0.0, **kwargs)
+            self.relative_damping = lambda_reg
+
+        def get_x_xtx_inv(self, grads, xtx):
+            self.lambda_reg = self.relative_damping * float(torch.diagonal(xtx).mean())
+            return super().get_x_xtx_inv(grads, xtx)
+
+    device = resolve_device(config.device)
+    model = attribution_network(config, data).to(device)
+    wrt = model.backbone_parameter_names()
+    params = dict(model.named_parameters())
+    grad_dim = sum(params[name].numel() for name in wrt)
+    if grad_dim <= proj_dim:
+        projector = NoOpProjector(grad_dim, 0, config.seed, ProjectionType.normal, device)
+    else:
+        block = max(1, min(proj_dim, PROJECTION_BLOCK_BYTES // (4 * grad_dim)))
+        projector = BasicProjector(
+            grad_dim,
+            proj_dim,
+            config.seed,
+            ProjectionType.normal,
+            device,
+            block_size=block,
+            dtype=torch.float32,
+        )
+    traker = TRAKer(
+        model=model,
+        task="image_classification",
+        train_set_size=len(data.pretrain_labels),
+        save_dir=scratch_dir,
+        load_from_save_dir=True,  # a new folder: this only lets traker start its files
+        device=str(device),
+        projector=projector,
+        score_computer=RelativeDamping,
+        use_half_precision=False,
+        grad_wrt=wrt,
+        lambda_reg=float(damping),
+        logging_level=logging.WARNING,
+    )
+    t = data.tensors(device)
+    pre_x, pre_y = t["pretrain"], t["pretrain_labels"]
+    test_x = t["test"]
+    test_y = torch.from_numpy(data.test_labels.astype(np.int64)).to(device)
+    states = [load_model(models.path(k)) for k in range(models.num_models)]
+    for k, state in enumerate(states):
+        model.target = False
+        traker.load_checkpoint(state["pretrained"], model_id=k)
+        for i in range(0, len(pre_y), batch_size):
+            batch = (pre_x[i : i + batch_size], pre_y[i : i + batch_size])
+            traker.featurize(batch=batch, num_samples=len(batch[1]))
+        if on_model_done is not None:
+            on_model_done(k)
+    traker.finalize_features()
+    for k, state in enumerate(states):
+        model.target = True
+        traker.start_scoring_checkpoint(
+            exp_name="target",
+            checkpoint=state["transferred"],
+            model_id=k,
+            num_targets=len(test_y),
+        )
+        for i in range(0, len(test_y), batch_size):
+            batch = (test_x[i : i + batch_size], test_y[i : i + batch_size])
+            traker.score(batch=batch, num_samples=len(batch[1]))
+    scores = traker.finalize_scores(exp_name="target")
+    return np.asarray(scores, dtype=np.float32)
+
+
+def transferred_margins(config: InfluenceConfig, data: TransferData, state) -> np.ndarray:
+    """``(T,)`` the transferred classifier's margin on each target test image
+    (correct logit minus the log-sum-exp of the others, as TRAK models it)."""
+    device = resolve_device(config.device)
+    model = attribution_network(config, data).to(device)
+    model.load_state_dict(state["transferred"])
+    model.target = True
+    logits = torch.from_numpy(_eval_batched(model, model, data.tensors(device)["test"], device))
+    labels = torch.from_numpy(data.test_labels.astype(np.int64))
+    rows = torch.arange(len(labels))
+    correct = logits[rows, labels]
+    logits[rows, labels] = -torch.inf
+    return (correct - logits.logsumexp(dim=1)).numpy()
+
+
+def scores_name(proj_dim, damping):
+    """The file of the scores for these TRAK options, in a run's store."""
+    return f"scores-{digest(json.dumps([int(proj_dim), float(damping)]), length=12)}.npy"
+
+
+def run_attribution(
+    config: InfluenceConfig,
+    data: TransferData,
+    folder: str,
+    num_models: int,
+    proj_dim: int = 2048,
+    damping: float = 0.01,
+    on_model_done: Callable[[int], None] | None = None,
+    on_scoring: Callable[[], None] | None = None,
+) -> str:
+    """Trains the attribution models ``folder`` lacks and scores them; returns the
+    path of the ``(N, T)`` float32 scores (``np.load(path, mmap_mode="r")``).
+
+    Resumable: trained models are kept one file each; the scores are written
+    once, atomically, and reused for the same ``proj_dim`` and ``damping``
+    (traker's intermediate files, in a scratch folder, are recomputed).
+    """
+    check_attribution_options(num_models, proj_dim, damping)
+    make_dirs(folder)
+    models = AttributionModels(os.path.join(folder, "models"), num_models)
+    models.train_pending(config, data, on_model_done)
+    path = os.path.join(folder, scores_name(proj_dim, damping))
+    shape = (len(data.pretrain_labels), len(data.test_labels))
+    if os.path.exists(path):
+        try:
+            if np.load(path, mmap_mode="r").shape == shape:
+                return path
+        except ValueError:  # a damaged file: scored again below
+            pass
+    if on_scoring is not None:
+        on_scoring()
+    scratch = os.path.join(folder, "trak-scratch")
+    remove_scratch(scratch)  # what a killed scoring left
+    claim(folder, "trak-scratch")
+    scores = trak_scores(config, data, models, scratch, proj_dim, damping)
+    claim(folder, os.path.basename(path))
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, scores)
+    os.replace(tmp, path)
+    remove_scratch(scratch)
+    return path

@@ -1,0 +1,211 @@
+"""compute_sample_influence: which pretraining images help or hurt, on the tiny
+datasets, through the SDK and FiftyOne's operator machinery."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fiftyone.operators as foo
+import fiftyone.operators.delegated as food
+from fiftyone.operators.executor import ExecutionRunState
+
+import transferscope as ts
+from helpers.tiny import TINY_KWARGS
+
+URI = "@transferscope/transferscope/compute_sample_influence"
+# the tiny run's protocol, without its class-level design
+PROTOCOL = {k: v for k, v in TINY_KWARGS.items() if k not in ("num_models", "holdout_models")}
+
+
+def _store_files(root):
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
+
+
+def test_a_run_from_a_class_run_writes_scores_ranks_and_top_images(tiny_run, tmp_path):
+    pre, tgt, class_results = tiny_run
+    out = str(tmp_path / "samples")
+    results = ts.compute_sample_influence(
+        pre,
+        tgt,
+        "samp",
+        influence_key="infl",
+        num_models=2,
+        top_k=4,
+        output_dir=out,
+        progress=False,
+    )
+    scores = results.scores()
+    assert isinstance(scores, np.memmap) and scores.shape == (60, 18)
+    assert scores.dtype == np.float32 and np.isfinite(scores).all()
+    # the matrix is in the store, not in the run's results
+    assert "scores" not in tgt.get_run_info("samp").serialize().get("results", {})
+    assert {"pretrain_ids", "target_ids", "metrics"} <= set(results.attributes())
+    assert not any("score" in a for a in results.attributes())
+
+    # pretraining side: the mean score over the test split, and its rank
+    by_id = dict(zip(pre.values("id"), zip(pre.values("samp_score"), pre.values("samp_rank"))))
+    overall = np.asarray(scores, dtype=np.float64).mean(axis=1)
+    got = np.array([by_id[i][0] for i in results.pretrain_ids])
+    np.testing.assert_allclose(got, overall, rtol=1e-9)
+    ranks = np.array([by_id[i][1] for i in results.pretrain_ids])
+    assert sorted(ranks) == list(range(1, 61)) and ranks[np.argmax(overall)] == 1
+    assert pre.sort_by("samp_score", reverse=True).first()["samp_rank"] == 1
+
+    # target side: each test sample's most helpful and most harmful images
+    test = tgt.match_tags("test")
+    assert (
+        test.exists("samp_helpful").count() == 18
+        and not tgt.match_tags("train").exists("samp_helpful").count()
+    )
+    labels = dict(zip(pre.values("id"), pre.values("ground_truth.label")))
+    for t, sample_id in enumerate(results.target_ids[:5]):
+        sample = tgt[sample_id]
+        column = np.asarray(scores[:, t], dtype=np.float64)
+        for field, order in (("samp_helpful", -column), ("samp_harmful", column)):
+            top = sample[field].classifications
+            want = [results.pretrain_ids[i] for i in np.argsort(order, kind="stable")[:4]]
+            assert [c.sample_id for c in top] == want
+            assert [c.label for c in top] == [labels[i] for i in want]
+            top_rows = np.argsort(order, kind="stable")[:4]
+            np.testing.assert_allclose([c.score for c in top], column[top_rows], rtol=1e-6)
+    # the App can filter on the scores
+    assert "samp_helpful.classifications.score" in tgt.get_field_schema(flat=True)
+
+    # tied to the class level: the summed image scores per class against the class influence
+    assert -1 <= results.metrics["class_spearman"] <= 1
+    assert results.config.influence_key == "infl" and results.config.epochs == 1
+
+    # deleting the run deletes its fields, and with its last side, its store
+    files = _store_files(out)
+    assert any(f.endswith(".npy") for f in files) and any(f.endswith(".pt") for f in files)
+    tgt.delete_run("samp")
+    assert not tgt.has_sample_field("samp_helpful") and os.path.exists(results.config.scores_path)
+    pre.delete_run("samp")
+    assert not pre.has_sample_field("samp_score") and not pre.has_sample_field("samp_rank")
+    assert not os.path.exists(results.config.output_dir)
+    assert "infl" in tgt.list_runs()  # the class-level run is untouched
+
+
+def test_a_run_without_a_class_run_takes_the_class_runs_arguments_and_resumes(
+    tiny_datasets, tmp_path
+):
+    pre, tgt = tiny_datasets
+    out = str(tmp_path / "samples")
+    calls = []
+    first = ts.compute_sample_influence(
+        pre,
+        tgt,
+        "s1",
+        num_models=2,
+        output_dir=out,
+        progress=lambda d, t: calls.append((d, t)),
+        **PROTOCOL,
+    )
+    assert calls == [(1, 3), (2, 3), (3, 3)]  # two models, then the scoring
+    assert "class_spearman" not in first.metrics and first.config.width == 4
+    # a lost model and a lost score file come back the same; the other model is kept
+    models = os.path.join(first.config.output_dir, "models")
+    kept = os.path.join(models, "model-0000.pt")
+    kept_mtime = os.stat(kept).st_mtime_ns
+    before = np.array(first.scores())
+    os.remove(os.path.join(models, "model-0001.pt"))
+    os.remove(first.config.scores_path)
+    calls.clear()
+    again = ts.compute_sample_influence(
+        pre,
+        tgt,
+        "s1",
+        num_models=2,
+        output_dir=out,
+        overwrite=True,
+        progress=lambda d, t: calls.append((d, t)),
+        **PROTOCOL,
+    )
+    assert calls == [(2, 3), (3, 3)] and os.stat(kept).st_mtime_ns == kept_mtime
+    np.testing.assert_array_equal(np.array(again.scores()), before)
+
+
+def _nothing_written(pre, tgt, out):
+    for ds in (pre, tgt):
+        ds.reload()
+        assert "bad" not in ds.list_runs()
+        assert not any(f.startswith("bad_") for f in ds.get_field_schema())
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(influence_key="nope"), "has no run 'nope'"),
+        (dict(influence_key="infl", proj_dim=0), "proj_dim"),
+        (dict(influence_key="infl", damping=-0.1), "damping"),
+        (dict(influence_key="infl", num_models=0), "num_models"),
+        (dict(influence_key="infl", top_k=61), "top_k is 61 but the pretraining set has 60"),
+        (dict(influence_key="infl", epochs=3), "with influence_key='infl' the label fields"),
+        (dict(influence_key="infl", estimator="auto"), "unknown argument"),
+        (dict(train_split="nosuchtag"), "nosuchtag"),
+    ],
+)
+def test_bad_input_is_refused_by_name_and_changes_nothing(tiny_run, tmp_path, kwargs, message):
+    pre, tgt, _ = tiny_run
+    out = str(tmp_path / "bad_store")
+    with pytest.raises(ts.TransferScopeError, match=message):
+        ts.compute_sample_influence(pre, tgt, "bad", output_dir=out, progress=False, **kwargs)
+    _nothing_written(pre, tgt, out)
+
+
+def test_the_operator_runs_immediately_from_a_class_run(tiny_run):
+    pre, tgt, _ = tiny_run
+    params = dict(influence_key="infl", num_models=2, top_k=3, run_key="opsamp")
+    result = foo.execute_operator(URI, ctx=dict(dataset=pre, params=params))
+    assert result.error is None, result.error
+    assert result.result["run_key"] == "opsamp" and result.result["num_models"] == 2
+    assert pre.has_sample_field("opsamp_score") and tgt.has_sample_field("opsamp_helpful")
+    assert len(tgt.match_tags("test").first()["opsamp_harmful"].classifications) == 3
+    with pytest.raises(Exception, match="proj_dim"):
+        foo.execute_operator(
+            URI, ctx=dict(dataset=pre, params=dict(params, run_key="opbad", proj_dim=0))
+        )
+    assert "opbad" not in pre.list_runs()
+
+
+@pytest.mark.slow
+def test_the_operator_runs_delegated_by_default_through_a_worker(tiny_run):
+    pre, tgt, _ = tiny_run
+    pre.persistent = tgt.persistent = True  # the worker loads them by name
+    params = dict(influence_key="infl", num_models=2, run_key="deleg")
+    queued = foo.execute_operator(
+        URI, ctx=dict(dataset=tgt, params=params), request_delegation=True
+    )
+    assert queued.delegated
+    dos = food.DelegatedOperationService()
+    (op,) = [o for o in dos.list_operations(dataset_name=tgt.name) if o.operator == URI]
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    worker = subprocess.Popen(
+        [exe, "delegated", "launch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            op = dos.get(op.id)
+            if op.run_state in ExecutionRunState.TERMINAL_STATES:
+                break
+            time.sleep(1)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        log = worker.communicate(timeout=30)[0]
+    assert op.run_state == ExecutionRunState.COMPLETED, (op.run_state, log[-3000:])
+    assert op.status.progress == pytest.approx(1.0)
+    tgt.reload()
+    assert tgt.match_tags("test").exists("deleg_helpful").count() == 18
