@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 # Attribution models: model k trains with seed ATTRIBUTION_INDEX_BASE + k, far
 # from the class-level subset, held-out, retraining and backbone models.
 ATTRIBUTION_INDEX_BASE = 5_000_000
+# Held-out models for the example-level datamodeling score: model j trains on
+# a random half of the pretraining images with seed HOLDOUT_INDEX_BASE + j.
+HOLDOUT_INDEX_BASE = 6_000_000
 # the projector's random matrix is generated in blocks of at most this many bytes
 PROJECTION_BLOCK_BYTES = 256 * 2**20
 MAX_PROJECTION_DIM = 65_536
@@ -86,9 +89,11 @@ def check_attribution_options(num_models, proj_dim, damping):
     check_number(damping, "damping", 0, 1e6)
 
 
-def train_attribution_model(config: InfluenceConfig, k: int, data: TransferData):
-    """Attribution model ``k``: pretrained on every pretraining image, then
-    transferred as ``config.transfer`` says.
+def train_attribution_model(
+    config: InfluenceConfig, index: int, data: TransferData, sample_mask=None
+):
+    """Model ``index`` (its seed): pretrained on every pretraining image (or
+    those ``sample_mask`` marks), then transferred as ``config.transfer`` says.
 
     Returns ``{"pretrained": state, "transferred": state}``, two CPU state
     dicts of :class:`TransferredNetwork`: the network as pretrained (the
@@ -96,7 +101,7 @@ def train_attribution_model(config: InfluenceConfig, k: int, data: TransferData)
     With a linear probe both hold the same backbone.
     """
     everything = np.ones(data.num_pretrain_classes, dtype=bool)
-    net, gen, device = pretrain_network(config, ATTRIBUTION_INDEX_BASE + k, everything, data)
+    net, gen, device = pretrain_network(config, index, everything, data, sample_mask)
     t = data.tensors(device)
     train_y = data.train_labels.astype(np.int64)
     if config.transfer == "linear":
@@ -168,7 +173,8 @@ class AttributionModels:
         make_dirs(self.folder)
         for k in pending:
             claim(self.folder, os.path.basename(self.path(k)))
-            save_model(train_attribution_model(config, k, data), self.path(k))
+            state = train_attribution_model(config, ATTRIBUTION_INDEX_BASE + k, data)
+            save_model(state, self.path(k))
             if on_model_done is not None:
                 on_model_done(k)
         return pending
@@ -334,3 +340,38 @@ def run_attribution(
     os.replace(tmp, path)
     remove_scratch(scratch)
     return path
+
+
+def holdout_sample_masks(num_models, num_samples, seed):
+    """``(M, N)`` bool: each held-out model's random half of the pretraining images."""
+    rng = np.random.default_rng([seed, HOLDOUT_INDEX_BASE])
+    keys = rng.random((num_models, num_samples))
+    return keys < np.median(keys, axis=1, keepdims=True)
+
+
+def run_holdout_models(
+    config: InfluenceConfig,
+    data: TransferData,
+    folder: str,
+    num_models: int,
+    on_model_done: Callable[[int], None] | None = None,
+):
+    """``(masks, margins)``: ``(M, N)`` the images each held-out model saw and
+    ``(M, T)`` its transferred margins on the target test images. Resumable:
+    one ``.npy`` of margins per model, written atomically."""
+    masks = holdout_sample_masks(num_models, len(data.pretrain_labels), config.seed)
+    make_dirs(folder)
+    margins = []
+    for j, mask in enumerate(masks):
+        path = os.path.join(folder, f"margins-{j:04d}.npy")
+        if not os.path.exists(path):
+            claim(folder, os.path.basename(path))
+            state = train_attribution_model(config, HOLDOUT_INDEX_BASE + j, data, mask)
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, transferred_margins(config, data, state).astype(np.float32))
+            os.replace(tmp, path)
+            if on_model_done is not None:
+                on_model_done(j)
+        margins.append(np.load(path, allow_pickle=False))
+    return masks, np.stack(margins) if margins else np.zeros((0, len(data.test_labels)))

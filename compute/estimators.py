@@ -408,9 +408,26 @@ def linear_datamodeling_score(
     Returns ``{"lds", "lds_mean_output", "num_targets", "num_heldout"}``;
     ``lds_mean_output`` is the same on each model's mean output.
     """
+    pred = predict_outputs(masks, outputs, heldout_masks, estimator)
+    return datamodeling_score(pred, heldout_outputs)
+
+
+def example_datamodeling_score(scores, heldout_masks, heldout_outputs) -> dict:
+    """The linear datamodeling score of example-level scores ``(N, T)``: on
+    held-out models trained on the images of ``heldout_masks`` ``(M, N)``, the
+    outputs predicted as the sum of the scores of the images each saw against
+    those measured (see :func:`datamodeling_score`)."""
+    pred = np.asarray(heldout_masks, dtype=np.float64) @ np.asarray(scores, dtype=np.float64)
+    return datamodeling_score(pred, heldout_outputs)
+
+
+def datamodeling_score(predicted, heldout_outputs) -> dict:
+    """Per target, the Spearman correlation over held-out models between the
+    predicted outputs ``(M, T)`` and those measured, averaged over the targets
+    whose outputs vary (with ``lds_mean_output``, the same on each model's mean)."""
     Yh = np.asarray(heldout_outputs, dtype=np.float64)
     Yh = Yh[:, None] if Yh.ndim == 1 else Yh
-    pred = predict_outputs(masks, outputs, heldout_masks, estimator)
+    pred = np.asarray(predicted, dtype=np.float64)
     if len(Yh) < 3:
         raise ValueError(f"the datamodeling score needs >= 3 held-out models; got {len(Yh)}")
     varies = (Yh.std(axis=0) > 0) & (pred.std(axis=0) > 0)

@@ -50,6 +50,13 @@ class ComputeSampleInfluence(foo.Operator):
             label="Images per target sample",
             description="most helpful and most harmful pretraining images kept on each",
         )
+        inputs.int(
+            "holdout_models",
+            default=d["holdout_models"],
+            label="Held-out models",
+            description="models on random halves of the pretraining images, for the "
+            "datamodeling score (0: none, else at least 3)",
+        )
         _forms.device_input(inputs)
         _forms.run_key_input(inputs, ctx, default="samples")
         return types.Property(inputs, view=types.View(label="Compute sample influence"))
@@ -68,7 +75,16 @@ class ComputeSampleInfluence(foo.Operator):
             influence_key=p["influence_key"],
             progress=_forms.progress_reporter(ctx, "steps (models, then scoring)"),
             **_forms.given(
-                p, ("num_models", "proj_dim", "damping", "top_k", "device", "overwrite")
+                p,
+                (
+                    "num_models",
+                    "proj_dim",
+                    "damping",
+                    "top_k",
+                    "holdout_models",
+                    "device",
+                    "overwrite",
+                ),
             ),
         )
         _forms.reload_if_immediate(ctx)
@@ -80,6 +96,7 @@ class ComputeSampleInfluence(foo.Operator):
         outputs.int("num_models", label="Models")
         outputs.int("num_pretraining_samples", label="Pretraining images scored")
         outputs.int("num_target_samples", label="Target test images")
+        outputs.float("lds", label="Linear datamodeling score on the held-out models")
         outputs.float(
             "class_spearman",
             label="Spearman: summed image scores per class vs the class influence",

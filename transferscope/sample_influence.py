@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_NUM_MODELS = 4
 DEFAULT_PROJ_DIM = 2048
 DEFAULT_DAMPING = 0.01
+DEFAULT_HOLDOUT_MODELS = 16
 # compute_class_influence's arguments that set the transfer problem
 SPLIT_ARGUMENTS = (
     "pretrain_label_field",
@@ -68,6 +69,7 @@ def compute_sample_influence(
     proj_dim: int = DEFAULT_PROJ_DIM,
     damping: float = DEFAULT_DAMPING,
     top_k: int = 10,
+    holdout_models: int = DEFAULT_HOLDOUT_MODELS,
     device: str = "auto",
     output_dir: str | None = None,
     overwrite: bool = False,
@@ -110,12 +112,15 @@ def compute_sample_influence(
             gradient Gram matrix diagonal
         top_k: pretraining images per target sample in the helpful / harmful
             fields
+        holdout_models: models trained on random halves of the pretraining
+            images, for the example-level linear datamodeling score (0: none,
+            else at least 3)
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``
         output_dir: the run's store (default: inside the runs directory)
         overwrite: replace an existing run with this key
         progress: ``None``/``True`` for a progress bar, ``False`` for none,
-            or ``callable(num_done, num_total)`` (models trained, then one
-            step for the scoring)
+            or ``callable(num_done, num_total)`` (the models, the scoring,
+            then the held-out models)
         **protocol: without ``influence_key``, the label field, split and
             training arguments of :func:`compute_class_influence`
             (``train_split``, ``epochs``, ``arch``, ...; its defaults apply)
@@ -124,9 +129,18 @@ def compute_sample_influence(
         a :class:`transferscope.runs.SampleInfluenceResults`
     """
     request = _validate(
-        pretrain_dataset, target_dataset, key, influence_key, num_models, proj_dim, damping,
-        top_k, device, protocol,
-    )  # fmt: skip
+        pretrain_dataset,
+        target_dataset,
+        key,
+        influence_key,
+        num_models,
+        proj_dim,
+        damping,
+        top_k,
+        holdout_models,
+        device,
+        protocol,
+    )
     labelled, config = request.labelled, request.config
     target_root, pretrain_root = labelled.test_view._root_dataset, labelled.pre_view._root_dataset
     target_fields, pretrain_fields = field_names(key)
@@ -143,9 +157,9 @@ def compute_sample_influence(
         except tsc.ForeignFilesError as e:
             raise TransferScopeError(str(e)) from e
         _mark_store(store, key, str(target_root._doc.id))
-        scores_path = _train_and_score(request, data, store, progress, write)
+        scores_path, holdout = _train_and_score(request, data, store, progress, write)
         scores = np.load(scores_path, mmap_mode="r")
-        metrics = _metrics(request, scores, labelled)
+        metrics = _metrics(request, scores, labelled, holdout)
         run_params = dict(
             config.to_dict(),
             pretrain_dataset=pretrain_root.name,
@@ -155,6 +169,7 @@ def compute_sample_influence(
             proj_dim=proj_dim,
             damping=damping,
             top_k=top_k,
+            holdout_models=holdout_models,
             output_dir=store,
         )
         results = _stage_write_back(write, labelled, run_params, scores, scores_path, metrics)
@@ -171,13 +186,23 @@ class _Request:
     proj_dim: int
     damping: float
     top_k: int
+    holdout_models: int
     class_results: object  # the influence_key run's results, or None
 
 
 def _validate(
-    pretrain_dataset, target_dataset, key, influence_key, num_models, proj_dim, damping, top_k,
-    device, protocol,
-):  # fmt: skip
+    pretrain_dataset,
+    target_dataset,
+    key,
+    influence_key,
+    num_models,
+    proj_dim,
+    damping,
+    top_k,
+    holdout_models,
+    device,
+    protocol,
+):
     """Everything checked before any image is read or anything is written."""
     tsv.validate_run_key(key)
     try:
@@ -185,6 +210,9 @@ def _validate(
     except ValueError as e:
         raise TransferScopeError(str(e)) from None
     tsv.check_count(top_k, "top_k")
+    tsv.check_count(holdout_models, "holdout_models", 0, 1024)
+    if holdout_models in (1, 2):
+        raise TransferScopeError("holdout_models must be 0 (no datamodeling score) or at least 3")
     unknown = sorted(set(protocol) - set(PROTOCOL_ARGUMENTS))
     if unknown:
         raise TransferScopeError(
@@ -221,7 +249,9 @@ def _validate(
         raise TransferScopeError(
             f"top_k is {top_k} but the pretraining set has {num_pre} labelled images"
         )
-    return _Request(labelled, config, num_models, proj_dim, damping, top_k, class_results)
+    return _Request(
+        labelled, config, num_models, proj_dim, damping, top_k, holdout_models, class_results
+    )
 
 
 def _protocol_request(pretrain_dataset, target_dataset, key, device, protocol):
@@ -238,11 +268,17 @@ def _protocol_request(pretrain_dataset, target_dataset, key, device, protocol):
 
 
 def _train_and_score(request, data, store, progress, write):
-    """Trains the models the store lacks, then scores (resumable). Progress counts
-    the models trained, then the scoring, if this call does them."""
-    total = request.num_models + 1
+    """Trains the models the store lacks, scores, then trains the held-out models
+    (resumable). Returns ``(scores path, (masks, margins) or None)``. Progress
+    counts the models trained and the scoring, if this call does them."""
     models = tsc.attribution.AttributionModels(os.path.join(store, "models"), request.num_models)
-    done = request.num_models - len(models.pending())
+    heldout_dir = os.path.join(store, "heldout")
+    heldout_done = sum(
+        os.path.exists(os.path.join(heldout_dir, f"margins-{j:04d}.npy"))
+        for j in range(request.holdout_models)
+    )
+    total = request.num_models + 1 + request.holdout_models
+    done = request.num_models - len(models.pending()) + heldout_done
     callback = progress if callable(progress) else None
     scored = []
     with fou.ProgressBar(
@@ -272,7 +308,14 @@ def _train_and_score(request, data, store, progress, write):
         )
         if scored:
             step()
-    return path
+        else:
+            done += 1  # the scores were already there
+        holdout = None
+        if request.holdout_models:
+            holdout = tsc.attribution.run_holdout_models(
+                request.config, data, heldout_dir, request.holdout_models, on_model_done=step
+            )
+    return path, holdout
 
 
 STORE_OWNER = "sample-influence-run.json"
@@ -301,15 +344,21 @@ def _remove_other_stores(store, key, target_id):
                 tsc.clear_dir(path)
 
 
-def _metrics(request, scores, labelled):
-    """The run's summary figures: sizes, and the tie to the class-level run."""
+def _metrics(request, scores, labelled, holdout):
+    """The run's summary figures: sizes, the datamodeling score on the held-out
+    models, and the tie to the class-level run."""
     metrics = {
         "num_models": request.num_models,
         "proj_dim": request.proj_dim,
         "damping": request.damping,
         "num_pretraining_samples": int(scores.shape[0]),
         "num_target_samples": int(scores.shape[1]),
+        "holdout_models": request.holdout_models,
     }
+    if holdout is not None:
+        masks, margins = holdout
+        lds = tsc.estimators.example_datamodeling_score(scores, masks, margins)
+        metrics.update(lds=lds["lds"], lds_mean_output=lds["lds_mean_output"])
     if request.class_results is not None:
         from scipy.stats import spearmanr
 

@@ -54,6 +54,7 @@ def run(job, pre, tgt, store, overwrite):
             "samp",
             influence_key="infl",
             num_models=2,
+            holdout_models=0,
             output_dir=os.path.join(store, "samples"),
             overwrite=overwrite,
             progress=progress,

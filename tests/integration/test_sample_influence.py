@@ -38,6 +38,7 @@ def test_a_run_from_a_class_run_writes_scores_ranks_and_top_images(tiny_run, tmp
         influence_key="infl",
         num_models=2,
         top_k=4,
+        holdout_models=3,
         output_dir=out,
         progress=False,
     )
@@ -80,6 +81,8 @@ def test_a_run_from_a_class_run_writes_scores_ranks_and_top_images(tiny_run, tmp
 
     # tied to the class level: the summed image scores per class against the class influence
     assert -1 <= results.metrics["class_spearman"] <= 1
+    # reliability: the example-level datamodeling score on 3 models on random halves
+    assert -1 <= results.metrics["lds"] <= 1 and results.metrics["holdout_models"] == 3
     assert results.config.influence_key == "infl" and results.config.epochs == 1
 
     # deleting the run deletes its fields, and with its last side, its store
@@ -104,6 +107,7 @@ def test_a_run_without_a_class_run_takes_the_class_runs_arguments_and_resumes(
         tgt,
         "s1",
         num_models=2,
+        holdout_models=0,
         output_dir=out,
         progress=lambda d, t: calls.append((d, t)),
         **PROTOCOL,
@@ -123,6 +127,7 @@ def test_a_run_without_a_class_run_takes_the_class_runs_arguments_and_resumes(
         tgt,
         "s1",
         num_models=2,
+        holdout_models=0,
         output_dir=out,
         overwrite=True,
         progress=lambda d, t: calls.append((d, t)),
@@ -147,6 +152,7 @@ def _nothing_written(pre, tgt, out):
         (dict(influence_key="infl", proj_dim=0), "proj_dim"),
         (dict(influence_key="infl", damping=-0.1), "damping"),
         (dict(influence_key="infl", num_models=0), "num_models"),
+        (dict(influence_key="infl", holdout_models=2), "holdout_models must be 0"),
         (dict(influence_key="infl", top_k=61), "top_k is 61 but the pretraining set has 60"),
         (dict(influence_key="infl", epochs=3), "with influence_key='infl' the label fields"),
         (dict(influence_key="infl", estimator="auto"), "unknown argument"),
@@ -163,7 +169,7 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(tiny_run, tmp_path, kw
 
 def test_the_operator_runs_immediately_from_a_class_run(tiny_run):
     pre, tgt, _ = tiny_run
-    params = dict(influence_key="infl", num_models=2, top_k=3, run_key="opsamp")
+    params = dict(influence_key="infl", num_models=2, top_k=3, holdout_models=0, run_key="opsamp")
     result = foo.execute_operator(URI, ctx=dict(dataset=pre, params=params))
     assert result.error is None, result.error
     assert result.result["run_key"] == "opsamp" and result.result["num_models"] == 2
@@ -180,7 +186,7 @@ def test_the_operator_runs_immediately_from_a_class_run(tiny_run):
 def test_the_operator_runs_delegated_by_default_through_a_worker(tiny_run):
     pre, tgt, _ = tiny_run
     pre.persistent = tgt.persistent = True  # the worker loads them by name
-    params = dict(influence_key="infl", num_models=2, run_key="deleg")
+    params = dict(influence_key="infl", num_models=2, holdout_models=3, run_key="deleg")
     queued = foo.execute_operator(
         URI, ctx=dict(dataset=tgt, params=params), request_delegation=True
     )

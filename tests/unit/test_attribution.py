@@ -147,3 +147,17 @@ def test_the_transferred_margin_is_the_probes_margin(data, models):
 def test_attribution_options_out_of_range_are_refused_by_name(options, message):
     with pytest.raises(ValueError, match=message):
         attr.check_attribution_options(*options)
+
+
+def test_the_example_datamodeling_score_finds_a_planted_linear_truth():
+    from transferscope.compute.estimators import example_datamodeling_score
+
+    rng = np.random.default_rng(0)
+    masks = attr.holdout_sample_masks(16, 200, seed=0)
+    assert masks.shape == (16, 200) and (masks.sum(axis=1) == 100).all()
+    truth = rng.normal(size=(200, 30))
+    outputs = masks @ truth + rng.normal(scale=1.0, size=(16, 30))
+    right = example_datamodeling_score(truth, masks, outputs)
+    wrong = example_datamodeling_score(rng.normal(size=(200, 30)), masks, outputs)
+    assert right["lds"] > 0.8 and abs(wrong["lds"]) < 0.3, (right, wrong)
+    assert right["num_heldout"] == 16 and right["num_targets"] == 30
