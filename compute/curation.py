@@ -324,3 +324,52 @@ def summarize_curation(
         "most_helpful_removed_vs_full": paired_comparison(helpful_k, full),
         "vs_full": vs_full,
     }
+
+
+# --- example-level curation: remove images, not classes ------------------------
+
+SAMPLE_ARMS = ("full", "curated", "random")
+
+
+def plan_sample_curation(num_samples: int, removed: Sequence[int], num_seeds: int, seed: int = 0):
+    """``(masks, seeds, arms)`` of an example-level curation check: for each seed,
+    the full pretraining set, the set without the ``removed`` images, and the set
+    without as many images drawn at random (a new draw per seed).
+
+    ``masks`` is ``(R, N)`` over the pretraining images; rows that share a seed
+    pair up (same initialisation, only the images differ).
+    """
+    removed = np.unique(np.asarray(removed, dtype=np.int64))
+    check_int(num_seeds, "num_seeds", 2, 1000)
+    check_int(len(removed), "the number of images removed", 1, num_samples - 1)
+    masks, seeds, arms = [], [], []
+    for s in range(num_seeds):
+        rng = np.random.default_rng([seed, s, len(removed)])
+        drawn = rng.choice(num_samples, len(removed), replace=False)
+        for arm, out in (("full", []), ("curated", removed), ("random", drawn)):
+            mask = np.ones(num_samples, dtype=bool)
+            mask[out] = False
+            masks.append(mask)
+            seeds.append(s)
+            arms.append(arm)
+    return np.array(masks), np.array(seeds, dtype=np.int64), arms
+
+
+def summarize_sample_curation(arms, seeds, accuracy) -> dict:
+    """Accuracy per arm (mean, 95% CI) and the paired tests of the curated set
+    against the full set and against random removal."""
+    arms, seeds, accuracy = np.asarray(arms), np.asarray(seeds), np.asarray(accuracy, np.float64)
+    by_arm = {}
+    for arm in SAMPLE_ARMS:
+        rows = np.flatnonzero(arms == arm)
+        by_arm[arm] = accuracy[rows[np.argsort(seeds[rows])]]
+    cells = []
+    for arm in SAMPLE_ARMS:
+        mean, lo, hi = mean_ci(by_arm[arm])
+        cells.append({"arm": arm, "accuracy": mean, "ci95": [lo, hi]})
+    return {
+        "cells": cells,
+        "num_seeds": int(len(by_arm["full"])),
+        "curated_vs_full": paired_comparison(by_arm["curated"], by_arm["full"]),
+        "curated_vs_random": paired_comparison(by_arm["curated"], by_arm["random"]),
+    }

@@ -315,3 +315,24 @@ def open_cells_store(path, config, data, cells):
     )
     config_hash = f"{config.fingerprint(data.fingerprint())}/cells/{cells_digest(cells)}"
     return ResultsStore.open(path, config_hash, masks, len(data.test_labels))
+
+
+def run_sample_retraining(
+    config: InfluenceConfig,
+    data: TransferData,
+    store: ResultsStore,
+    on_model_done: Callable[[int, int, int], None] | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
+):
+    """Trains the pending rows of a retrain store whose masks mark pretraining
+    *images* (every class kept; see :func:`open_retrain_store`), seed ``s`` as
+    model ``RETRAIN_INDEX_BASE + s``, so rows of one seed pair up."""
+    seeds = np.asarray(store.spec["meta"]["seeds"], dtype=np.int64)
+    every_class = np.ones(data.num_pretrain_classes, dtype=bool)
+    masks = store.masks
+
+    def job(row):
+        index = RETRAIN_INDEX_BASE + int(seeds[row])
+        return ModelJob(row, config, index, every_class, masks[row])
+
+    return _train_pending(store, job, data, on_model_done, executor)

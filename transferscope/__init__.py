@@ -15,9 +15,17 @@ The SDK (one function per job, used by the operators, the demo and the tests)::
 The engine lives in :mod:`transferscope.compute` (no FiftyOne import).
 """
 
-from .curation import curation_of, evaluate_curation, tag_classes, untag_classes
+from .curation import (
+    curation_of,
+    evaluate_curation,
+    evaluate_sample_curation,
+    tag_classes,
+    tag_samples,
+    untag_classes,
+)
 from .diversity import plan_class_diversity
-from .influence import compute_class_influence, field_names, runs_dir
+from .influence import compute_class_influence, field_names
+from .influence_run import runs_dir
 from .leakage import detect_leakage, find_near_duplicates
 from .sample_influence import compute_sample_influence
 from .subpopulations import explain_failures, find_subpopulations
@@ -32,10 +40,12 @@ __version__ = "0.2.0"
 __all__ = [
     "compute_class_influence",
     "compute_sample_influence",
+    "evaluate_sample_curation",
     "field_names",
     "runs_dir",
     "TransferScopeError",
     "tag_classes",
+    "tag_samples",
     "untag_classes",
     "evaluate_curation",
     "curation_of",

@@ -1,9 +1,10 @@
-"""Curation: tag the pretraining classes that hurt, and prove it by retraining.
+"""Curation: tag the pretraining classes (or images) that hurt, and prove it by retraining.
 
 ``tag_classes`` / ``untag_classes`` act on the pretraining dataset of a
 class-influence run; ``evaluate_curation`` retrains on the full, curated and
 randomly curated sets (the counterfactual of Jain et al., CVPR 2023) and
-stores the result in the run.
+stores the result in the run. At the level of images, ``tag_samples`` and
+``evaluate_sample_curation`` do the same for a sample-influence run.
 """
 
 from __future__ import annotations
@@ -12,12 +13,21 @@ import logging
 from collections.abc import Sequence
 import os
 
+import numpy as np
+
 from . import compute as tsc
 from . import views as tsv
-from .influence_run import InfluenceRun, prepare_executor, run_with_progress
+from .influence_run import (
+    SPLIT_DEFAULTS,
+    InfluenceRun,
+    collect_labels,
+    influence_config_of,
+    prepare_executor,
+    run_with_progress,
+)
 from .plots import curation_plotly
 from .results import JobResults
-from .runs import run_record
+from .runs import load_sample_run, run_record
 from .views import DatasetLike, Progress, TransferScopeError
 from .writes import RunWrite
 
@@ -211,6 +221,9 @@ def evaluate_curation(
     each ``k`` is also tried most-harmful-first, most-helpful-first and at
     random, for the accuracy-vs-classes-removed plot.
 
+    For a sample-influence run, the curation removes images instead: see
+    :func:`transferscope.sample_curation.evaluate_sample_curation`.
+
     The curated set is chosen by ``rule`` (as :func:`tag_classes`); by
     default, the classes last tagged with :func:`tag_classes`, else the
     harmful classes at false-discovery level ``fdr_level``. With
@@ -237,6 +250,25 @@ def evaluate_curation(
         a :class:`CurationResults`: the summary dict (accuracy per arm with 95%
         CIs, paired tests), with ``describe()`` and ``plotly()``
     """
+    if _is_sample_run(dataset, influence_key):
+        if classes is not None or sweep_ks:
+            raise TransferScopeError(
+                f"run {influence_key!r} scores images, not classes: classes= and sweep_ks= "
+                f"do not apply (see evaluate_sample_curation)"
+            )
+        return evaluate_sample_curation(
+            dataset,
+            influence_key,
+            rule,
+            k,
+            threshold,
+            num_seeds,
+            seed,
+            device,
+            progress,
+            executor,
+            executor_options,
+        )
     run = InfluenceRun.load(dataset, influence_key)
     pretrain, target = run.datasets
     results = run.results
@@ -294,6 +326,15 @@ def evaluate_curation(
             write.set_record(ds, "curation", summary)
         write.commit()
     return CurationResults(summary)
+
+
+def _is_sample_run(dataset, key):
+    root = tsv.load_dataset(dataset, "dataset")._root_dataset
+    return (
+        isinstance(key, str)
+        and key in root.list_runs()
+        and getattr(root.get_run_info(key).config, "method", None) == "sample_influence"
+    )
 
 
 @tsv.renamed_keywords(run_key="influence_key")
@@ -367,4 +408,264 @@ def describe_curation(summary):
                 for o in ("harmful_first", "helpful_first", "random")
             ]
             lines.append(f"  {kk:>4d}  " + "  ".join(f"{c:>22s}" for c in cols))
+    return lines
+
+
+# --- images: a sample-influence run ---------------------------------------------
+
+
+DEFAULT_IMAGE_TAG = "remove_image"
+SAMPLE_RULES = ("most_harmful", "below_threshold")
+
+
+class SampleCurationResults(JobResults):
+    """What :func:`evaluate_sample_curation` measured: accuracy per arm (full,
+    curated, random removal) with 95% CIs, and paired tests."""
+
+    def describe(self):
+        return describe_sample_curation(self)
+
+    def plotly(self):
+        arms = self["cells"]
+        trace = {
+            "type": "bar",
+            "x": [c["arm"] for c in arms],
+            "y": [c["accuracy"] for c in arms],
+            "error_y": {
+                "type": "data",
+                "symmetric": False,
+                "array": [c["ci95"][1] - c["accuracy"] for c in arms],
+                "arrayminus": [c["accuracy"] - c["ci95"][0] for c in arms],
+            },
+        }
+        layout = {
+            "title": {"text": f"Target accuracy, {self['num_removed']} images removed"},
+            "yaxis": {"title": {"text": "accuracy (mean, 95% CI)"}},
+        }
+        return [trace], layout
+
+
+def select_samples(pretrain_ids, scores, rule="most_harmful", k=None, threshold=None):
+    """The pretraining sample ids a rule selects, most harmful first.
+
+    ``scores``: each sample's overall score (``<key>_score``); ``"most_harmful"``
+    takes the ``k`` lowest, ``"below_threshold"`` those below ``threshold``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="stable")
+    if rule == "most_harmful":
+        tsv.check_count(k, "k", 1, len(scores) - 1, note="pretraining images, less one")
+        chosen = order[:k]
+    elif rule == "below_threshold":
+        tsv.check_number(threshold, "threshold")
+        chosen = [i for i in order if scores[i] < threshold]
+        if not chosen:
+            raise TransferScopeError(f"no pretraining image scores below {threshold}")
+        if len(chosen) == len(scores):
+            raise TransferScopeError(
+                f"every pretraining image scores below {threshold}; removing all is no curation"
+            )
+    else:
+        raise TransferScopeError(f"rule must be one of {SAMPLE_RULES}; got {rule!r}")
+    return [pretrain_ids[i] for i in chosen]
+
+
+def _pretraining_side(dataset, key):
+    root, config = load_sample_run(dataset, key)
+    if config.pretrain_dataset != root.name:
+        raise TransferScopeError(
+            f"{root.name!r} is not the pretraining dataset of run {key!r} (that is "
+            f"{config.pretrain_dataset!r}); tag images there"
+        )
+    return root, root.load_run_results(key, cache=False)
+
+
+@tsv.renamed_keywords(run_key="influence_key")
+def tag_samples(
+    pretrain_dataset: DatasetLike,
+    influence_key: str,
+    rule: str = "most_harmful",
+    k: int | None = None,
+    threshold: float | None = None,
+    tag: str = DEFAULT_IMAGE_TAG,
+    view_name: str | None = None,
+) -> dict:
+    """Tags the pretraining images a sample-influence run finds most harmful.
+
+    ``rule``: ``"most_harmful"`` (the ``k`` images with the lowest
+    ``<influence_key>_score``) or ``"below_threshold"`` (those scoring below
+    ``threshold``). Adds ``tag`` to them, saves the pretraining dataset
+    without them as ``view_name`` (default ``<influence_key>_curated``) and
+    records the choice in the run; tagging again replaces the previous
+    choice. Bad input raises before anything changes.
+
+    Returns:
+        the record stored in the run (a dict)
+    """
+    dataset, results = _pretraining_side(pretrain_dataset, influence_key)
+    tsv.validate_tag(tag)
+    view_name = f"{influence_key}_curated" if view_name is None else view_name
+    if not isinstance(view_name, str) or not view_name.strip():
+        raise TransferScopeError(f"view_name must be a non-empty string; got {view_name!r}")
+    ids = list(results.pretrain_ids)
+    score_field = f"{influence_key}_score"
+    by_id = dict(zip(*dataset.select(ids).values(["id", score_field])))
+    missing = [i for i in ids if by_id.get(i) is None]
+    if missing:
+        raise TransferScopeError(
+            f"{len(missing)} pretraining sample(s) of run {influence_key!r} have no "
+            f"{score_field!r} any more (deleted or cleared); compute the run again"
+        )
+    chosen = select_samples(ids, [by_id[i] for i in ids], rule, k, threshold)
+
+    with RunWrite(influence_key, "tagging", [dataset]) as write:
+        previous = run_record(dataset, influence_key, "curation_tags")
+        if previous:
+            write.replace_old(
+                dataset,
+                tags=[{"tag": previous["tag"], "ids": previous["tagged_ids"]}],
+                views=[previous["view_name"]],
+            )
+        tagged = write.tag(dataset, chosen, tag)
+        record = {
+            "rule": rule,
+            "k": k,
+            "threshold": threshold,
+            "tag": tag,
+            "view_name": view_name,
+            "sample_ids": chosen,
+            "num_samples": len(chosen),
+        }
+        write.save_view(dataset, view_name, lambda: dataset.match_tags(tag, bool=False))
+        write.set_record(dataset, "curation_tags", lambda: dict(record, tagged_ids=tagged["ids"]))
+        write.commit()
+    return dict(record, tagged_ids=tagged["ids"])
+
+
+@tsv.renamed_keywords(run_key="influence_key")
+def evaluate_sample_curation(
+    dataset: DatasetLike,
+    influence_key: str,
+    rule: str | None = None,
+    k: int | None = None,
+    threshold: float | None = None,
+    num_seeds: int = 8,
+    seed: int = 0,
+    device: str | None = None,
+    progress: Progress = None,
+    executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
+    executor_options: dict | None = None,
+) -> SampleCurationResults:
+    """Checks an example-level curation by retraining, with the run's protocol.
+
+    Retrains ``num_seeds`` models on each of: every pretraining image; every
+    image but those the curation removes; every image but as many drawn at
+    random (a new draw per seed). Seed ``s`` is shared by the three arms, so
+    they compare in pairs. The curation is the images last tagged with
+    :func:`tag_samples`, or those ``rule`` selects (as there). Resumable;
+    the summary is stored in the run (``curation`` on both datasets).
+    """
+    root, config = load_sample_run(dataset, influence_key)
+    pretrain, target = (
+        tsv.load_dataset(n, "the run's dataset")
+        for n in (config.pretrain_dataset, config.target_dataset)
+    )
+    results = pretrain.load_run_results(influence_key, cache=False)
+    if rule is None:
+        tagged = run_record(pretrain, influence_key, "curation_tags")
+        if not tagged:
+            raise TransferScopeError(
+                f"run {influence_key!r} has no tagged images; tag them with tag_samples "
+                f"or pass rule= and k= or threshold="
+            )
+        removed, rule_label = tagged["sample_ids"], f"tagged ({tagged['rule']})"
+    else:
+        ids = list(results.pretrain_ids)
+        scores = dict(zip(*pretrain.select(ids).values(["id", f"{influence_key}_score"])))
+        removed = select_samples(ids, [scores[i] for i in ids], rule, k, threshold)
+        rule_label = rule
+    row = {sample_id: i for i, sample_id in enumerate(results.pretrain_ids)}
+    try:
+        masks, seeds, arms = tsc.curation.plan_sample_curation(
+            len(row), [row[i] for i in removed], num_seeds, seed
+        )
+        train_config = influence_config_of(results)
+        if device is not None:
+            train_config = tsc.InfluenceConfig.from_dict(
+                {**train_config.to_dict(), "device": device}
+            )
+            tsc.resolve_device(train_config.device)
+    except (ValueError, RuntimeError) as e:
+        raise TransferScopeError(str(e)) from e
+
+    labelled = _labelled_unchanged(pretrain, target, config, results)
+    runner = prepare_executor(executor, executor_options, train_config)
+    data = labelled.decode(train_config.image_size, train_config.channels)
+    path = os.path.join(config.output_dir, "curation", tsc.digests.digest(masks, seeds))
+    store = tsc.open_retrain_store(path, train_config, data, masks, seeds)
+    run_with_progress(
+        (
+            store,
+            lambda done: tsc.engine.run_sample_retraining(train_config, data, store, done, runner),
+        ),
+        progress,
+        "Retraining for the image curation counterfactual",
+    )
+    accuracy = store.outputs("correct").mean(axis=1)
+    summary = tsc.curation.summarize_sample_curation(arms, seeds, accuracy)
+    summary.update(
+        rule=rule_label,
+        k=k,
+        threshold=threshold,
+        seed=seed,
+        num_removed=len(removed),
+        store=path,
+        target_dataset=target.name,
+        pretrain_dataset=pretrain.name,
+    )
+    with RunWrite(influence_key, "curation", [target, pretrain]) as write:
+        for ds in (target, pretrain):
+            write.set_record(ds, "curation", summary)
+        write.commit()
+    return SampleCurationResults(summary)
+
+
+def _labelled_unchanged(pretrain, target, config, results):
+    """The run's transfer problem read again, refused if its images changed."""
+    labelled = collect_labels(pretrain, target, *(getattr(config, n) for n in SPLIT_DEFAULTS))
+    if [str(i) for i in labelled.pre_ids] != list(results.pretrain_ids) or [
+        str(i) for i in labelled.test_ids
+    ] != list(results.target_ids):
+        raise TransferScopeError(
+            f"the datasets of run {results.key!r} changed since it was computed (pretraining "
+            f"or test images differ); compute the run again before evaluating a curation"
+        )
+    return labelled
+
+
+def describe_sample_curation(summary):
+    """Lines of text that report an example-level curation check."""
+
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    lines = [
+        f"Curated set: {summary['num_removed']} pretraining images removed by rule "
+        f"{summary['rule']!r}",
+        f"Target accuracy over {summary['num_seeds']} seeds (mean, 95% CI):",
+    ]
+    names = {"full": "every image", "curated": "curated", "random": "as many random removed"}
+    for cell in summary["cells"]:
+        lo, hi = cell["ci95"]
+        lines.append(f"  {names[cell['arm']]:<24s} {pct(cell['accuracy'])}  [{pct(lo)}, {pct(hi)}]")
+    for name, label in (
+        ("curated_vs_full", "curated - full"),
+        ("curated_vs_random", "curated - random"),
+    ):
+        t = summary[name]
+        lines.append(
+            f"  {label:<24s} {100 * t['diff']:+.1f} points, 95% CI "
+            f"[{100 * t['ci95'][0]:+.1f}, {100 * t['ci95'][1]:+.1f}], paired t "
+            f"p={t['p_value']:.2g}, better in {t['wins']}/{t['num_pairs']} seeds"
+        )
     return lines

@@ -12,8 +12,9 @@ import fiftyone as fo
 from . import compute as tsc
 from . import views as tsv
 from .influence_run import (
-    collect_labels,
     estimate,
+    run_dir_for,
+    validate_transfer_request,
     open_holdout_store,
     prepare_executor,
     run_with_progress,
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 # the training defaults live in InfluenceConfig; the signature reads them there
 _CONFIG = tsc.InfluenceConfig
-DEFAULT_RUNS_DIR = os.path.join(os.path.expanduser("~"), "transferscope", "runs")
 
 
 def influence_defaults():
@@ -38,10 +38,6 @@ def influence_defaults():
         {name: p.default for name, p in signature if p.default is not inspect.Parameter.empty}
     )
     return defaults
-
-
-def runs_dir():
-    return os.environ.get("TRANSFERSCOPE_RUNS_DIR", DEFAULT_RUNS_DIR)
 
 
 def field_names(key):
@@ -149,7 +145,7 @@ def compute_class_influence(
     Returns:
         a :class:`transferscope.runs.ClassInfluenceResults`
     """
-    request = _validate_request(
+    request = validate_transfer_request(
         pretrain_dataset,
         target_dataset,
         key,
@@ -180,7 +176,7 @@ def compute_class_influence(
     labelled, config = request.labelled, request.config
     target_root, pretrain_root = request.target._root_dataset, request.pretrain._root_dataset
     runner = prepare_executor(executor, executor_options, config)
-    run_dir = _run_dir(output_dir, target_root, key)
+    run_dir = run_dir_for(output_dir, target_root, key)
     target_fields, pretrain_fields = field_names(key)
 
     with RunWrite(key, "class_influence", [target_root, pretrain_root], overwrite) as write:
@@ -214,110 +210,6 @@ def compute_class_influence(
     return results
 
 
-@dataclasses.dataclass
-class _Request:
-    pretrain: object
-    target: object
-    labelled: object
-    config: object
-    design: object
-    num_unlabelled: int
-
-
-def _validate_request(
-    pretrain_dataset,
-    target_dataset,
-    key,
-    pretrain_label_field,
-    target_label_field,
-    train_split,
-    test_split,
-    split_by,
-    split_field,
-    config_kwargs,
-    estimator,
-    target_function,
-    top_k,
-):
-    """Everything a run needs checked before any work or write, including that the
-    architecture runs at the image size and the decoded images fit in memory."""
-    tsv.validate_run_key(key)
-    pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
-    target = tsv.load_dataset(target_dataset, "target_dataset")
-    if pretrain._root_dataset.name == target._root_dataset.name:
-        raise TransferScopeError("pretrain_dataset and target_dataset must differ")
-    if target_function not in tsc.TARGET_FUNCTIONS:
-        raise TransferScopeError(
-            f"target_function must be one of {tsc.TARGET_FUNCTIONS}; got {target_function!r}"
-        )
-    tsv.check_count(top_k, "top_k")
-    known = {f.name for f in dataclasses.fields(tsc.InfluenceConfig)}
-    unknown = sorted(set(config_kwargs) - known)
-    if unknown:
-        raise TransferScopeError(
-            f"unknown argument(s) {unknown}; compute_class_influence takes its own "
-            f"arguments and these InfluenceConfig fields: {sorted(known)}"
-        )
-    labelled = collect_labels(
-        pretrain,
-        target,
-        pretrain_label_field,
-        target_label_field,
-        train_split,
-        test_split,
-        split_by,
-        split_field,
-    )
-    classes = labelled.classes
-    if len(labelled.target_classes) < 2:
-        raise TransferScopeError(
-            f"the target train split has {len(labelled.target_classes)} class(es) "
-            f"({labelled.target_classes}); a transferred classifier needs at least 2"
-        )
-    channels = config_kwargs.pop("channels", None)
-    try:
-        config = tsc.InfluenceConfig(channels=channels or 1, **config_kwargs)
-        design = tsc.resolve_design(config, len(classes), classes)  # before any image is read
-        tsc.check_estimator(design.masks, estimator)
-        tsc.resolve_device(config.device)
-        config = dataclasses.replace(config, num_models=design.num_models)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise TransferScopeError(str(e)) from e
-    if design.note:
-        logger.warning("%s", design.note)
-    if channels is None:
-        config = dataclasses.replace(config, channels=labelled.detect_channels())
-    num_images = len(labelled.pre_paths) + len(labelled.train_paths) + len(labelled.test_paths)
-    check_decoded_size(num_images, config.image_size, config.channels)
-    try:
-        tsc.check_architecture(config, len(classes))
-    except ValueError as e:
-        raise TransferScopeError(str(e)) from e
-    unlabelled = len(pretrain) - len(labelled.pre_ids)
-    if unlabelled:
-        logger.warning(
-            "%d pretraining sample(s) have no %r label and are left out",
-            unlabelled,
-            pretrain_label_field,
-        )
-    return _Request(pretrain, target, labelled, config, design, unlabelled)
-
-
-def check_decoded_size(num_images, image_size, channels):
-    """Refuses a decoding that would not fit: the decoded uint8 images must take at
-    most half of this machine's memory (they are held in memory while training)."""
-    import psutil
-
-    need = num_images * image_size * image_size * channels
-    limit = psutil.virtual_memory().total // 2
-    if need > limit:
-        raise TransferScopeError(
-            f"{num_images} images at {image_size}x{image_size}x{channels} take "
-            f"{need / 2**30:.1f} GiB decoded, more than half this machine's memory "
-            f"({2 * limit / 2**30:.1f} GiB); use a smaller image_size"
-        )
-
-
 def _train(request, num_models, run_dir, overwrite, runner, progress, write):
     """Decodes the images once and trains the run's models and held-out models
     (resumable); returns their stores."""
@@ -343,23 +235,6 @@ def _train(request, num_models, run_dir, overwrite, runner, progress, write):
         )
     run_with_progress(stages, progress, "Training subset models", write.heartbeat)
     return store, holdout
-
-
-def _run_dir(output_dir, target_root, key):
-    """The run's directory: ``output_dir``, or inside the runs directory by the
-    target dataset's id (never its name, which may hold ``/`` or ``..``)."""
-    if output_dir is None:
-        root = os.path.realpath(runs_dir())
-        path = os.path.realpath(os.path.join(root, str(target_root._doc.id), key))
-        if os.path.commonpath([root, path]) != root:  # run keys are identifiers: cannot happen
-            raise TransferScopeError(f"store path {path} is outside {root}")
-        return path
-    if not isinstance(output_dir, str) or not output_dir.strip():
-        raise TransferScopeError(
-            f"output_dir must name a directory; got {output_dir!r} (an "
-            f"empty path would be the working directory)"
-        )
-    return os.path.abspath(os.path.expanduser(output_dir))
 
 
 def _open_stores(run_dir, config, data, meta, overwrite):

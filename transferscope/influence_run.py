@@ -18,6 +18,17 @@ from .views import TransferScopeError
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_RUNS_DIR = os.path.join(os.path.expanduser("~"), "transferscope", "runs")
+# the label fields and splits of a transfer problem, and their defaults
+SPLIT_DEFAULTS = {
+    "pretrain_label_field": "ground_truth",
+    "target_label_field": "ground_truth",
+    "train_split": "train",
+    "test_split": "test",
+    "split_by": "tags",
+    "split_field": "split",
+}
+
 
 class InfluenceRun:
     """A class-influence run on a dataset, resolved once for the jobs that read it.
@@ -387,4 +398,131 @@ def check_store_complete(store):
             f"the results store at {store.path} is incomplete "
             f"({int(store.completed.sum())}/{len(store.completed)} models); run "
             f"compute_class_influence again with the same arguments to finish it"
+        )
+
+
+def runs_dir():
+    return os.environ.get("TRANSFERSCOPE_RUNS_DIR", DEFAULT_RUNS_DIR)
+
+
+def run_dir_for(output_dir, target_root, key):
+    """The run's directory: ``output_dir``, or inside the runs directory by the
+    target dataset's id (never its name, which may hold ``/`` or ``..``)."""
+    if output_dir is None:
+        root = os.path.realpath(runs_dir())
+        path = os.path.realpath(os.path.join(root, str(target_root._doc.id), key))
+        if os.path.commonpath([root, path]) != root:  # run keys are identifiers: cannot happen
+            raise TransferScopeError(f"store path {path} is outside {root}")
+        return path
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        raise TransferScopeError(
+            f"output_dir must name a directory; got {output_dir!r} (an "
+            f"empty path would be the working directory)"
+        )
+    return os.path.abspath(os.path.expanduser(output_dir))
+
+
+@dataclasses.dataclass
+class TransferRequest:
+    pretrain: object
+    target: object
+    labelled: object
+    config: object
+    design: object
+    num_unlabelled: int
+
+
+def validate_transfer_request(
+    pretrain_dataset,
+    target_dataset,
+    key,
+    pretrain_label_field,
+    target_label_field,
+    train_split,
+    test_split,
+    split_by,
+    split_field,
+    config_kwargs,
+    estimator,
+    target_function,
+    top_k,
+):
+    """Everything a class-influence run (or a job with its protocol) needs checked
+    before any work or write, including that the architecture runs at the image
+    size and the decoded images fit in memory. ``config_kwargs``: InfluenceConfig
+    fields (``channels`` may be None: detected)."""
+    tsv.validate_run_key(key)
+    pretrain = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
+    target = tsv.load_dataset(target_dataset, "target_dataset")
+    if pretrain._root_dataset.name == target._root_dataset.name:
+        raise TransferScopeError("pretrain_dataset and target_dataset must differ")
+    if target_function not in tsc.TARGET_FUNCTIONS:
+        raise TransferScopeError(
+            f"target_function must be one of {tsc.TARGET_FUNCTIONS}; got {target_function!r}"
+        )
+    tsv.check_count(top_k, "top_k")
+    known = {f.name for f in dataclasses.fields(tsc.InfluenceConfig)}
+    unknown = sorted(set(config_kwargs) - known)
+    if unknown:
+        raise TransferScopeError(
+            f"unknown argument(s) {unknown}; compute_class_influence takes its own "
+            f"arguments and these InfluenceConfig fields: {sorted(known)}"
+        )
+    labelled = collect_labels(
+        pretrain,
+        target,
+        pretrain_label_field,
+        target_label_field,
+        train_split,
+        test_split,
+        split_by,
+        split_field,
+    )
+    classes = labelled.classes
+    if len(labelled.target_classes) < 2:
+        raise TransferScopeError(
+            f"the target train split has {len(labelled.target_classes)} class(es) "
+            f"({labelled.target_classes}); a transferred classifier needs at least 2"
+        )
+    channels = config_kwargs.pop("channels", None)
+    try:
+        config = tsc.InfluenceConfig(channels=channels or 1, **config_kwargs)
+        design = tsc.resolve_design(config, len(classes), classes)  # before any image is read
+        tsc.check_estimator(design.masks, estimator)
+        tsc.resolve_device(config.device)
+        config = dataclasses.replace(config, num_models=design.num_models)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TransferScopeError(str(e)) from e
+    if design.note:
+        logger.warning("%s", design.note)
+    if channels is None:
+        config = dataclasses.replace(config, channels=labelled.detect_channels())
+    num_images = len(labelled.pre_paths) + len(labelled.train_paths) + len(labelled.test_paths)
+    check_decoded_size(num_images, config.image_size, config.channels)
+    try:
+        tsc.check_architecture(config, len(classes))
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    unlabelled = len(pretrain) - len(labelled.pre_ids)
+    if unlabelled:
+        logger.warning(
+            "%d pretraining sample(s) have no %r label and are left out",
+            unlabelled,
+            pretrain_label_field,
+        )
+    return TransferRequest(pretrain, target, labelled, config, design, unlabelled)
+
+
+def check_decoded_size(num_images, image_size, channels):
+    """Refuses a decoding that would not fit: the decoded uint8 images must take at
+    most half of this machine's memory (they are held in memory while training)."""
+    import psutil
+
+    need = num_images * image_size * image_size * channels
+    limit = psutil.virtual_memory().total // 2
+    if need > limit:
+        raise TransferScopeError(
+            f"{num_images} images at {image_size}x{image_size}x{channels} take "
+            f"{need / 2**30:.1f} GiB decoded, more than half this machine's memory "
+            f"({2 * limit / 2**30:.1f} GiB); use a smaller image_size"
         )

@@ -270,3 +270,30 @@ def commit_run(
     )
     write.commit()
     return record
+
+
+def sample_run_keys(dataset):
+    """The sample-influence runs on ``dataset``."""
+    return [
+        k
+        for k in dataset.list_runs()
+        if getattr(dataset.get_run_info(k).config, "method", None) == "sample_influence"
+    ]
+
+
+def load_sample_run(dataset, key, role="dataset"):
+    """``(root dataset, config)`` of a sample-influence run on ``dataset``; refuses
+    an unknown dataset or key, or a run of another kind, naming it."""
+    tsv.validate_run_key(key)
+    root = tsv.load_dataset(dataset, role)._root_dataset
+    if key not in root.list_runs():
+        raise tsv.TransferScopeError(
+            f"dataset {root.name!r} has no run {key!r}; its sample-influence runs: "
+            f"{sample_run_keys(root)}"
+        )
+    config = root.get_run_info(key).config
+    if getattr(config, "method", None) != "sample_influence":
+        raise tsv.TransferScopeError(
+            f"run {key!r} on {root.name!r} is not a transferscope sample-influence run"
+        )
+    return root, config

@@ -18,8 +18,7 @@ import fiftyone.core.utils as fou
 
 from . import compute as tsc
 from . import views as tsv
-from .influence import _run_dir, _validate_request, influence_defaults
-from .influence_run import InfluenceRun
+from .influence_run import SPLIT_DEFAULTS, InfluenceRun, run_dir_for, validate_transfer_request
 from .runs import SampleInfluenceConfig, SampleInfluenceResults
 from .views import DatasetLike, Progress, TransferScopeError
 from .writes import RunWrite
@@ -32,14 +31,7 @@ DEFAULT_PROJ_DIM = 2048
 DEFAULT_DAMPING = 0.01
 DEFAULT_HOLDOUT_MODELS = 16
 # compute_class_influence's arguments that set the transfer problem
-SPLIT_ARGUMENTS = (
-    "pretrain_label_field",
-    "target_label_field",
-    "train_split",
-    "test_split",
-    "split_by",
-    "split_field",
-)
+SPLIT_ARGUMENTS = tuple(SPLIT_DEFAULTS)
 # InfluenceConfig fields of the class-level design only: not a model's training
 CLASS_LEVEL_FIELDS = ("num_models", "alpha", "design", "holdout_models", "device")
 PROTOCOL_ARGUMENTS = SPLIT_ARGUMENTS + tuple(
@@ -146,7 +138,7 @@ def compute_sample_influence(
     target_fields, pretrain_fields = field_names(key)
     data = labelled.decode(config.image_size, config.channels)
     store = os.path.join(
-        _run_dir(output_dir, target_root, key),
+        run_dir_for(output_dir, target_root, key),
         attribution_fingerprint(config, data),
     )
     with RunWrite(key, "sample_influence", [target_root, pretrain_root], overwrite) as write:
@@ -162,6 +154,7 @@ def compute_sample_influence(
         metrics = _metrics(request, scores, labelled, holdout)
         run_params = dict(
             config.to_dict(),
+            **{k: v if isinstance(v, str) else "<view>" for k, v in request.splits.items()},
             pretrain_dataset=pretrain_root.name,
             target_dataset=target_root.name,
             influence_key=influence_key,
@@ -188,6 +181,7 @@ class _Request:
     top_k: int
     holdout_models: int
     class_results: object  # the influence_key run's results, or None
+    splits: dict  # the label fields and splits, as compute_class_influence names them
 
 
 def _validate(
@@ -220,8 +214,9 @@ def _validate(
             f"arguments and these of compute_class_influence: {list(PROTOCOL_ARGUMENTS)}"
         )
     if influence_key is None:
+        splits = {name: protocol.pop(name, default) for name, default in SPLIT_DEFAULTS.items()}
         labelled, config = _protocol_request(
-            pretrain_dataset, target_dataset, key, device, protocol
+            pretrain_dataset, target_dataset, key, device, splits, protocol
         )
         class_results = None
     else:
@@ -244,25 +239,33 @@ def _validate(
             raise TransferScopeError(str(e)) from e
         labelled = run.labelled(unchanged_for="compute_sample_influence")
         class_results = run.results
+        splits = {name: getattr(class_results.config, name) for name in SPLIT_ARGUMENTS}
     num_pre = len(labelled.pre_ids)
     if top_k > num_pre:
         raise TransferScopeError(
             f"top_k is {top_k} but the pretraining set has {num_pre} labelled images"
         )
     return _Request(
-        labelled, config, num_models, proj_dim, damping, top_k, holdout_models, class_results
+        labelled,
+        config,
+        num_models,
+        proj_dim,
+        damping,
+        top_k,
+        holdout_models,
+        class_results,
+        splits,
     )
 
 
-def _protocol_request(pretrain_dataset, target_dataset, key, device, protocol):
+def _protocol_request(pretrain_dataset, target_dataset, key, device, splits, protocol):
     """The transfer problem and training config from compute_class_influence's
-    arguments (its defaults, then ``protocol``), checked as it checks them."""
-    d = influence_defaults()
-    splits = [protocol.pop(name, d[name]) for name in SPLIT_ARGUMENTS]
+    split and training arguments (its defaults for those not given), checked as
+    it checks them."""
     # an independent design of the default size: checked, never trained
     config_kwargs = dict(protocol, device=device, design="independent", holdout_models=0)
-    request = _validate_request(
-        pretrain_dataset, target_dataset, key, *splits, config_kwargs, "auto", "prob", 1
+    request = validate_transfer_request(
+        pretrain_dataset, target_dataset, key, *splits.values(), config_kwargs, "auto", "prob", 1
     )
     return request.labelled, request.config
 

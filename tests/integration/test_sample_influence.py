@@ -215,3 +215,74 @@ def test_the_operator_runs_delegated_by_default_through_a_worker(tiny_run):
     assert op.status.progress == pytest.approx(1.0)
     tgt.reload()
     assert tgt.match_tags("test").exists("deleg_helpful").count() == 18
+
+
+@pytest.fixture()
+def sample_run(tiny_run, tmp_path):
+    pre, tgt, _ = tiny_run
+    results = ts.compute_sample_influence(
+        pre,
+        tgt,
+        "samp",
+        influence_key="infl",
+        num_models=2,
+        holdout_models=0,
+        output_dir=str(tmp_path / "samples"),
+        progress=False,
+    )
+    return pre, tgt, results
+
+
+def test_tagging_the_most_harmful_images_and_checking_it_by_retraining(sample_run):
+    pre, tgt, results = sample_run
+    record = ts.tag_samples(pre, "samp", k=3)
+    lowest = [
+        i for i, _ in sorted(zip(pre.values("id"), pre.values("samp_score")), key=lambda p: p[1])
+    ]
+    assert record["sample_ids"] == lowest[:3] and record["num_samples"] == 3
+    assert sorted(pre.match_tags("remove_image").values("id")) == sorted(lowest[:3])
+    assert len(pre.load_saved_view("samp_curated")) == 57
+    # tagging again replaces the choice
+    ts.tag_samples(
+        pre, "samp", rule="below_threshold", threshold=sorted(pre.values("samp_score"))[1]
+    )
+    assert pre.match_tags("remove_image").values("id") == [lowest[0]]
+
+    calls = []
+    summary = ts.evaluate_curation(tgt, "samp", num_seeds=2, progress=lambda d, t: calls.append(d))
+    assert calls[-1] == 6  # 2 seeds x (full, curated, random)
+    assert summary["num_removed"] == 1 and summary["rule"] == "tagged (below_threshold)"
+    assert [c["arm"] for c in summary["cells"]] == ["full", "curated", "random"]
+    assert all(0 <= c["accuracy"] <= 1 for c in summary["cells"])
+    assert summary["curated_vs_random"]["num_pairs"] == 2
+    assert any("curated - random" in line for line in summary.describe())
+    assert tgt.get_run_info("samp").config.curation["num_removed"] == 1
+    # the same call again trains nothing
+    calls.clear()
+    ts.evaluate_sample_curation(tgt, "samp", num_seeds=2, progress=lambda d, t: calls.append(d))
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(k=60), "k must be"),
+        (dict(rule="most_helpful", k=2), "rule must be one of"),
+        (dict(rule="below_threshold", threshold=-1e9), "no pretraining image scores below"),
+        (dict(tag=" x"), "tag must be"),
+    ],
+)
+def test_bad_image_tagging_is_refused_and_changes_nothing(sample_run, kwargs, message):
+    pre, _, _ = sample_run
+    kwargs.setdefault("k", None)
+    with pytest.raises(ts.TransferScopeError, match=message):
+        ts.tag_samples(pre, "samp", **kwargs)
+    assert not pre.match_tags("remove_image").count() and not pre.has_saved_view("samp_curated")
+
+
+def test_image_tagging_refuses_a_class_run_and_the_target_side(sample_run):
+    pre, tgt, _ = sample_run
+    with pytest.raises(ts.TransferScopeError, match="not a transferscope sample-influence run"):
+        ts.tag_samples(pre, "infl", k=2)
+    with pytest.raises(ts.TransferScopeError, match="is not the pretraining dataset"):
+        ts.tag_samples(tgt, "samp", k=2)

@@ -18,7 +18,7 @@ import fiftyone as fo
 import transferscope as ts
 from transferscope import TransferScopeError, explore
 from transferscope import views as tsv
-from transferscope.influence import _run_dir, runs_dir
+from transferscope.influence_run import run_dir_for, runs_dir
 
 from helpers.tiny import TINY_KWARGS
 
@@ -201,11 +201,11 @@ def test_run_keys_are_identifiers_and_stores_stay_in_the_runs_directory(key):
     assert accepted == valid
     if accepted:
 
-        class Root:  # what _run_dir reads of a dataset
+        class Root:  # what run_dir_for reads of a dataset
             class _doc:
                 id = "0123456789abcdef01234567"
 
-        path = _run_dir(None, Root, key)
+        path = run_dir_for(None, Root, key)
         root = os.path.realpath(runs_dir())
         assert os.path.commonpath([root, path]) == root and path.endswith(key)
 
