@@ -20,7 +20,7 @@ from . import views as tsv
 from .compute import neighbors as nb
 from .influence_run import InfluenceRun
 from .results import JobResults, counts_plotly
-from .runs import commit_run, open_write
+from .runs import commit_run, load_sample_run, open_write
 from .views import DatasetLike, SplitLike, Progress, TransferScopeError
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def detect_leakage(
     pretrain_label_field: str = "ground_truth",
     max_distance: float = DEFAULT_MAX_DISTANCE,
     threshold: float = 0.5,
+    sample_influence_key: str | None = None,
     influence_weight: float = 0.25,
     index: str = "auto",
     device: str = "auto",
@@ -163,6 +164,10 @@ def detect_leakage(
         index: ``"auto"``, ``"flat"``, ``"ivf"`` or ``"hnsw"``
         device: for FAISS and the embedding network
         progress: ``callable(step, num_steps)``
+        sample_influence_key: a sample-influence run on these datasets: the
+            influence signal is then how unusually the nearest pretraining
+            *image* helps the sample (its TRAK score against the others in
+            the sample's column), instead of its class
 
     Returns:
         a :class:`LeakageResults`: a dict of what was found (counts, index kind
@@ -175,9 +180,12 @@ def detect_leakage(
     _check_index_kind(index)
     sources = _embed_sources(influence_key, embeddings_field, model)
     target = tsv.load_dataset(target_dataset, "target_dataset")
+    if pretrain_dataset is None and influence_key is None and sample_influence_key is not None:
+        pretrain_dataset = load_sample_run(target, sample_influence_key)[1].pretrain_dataset
     run, pretrain = _leakage_datasets(target, pretrain_dataset, influence_key)
     if run is not None:
         pretrain_label_field = run.run_config.pretrain_label_field
+    sample_run = _sample_run(target, pretrain, sample_influence_key)
     root = target._root_dataset
     fields = leakage_fields(key)
     with open_write(root, key, "leakage", overwrite, fields) as write:
@@ -212,14 +220,7 @@ def detect_leakage(
         report(3)
 
         nearest_labels = _nearest_labels(pre, idx, pretrain, pretrain_label_field)
-        support = None
-        if run is not None:
-            results = run.results
-            support = nb.matched_influence_support(
-                results.influence,
-                _positions(tgt.ids, results.target_ids),
-                _positions(nearest_labels, results.classes),
-            )
+        support = _influence_support(run, sample_run, tgt, pre.ids[idx], nearest_labels)
         weight = influence_weight if support is not None else 0.0
         scores = nb.leak_scores(dist, max_distance, support, weight)
         ids = [str(i) for i in tgt.ids]
@@ -228,6 +229,7 @@ def detect_leakage(
         params = dict(
             pretrain_dataset=pretrain._root_dataset.name,
             run_key=influence_key,  # stored under its 0.2 name
+            sample_influence_key=sample_influence_key,
             embeddings=sources[-1] if len(sources) > 1 else sources[0],
             embeddings_field=embeddings_field,
             model=model,
@@ -243,6 +245,38 @@ def detect_leakage(
         )
         report(4)
         return LeakageResults(summary)
+
+
+def _sample_run(target, pretrain, key):
+    """The results of sample-influence run ``key`` of these datasets, or None."""
+    if key is None:
+        return None
+    root, config = load_sample_run(target, key, "target_dataset")
+    if config.target_dataset != root.name or config.pretrain_dataset != pretrain._root_dataset.name:
+        raise TransferScopeError(
+            f"run {key!r} scores {config.pretrain_dataset!r} for {config.target_dataset!r}, "
+            f"not {pretrain._root_dataset.name!r} for {root.name!r}"
+        )
+    return root.load_run_results(key, cache=False)
+
+
+def _influence_support(run, sample_run, tgt, nearest_ids, nearest_labels):
+    """How unusually each target's nearest pretraining image (with a sample run) or
+    its class (with a class run) helps it, as a z-score; None without a run."""
+    if sample_run is not None:
+        return nb.matched_influence_support(
+            sample_run.scores(),
+            _positions([str(i) for i in tgt.ids], sample_run.target_ids),
+            _positions([str(i) for i in nearest_ids], sample_run.pretrain_ids),
+        )
+    if run is None:
+        return None
+    results = run.results
+    return nb.matched_influence_support(
+        results.influence,
+        _positions(tgt.ids, results.target_ids),
+        _positions(nearest_labels, results.classes),
+    )
 
 
 def _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds):

@@ -330,3 +330,40 @@ def test_operators_detect_leakage_and_find_duplicates(leaky):
                 ),
             ),
         )
+
+
+def test_example_level_attribution_as_the_influence_signal(leaky, tmp_path):
+    """With a sample-influence run, a target's influence signal is how unusually
+    its nearest pretraining image (not its class) helps it."""
+    pre, tgt, planted = leaky
+    protocol = {k: v for k, v in TINY_KWARGS.items() if k not in ("num_models", "holdout_models")}
+    run = ts.compute_sample_influence(
+        pre,
+        tgt,
+        "samp",
+        num_models=2,
+        holdout_models=0,
+        output_dir=str(tmp_path / "s"),
+        progress=False,
+        **protocol,
+    )
+    summary = detect_leakage(
+        tgt,
+        key="lk",
+        embeddings_field="emb",
+        sample_influence_key="samp",
+        target_split="test",
+        max_distance=0.05,
+    )
+    assert tgt.get_run_info("lk").config.sample_influence_key == "samp"
+    scores = np.asarray(run.scores(), dtype=np.float64)
+    rows = {sid: i for i, sid in enumerate(run.pretrain_ids)}
+    for t, sid in enumerate(run.target_ids):
+        sample = tgt[sid]
+        column = scores[:, t]
+        z = (column[rows[sample.lk_nearest_id]] - column.mean()) / column.std()
+        assert sample.lk_influence_z == pytest.approx(z, rel=1e-6, abs=1e-9)
+    assert summary["num_targets"] == 18 and set(summary["leak_ids"]) <= set(run.target_ids)
+    with pytest.raises(TransferScopeError, match="not a transferscope sample-influence run"):
+        detect_leakage(tgt, pre, key="lk2", embeddings_field="emb", sample_influence_key="lk")
+    assert "lk2" not in tgt.list_runs()
