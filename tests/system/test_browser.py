@@ -260,9 +260,17 @@ def test_compute_in_the_app_then_click_a_class_in_the_panel(demo, app, worker, p
     page.screenshot(path=os.path.join(artifacts, "3_panel.png"))
     message = page.get_by_text(re.compile(r"^\S+: its pretraining samples \(\d+ samples"))
 
+    # where plotly draws the last bar: its own axes map the class to pixels (the
+    # DOM order of bar paths, or a bar's box when its height is ~0, may mislead)
+    last_bar_centre = """(el, name) => {
+        const xa = el._fullLayout.xaxis, ya = el._fullLayout.yaxis;
+        const i = el.data[0].x.indexOf(name), box = el.getBoundingClientRect();
+        return [box.left + xa._offset + xa.d2p(name),
+                box.top + ya._offset + ya.d2p(el.data[0].y[i] / 2)];
+    }"""
+
     def click_last_bar():
-        box = bars.last.bounding_box()
-        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        x, y = chart.evaluate(last_bar_centre, ranked[-1])
         page.mouse.move(x, y)  # plotly picks the bar under the pointer on hover
         page.wait_for_timeout(300)
         page.mouse.click(x, y)
