@@ -54,8 +54,11 @@ ATTRIBUTION_INDEX_BASE = 5_000_000
 # Held-out models for the example-level datamodeling score: model j trains on
 # a random half of the pretraining images with seed HOLDOUT_INDEX_BASE + j.
 HOLDOUT_INDEX_BASE = 6_000_000
-# the projector's random matrix is generated in blocks of at most this many bytes
-PROJECTION_BLOCK_BYTES = 256 * 2**20
+# traker's CPU projector keeps its random matrix when it fits in one block and
+# regenerates every block for every batch otherwise (seconds per batch at demo
+# scale): one block up to this many bytes (resnet_small at width 16 with
+# proj_dim 2048: 0.6 GB), blocks of this size beyond
+PROJECTION_BLOCK_BYTES = 2**30
 MAX_PROJECTION_DIM = 65_536
 
 
@@ -186,7 +189,7 @@ def trak_scores(
     models: AttributionModels,
     scratch_dir: str,
     proj_dim: int = 2048,
-    damping: float = 0.01,
+    damping: float = 0.1,
     batch_size: int = 64,
     on_model_done: Callable[[int], None] | None = None,
 ) -> np.ndarray:
@@ -304,7 +307,7 @@ def run_attribution(
     folder: str,
     num_models: int,
     proj_dim: int = 2048,
-    damping: float = 0.01,
+    damping: float = 0.1,
     on_model_done: Callable[[int], None] | None = None,
     on_scoring: Callable[[], None] | None = None,
 ) -> str:

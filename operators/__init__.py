@@ -8,11 +8,13 @@ from .leakage import DetectLeakage, FindNearDuplicates
 from .plan_class_diversity import PlanClassDiversity
 from .subpopulations import ExplainFailures, FindSubpopulations
 from .tag_classes import TagClasses
+from .tag_samples import TagSamples
 
 OPERATORS = [
     ComputeClassInfluence,
     ComputeSampleInfluence,
     TagClasses,
+    TagSamples,
     EvaluateCuration,
     DetectLeakage,
     FindNearDuplicates,

@@ -321,11 +321,16 @@ def evaluate_curation(
         target_dataset=target.name,
         pretrain_dataset=pretrain.name,
     )
-    with RunWrite(influence_key, "curation", [target, pretrain]) as write:
+    _record_curation(influence_key, target, pretrain, summary)
+    return CurationResults(summary)
+
+
+def _record_curation(key, target, pretrain, summary):
+    """Stores a curation summary in run ``key`` on both datasets, atomically."""
+    with RunWrite(key, "curation", [target, pretrain]) as write:
         for ds in (target, pretrain):
             write.set_record(ds, "curation", summary)
         write.commit()
-    return CurationResults(summary)
 
 
 def _is_sample_run(dataset, key):
@@ -623,10 +628,7 @@ def evaluate_sample_curation(
         target_dataset=target.name,
         pretrain_dataset=pretrain.name,
     )
-    with RunWrite(influence_key, "curation", [target, pretrain]) as write:
-        for ds in (target, pretrain):
-            write.set_record(ds, "curation", summary)
-        write.commit()
+    _record_curation(influence_key, target, pretrain, summary)
     return SampleCurationResults(summary)
 
 

@@ -27,6 +27,9 @@ class ClassInfluenceConfig(fors.RunConfig):
 
 
 class ClassInfluence(fors.Run):
+    """Deleting the run deletes its fields, and the tags and saved view that
+    tagging (``tag_classes``, ``tag_samples``) added for it."""
+
     def get_fields(self, samples, key):
         return list(self.config.fields)
 
@@ -35,7 +38,6 @@ class ClassInfluence(fors.Run):
         existing = [f for f in self.config.fields if dataset.has_sample_field(f)]
         if existing:
             dataset.delete_sample_fields(existing)
-        # the tags and saved view that tag_classes added for this run go with it
         record = run_record(dataset, key, "curation_tags")
         if record:
             undo_writes(
@@ -126,17 +128,14 @@ class SampleInfluenceConfig(fors.RunConfig):
         self.fields = list(fields or [])
 
 
-class SampleInfluence(fors.Run):
-    def get_fields(self, samples, key):
-        return list(self.config.fields)
+class SampleInfluence(ClassInfluence):
+    """As :class:`ClassInfluence`, and its store goes with the last of the run's
+    two sides."""
 
     def cleanup(self, samples, key):
+        super().cleanup(samples, key)
         dataset = samples._root_dataset
-        existing = [f for f in self.config.fields if dataset.has_sample_field(f)]
-        if existing:
-            dataset.delete_sample_fields(existing)
-        # the store goes with the last of the run's two sides, unless a write of
-        # this key is replacing the run (it keeps the models it can reuse)
+        # a write of this key replacing the run keeps the models it can reuse
         if write_in_progress(dataset, key):
             return
         others = [self.config.pretrain_dataset, self.config.target_dataset]

@@ -25,10 +25,10 @@ from .writes import RunWrite
 
 logger = logging.getLogger(__name__)
 
-# measured on the tiny test run and the demo: see the README's "Which images"
+# damping: measured on the demo (docs/jobs.md, "Which images"); the rest: unmeasured choices
 DEFAULT_NUM_MODELS = 4
 DEFAULT_PROJ_DIM = 2048
-DEFAULT_DAMPING = 0.01
+DEFAULT_DAMPING = 0.1
 DEFAULT_HOLDOUT_MODELS = 16
 # compute_class_influence's arguments that set the transfer problem
 SPLIT_ARGUMENTS = tuple(SPLIT_DEFAULTS)

@@ -1,10 +1,8 @@
 """The plugin through FiftyOne's real loader and operator machinery."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -13,6 +11,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.delegated as food
 from fiftyone.operators.executor import ExecutionRunState
 
+from helpers.delegated import run_with_worker
 from helpers.tiny import operator_params
 
 URI = "@transferscope/transferscope/compute_class_influence"
@@ -31,6 +30,7 @@ def test_plugin_loads_in_fiftyones_loader():
         "compute_class_influence",
         "compute_sample_influence",
         "tag_classes",
+        "tag_samples",
         "evaluate_curation",
         "detect_leakage",
         "find_near_duplicates",
@@ -119,24 +119,7 @@ def test_delegated_run_through_fiftyone_delegated_launch(tiny_datasets):
     assert len(ops) == 1 and ops[0].run_state == ExecutionRunState.QUEUED
     assert not tgt.has_sample_field("deleg_helpful")  # nothing ran yet
 
-    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    worker = subprocess.Popen(
-        [exe, "delegated", "launch"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            op = dos.get(ops[0].id)
-            if op.run_state in ExecutionRunState.TERMINAL_STATES:
-                break
-            time.sleep(1)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        log = worker.communicate(timeout=30)[0]
+    op, log = run_with_worker(ops[0].id)
     assert op.run_state == ExecutionRunState.COMPLETED, (op.run_state, op.run_link, log[-3000:])
     assert op.status.progress == pytest.approx(1.0)
     assert "4/4 models trained" in (op.status.label or "")

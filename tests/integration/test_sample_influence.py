@@ -2,10 +2,6 @@
 datasets, through the SDK and FiftyOne's operator machinery."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +11,7 @@ import fiftyone.operators.delegated as food
 from fiftyone.operators.executor import ExecutionRunState
 
 import transferscope as ts
+from helpers.delegated import run_with_worker
 from helpers.tiny import TINY_KWARGS
 
 URI = "@transferscope/transferscope/compute_sample_influence"
@@ -193,24 +190,7 @@ def test_the_operator_runs_delegated_by_default_through_a_worker(tiny_run):
     assert queued.delegated
     dos = food.DelegatedOperationService()
     (op,) = [o for o in dos.list_operations(dataset_name=tgt.name) if o.operator == URI]
-    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    worker = subprocess.Popen(
-        [exe, "delegated", "launch"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            op = dos.get(op.id)
-            if op.run_state in ExecutionRunState.TERMINAL_STATES:
-                break
-            time.sleep(1)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        log = worker.communicate(timeout=30)[0]
+    op, log = run_with_worker(op.id)
     assert op.run_state == ExecutionRunState.COMPLETED, (op.run_state, log[-3000:])
     assert op.status.progress == pytest.approx(1.0)
     tgt.reload()
@@ -261,6 +241,9 @@ def test_tagging_the_most_harmful_images_and_checking_it_by_retraining(sample_ru
     calls.clear()
     ts.evaluate_sample_curation(tgt, "samp", num_seeds=2, progress=lambda d, t: calls.append(d))
     assert calls == []
+    # deleting the run takes its tags and saved view with it
+    pre.delete_run("samp")
+    assert not pre.match_tags("remove_image").count() and not pre.has_saved_view("samp_curated")
 
 
 @pytest.mark.parametrize(
@@ -286,3 +269,16 @@ def test_image_tagging_refuses_a_class_run_and_the_target_side(sample_run):
         ts.tag_samples(pre, "infl", k=2)
     with pytest.raises(ts.TransferScopeError, match="is not the pretraining dataset"):
         ts.tag_samples(tgt, "samp", k=2)
+
+
+def test_the_tagging_operator_tags_the_most_harmful_images(sample_run):
+    pre, _, _ = sample_run
+    uri = "@transferscope/transferscope/tag_samples"
+    params = dict(influence_key="samp", rule="most_harmful", k=4, tag="drop")
+    result = foo.execute_operator(uri, ctx=dict(dataset=pre, params=params))
+    assert result.error is None, result.error
+    assert result.result == {"num_samples": 4, "tag": "drop", "view_name": "samp_curated"}
+    assert pre.match_tags("drop").count() == 4
+    with pytest.raises(Exception, match="k must be"):
+        foo.execute_operator(uri, ctx=dict(dataset=pre, params=dict(params, k=0)))
+    assert pre.match_tags("drop").count() == 4
