@@ -33,7 +33,7 @@ from .nets import network_for
 from .store import claim, make_dirs, remove_scratch
 from .train import (
     _eval_batched,
-    _fit,
+    finetune,
     fit_probe,
     pretrain_network,
     probe_layer,
@@ -121,13 +121,11 @@ def train_attribution_model(
         pretrained = transferred = _cpu_state(TransferredNetwork(net, head))
     else:
         pretrain_head = net.head
-        head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
-        pretrained = _cpu_state(TransferredNetwork(net, head))
-        net.head = head
-        y_train = torch.from_numpy(train_y).to(device)
-        lr = config.lr / config.finetune_lr_divisor
-        batch = min(config.batch_size, len(y_train))
-        _fit(net, t["train"], y_train, config, config.finetune_epochs, batch, lr, gen, device)
+        # its target head is unused (zeros of the right shape: no draw from the RNG)
+        pretrained = {f"net.{name}": value for name, value in _cpu_state(net).items()}
+        pretrained["target_head.weight"] = torch.zeros(data.num_target_classes, net.feature_dim)
+        pretrained["target_head.bias"] = torch.zeros(data.num_target_classes)
+        head = finetune(config, net, gen, data, device)
         net.head = pretrain_head  # kept for the state's shape; unused on targets
         transferred = _cpu_state(TransferredNetwork(net, head))
     return {"pretrained": pretrained, "transferred": transferred}

@@ -143,21 +143,29 @@ def transfer_outputs(config, net, gen, data, device):
             config.probe_max_iter,
         )
     else:
-        net.head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
-        y_train = torch.from_numpy(train_y).to(device)
-        _fit(
-            net,
-            t["train"],
-            y_train,
-            config,
-            config.finetune_epochs,
-            min(config.batch_size, len(y_train)),
-            config.lr / config.finetune_lr_divisor,
-            gen,
-            device,
-        )
+        finetune(config, net, gen, data, device)
         logits = _eval_batched(net, net, t["test"], device, config.precision)
     return outputs_from_logits(logits, data.test_labels)
+
+
+def finetune(config, net, gen, data, device):
+    """Fine-tunes all of ``net`` on the target train split under a new head
+    (``net.head``, returned), drawing from the model's stream ``gen``."""
+    t = data.tensors(device)
+    net.head = nn.Linear(net.feature_dim, data.num_target_classes).to(device)
+    y_train = torch.from_numpy(data.train_labels.astype(np.int64)).to(device)
+    _fit(
+        net,
+        t["train"],
+        y_train,
+        config,
+        config.finetune_epochs,
+        min(config.batch_size, len(y_train)),
+        config.lr / config.finetune_lr_divisor,
+        gen,
+        device,
+    )
+    return net.head
 
 
 def pretrain_network(config, index, mask_row, data, sample_mask=None):
