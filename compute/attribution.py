@@ -265,6 +265,10 @@ def trak_scores(
             on_model_done(k)
     traker.finalize_features()
     for k, state in enumerate(states):
+        # finalize_features freed the projection matrix and traker rebuilds it
+        # only for a new model id: with one model, the first score needs it back
+        if not getattr(projector, "proj_matrix_available", True):
+            projector.generate_sketch_matrix(projector.generator_states[0])
         model.target = True
         traker.start_scoring_checkpoint(
             exp_name="target",

@@ -6,6 +6,7 @@ from .evaluate_curation import EvaluateCuration
 from .influence_panel import ClassInfluencePanel
 from .leakage import DetectLeakage, FindNearDuplicates
 from .plan_class_diversity import PlanClassDiversity
+from .sample_influence_panel import SampleInfluencePanel
 from .subpopulations import ExplainFailures, FindSubpopulations
 from .tag_classes import TagClasses
 from .tag_samples import TagSamples
@@ -22,4 +23,4 @@ OPERATORS = [
     FindSubpopulations,
     ExplainFailures,
 ]
-PANELS = [ClassInfluencePanel]
+PANELS = [ClassInfluencePanel, SampleInfluencePanel]

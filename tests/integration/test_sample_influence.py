@@ -6,11 +6,13 @@ import os
 import numpy as np
 import pytest
 
+import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.delegated as food
 from fiftyone.operators.executor import ExecutionRunState
 
 import transferscope as ts
+from transferscope import explore
 from helpers.delegated import run_with_worker
 from helpers.tiny import TINY_KWARGS
 
@@ -282,3 +284,124 @@ def test_the_tagging_operator_tags_the_most_harmful_images(sample_run):
     with pytest.raises(Exception, match="k must be"):
         foo.execute_operator(uri, ctx=dict(dataset=pre, params=dict(params, k=0)))
     assert pre.match_tags("drop").count() == 4
+
+
+# --- looking at a run: from a target sample to its images, and the images by score ---
+
+
+def test_views_from_a_target_sample_to_its_images_and_of_the_images_by_score(sample_run):
+    pre, tgt, results = sample_run
+    sample = tgt[results.target_ids[3]]
+    helped = explore.attributed_images(tgt, "samp", sample.id)
+    assert helped._dataset.name == pre.name
+    assert helped.values("id") == [c.sample_id for c in sample["samp_helpful"].classifications]
+    hurt = explore.attributed_images(tgt, "samp", sample.id, helpful=False, k=2)
+    assert hurt.values("id") == [c.sample_id for c in sample["samp_harmful"].classifications][:2]
+    column = np.asarray(results.scores()[:, 3], dtype=np.float64)
+    assert hurt.values("id")[0] == results.pretrain_ids[int(np.argmin(column))]
+
+    worst_first = explore.images_by_score(pre, "samp")
+    scores = worst_first.values("samp_score")
+    assert len(scores) == 60 and scores == sorted(scores)
+    assert explore.images_by_score(pre, "samp", helpful=True).first()["samp_rank"] == 1
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda pre, tgt: explore.attributed_images(pre, "samp", "x"), "pretraining dataset"),
+        (lambda pre, tgt: explore.images_by_score(tgt, "samp"), "target dataset"),
+        (lambda pre, tgt: explore.attributed_images(tgt, "nope", "x"), "has no run 'nope'"),
+        # a file path is not an id (FiftyOne would look it up as one)
+        (
+            lambda pre, tgt: explore.attributed_images(tgt, "samp", tgt.first().filepath),
+            "sample_id must be a sample's id",
+        ),
+        (
+            lambda pre, tgt: explore.attributed_images(
+                tgt, "samp", tgt.match_tags("train").first().id
+            ),
+            "is not a target test sample of run 'samp'",
+        ),
+        (lambda pre, tgt: explore.attributed_images(tgt, "samp", pre.first().id), "not a"),
+        (
+            lambda pre, tgt: explore.attributed_images(
+                tgt, "samp", tgt.match_tags("test").first().id, k=0
+            ),
+            "k must be a positive integer",
+        ),
+    ],
+)
+def test_bad_view_requests_name_the_problem(sample_run, call, message):
+    pre, tgt, _ = sample_run
+    with pytest.raises(ts.TransferScopeError, match=message):
+        call(pre, tgt)
+
+
+PANEL = "@transferscope/transferscope/sample_influence_panel"
+
+
+def _panel_event(dataset, method, state=None, **ctx):
+    """One panel event through FiftyOne's operator machinery: ``(state, triggered ops)``."""
+    state = dict(state or {})
+    params = {"__method__": method, "panel_id": "panel1", "panel_state": state}
+    result = foo.execute_operator(PANEL, ctx=dict(dataset=dataset, params=params, **ctx))
+    assert result.error is None, result.error
+    requests = [r.to_json() for r in result.executor._requests]
+    return state, {r["operator_uri"]: r.get("params") for r in requests}
+
+
+def test_the_panel_goes_from_a_selected_target_sample_to_its_images(sample_run):
+    pre, tgt, _ = sample_run
+    test_id = tgt.match_tags("test").first().id
+    state, _ = _panel_event(tgt, "on_load", selected=[test_id])
+    assert state["run_key"] == "samp" and state["role"] == "target"
+    assert state["sample_id"] == test_id
+    sample = tgt[test_id]
+    top = sample["samp_helpful"].classifications[0]
+    assert f"| {top.label} | {top.score:+.3g} |" in state["table"]
+
+    # another sample opened in the modal is explained; closing it keeps it
+    other = tgt.match_tags("test").skip(1).first().id
+    state, _ = _panel_event(tgt, "on_change_current_sample", state, current_sample=other)
+    assert state["sample_id"] == other
+    state, _ = _panel_event(tgt, "on_change_current_sample", state)
+    assert state["sample_id"] == other
+    # two selected samples choose none: the last one stays; one selected is explained
+    state, _ = _panel_event(tgt, "on_change_selected", state, selected=[test_id, other])
+    assert state["sample_id"] == other
+    state, _ = _panel_event(tgt, "on_change_selected", state, selected=[test_id])
+    assert state["sample_id"] == test_id
+    # a train sample has no scores: the panel says so
+    train_id = tgt.match_tags("train").first().id
+    said, _ = _panel_event(tgt, "on_change_selected", dict(state), selected=[train_id])
+    assert said["sample_id"] == test_id and "not a test sample" in said["message"]
+
+    # "show its most harmful images": the pretraining dataset opens ...
+    state, ops = _panel_event(tgt, "show_harmful", state, current_sample=test_id)
+    assert ops["open_dataset"] == {"dataset": pre.name}
+    assert state["pending"] == {
+        "dataset": pre.name,
+        "target_dataset": tgt.name,
+        "sample_id": test_id,
+        "helpful": False,
+    }
+    # ... and once it is open, the view shows them, most harmful first
+    state, ops = _panel_event(pre, "on_change_dataset", state)
+    assert state["pending"] is None and state["role"] == "pretraining"
+    want = [c.sample_id for c in sample["samp_harmful"].classifications]
+    shown = ops["set_view"]["view"]
+    assert fo.DatasetView._build(pre, shown).values("id") == want
+    assert "most harmful images for target sample" in state["message"]
+
+    # on the pretraining grid: the images sorted by score
+    state, ops = _panel_event(pre, "sort_helpful_first", state)
+    view = fo.DatasetView._build(pre, ops["set_view"]["view"])
+    assert view.first()["samp_rank"] == 1 and len(view) == 60
+
+
+def test_the_panel_is_registered_and_offers_a_run_where_there_is_none(tiny_datasets):
+    pre, _ = tiny_datasets
+    assert foo.get_operator(PANEL).config.label == "Sample influence"
+    state, _ = _panel_event(pre, "on_load")
+    assert state["run_key"] is None and state["runs"] == []

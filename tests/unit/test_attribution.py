@@ -109,6 +109,15 @@ def test_a_projection_keeps_the_scores_ranking(data, models, tmp_path):
     assert corr > 0.9, corr
 
 
+def test_one_model_with_a_projection_scores_like_one_model_without(data, tmp_path):
+    one = attr.AttributionModels(str(tmp_path / "one"), 1)
+    one.train_pending(CONFIG, data)
+    exact = attr.trak_scores(CONFIG, data, one, str(tmp_path / "exact"), 10**6)
+    projected = attr.trak_scores(CONFIG, data, one, str(tmp_path / "projected"), 2048)
+    corr = np.corrcoef(exact.ravel(), projected.ravel())[0, 1]
+    assert corr > 0.9, corr
+
+
 def test_a_model_on_disk_is_not_trained_again_and_a_lost_one_comes_back_the_same(
     data, models, tmp_path
 ):
