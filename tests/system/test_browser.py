@@ -4,6 +4,8 @@ On the demo datasets: open the operator browser, fill compute_class_influence's
 form (a tiny configuration), schedule it, let `fiftyone delegated launch` run
 it, see the new field in the sidebar, open the "Class influence" panel, pick
 the run, and click a class's bar: the grid must show that class's samples.
+Then, on a sample-influence run: select a target test sample, open the
+"Sample influence" panel, and show its most harmful pretraining images.
 Screenshots go to $TRANSFERSCOPE_ARTIFACTS_DIR (default ./artifacts)/browser.
 """
 
@@ -293,3 +295,63 @@ def test_compute_in_the_app_then_click_a_class_in_the_panel(demo, app, worker, p
         f"the grid to show the {expected} samples of {name!r}",
     )
     page.screenshot(path=os.path.join(artifacts, "4_class_clicked.png"))
+
+
+def test_from_a_selected_target_sample_to_its_most_harmful_images(demo, app, page, artifacts):
+    import transferscope as ts
+
+    pretrain, target = demo
+    key, top_k = "browser_images", 4
+    ts.compute_sample_influence(
+        pretrain,
+        target,
+        key,
+        num_models=1,
+        holdout_models=0,
+        epochs=1,
+        top_k=top_k,
+        overwrite=True,
+        progress=False,
+    )
+    target.save_view("browser_test_split", target.match_tags("test"), overwrite=True)
+    try:
+        # the test split in the grid: select its first sample, then open the panel
+        _open(page, app, f"{target.name}?view=browser-test-split")
+        _wait_for(lambda: _sample_count(page) == len(target.match_tags("test")), 60, "the split")
+        looker = page.locator('[data-cy="looker"]').first
+        checkbox = looker.locator('[data-cy="looker-checkbox-"]')
+
+        def hover_shows_the_checkbox():
+            looker.hover()  # the checkbox shows on hover
+            page.wait_for_timeout(500)
+            return checkbox.is_visible()
+
+        _wait_for(hover_shows_the_checkbox, 30, "the first sample's checkbox")
+        checkbox.click()
+        page.locator('[data-cy="new-panel-btn"]').first.click()
+        page.get_by_text("Sample influence", exact=True).first.click()
+        panel = page.locator('[data-cy="panel-content-sample_influence_panel"]')
+        show = panel.get_by_text("Show its most harmful pretraining images")
+        show.wait_for()
+        page.screenshot(path=os.path.join(artifacts, "5_sample_panel.png"))
+        # the table is the selected sample's: its most harmful image comes first
+        selected = target.match_tags("test").first()
+        worst = selected[f"{key}_harmful"].classifications[0]
+        assert f"{worst.score:+.3g}" in panel.inner_text()
+
+        show.click()
+        header = page.locator('[data-cy="selector-dataset"]')  # an input or its wrapper
+
+        def dataset_shown():
+            return header.evaluate("e => (e.querySelector('input') || e).value || e.textContent")
+
+        _wait_for(
+            lambda: pretrain.name in (dataset_shown() or "") and _sample_count(page) == top_k,
+            60,
+            f"the grid to show {top_k} images of {pretrain.name}",
+        )
+        page.screenshot(path=os.path.join(artifacts, "6_harmful_images.png"))
+    finally:
+        target.delete_saved_view("browser_test_split")
+        target.delete_run(key)
+        pretrain.delete_run(key)
