@@ -35,3 +35,16 @@ def file_digest(path, length=None):
     """:func:`digest` of a file's bytes, read in chunks (never whole into memory)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()[:length]
+
+
+def pixel_digest(path, length=None):
+    """:func:`digest` of an image's decoded pixels (mode, size and values): the
+    same for a re-encoded copy (PNG re-saved, another lossless format) whose
+    bytes differ."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        h = hashlib.sha256(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
+        h.update(img.tobytes())
+    return h.hexdigest()[:length]

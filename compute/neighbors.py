@@ -323,9 +323,12 @@ def leak_scores(distance, max_distance, support_z=None, influence_weight=0.25):
 
     ``closeness = max(0, 1 - d / max_distance)`` (1 for an exact copy, 0 at
     or beyond ``max_distance``); with influence,
-    ``score = closeness ** (1 - w) * Phi(z) ** w`` where ``Phi(z)`` is the
-    normal CDF of :func:`influence_support` (0.5 for a class that helps as
-    much as a typical class). Without influence, ``score = closeness``.
+    ``score = max(closeness, closeness ** (1 - w) * Phi(z) ** w)`` where
+    ``Phi(z)`` is the normal CDF of :func:`influence_support` (0.5 for a
+    class that helps as much as a typical class). Influence can only add
+    suspicion: at a few dozen models its z-score is mostly noise, and it must
+    not outvote the pixels (an exact copy scores 1 whatever its class does).
+    Without influence, ``score = closeness``.
     """
     check_number(max_distance, "max_distance", 0, 2, low_open=True)
     check_number(influence_weight, "influence_weight", 0, 1, high_open=True)
@@ -333,7 +336,7 @@ def leak_scores(distance, max_distance, support_z=None, influence_weight=0.25):
     if support_z is None or influence_weight == 0:
         return closeness
     support = stats.norm.cdf(np.asarray(support_z, np.float64))
-    return closeness ** (1 - influence_weight) * support**influence_weight
+    return np.maximum(closeness, closeness ** (1 - influence_weight) * support**influence_weight)
 
 
 def centroid_samples(vectors, k, seed):

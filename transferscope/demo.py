@@ -297,6 +297,7 @@ def _leakage_report(leakage, planted):
         "recall": hits / len(truth),
         "precision": hits / len(found) if found else None,
         "exact_file_copies": leakage["num_exact_file_copies"],
+        "pixel_copies": leakage["num_pixel_copies"],
         "index": leakage["index"],
         "seconds": leakage["seconds"],
     }
@@ -474,7 +475,8 @@ def _demo_leaks(pretrain, target, out):
     leakage = detect_leakage(target, key=LEAKAGE_KEY, influence_key=RUN_KEY, overwrite=True)
     out(
         f"  {leakage['num_leaks']} of {leakage['num_targets']} test samples tagged 'leak' "
-        f"({leakage['num_exact_file_copies']} byte-identical); saved view "
+        f"({leakage['num_exact_file_copies']} byte-identical, {leakage['num_pixel_copies']} "
+        f"pixel-identical); saved view "
         f"{LEAKAGE_KEY}_likely_leaks"
     )
     duplicates = find_near_duplicates(

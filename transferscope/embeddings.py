@@ -16,7 +16,7 @@ import numpy as np
 
 from . import compute as tsc
 from . import views as tsv
-from .compute.digests import file_digest
+from .compute.digests import file_digest, pixel_digest
 from .compute.neighbors import as_vectors
 from .views import TransferScopeError
 
@@ -158,13 +158,14 @@ def from_run(run, device=None, labelled=None, data=None):
     return pre, test
 
 
-def content_hashes(view):
-    """SHA-256 of each sample's file (exact duplicates share one)."""
+def content_hashes(view, pixels=False):
+    """SHA-256 of each sample's file (exact duplicates share one); with
+    ``pixels``, of its decoded pixels (re-encoded copies share one too)."""
     import concurrent.futures
 
     ids, paths = view.values(["id", "filepath"])
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        hashes = list(pool.map(_or_none(file_digest), paths))
+        hashes = list(pool.map(_or_none(pixel_digest if pixels else file_digest), paths))
     return dict(zip(ids, hashes))
 
 
@@ -172,7 +173,7 @@ def _or_none(fn):
     def call(x):
         try:
             return fn(x)
-        except OSError:  # unreadable files simply have no hash
+        except (OSError, ValueError):  # unreadable or undecodable files have no hash
             return None
 
     return call

@@ -36,7 +36,8 @@ class LeakageResults(JobResults):
         q = self["nearest_distance_quantiles"]
         return [
             f"{self['num_leaks']} of {self['num_targets']} target samples are likely "
-            f"leaks ({self['num_exact_file_copies']} byte-identical to a pretraining file)",
+            f"leaks ({self['num_exact_file_copies']} byte-identical to a pretraining file, "
+            f"{self.get('num_pixel_copies', 0)} with identical pixels in other bytes)",
             f"index {self['index']}{' on the GPU' if self['on_gpu'] else ''}, recall@1 "
             f"{self['recall_at_1']:.3f}; nearest cosine distance of the targets: 1% "
             f"{q['1%']:g}, 5% {q['5%']:g}, median {q['50%']:g}",
@@ -49,6 +50,7 @@ class LeakageResults(JobResults):
                 ("checked", self["num_targets"]),
                 ("likely leaks", self["num_leaks"]),
                 ("byte-identical", self["num_exact_file_copies"]),
+                ("identical pixels", self.get("num_pixel_copies", 0)),
             ],
         )
 
@@ -135,11 +137,13 @@ def detect_leakage(
     """Finds target samples that (nearly) copy a pretraining image.
 
     For each target sample: the nearest pretraining image (cosine distance
-    between embeddings, FAISS; exact copies by file hash too), and a leak
-    score in [0, 1] (see :func:`transferscope.compute.neighbors.leak_scores`)
-    that combines the distance (1 for a copy, 0 at ``max_distance`` or
-    beyond) with, when ``influence_key`` names a class-influence run, how unusually
-    the nearest image's class helps the sample (a leaked copy makes its class
+    between embeddings, FAISS; with ``hash_files``, a byte-identical file or
+    identical decoded pixels count as distance 0 whatever the embeddings
+    say), and a leak score in [0, 1] (see
+    :func:`transferscope.compute.neighbors.leak_scores`) from the distance
+    (1 for a copy, 0 at ``max_distance`` or beyond), raised (never lowered)
+    when ``influence_key`` names a class-influence run and the nearest
+    image's class helps the sample unusually (a leaked copy makes its class
     stand out). Samples scoring ``>= threshold`` get ``tag``.
 
     Embeddings (one source): ``influence_key`` (the run's backbone: one network
@@ -216,7 +220,7 @@ def detect_leakage(
         dist, idx = dist[:, 0].astype(np.float64), idx[:, 0]
         seconds["search"] = time.perf_counter() - t0
         recall = index_.recall(queries, k=1, prepared=True)
-        exact = _mark_exact_copies(pretrain, root, pre, tgt, dist, idx) if hash_files else 0
+        exact = _mark_exact_copies(pretrain, root, pre, tgt, dist, idx) if hash_files else [0, 0]
         report(3)
 
         nearest_labels = _nearest_labels(pre, idx, pretrain, pretrain_label_field)
@@ -284,7 +288,8 @@ def _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds):
         "num_targets": len(ids),
         "num_pretrain": len(pre.ids),
         "num_leaks": len(leaks),
-        "num_exact_file_copies": exact,
+        "num_exact_file_copies": exact[0],
+        "num_pixel_copies": exact[1],  # same decoded pixels, other bytes
         "index": index_.kind,
         "on_gpu": index_.on_gpu,
         "recall_at_1": recall,
@@ -377,15 +382,23 @@ def _index(pre, index, device, queries_from=None, seconds=None, name="pretrainin
 
 
 def _mark_exact_copies(pretrain, root, pre, tgt, dist, idx):
-    """Exact file copies: distance 0 to their pretraining file, whatever the
-    embeddings say (``dist`` and ``idx`` changed in place); returns their number."""
-    pre_hash = tse.content_hashes(pretrain.select(list(pre.ids)))
-    tgt_hash = tse.content_hashes(root.select(list(tgt.ids)))
-    rows, matches = nb.exact_copies(
-        [pre_hash.get(i) for i in pre.ids], [tgt_hash.get(i) for i in tgt.ids]
-    )
-    dist[rows], idx[rows] = 0.0, matches
-    return len(rows)
+    """Certain evidence: a target whose file, or whose decoded pixels, some
+    pretraining image shares is at distance 0 from it, whatever the
+    embeddings say (``dist`` and ``idx`` changed in place); returns the
+    numbers of byte-identical and of pixel-identical (re-encoded) copies."""
+    pre_view, tgt_view = pretrain.select(list(pre.ids)), root.select(list(tgt.ids))
+    found = []
+    for pixels in (False, True):
+        pre_hash = tse.content_hashes(pre_view, pixels=pixels)
+        tgt_hash = tse.content_hashes(tgt_view, pixels=pixels)
+        rows, matches = nb.exact_copies(
+            [pre_hash.get(i) for i in pre.ids], [tgt_hash.get(i) for i in tgt.ids]
+        )
+        found.append(len(rows))
+        dist[rows], idx[rows] = 0.0, matches
+        # a byte-identical copy is pixel-identical too: decode only the others
+        tgt_view = tgt_view.exclude([str(tgt.ids[r]) for r in rows])
+    return found
 
 
 def _nearest_labels(pre, idx, pretrain, label_field):

@@ -69,7 +69,7 @@ def test_planted_copies_are_found_written_and_undone(leaky):
         f"{len(planted)} of 18 target samples are likely leaks (1 byte-identical"
     )
     traces, _ = summary.plotly()
-    assert traces[0]["y"] == [18, len(planted), 1]
+    assert traces[0]["y"] == [18, len(planted), 1, 0]
     test = tgt.match_tags("test")
     assert (
         test.exists("lk_score").count() == 18
@@ -367,3 +367,49 @@ def test_example_level_attribution_as_the_influence_signal(leaky, tmp_path):
     with pytest.raises(TransferScopeError, match="not a transferscope sample-influence run"):
         detect_leakage(tgt, pre, key="lk2", embeddings_field="emb", sample_influence_key="lk")
     assert "lk2" not in tgt.list_runs()
+
+
+def test_an_exact_copy_is_flagged_even_where_its_class_hurts_its_twin(tiny_run, tmp_path):
+    """Certain evidence first: influence can raise a leak score, never lower it."""
+    from transferscope.compute import neighbors as nb
+
+    pre, tgt, results = tiny_run
+    infl = np.asarray(results.influence, dtype=np.float64)
+    # the (class, test sample) pair where the class stands out most as harmful
+    z = np.stack([nb.influence_support(infl, np.full(infl.shape[1], c)) for c in range(len(infl))])
+    c, t = np.unravel_index(np.argmin(z), z.shape)
+    assert z[c, t] < -1.6  # so strongly that the old combined score fell below 0.5
+    twin = tgt[results.target_ids[t]]
+    host = pre.match(fo.ViewField("ground_truth.label") == results.classes[c]).first()
+    copy = str(tmp_path / "copy.png")
+    shutil.copy(twin.filepath, copy)
+    original, host.filepath = host.filepath, copy
+    host.save()
+    try:
+        summary = detect_leakage(tgt, key="neg", influence_key="infl", threshold=0.5)
+        twin.reload()
+        assert twin.id in summary["leak_ids"] and summary["num_exact_file_copies"] == 1
+        assert twin["neg_score"] == 1.0 and twin["neg_nearest_id"] == host.id
+        assert twin["neg_influence_z"] == pytest.approx(z[c, t])
+    finally:
+        host.filepath = original
+        host.save()
+        if "neg" in tgt.list_runs():
+            tgt.delete_run("neg")
+
+
+def test_a_re_encoded_copy_with_identical_pixels_is_certain_evidence(leaky, tmp_path):
+    pre, tgt, planted = leaky
+    source = tgt.match_tags("test").sort_by("filepath").skip(5).first()
+    copy = str(tmp_path / "re_encoded.bmp")  # other bytes, the same pixels
+    Image.open(source.filepath).save(copy)
+    assert open(copy, "rb").read() != open(source.filepath, "rb").read()
+    pre.add_sample(fo.Sample(filepath=copy, ground_truth=fo.Classification(label="class1")))
+    # embeddings that cannot see it (random ones): only the pixels can
+    rng = np.random.default_rng(0)
+    pre.set_values("emb", list(rng.normal(size=(len(pre), 256)).astype(np.float32)))
+    summary = detect_leakage(tgt, pre, key="px", embeddings_field="emb", target_split="test")
+    assert summary["num_pixel_copies"] == 1 and summary["num_exact_file_copies"] == 1
+    source.reload()
+    assert source.id in summary["leak_ids"] and source["px_score"] == 1.0
+    assert "1 with identical pixels in other bytes" in summary.describe()[0]

@@ -78,7 +78,10 @@ def test_leak_scores_combine_distance_and_influence():
     assert nb.leak_scores(d, 0.1).tolist() == [1.0, 1.0, 0.5, 0.0]
     z = np.array([3.0, -3.0, 0.0, 3.0])
     s = nb.leak_scores(d, 0.1, z, influence_weight=0.25)
-    assert s[0] > s[1] and s[3] == 0 and 0 < s[2] < 0.5
+    # influence only adds suspicion: an exact copy scores 1 even where its class hurts
+    assert s[0] == s[1] == 1.0 and s[3] == 0 and s[2] == pytest.approx(0.5)
+    raised = nb.leak_scores(d, 0.1, np.array([0.0, 0.0, 3.0, 0.0]), influence_weight=0.25)
+    assert 0.5 < raised[2] < 1
     infl = np.array([[0.1, 0.0], [0.0, 0.0], [0.0, 0.3]])
     z = nb.influence_support(infl, np.array([0, 2]))
     assert z[0] > 1 and z[1] > 1
