@@ -197,6 +197,9 @@ def detect_leakage(
         t0 = time.perf_counter()
         if run is not None and len(sources) == 1:
             pre, tgt = _run_embeddings(run, target, target_split, split_by, split_field, device)
+            # the run embeds all of its samples: keep those of the views passed
+            pre = _within(pre, pretrain, "pretrain_dataset")
+            tgt = _within(tgt, target, "target_dataset")
         else:
             target_view = _target_view(run, target, target_split, split_by, split_field)
             pre, tgt = _other_embeddings(
@@ -336,6 +339,18 @@ def _run_embeddings(run, target, target_split, split_by, split_field, device):
         rows = np.array([i in keep for i in tgt.ids])
         tgt = tse.Embedded(tgt.ids[rows], tgt.vectors[rows])
     return pre, tgt
+
+
+def _within(emb, samples, role):
+    """The rows of ``emb`` in ``samples`` when that is a view (all for a dataset)."""
+    if samples is samples._root_dataset:
+        return emb
+    keep = set(samples.values("id"))
+    rows = np.array([str(i) in keep for i in emb.ids], dtype=bool)
+    if not rows.any():
+        raise TransferScopeError(f"{role}: the view holds none of the run's samples")
+    labels = None if emb.labels is None else [x for x, r in zip(emb.labels, rows) if r]
+    return tse.Embedded(emb.ids[rows], emb.vectors[rows], labels)
 
 
 def _target_view(run, target, target_split, split_by, split_field):

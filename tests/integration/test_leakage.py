@@ -391,11 +391,17 @@ def test_an_exact_copy_is_flagged_even_where_its_class_hurts_its_twin(tiny_run, 
         assert twin.id in summary["leak_ids"] and summary["num_exact_file_copies"] == 1
         assert twin["neg_score"] == 1.0 and twin["neg_nearest_id"] == host.id
         assert twin["neg_influence_z"] == pytest.approx(z[c, t])
+        # a pretraining view passed with a run is honoured: without the host, no copy
+        without = detect_leakage(tgt, pre.exclude([host.id]), key="neg2", influence_key="infl")
+        twin.reload()
+        assert without["num_exact_file_copies"] == 0 and without["num_pretrain"] == 59
+        assert twin["neg2_nearest_id"] != host.id
     finally:
         host.filepath = original
         host.save()
-        if "neg" in tgt.list_runs():
-            tgt.delete_run("neg")
+        for key in ("neg", "neg2"):
+            if key in tgt.list_runs():
+                tgt.delete_run(key)
 
 
 def test_a_re_encoded_copy_with_identical_pixels_is_certain_evidence(leaky, tmp_path):
