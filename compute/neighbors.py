@@ -339,6 +339,31 @@ def leak_scores(distance, max_distance, support_z=None, influence_weight=0.25):
     return np.maximum(closeness, closeness ** (1 - influence_weight) * support**influence_weight)
 
 
+def calibrated_cut(reference_distances, false_positive_rate):
+    """The distance below which a sample that is not a leak falls with
+    probability at most ``false_positive_rate``.
+
+    ``reference_distances``: nearest-pretraining distances of images known not
+    to be leaks and exchangeable with the checked ones (for example the
+    target's train split). The cut is their ``k``-th smallest value with
+    ``k = floor(rate * (n + 1))`` (split conformal): for a new non-leak
+    ``P(d < cut) <= rate`` over the draw of both, with no assumption on the
+    distribution. ``rate`` below ``1 / (n + 1)`` would need more reference
+    images than there are, and is refused.
+    """
+    d = np.sort(np.asarray(reference_distances, dtype=np.float64))
+    n = len(d)
+    rate = check_number(false_positive_rate, "false_positive_rate", 0, 1, True, True)
+    k = int(np.floor(rate * (n + 1)))
+    if k < 1:
+        raise ValueError(
+            f"false_positive_rate {rate:g} needs at least {int(np.ceil(1 / rate)) - 1} "
+            f"reference images; there are {n} (the smallest rate they support is "
+            f"{1 / (n + 1):.3g})"
+        )
+    return float(d[k - 1])
+
+
 def centroid_samples(vectors, k, seed):
     """Indices of ``k`` samples nearest to the centroids of a FAISS k-means."""
     import faiss

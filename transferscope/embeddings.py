@@ -129,9 +129,10 @@ def resolve_weights_path(weights_path):
     return path
 
 
-def from_run(run, device=None, labelled=None, data=None):
+def from_run(run, device=None, labelled=None, data=None, with_train=False):
     """``(pretraining, target test)`` embeddings from the backbone of a class-influence
-    run (an :class:`~transferscope.influence_run.InfluenceRun`).
+    run (an :class:`~transferscope.influence_run.InfluenceRun`); with
+    ``with_train``, ``(pretraining, target test, target train)``.
 
     ``labelled`` and ``data``: the run's transfer problem and its decoded
     images, when the caller has them already (decoded at the run's size).
@@ -155,7 +156,14 @@ def from_run(run, device=None, labelled=None, data=None):
         tsc.train.embed_images(net, data.test_images, dev, norm),
         list(labelled.test_labels),
     )
-    return pre, test
+    if not with_train:
+        return pre, test
+    train = Embedded(
+        np.asarray(labelled.train_ids, dtype=str),
+        tsc.train.embed_images(net, data.train_images, dev, norm),
+        list(labelled.train_labels),
+    )
+    return pre, test, train
 
 
 def content_hashes(view, pixels=False):

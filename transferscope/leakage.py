@@ -123,8 +123,10 @@ def detect_leakage(
     split_by: str = "tags",
     split_field: str = "split",
     pretrain_label_field: str = "ground_truth",
-    max_distance: float = DEFAULT_MAX_DISTANCE,
+    max_distance: float | None = None,
     threshold: float = 0.5,
+    false_positive_rate: float | None = None,
+    calibration_split: SplitLike | None = None,
     sample_influence_key: str | None = None,
     influence_weight: float = 0.25,
     index: str = "auto",
@@ -163,7 +165,20 @@ def detect_leakage(
             split with ``influence_key``, else every sample); as in
             :func:`transferscope.compute_class_influence`
         max_distance: cosine distance in (0, 2] at which closeness reaches 0
+            (default 0.01, or calibrated with ``false_positive_rate``)
         threshold: leak score in (0, 1] from which a sample is tagged
+        false_positive_rate: in (0, 1): calibrate the cut from the data
+            instead: the nearest-pretraining distances of target images that
+            are not checked (the run's train split with ``influence_key``,
+            else ``calibration_split``) set ``max_distance`` so that a
+            non-leak is tagged on distance alone with at most this
+            probability (split conformal; see
+            :func:`transferscope.compute.neighbors.calibrated_cut`). The
+            influence term can add to it. The cut, the reference size and the
+            expected number of false positives go into the summary
+            (``calibration``).
+        calibration_split: the reference images without ``influence_key``
+            (a split of the target dataset, disjoint from the checked one)
         influence_weight: weight of the influence signal in [0, 1)
         index: ``"auto"``, ``"flat"``, ``"ivf"`` or ``"hnsw"``
         device: for FAISS and the embedding network
@@ -177,12 +192,13 @@ def detect_leakage(
         a :class:`LeakageResults`: a dict of what was found (counts, index kind
         and recall, timings), with ``describe()`` and ``plotly()``
     """
-    tsv.check_number(max_distance, "max_distance", 0, 2, low_open=True)
     tsv.check_number(threshold, "threshold", 0, 1, low_open=True)
     tsv.check_number(influence_weight, "influence_weight", 0, 1, high_open=True)
     tsv.validate_tag(tag)
     _check_index_kind(index)
     sources = _embed_sources(influence_key, embeddings_field, model)
+    run_embeds = sources == ["influence_key"]
+    _check_cut(max_distance, false_positive_rate, calibration_split, influence_key, run_embeds)
     target = tsv.load_dataset(target_dataset, "target_dataset")
     if pretrain_dataset is None and influence_key is None and sample_influence_key is not None:
         pretrain_dataset = load_sample_run(target, sample_influence_key)[1].pretrain_dataset
@@ -195,22 +211,14 @@ def detect_leakage(
     with open_write(root, key, "leakage", overwrite, fields) as write:
         report = tsv.step_reporter(progress, 4)
         t0 = time.perf_counter()
-        if run is not None and len(sources) == 1:
-            pre, tgt = _run_embeddings(run, target, target_split, split_by, split_field, device)
-            # the run embeds all of its samples: keep those of the views passed
-            pre = _within(pre, pretrain, "pretrain_dataset")
-            tgt = _within(tgt, target, "target_dataset")
+        split = (target_split, split_by, split_field)
+        calibrate = calibration_split if false_positive_rate is not None else None
+        if run_embeds:
+            pre, tgt, ref = _run_embeddings(run, pretrain, target, split, device)
         else:
-            target_view = _target_view(run, target, target_split, split_by, split_field)
-            pre, tgt = _other_embeddings(
-                pretrain,
-                target_view,
-                embeddings_field,
-                pretrain_embeddings_field,
-                model,
-                weights_path,
-                image_size,
-                device,
+            source = (embeddings_field, pretrain_embeddings_field, model, weights_path)
+            pre, tgt, ref = _other_embeddings(
+                run, pretrain, target, split, calibrate, source, image_size, device
             )
         if len(tgt.ids) == 0:
             raise TransferScopeError("no target samples to check")
@@ -223,6 +231,12 @@ def detect_leakage(
         dist, idx = dist[:, 0].astype(np.float64), idx[:, 0]
         seconds["search"] = time.perf_counter() - t0
         recall = index_.recall(queries, k=1, prepared=True)
+        calibration = None
+        if false_positive_rate is not None:
+            max_distance, calibration = _calibrate(
+                index_, ref, false_positive_rate, threshold, len(tgt.ids)
+            )
+        max_distance = DEFAULT_MAX_DISTANCE if max_distance is None else max_distance
         exact = _mark_exact_copies(pretrain, root, pre, tgt, dist, idx) if hash_files else [0, 0]
         report(3)
 
@@ -233,6 +247,7 @@ def detect_leakage(
         ids = [str(i) for i in tgt.ids]
         leaks = [i for i, s in zip(ids, scores) if s >= threshold]
         summary = _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds)
+        summary["calibration"] = calibration
         params = dict(
             pretrain_dataset=pretrain._root_dataset.name,
             run_key=influence_key,  # stored under its 0.2 name
@@ -242,6 +257,7 @@ def detect_leakage(
             model=model,
             max_distance=max_distance,
             threshold=threshold,
+            false_positive_rate=false_positive_rate,
             influence_weight=weight,
             index=index_.kind,
             tag=tag,
@@ -331,14 +347,79 @@ def _leakage_datasets(target, pretrain_dataset, influence_key):
     return run, pretrain
 
 
-def _run_embeddings(run, target, target_split, split_by, split_field, device):
-    """The run backbone's embeddings of its pretraining and (chosen) test samples."""
-    pre, tgt = tse.from_run(run, device=None if device == "auto" else device)
-    if target_split is not None:
-        keep = set(tsv.resolve_split(target, target_split, split_by, split_field).values("id"))
+def _run_embeddings(run, pretrain, target, split, device):
+    """The run backbone's embeddings of its pretraining, (chosen) test and train
+    samples, within the views passed (the run embeds all of its samples)."""
+    pre, tgt, train = tse.from_run(
+        run, device=None if device == "auto" else device, with_train=True
+    )
+    if split[0] is not None:
+        keep = set(tsv.resolve_split(target, *split).values("id"))
         rows = np.array([i in keep for i in tgt.ids])
         tgt = tse.Embedded(tgt.ids[rows], tgt.vectors[rows])
-    return pre, tgt
+    return _within(pre, pretrain, "pretrain_dataset"), _within(tgt, target, "target_dataset"), train
+
+
+def _check_cut(max_distance, false_positive_rate, calibration_split, influence_key, run_embeds):
+    """The leak cut is set (``max_distance``) or calibrated (``false_positive_rate``)."""
+    if max_distance is not None and false_positive_rate is not None:
+        raise TransferScopeError(
+            "pass max_distance or false_positive_rate (which calibrates it), not both"
+        )
+    if max_distance is not None:
+        tsv.check_number(max_distance, "max_distance", 0, 2, low_open=True)
+    if false_positive_rate is None:
+        if calibration_split is not None:
+            raise TransferScopeError("calibration_split is used only with false_positive_rate")
+        return
+    tsv.check_number(false_positive_rate, "false_positive_rate", 0, 1, True, True)
+    if run_embeds and calibration_split is not None:
+        raise TransferScopeError(
+            "with the run's backbone as embeddings, its train split is the calibration's "
+            "reference: calibration_split is not used"
+        )
+    if influence_key is None and calibration_split is None:
+        raise TransferScopeError(
+            "false_positive_rate needs reference images that are not leaks: pass "
+            "calibration_split (for example the target's train split), or influence_key "
+            "(its run's train split)"
+        )
+
+
+def _reference_view(target, checked, calibration_split, split_by, split_field):
+    """The target images that calibrate the cut: a split disjoint from the checked one."""
+    ref = tsv.resolve_split(target, calibration_split, split_by, split_field)
+    shared = set(ref.values("id")) & set(checked.values("id"))
+    if shared:
+        raise TransferScopeError(
+            f"calibration_split shares {len(shared)} sample(s) with the samples checked; "
+            "the reference must be disjoint from them"
+        )
+    return ref
+
+
+def _calibrate(index_, ref, false_positive_rate, threshold, num_checked):
+    """``max_distance`` that puts the tagging cut (score ``threshold``) at the
+    calibrated distance, and what the summary says about it."""
+    try:
+        dist, _ = index_.search(ref.vectors, 1, name="reference embeddings", ids=ref.ids)
+        cut = nb.calibrated_cut(dist[:, 0], false_positive_rate)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    if cut <= 0:
+        raise TransferScopeError(
+            "the calibration's reference images have exact copies in the pretraining set: "
+            "they cannot stand for images that are not leaks"
+        )
+    # closeness = 1 - d / max_distance reaches `threshold` exactly at d = cut
+    max_distance = min(2.0, cut / (1.0 - threshold)) if threshold < 1 else cut
+    return max_distance, {
+        "false_positive_rate": false_positive_rate,
+        "reference_size": len(ref.ids),
+        "cut_distance": cut,
+        "max_distance": max_distance,
+        "expected_false_positives": false_positive_rate * num_checked,
+    }
 
 
 def _within(emb, samples, role):
@@ -361,24 +442,24 @@ def _target_view(run, target, target_split, split_by, split_field):
     return target
 
 
-def _other_embeddings(
-    pretrain,
-    target_view,
-    embeddings_field,
-    pretrain_embeddings_field,
-    model,
-    weights_path,
-    image_size,
-    device,
-):
-    """Embeddings from a field of both datasets, or from a torchvision model."""
+def _other_embeddings(run, pretrain, target, split, calibration_split, source, image_size, device):
+    """Embeddings of the pretraining, target and (with ``calibration_split``)
+    reference images from a field of both datasets, or from a torchvision model."""
+    embeddings_field, pretrain_embeddings_field, model, weights_path = source
+    target_view = _target_view(run, target, *split)
+    views = [pretrain, target_view]
+    if calibration_split is not None:
+        views.append(_reference_view(target, target_view, calibration_split, *split[1:]))
+    roles = ("pretraining", "target", "reference")
     if embeddings_field is not None:
-        tgt = tse.from_field(target_view, embeddings_field, "target")
-        pre = tse.from_field(pretrain, pretrain_embeddings_field or embeddings_field, "pretraining")
-        return pre, tgt
-    tgt = tse.from_model(target_view, model, weights_path, "target", image_size, device)
-    pre = tse.from_model(pretrain, model, weights_path, "pretraining", image_size, device)
-    return pre, tgt
+        fields = [pretrain_embeddings_field or embeddings_field] + [embeddings_field] * 2
+        out = [tse.from_field(v, f, r) for v, f, r in zip(views, fields, roles)]
+    else:
+        out = [
+            tse.from_model(v, model, weights_path, r, image_size, device)
+            for v, r in zip(views, roles)
+        ]
+    return out[0], out[1], out[2] if len(out) > 2 else None
 
 
 def _index(pre, index, device, queries_from=None, seconds=None, name="pretraining embeddings"):

@@ -419,3 +419,65 @@ def test_a_re_encoded_copy_with_identical_pixels_is_certain_evidence(leaky, tmp_
     source.reload()
     assert source.id in summary["leak_ids"] and source["px_score"] == 1.0
     assert "1 with identical pixels in other bytes" in summary.describe()[0]
+
+
+def test_a_cut_calibrated_on_the_train_split_tags_by_distance_alone(leaky):
+    pre, tgt, planted = leaky
+    n_train = len(tgt.match_tags("train"))
+    summary = detect_leakage(
+        tgt,
+        pre,
+        key="cal",
+        embeddings_field="emb",
+        target_split="test",
+        calibration_split="train",
+        false_positive_rate=0.1,
+    )
+    cal = summary["calibration"]
+    assert cal["reference_size"] == n_train and cal["false_positive_rate"] == 0.1
+    assert cal["max_distance"] == pytest.approx(2 * cal["cut_distance"])  # threshold 0.5
+    assert cal["expected_false_positives"] == pytest.approx(0.1 * 18)
+    test = tgt.match_tags("test")
+    within = {i for i, d in zip(*test.values(["id", "cal_distance"])) if d <= cal["cut_distance"]}
+    assert set(summary["leak_ids"]) == within  # no influence: the distance decides
+    assert tgt.get_run_info("cal").config.false_positive_rate == 0.1
+
+
+def test_with_a_runs_backbone_its_train_split_calibrates_the_cut(tiny_run):
+    pre, tgt, _ = tiny_run
+    try:
+        summary = detect_leakage(tgt, key="cal_run", influence_key="infl", false_positive_rate=0.2)
+        cal = summary["calibration"]
+        assert cal["reference_size"] == len(tgt.match_tags("train"))
+        assert 0 < cal["cut_distance"] and summary["num_targets"] == 18
+        with pytest.raises(TransferScopeError, match="calibration_split is not used"):
+            detect_leakage(
+                tgt, key="x", influence_key="infl", false_positive_rate=0.2, calibration_split="t"
+            )
+    finally:
+        if "cal_run" in tgt.list_runs():
+            tgt.delete_run("cal_run")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(false_positive_rate=0), r"false_positive_rate must be a finite number in \(0, 1\)"),
+        (dict(false_positive_rate=1.5), r"false_positive_rate must be a finite number in \(0, 1\)"),
+        (dict(false_positive_rate=0.1, max_distance=0.05), "not both"),
+        (dict(false_positive_rate=0.1), "needs reference images that are not leaks"),
+        (dict(calibration_split="train"), "used only with false_positive_rate"),
+        (
+            dict(false_positive_rate=0.1, calibration_split="test"),
+            "calibration_split shares 18 sample",
+        ),
+        (dict(false_positive_rate=0.001, calibration_split="train"), "needs at least 999"),
+    ],
+)
+def test_bad_calibration_is_refused_by_name_and_changes_nothing(leaky, kwargs, message):
+    pre, tgt, _ = leaky
+    with pytest.raises(TransferScopeError, match=message):
+        detect_leakage(
+            tgt, pre, key="bad_cal", embeddings_field="emb", target_split="test", **kwargs
+        )
+    assert "bad_cal" not in tgt.list_runs() and not tgt.has_sample_field("bad_cal_score")

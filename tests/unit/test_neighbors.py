@@ -120,3 +120,27 @@ def test_matched_influence_support_is_zero_where_the_target_or_class_is_unknown(
     assert got[[1, 2]].tolist() == [0.0, 0.0]
     np.testing.assert_allclose(got[[0, 3]], want)
     assert nb.matched_influence_support(infl, [-1], [-1]).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("rate, n", [(0.01, 100), (0.05, 200), (0.001, 2000)])
+def test_a_calibrated_cut_holds_its_false_positive_rate_by_simulation(rate, n):
+    """Coverage of the cut: non-leaks below it, over 4,000 draws of reference and
+    checked distances from a skewed distribution (the method assumes none)."""
+    rng = np.random.default_rng(int(rate * 1e4) + n)
+    reps, m = 4000, 500
+    rates = np.empty(reps)
+    for r in range(reps):
+        reference = rng.gamma(2.0, 0.01, n)
+        checked = rng.gamma(2.0, 0.01, m)
+        rates[r] = np.mean(checked <= nb.calibrated_cut(reference, rate))
+    mean, se = rates.mean(), rates.std() / np.sqrt(reps)
+    k = np.floor(rate * (n + 1))
+    assert mean <= rate + 3 * se  # valid
+    assert mean == pytest.approx(k / (n + 1), abs=4 * se)  # and exactly as conservative as k says
+
+
+def test_a_calibrated_cut_refuses_a_rate_its_reference_cannot_support():
+    with pytest.raises(ValueError, match="needs at least 999 reference images; there are 100"):
+        nb.calibrated_cut(np.linspace(0.1, 1, 100), 0.001)
+    with pytest.raises(ValueError, match="false_positive_rate"):
+        nb.calibrated_cut(np.linspace(0.1, 1, 100), 1.5)
