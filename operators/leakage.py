@@ -5,6 +5,12 @@ import fiftyone.operators.types as types
 
 from . import _forms
 
+# each way to set the cut, and the form values of the other way
+CUTS = {
+    "distance": ("false_positive_rate", "calibration_split"),
+    "calibrated": ("max_distance",),
+}
+
 
 class DetectLeakage(foo.Operator):
     @property
@@ -16,7 +22,7 @@ class DetectLeakage(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        from transferscope.leakage import detect_leakage
+        from transferscope.leakage import DEFAULT_MAX_DISTANCE, detect_leakage
 
         d = _forms.defaults_of(detect_leakage)
 
@@ -36,12 +42,31 @@ class DetectLeakage(foo.Operator):
                 label="Target split (tag)",
                 description="only samples with this tag (default: all)",
             )
-        inputs.float(
-            "max_distance",
-            default=d["max_distance"],
-            label="Max cosine distance",
-            description="closeness is 1 for a copy and 0 at this distance",
-        )
+        cuts = types.RadioGroup()
+        cuts.add_choice("distance", label="at a cosine distance I choose")
+        cuts.add_choice("calibrated", label="calibrated for a false-positive rate")
+        inputs.enum("cut", list(CUTS), default="distance", label="Tagging cut", view=cuts)
+        if ctx.params.get("cut", "distance") == "distance":
+            inputs.float(
+                "max_distance",
+                default=DEFAULT_MAX_DISTANCE,
+                label="Max cosine distance",
+                description="closeness is 1 for a copy and 0 at this distance",
+            )
+        else:
+            inputs.float(
+                "false_positive_rate",
+                default=0.01,
+                label="False-positive rate, in (0, 1)",
+                description="calibrated on target images that are not checked",
+            )
+            if ctx.params.get("source", "run") != "run":
+                inputs.str(
+                    "calibration_split",
+                    required=True,
+                    label="Reference split (tag)",
+                    description="target samples that are not leaks nor checked, e.g. train",
+                )
         inputs.float("threshold", default=d["threshold"], label="Leak score threshold, in (0, 1]")
         if kwargs.get("influence_key") is not None:
             inputs.float(
@@ -60,7 +85,9 @@ class DetectLeakage(foo.Operator):
     def execute(self, ctx):
         from transferscope.leakage import detect_leakage
 
-        p = ctx.params
+        p = dict(ctx.params)
+        for name in CUTS[p.get("cut", "distance")]:  # the other cut's values stay unused
+            p.pop(name, None)
         summary = detect_leakage(
             ctx.dataset,
             pretrain_dataset=p.get("pretrain_dataset"),
@@ -70,6 +97,8 @@ class DetectLeakage(foo.Operator):
                 p,
                 (
                     "max_distance",
+                    "false_positive_rate",
+                    "calibration_split",
                     "threshold",
                     "influence_weight",
                     "index",

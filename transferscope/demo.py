@@ -372,6 +372,7 @@ def run_demo(
     diversity = _demo_diversity(pretrain, target, where, out)
     leakage, duplicates = _demo_leaks(pretrain, target, out)
     report = planted_report(results, target, summary, leakage, duplicates, pretrain)
+    report["leakage_calibrated"] = _demo_calibrated_leaks(target, out)
     report["subpopulations"] = subpop_report
     report["failures"] = _failures_report(failures, target.info["planted"]["harmful_class"])
     report["diversity"] = {
@@ -487,6 +488,27 @@ def _demo_leaks(pretrain, target, out):
         f" pretraining samples) tagged 'near_duplicate'; saved view {DUPLICATES_KEY}_groups"
     )
     return leakage, duplicates
+
+
+def _demo_calibrated_leaks(target, out):
+    """The same search with its cut calibrated on the train split for a 1% false-positive rate."""
+    leakage = detect_leakage(
+        target,
+        key=f"{LEAKAGE_KEY}_calibrated",
+        influence_key=RUN_KEY,
+        false_positive_rate=0.01,
+        tag="leak_calibrated",
+        overwrite=True,
+    )
+    cal = leakage["calibration"]
+    report = dict(_leakage_report(leakage, target.info["planted"]), calibration=cal)
+    out(
+        f"  calibrated for a 1% false-positive rate on the {cal['reference_size']} train "
+        f"scans: cut {cal['cut_distance']:.4g} (max_distance {cal['max_distance']:.4g}), "
+        f"{leakage['num_leaks']} tagged (expected false positives "
+        f"{cal['expected_false_positives']:.1f}), recall {report['recall']:.2f}"
+    )
+    return report
 
 
 def _failures_report(failures, planted_harmful_class):

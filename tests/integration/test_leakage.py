@@ -481,3 +481,28 @@ def test_bad_calibration_is_refused_by_name_and_changes_nothing(leaky, kwargs, m
             tgt, pre, key="bad_cal", embeddings_field="emb", target_split="test", **kwargs
         )
     assert "bad_cal" not in tgt.list_runs() and not tgt.has_sample_field("bad_cal_score")
+
+
+def test_the_leakage_operator_calibrates_its_cut(leaky):
+    pre, tgt, _ = leaky
+    params = dict(
+        source="field",
+        embeddings_field="emb",
+        pretrain_dataset=pre.name,
+        target_split="test",
+        cut="calibrated",
+        false_positive_rate=0.1,
+        calibration_split="train",
+        max_distance=0.05,  # left from the other choice: not used
+        run_key="op_cal",
+    )
+    out = foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=params))
+    assert out.error is None, out.error
+    config = tgt.get_run_info("op_cal").config
+    assert config.false_positive_rate == 0.1 and config.max_distance != 0.05
+    with pytest.raises(Exception, match="calibration_split"):  # required by the form
+        foo.execute_operator(
+            f"{PLUGIN}/detect_leakage",
+            ctx=dict(dataset=tgt, params=dict(params, calibration_split=None, run_key="x")),
+        )
+    assert "x" not in tgt.list_runs()
