@@ -214,7 +214,8 @@ def detect_leakage(
         split = (target_split, split_by, split_field)
         calibrate = calibration_split if false_positive_rate is not None else None
         if run_embeds:
-            pre, tgt, ref = _run_embeddings(run, pretrain, target, split, device)
+            calibrating = false_positive_rate is not None
+            pre, tgt, ref = _run_embeddings(run, pretrain, target, split, device, calibrating)
         else:
             source = (embeddings_field, pretrain_embeddings_field, model, weights_path)
             pre, tgt, ref = _other_embeddings(
@@ -347,12 +348,14 @@ def _leakage_datasets(target, pretrain_dataset, influence_key):
     return run, pretrain
 
 
-def _run_embeddings(run, pretrain, target, split, device):
-    """The run backbone's embeddings of its pretraining, (chosen) test and train
-    samples, within the views passed (the run embeds all of its samples)."""
-    pre, tgt, train = tse.from_run(
-        run, device=None if device == "auto" else device, with_train=True
+def _run_embeddings(run, pretrain, target, split, device, with_train):
+    """The run backbone's embeddings of its pretraining, (chosen) test and (with
+    ``with_train``, for a calibration; else None) train samples, within the
+    views passed (the run embeds all of its samples)."""
+    pre, tgt, *train = tse.from_run(
+        run, device=None if device == "auto" else device, with_train=with_train
     )
+    train = train[0] if train else None
     if split[0] is not None:
         keep = set(tsv.resolve_split(target, *split).values("id"))
         rows = np.array([i in keep for i in tgt.ids])
