@@ -330,9 +330,19 @@ def leak_scores(distance, max_distance, support_z=None, influence_weight=0.25):
     not outvote the pixels (an exact copy scores 1 whatever its class does).
     Without influence, ``score = closeness``.
     """
+    return combined_leak_scores(closeness(distance, max_distance), support_z, influence_weight)
+
+
+def closeness(distance, max_distance):
+    """``max(0, 1 - d / max_distance)``: 1 for an exact copy, 0 at ``max_distance``."""
     check_number(max_distance, "max_distance", 0, 2, low_open=True)
+    return np.clip(1.0 - np.asarray(distance, np.float64) / max_distance, 0.0, 1.0)
+
+
+def combined_leak_scores(closeness, support_z=None, influence_weight=0.25):
+    """:func:`leak_scores` from a closeness in ``[0, 1]`` already computed."""
     check_number(influence_weight, "influence_weight", 0, 1, high_open=True)
-    closeness = np.clip(1.0 - np.asarray(distance, np.float64) / max_distance, 0.0, 1.0)
+    closeness = np.asarray(closeness, np.float64)
     if support_z is None or influence_weight == 0:
         return closeness
     support = stats.norm.cdf(np.asarray(support_z, np.float64))

@@ -5,10 +5,18 @@ import fiftyone.operators.types as types
 
 from . import _forms
 
-# each way to set the cut, and the form values of the other way
+# each way to set the cut, and the form values of the other ways
 CUTS = {
+    "pixels": ("max_distance", "false_positive_rate", "calibration_split"),
     "distance": ("false_positive_rate", "calibration_split"),
-    "calibrated": ("max_distance",),
+    "calibrated": ("max_distance", "match_threshold"),
+}
+# pixel matching: the form's choices, "off" for none
+AUGMENTATION_CHOICES = {
+    "standard": "shifts, rotations, crops (default)",
+    "shifts": "shifts only",
+    "none": "untransformed pixels only",
+    "off": "no pixel matching",
 }
 
 
@@ -42,18 +50,21 @@ class DetectLeakage(foo.Operator):
                 label="Target split (tag)",
                 description="only samples with this tag (default: all)",
             )
+        _pixel_inputs(inputs, ctx, d)
         cuts = types.RadioGroup()
-        cuts.add_choice("distance", label="at a cosine distance I choose")
+        cuts.add_choice("pixels", label="verified pixel matches (embeddings propose candidates)")
+        cuts.add_choice("distance", label="also at an embedding distance I choose")
         cuts.add_choice("calibrated", label="calibrated for a false-positive rate")
-        inputs.enum("cut", list(CUTS), default="distance", label="Tagging cut", view=cuts)
-        if ctx.params.get("cut", "distance") == "distance":
+        inputs.enum("cut", list(CUTS), default="pixels", label="Tagging cut", view=cuts)
+        cut = ctx.params.get("cut", "pixels")
+        if cut == "distance":
             inputs.float(
                 "max_distance",
                 default=DEFAULT_MAX_DISTANCE,
                 label="Max cosine distance",
                 description="closeness is 1 for a copy and 0 at this distance",
             )
-        else:
+        elif cut == "calibrated":
             inputs.float(
                 "false_positive_rate",
                 default=0.01,
@@ -86,17 +97,20 @@ class DetectLeakage(foo.Operator):
         from transferscope.leakage import detect_leakage
 
         p = dict(ctx.params)
-        for name in CUTS[p.get("cut", "distance")]:  # the other cut's values stay unused
+        for name in CUTS[p.get("cut", "pixels")]:  # the other cuts' values stay unused
             p.pop(name, None)
+        augmentations = p.get("augmentations", "standard")
         summary = detect_leakage(
             ctx.dataset,
             pretrain_dataset=p.get("pretrain_dataset"),
             key=p["run_key"],
             target_split=p.get("target_split") or None,
+            augmentations=None if augmentations == "off" else augmentations,
             **_forms.given(
                 p,
                 (
                     "max_distance",
+                    "match_threshold",
                     "false_positive_rate",
                     "calibration_split",
                     "threshold",
@@ -125,6 +139,29 @@ class DetectLeakage(foo.Operator):
         outputs.float("recall_at_1", label="Index recall@1 (1.0 for exact)")
         outputs.str("saved_view", label="Saved view")
         return types.Property(outputs, view=types.View(label="Leakage"))
+
+
+def _pixel_inputs(inputs, ctx, defaults):
+    choices = types.Dropdown()
+    for name, label in AUGMENTATION_CHOICES.items():
+        choices.add_choice(name, label=label)
+    inputs.enum(
+        "augmentations",
+        list(AUGMENTATION_CHOICES),
+        default="standard",
+        label="Pixel matching",
+        description="searched transformations of each target image, verified by correlation",
+        view=choices,
+    )
+    on = ctx.params.get("augmentations", "standard") != "off"
+    if on and ctx.params.get("cut", "pixels") != "calibrated":
+        inputs.float(
+            "match_threshold",
+            default=defaults["match_threshold"],
+            label="Match correlation, in (0, 1)",
+            description="a verified match with this normalised cross-correlation reaches "
+            "the leak score threshold",
+        )
 
 
 class FindNearDuplicates(foo.Operator):

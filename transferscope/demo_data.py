@@ -92,6 +92,8 @@ class PlantedTruth:
     leak_class: str
     leaked_test_indices: list  # positions in the target test split
     leak_variants: list  # per copy: pretrain_index, test_index and kind
+    # the second leak: one transformed copy per scan, in an unrelated class
+    transformed_leak_variants: list = dataclasses.field(default_factory=list)
     subpop_digit: int = SUBPOP_DIGIT
     subpop_test_styles: dict = dataclasses.field(default_factory=dict)  # str(test index) -> style
 
@@ -161,6 +163,9 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per
             labels.append(len(names) - 1)
     train_images, _ = _restyle(train_images, digits_y[train_idx])
     test_images, test_styles = _restyle(test_images, test_labels)
+    transformed = _plant_transformed_leak(
+        test_images, test_labels, leaked, names, images, labels, np.random.default_rng([seed, 2])
+    )
 
     planted = PlantedTruth(
         harmful_class=HARMFUL_CLASS,
@@ -168,6 +173,7 @@ def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per
         leak_class=LEAK_CLASS,
         leaked_test_indices=[int(t) for t in leaked],
         leak_variants=variants,
+        transformed_leak_variants=transformed,
         subpop_digit=SUBPOP_DIGIT,
         subpop_test_styles=test_styles,
     )
@@ -299,6 +305,57 @@ def _missing_glyph(font, ch):
 
 
 _LEAK_KINDS = np.array(["exact", "noise", "shift", "resize", "contrast"])
+TRANSFORMED_LEAK_KINDS = ("rotation", "crop", "jpeg")
+TRANSFORMED_PER_KIND = 15
+
+
+def _plant_transformed_leak(test_images, test_labels, leaked, names, images, labels, rng):
+    """The second leak: ``TRANSFORMED_PER_KIND`` random test scans per kind (not
+    of LEAK_DIGIT, not already leaked), each copied once, transformed, into a
+    random letter or symbol class (unrelated to its digit); appended in place."""
+    unrelated = [
+        i
+        for i, n in enumerate(names)
+        if not n.isdigit() and n not in (HARMFUL_CLASS, *SUBPOP_STYLES)
+    ]
+    pool = np.setdiff1d(np.flatnonzero(test_labels != LEAK_DIGIT), leaked)
+    chosen = rng.choice(pool, len(TRANSFORMED_LEAK_KINDS) * TRANSFORMED_PER_KIND, replace=False)
+    variants = []
+    for j, t in enumerate(chosen):
+        kind = TRANSFORMED_LEAK_KINDS[j // TRANSFORMED_PER_KIND]
+        cls = int(unrelated[rng.integers(len(unrelated))])
+        images.append(_transformed_copy(test_images[t], kind, rng))
+        labels.append(cls)
+        variants.append(
+            {
+                "pretrain_index": len(images) - 1,
+                "test_index": int(t),
+                "kind": kind,
+                "class": names[cls],
+            }
+        )
+    return variants
+
+
+def _transformed_copy(img, kind, rng):
+    """A copy as scraped back from the web: slightly rotated, cropped and
+    resized, or JPEG re-encoded at low quality."""
+    import io
+
+    pil = Image.fromarray(img)
+    if kind == "rotation":
+        angle = float(rng.uniform(5, 15) * rng.choice([-1, 1]))
+        return np.asarray(pil.rotate(angle, resample=Image.BILINEAR))
+    if kind == "crop":
+        side = int(round(CANVAS * rng.uniform(0.8, 0.92)))
+        x0, y0 = (int(rng.integers(0, CANVAS - side + 1)) for _ in range(2))
+        box = (x0, y0, x0 + side, y0 + side)
+        return np.asarray(pil.crop(box).resize((CANVAS, CANVAS), Image.BILINEAR))
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=int(rng.integers(20, 51)))
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return np.asarray(decoded.convert("L"))
 
 
 def _near_copy(img, kind, rng):

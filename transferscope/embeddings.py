@@ -177,6 +177,30 @@ def content_hashes(view, pixels=False):
     return dict(zip(ids, hashes))
 
 
+def thumbnails(view, ids):
+    """Grey ``THUMB`` x ``THUMB`` thumbnails (uint8) of the samples ``ids`` of
+    ``view``, in that order; an unreadable file gives a blank one (it matches nothing)."""
+    import concurrent.futures
+
+    from .compute.matching import THUMB
+
+    path_of = dict(zip(*view.values(["id", "filepath"])))
+    blank = np.zeros((THUMB, THUMB), np.uint8)
+
+    def load(path):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("L").resize((THUMB, THUMB), Image.BILINEAR))
+        except (OSError, ValueError):
+            return blank
+
+    paths = [path_of[str(i)] for i in ids]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return np.stack(list(pool.map(load, paths))) if paths else np.zeros((0, THUMB, THUMB))
+
+
 def _or_none(fn):
     def call(x):
         try:

@@ -17,6 +17,7 @@ import fiftyone as fo
 
 from . import embeddings as tse
 from . import views as tsv
+from .compute import matching as mt
 from .compute import neighbors as nb
 from .influence_run import InfluenceRun
 from .results import JobResults, counts_plotly
@@ -25,8 +26,11 @@ from .views import DatasetLike, SplitLike, Progress, TransferScopeError
 
 logger = logging.getLogger(__name__)
 
-# chosen on the demo's run-backbone embeddings (README); tune it for yours
+# near-duplicates inside one dataset: chosen on the demo's run-backbone embeddings
 DEFAULT_MAX_DISTANCE = 0.01
+# verified NCC from which a pixel match is a leak; chosen on the demo (docs/demo.md)
+DEFAULT_MATCH_THRESHOLD = 0.975
+EMBEDDING_CANDIDATES = 4  # nearest neighbours in the embeddings, verified by pixels too
 
 
 class LeakageResults(JobResults):
@@ -83,6 +87,8 @@ def leakage_fields(key):
         f"{key}_nearest_id",
         f"{key}_nearest_label",
         f"{key}_influence_z",
+        f"{key}_match",
+        f"{key}_transform",
     ]
 
 
@@ -125,6 +131,8 @@ def detect_leakage(
     pretrain_label_field: str = "ground_truth",
     max_distance: float | None = None,
     threshold: float = 0.5,
+    augmentations: str | None = "standard",
+    match_threshold: float = DEFAULT_MATCH_THRESHOLD,
     false_positive_rate: float | None = None,
     calibration_split: SplitLike | None = None,
     sample_influence_key: str | None = None,
@@ -138,24 +146,37 @@ def detect_leakage(
 ) -> LeakageResults:
     """Finds target samples that (nearly) copy a pretraining image.
 
-    For each target sample: the nearest pretraining image (cosine distance
-    between embeddings, FAISS; with ``hash_files``, a byte-identical file or
-    identical decoded pixels count as distance 0 whatever the embeddings
-    say), and a leak score in [0, 1] (see
-    :func:`transferscope.compute.neighbors.leak_scores`) from the distance
-    (1 for a copy, 0 at ``max_distance`` or beyond), raised (never lowered)
-    when ``influence_key`` names a class-influence run and the nearest
-    image's class helps the sample unusually (a leaked copy makes its class
-    stand out). Samples scoring ``>= threshold`` get ``tag``.
+    Evidence, strongest first; each can only raise a sample's leak score in
+    [0, 1] (see :func:`transferscope.compute.neighbors.leak_scores`):
+
+    - with ``hash_files``, a byte-identical file or identical decoded pixels:
+      score 1, whatever else says;
+    - with ``augmentations`` (default ``"standard"``), a verified pixel match
+      (:mod:`transferscope.compute.matching`): the target and its shifted,
+      rotated and cropped-and-resized versions are searched among the
+      pretraining thumbnails (and its nearest neighbours in the embeddings),
+      each candidate is aligned and compared by normalised cross-correlation,
+      and a target that is its match's best reaches ``threshold`` at NCC
+      ``match_threshold``; robust to re-encoding (JPEG), noise, contrast,
+      small shifts, rotations up to about 16 degrees and crops down to 80%;
+    - the embeddings' cosine distance, when a cut is set (``max_distance``)
+      or calibrated (``false_positive_rate``): closeness 1 at distance 0,
+      0 at ``max_distance``; without a cut the embeddings only propose
+      candidates for the pixel verification;
+    - with ``influence_key`` (or ``sample_influence_key``): the score is
+      raised, never lowered, when the matched image's class (or the image)
+      helps the sample unusually. Samples scoring ``>= threshold`` get ``tag``.
 
     Embeddings (one source): ``influence_key`` (the run's backbone: one network
     pretrained on every class with the run's protocol), ``embeddings_field``
     (on both datasets; ``pretrain_embeddings_field`` if named differently) or
     ``model`` (a torchvision name, with local ``weights_path``).
 
-    Writes on the target samples ``<key>_score``, ``<key>_distance``,
-    ``<key>_nearest_id``, ``<key>_nearest_label`` and (with a run)
-    ``<key>_influence_z``; the saved view ``<key>_likely_leaks``; and a run
+    Writes on the target samples ``<key>_score``, ``<key>_distance`` (in the
+    embeddings), ``<key>_nearest_id`` and ``<key>_nearest_label`` (the
+    strongest evidence's image), with a run ``<key>_influence_z``, and with
+    pixel matching ``<key>_match`` (the best verified NCC) and
+    ``<key>_transform`` (what aligned it, e.g. ``"rotate +8"``); the saved view ``<key>_likely_leaks``; and a run
     ``key`` on the target dataset (deleting it removes all of this).
 
     Args:
@@ -164,15 +185,22 @@ def detect_leakage(
         target_split: which target samples to check (default: the run's test
             split with ``influence_key``, else every sample); as in
             :func:`transferscope.compute_class_influence`
-        max_distance: cosine distance in (0, 2] at which closeness reaches 0
-            (default 0.01, or calibrated with ``false_positive_rate``)
+        max_distance: cosine distance in (0, 2] at which the embeddings'
+            closeness reaches 0 (default: none, or calibrated with
+            ``false_positive_rate``)
         threshold: leak score in (0, 1] from which a sample is tagged
+        augmentations: ``"standard"``, ``"shifts"``, ``"none"`` (pixel
+            matching without transformations) or None (no pixel matching)
+        match_threshold: verified NCC in (0, 1) at which a pixel match
+            reaches ``threshold`` (default 0.975; calibrated with
+            ``false_positive_rate``)
         false_positive_rate: in (0, 1): calibrate the cut from the data
-            instead: the nearest-pretraining distances of target images that
-            are not checked (the run's train split with ``influence_key``,
-            else ``calibration_split``) set ``max_distance`` so that a
-            non-leak is tagged on distance alone with at most this
-            probability (split conformal; see
+            instead: the nearest-pretraining distances and pixel matches of
+            target images that are not checked (the run's train split with
+            ``influence_key``, else ``calibration_split``) set
+            ``max_distance`` and ``match_threshold`` so that a non-leak is
+            tagged by either with at most this probability (half of it
+            each; split conformal; see
             :func:`transferscope.compute.neighbors.calibrated_cut`). The
             influence term can add to it. The cut, the reference size and the
             expected number of false positives go into the summary
@@ -196,6 +224,7 @@ def detect_leakage(
     tsv.check_number(influence_weight, "influence_weight", 0, 1, high_open=True)
     tsv.validate_tag(tag)
     _check_index_kind(index)
+    _check_matching(augmentations, match_threshold)
     sources = _embed_sources(influence_key, embeddings_field, model)
     run_embeds = sources == ["influence_key"]
     _check_cut(max_distance, false_positive_rate, calibration_split, influence_key, run_embeds)
@@ -228,27 +257,39 @@ def detect_leakage(
         index_, queries = _index(pre, index, device, tgt, seconds)
         report(2)
         t0 = time.perf_counter()
-        dist, idx = index_.search(queries, 1, prepared=True)
-        dist, idx = dist[:, 0].astype(np.float64), idx[:, 0]
+        dist, idx = index_.search(queries, EMBEDDING_CANDIDATES, prepared=True)
+        near_rows = idx
+        dist, idx = dist[:, 0].astype(np.float64), idx[:, 0].copy()
         seconds["search"] = time.perf_counter() - t0
         recall = index_.recall(queries, k=1, prepared=True)
-        calibration = None
+        pixels = _PixelMatcher(pretrain, root, pre, augmentations, device)
+        cut = (max_distance, match_threshold, None)
         if false_positive_rate is not None:
-            max_distance, calibration = _calibrate(
-                index_, ref, false_positive_rate, threshold, len(tgt.ids)
-            )
-        max_distance = DEFAULT_MAX_DISTANCE if max_distance is None else max_distance
-        exact = _mark_exact_copies(pretrain, root, pre, tgt, dist, idx) if hash_files else [0, 0]
+            cut = _calibrate(index_, pixels, ref, false_positive_rate, threshold, len(tgt.ids))
+        max_distance, match_threshold, calibration = cut
+        closeness = _embedding_closeness(dist, max_distance)
+        if hash_files:
+            exact = _mark_exact_copies(pretrain, root, pre, tgt, dist, idx)
+            closeness[exact.pop("rows")] = 1.0
+        else:
+            exact = {"bytes": 0, "pixels": 0}
+        matches = pixels.match(tgt.ids, near_rows, seconds)
+        if matches is not None:
+            by_pixels = mt.match_closeness(matches, match_threshold, threshold)
+            better = by_pixels > closeness
+            idx[better] = matches["index"][better]
+            closeness = np.maximum(closeness, by_pixels)
         report(3)
 
         nearest_labels = _nearest_labels(pre, idx, pretrain, pretrain_label_field)
         support = _influence_support(run, sample_run, tgt, pre.ids[idx], nearest_labels)
         weight = influence_weight if support is not None else 0.0
-        scores = nb.leak_scores(dist, max_distance, support, weight)
+        scores = nb.combined_leak_scores(closeness, support, weight)
         ids = [str(i) for i in tgt.ids]
         leaks = [i for i, s in zip(ids, scores) if s >= threshold]
         summary = _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds)
         summary["calibration"] = calibration
+        summary["num_transformed_copies"] = _count_transformed(matches, scores, threshold)
         params = dict(
             pretrain_dataset=pretrain._root_dataset.name,
             run_key=influence_key,  # stored under its 0.2 name
@@ -258,17 +299,73 @@ def detect_leakage(
             model=model,
             max_distance=max_distance,
             threshold=threshold,
+            augmentations=augmentations,
+            match_threshold=match_threshold if augmentations is not None else None,
             false_positive_rate=false_positive_rate,
             influence_weight=weight,
             index=index_.kind,
             tag=tag,
         )
         columns = (scores, dist, [str(i) for i in pre.ids[idx]], nearest_labels, support)
+        columns += _match_columns(matches)
         _commit_leakage(
             write, root, key, fields, ids, columns, summary, params, threshold, leaks, tag
         )
         report(4)
         return LeakageResults(summary)
+
+
+class _PixelMatcher:
+    """Pixel evidence (:mod:`transferscope.compute.matching`) for one search:
+    the pretraining thumbnails are loaded once, for the targets and for a
+    calibration's reference images alike; off when ``augmentations`` is None."""
+
+    def __init__(self, pretrain, root, pre, augmentations, device):
+        self.on = augmentations is not None
+        self.augmentations, self.root, self.device = augmentations, root, device
+        self._pretrain, self._pre, self._thumbs = pretrain, pre, None
+
+    def match(self, ids, extra_rows=None, seconds=None):
+        if not self.on:
+            return None
+        t0 = time.perf_counter()
+        if self._thumbs is None:
+            self._thumbs = tse.thumbnails(self._pretrain, self._pre.ids)
+        try:
+            out = mt.match_copies(
+                self._thumbs,
+                tse.thumbnails(self.root, ids),
+                self.augmentations,
+                extra_candidates=extra_rows,
+                device=self.device,
+            )
+        except ValueError as e:
+            raise TransferScopeError(str(e)) from e
+        if seconds is not None:
+            seconds["match"] = time.perf_counter() - t0
+        return out
+
+
+def _embedding_closeness(dist, max_distance):
+    """Closeness by embedding distance; without a cut (neither ``max_distance``
+    nor a calibration) the embeddings only propose candidates for the pixels."""
+    if max_distance is None:
+        return np.zeros(len(dist))
+    return nb.closeness(dist, max_distance)
+
+
+def _count_transformed(matches, scores, threshold):
+    """Leaks whose evidence is a verified match under a transformation (not identity)."""
+    if matches is None:
+        return 0
+    moved = np.array([t not in ("", "identity") for t in matches["transform"]], dtype=bool)
+    return int((moved & matches["mutual"] & (np.asarray(scores) >= threshold)).sum())
+
+
+def _match_columns(matches):
+    if matches is None:
+        return (None, None)
+    return (matches["ncc"], list(matches["transform"]))
 
 
 def _sample_run(target, pretrain, key):
@@ -308,8 +405,8 @@ def _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds):
         "num_targets": len(ids),
         "num_pretrain": len(pre.ids),
         "num_leaks": len(leaks),
-        "num_exact_file_copies": exact[0],
-        "num_pixel_copies": exact[1],  # same decoded pixels, other bytes
+        "num_exact_file_copies": exact["bytes"],
+        "num_pixel_copies": exact["pixels"],  # same decoded pixels, other bytes
         "index": index_.kind,
         "on_gpu": index_.on_gpu,
         "recall_at_1": recall,
@@ -320,6 +417,17 @@ def _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds):
         "seconds": seconds,
         "leak_ids": leaks,
     }
+
+
+def _check_matching(augmentations, match_threshold):
+    if augmentations is not None and not (
+        isinstance(augmentations, str) and augmentations in mt.AUGMENTATIONS
+    ):
+        raise TransferScopeError(
+            f"augmentations must be one of {sorted(mt.AUGMENTATIONS)} or None (no pixel "
+            f"matching); got {augmentations!r}"
+        )
+    tsv.check_number(match_threshold, "match_threshold", 0, 1, low_open=True, high_open=True)
 
 
 def _check_index_kind(index):
@@ -401,28 +509,42 @@ def _reference_view(target, checked, calibration_split, split_by, split_field):
     return ref
 
 
-def _calibrate(index_, ref, false_positive_rate, threshold, num_checked):
-    """``max_distance`` that puts the tagging cut (score ``threshold``) at the
-    calibrated distance, and what the summary says about it."""
+def _calibrate(index_, pixels, ref, false_positive_rate, threshold, num_checked):
+    """``max_distance`` and ``match_threshold`` that put the tagging cut at the
+    calibrated distance and NCC, and what the summary says about them. With
+    pixel matching on, each evidence gets half the rate (a union bound)."""
+    rate = false_positive_rate / 2 if pixels.on else false_positive_rate
     try:
         dist, _ = index_.search(ref.vectors, 1, name="reference embeddings", ids=ref.ids)
-        cut = nb.calibrated_cut(dist[:, 0], false_positive_rate)
+        cut = nb.calibrated_cut(dist[:, 0], rate)
+        matched = pixels.match(ref.ids)
+        # the mutual-best rule is left out here: it can only remove tags
+        ncc_cut = None if matched is None else 1.0 - nb.calibrated_cut(1.0 - matched["ncc"], rate)
     except ValueError as e:
-        raise TransferScopeError(str(e)) from e
-    if cut <= 0:
+        halved = " (half of it for each of the embeddings and the pixel matches)"
+        note = halved if pixels.on and "reference images" in str(e) else ""
+        raise TransferScopeError(
+            f"with false_positive_rate {false_positive_rate:g}{note}: {e}"
+        ) from e
+    if cut <= 0 or (ncc_cut is not None and ncc_cut >= 1):
         raise TransferScopeError(
             "the calibration's reference images have exact copies in the pretraining set: "
             "they cannot stand for images that are not leaks"
         )
     # closeness = 1 - d / max_distance reaches `threshold` exactly at d = cut
     max_distance = min(2.0, cut / (1.0 - threshold)) if threshold < 1 else cut
-    return max_distance, {
-        "false_positive_rate": false_positive_rate,
-        "reference_size": len(ref.ids),
-        "cut_distance": cut,
-        "max_distance": max_distance,
-        "expected_false_positives": false_positive_rate * num_checked,
-    }
+    return (
+        max_distance,
+        ncc_cut,
+        {
+            "false_positive_rate": false_positive_rate,
+            "reference_size": len(ref.ids),
+            "cut_distance": cut,
+            "max_distance": max_distance,
+            "match_threshold": ncc_cut,
+            "expected_false_positives": false_positive_rate * num_checked,
+        },
+    )
 
 
 def _within(emb, samples, role):
@@ -484,9 +606,10 @@ def _mark_exact_copies(pretrain, root, pre, tgt, dist, idx):
     """Certain evidence: a target whose file, or whose decoded pixels, some
     pretraining image shares is at distance 0 from it, whatever the
     embeddings say (``dist`` and ``idx`` changed in place); returns the
-    numbers of byte-identical and of pixel-identical (re-encoded) copies."""
+    numbers of byte-identical and of pixel-identical (re-encoded) copies
+    and (``rows``) the targets found."""
     pre_view, tgt_view = pretrain.select(list(pre.ids)), root.select(list(tgt.ids))
-    found = []
+    found, all_rows = [], []
     for pixels in (False, True):
         pre_hash = tse.content_hashes(pre_view, pixels=pixels)
         tgt_hash = tse.content_hashes(tgt_view, pixels=pixels)
@@ -494,10 +617,11 @@ def _mark_exact_copies(pretrain, root, pre, tgt, dist, idx):
             [pre_hash.get(i) for i in pre.ids], [tgt_hash.get(i) for i in tgt.ids]
         )
         found.append(len(rows))
+        all_rows.extend(rows)
         dist[rows], idx[rows] = 0.0, matches
         # a byte-identical copy is pixel-identical too: decode only the others
         tgt_view = tgt_view.exclude([str(tgt.ids[r]) for r in rows])
-    return found
+    return {"bytes": found[0], "pixels": found[1], "rows": np.asarray(all_rows, dtype=np.int64)}
 
 
 def _nearest_labels(pre, idx, pretrain, label_field):
@@ -518,6 +642,7 @@ def _positions(values, universe):
 def _commit_leakage(write, root, key, fields, ids, columns, summary, params, threshold, leaks, tag):
     """Writes the per-sample fields (the influence one only with a run), the view, the run."""
     kinds = (fo.FloatField, fo.FloatField, fo.StringField, fo.StringField, fo.FloatField)
+    kinds += (fo.FloatField, fo.StringField)
     written = [
         (field, kind, column)
         for field, kind, column in zip(fields, kinds, columns)

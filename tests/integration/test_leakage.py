@@ -284,6 +284,7 @@ def test_operators_detect_leakage_and_find_duplicates(leaky):
                 embeddings_field="emb",
                 pretrain_dataset=pre.name,
                 target_split="test",
+                cut="distance",
                 max_distance=0.05,
                 threshold=0.5,
                 index="flat",
@@ -432,6 +433,7 @@ def test_a_cut_calibrated_on_the_train_split_tags_by_distance_alone(leaky):
         target_split="test",
         calibration_split="train",
         false_positive_rate=0.1,
+        augmentations=None,  # no pixel matching: the embeddings' distance alone
     )
     cal = summary["calibration"]
     assert cal["reference_size"] == n_train and cal["false_positive_rate"] == 0.1
@@ -471,7 +473,18 @@ def test_with_a_runs_backbone_its_train_split_calibrates_the_cut(tiny_run):
             dict(false_positive_rate=0.1, calibration_split="test"),
             "calibration_split shares 18 sample",
         ),
-        (dict(false_positive_rate=0.001, calibration_split="train"), "needs at least 999"),
+        (
+            dict(false_positive_rate=0.001, calibration_split="train"),
+            r"0.001 \(half of it for each .*needs at least 1999",
+        ),
+        (
+            dict(false_positive_rate=0.001, calibration_split="train", augmentations=None),
+            "false_positive_rate 0.001 needs at least 999",
+        ),
+        (dict(augmentations="sharpen"), r"augmentations must be one of \['none', 'shifts'"),
+        (dict(augmentations=["standard"]), "augmentations must be one of"),
+        (dict(match_threshold=1.0), r"match_threshold must be a finite number in \(0, 1\)"),
+        (dict(match_threshold=-0.2), r"match_threshold must be a finite number in \(0, 1\)"),
     ],
 )
 def test_bad_calibration_is_refused_by_name_and_changes_nothing(leaky, kwargs, message):
@@ -491,15 +504,17 @@ def test_the_leakage_operator_calibrates_its_cut(leaky):
         pretrain_dataset=pre.name,
         target_split="test",
         cut="calibrated",
-        false_positive_rate=0.1,
+        false_positive_rate=0.2,  # 0.1 each for the embeddings and the pixels: 12 references
         calibration_split="train",
-        max_distance=0.05,  # left from the other choice: not used
+        max_distance=0.05,  # left from the other choices: not used
+        match_threshold=0.5,
         run_key="op_cal",
     )
     out = foo.execute_operator(f"{PLUGIN}/detect_leakage", ctx=dict(dataset=tgt, params=params))
     assert out.error is None, out.error
     config = tgt.get_run_info("op_cal").config
-    assert config.false_positive_rate == 0.1 and config.max_distance != 0.05
+    assert config.false_positive_rate == 0.2 and config.max_distance != 0.05
+    assert config.augmentations == "standard" and config.match_threshold not in (None, 0.5)
     with pytest.raises(Exception, match="calibration_split"):  # required by the form
         foo.execute_operator(
             f"{PLUGIN}/detect_leakage",

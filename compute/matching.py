@@ -1,0 +1,267 @@
+"""Copies that are not byte-identical: search with test-time augmentation, then verify.
+
+A leaked test image usually comes back re-encoded, rescaled, cropped, shifted,
+re-contrasted or slightly rotated. A classifier's features blur such a copy
+into "another image of the same thing", so pixels decide here:
+
+1. every image becomes a grey thumbnail (``THUMB`` x ``THUMB``);
+2. *search*: each target thumbnail, and its versions under a small set of
+   transformations (the named ``AUGMENTATIONS``), is looked up in a FAISS
+   index of coarse, blurred, per-image normalised pretraining signatures;
+   the union of the nearest few is the target's candidate set;
+3. *verify*: each candidate is compared with the target under a finer grid
+   of transformations (zoom x shift and rotations) by normalised
+   cross-correlation (NCC, in [-1, 1]; a linear change of contrast leaves
+   it unchanged) at thumbnail resolution; the best one is kept.
+
+A target whose best NCC reaches the verification threshold is matched. The
+transformation that aligned it is reported, so a user sees *how* it was
+copied.
+"""
+
+import functools
+import itertools
+
+import numpy as np
+from scipy import ndimage, sparse
+
+from .checks import check_int, check_number
+from .neighbors import NeighborIndex
+
+THUMB = 32  # verification resolution
+_SEARCH = 16  # search-signature resolution (blurred: tolerant to small misalignment)
+
+_SHIFTS = [(dy, dx) for dy in (-2, -1, 0, 1, 2) for dx in (-2, -1, 0, 1, 2) if (dy, dx) != (0, 0)]
+_ANGLES = (-16, -12, -8, -4, 4, 8, 12, 16)
+_ZOOMS = (1.05, 1.1, 1.15, 1.2, 1.25)  # crops of 95% down to 80% of the side, resized back
+
+# name -> (search grid, verification grid); each grid a list of
+# (label, zoom, angle in degrees, shift (dy, dx) in pixels)
+_IDENTITY = [("identity", 1.0, 0.0, (0, 0))]
+
+
+def _grid(shifts=(), angles=(), zooms=(), zoom_shifts=()):
+    out = list(_IDENTITY)
+    out += [(f"shift {dy:+d},{dx:+d}", 1.0, 0.0, (dy, dx)) for dy, dx in shifts]
+    out += [(f"rotate {a:+d}", 1.0, float(a), (0, 0)) for a in angles]
+    for z in zooms:
+        out += [
+            (f"crop x{z:g}" + (f" shift {dy:+d},{dx:+d}" if (dy, dx) != (0, 0) else ""), z, 0.0, s)
+            for s in [(0, 0), *zoom_shifts]
+            for dy, dx in [s]
+        ]
+    return out
+
+
+_ZOOM_SHIFTS = [s for s in itertools.product(range(-3, 4), repeat=2) if s != (0, 0)]
+AUGMENTATIONS = {
+    "none": (_IDENTITY, _IDENTITY),
+    "shifts": (_grid(shifts=_SHIFTS[::2]), _grid(shifts=_SHIFTS)),
+    "standard": (
+        _grid(shifts=_SHIFTS[::2], angles=_ANGLES, zooms=_ZOOMS),
+        _grid(shifts=_SHIFTS, angles=_ANGLES, zooms=_ZOOMS, zoom_shifts=_ZOOM_SHIFTS),
+    ),
+}
+
+
+def check_augmentations(name):
+    if not isinstance(name, str) or name not in AUGMENTATIONS:
+        raise ValueError(f"augmentations must be one of {sorted(AUGMENTATIONS)}; got {name!r}")
+    return AUGMENTATIONS[name]
+
+
+def thumbnails(images):
+    """``(N, THUMB, THUMB)`` float32 grey thumbnails of uint8 ``(N, THUMB, THUMB)`` arrays."""
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1:] != (THUMB, THUMB):
+        raise ValueError(f"thumbnails must be (N, {THUMB}, {THUMB}); got shape {x.shape}")
+    return x
+
+
+@functools.lru_cache(maxsize=1024)
+def _warp_matrix(zoom, angle, shift):
+    """The bilinear warp (zoom in about the centre, rotate by ``angle`` degrees,
+    shift by ``shift`` pixels; zeros outside) as a sparse ``(THUMB**2, THUMB**2)``
+    matrix acting on flattened thumbnails: one matrix product per batch."""
+    c = (THUMB - 1) / 2.0
+    a = np.deg2rad(angle)
+    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / zoom
+    out = np.stack(np.meshgrid(np.arange(THUMB), np.arange(THUMB), indexing="ij"), -1)
+    src = (out.reshape(-1, 2) - c - np.asarray(shift, float)) @ rot.T + c  # (row, col)
+    base = np.floor(src).astype(np.int64)
+    frac = src - base
+    rows, cols, vals = [], [], []
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        y, x = base[:, 0] + dy, base[:, 1] + dx
+        w = (frac[:, 0] if dy else 1 - frac[:, 0]) * (frac[:, 1] if dx else 1 - frac[:, 1])
+        inside = (y >= 0) & (y < THUMB) & (x >= 0) & (x < THUMB) & (w > 0)
+        rows.append(np.flatnonzero(inside))
+        cols.append(y[inside] * THUMB + x[inside])
+        vals.append(w[inside])
+    n = THUMB * THUMB
+    return sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    ).astype(np.float32)
+
+
+def transform(flat, zoom, angle, shift):
+    """Flattened thumbnails ``(N, THUMB**2)`` under one transformation."""
+    if zoom == 1.0 and angle == 0.0 and tuple(shift) == (0, 0):
+        return flat
+    return np.asarray((_warp_matrix(zoom, angle, tuple(shift)) @ flat.T).T)
+
+
+def _normalised(x):
+    """Rows centred and scaled to unit norm; a flat image (no contrast) becomes 0."""
+    flat = x.reshape(len(x), -1).astype(np.float32)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return np.divide(flat, norm, out=np.zeros_like(flat), where=norm > 1e-6)
+
+
+@functools.lru_cache(maxsize=2)
+def _linear_filter(sigma, factor):
+    """Gaussian blur then ``factor`` x ``factor`` averaging, as a dense matrix."""
+    eye = np.eye(THUMB * THUMB, dtype=np.float32).reshape(-1, THUMB, THUMB)
+    blurred = ndimage.gaussian_filter(eye, sigma=(0, sigma, sigma), mode="constant")
+    s = THUMB // factor
+    small = blurred.reshape(-1, s, factor, s, factor).mean(axis=(2, 4))
+    return small.reshape(THUMB * THUMB, -1)  # (THUMB**2, s**2): flat @ it
+
+
+def _signatures(flat):
+    """Coarse, blurred search signatures (``_SEARCH`` squared values per image)."""
+    sig = _normalised(flat @ _linear_filter(1.0, THUMB // _SEARCH))
+    sig[np.linalg.norm(sig, axis=1) == 0, 0] = 1.0  # flat images: a harmless unit vector
+    return sig
+
+
+def _light_blur(flat):
+    # absorbs JPEG blocks and resampling noise; applied before warping (the two
+    # nearly commute for these small warps) so that each image is blurred once
+    return flat @ _linear_filter(0.6, 1)
+
+
+class Matches(dict):
+    """Per target: ``ncc`` (best verified NCC, -1 without candidates),
+    ``index`` (the matched pretraining row, -1 if none), ``transform`` (label)
+    and ``mutual`` (see :func:`mutual_best`)."""
+
+
+def match_copies(
+    pretrain_thumbs,
+    target_thumbs,
+    augmentations="standard",
+    candidates=4,
+    extra_candidates=None,
+    device="auto",
+    batch=256,
+):
+    """The best-aligned pretraining copy of every target thumbnail.
+
+    Args:
+        pretrain_thumbs, target_thumbs: uint8 or float ``(N, THUMB, THUMB)``
+        augmentations: a name in ``AUGMENTATIONS``
+        candidates: nearest pretraining rows kept per search transformation
+        extra_candidates: optional ``(Q, k)`` pretraining rows to verify too
+            (for example the nearest neighbours in another embedding)
+        device: for FAISS
+
+    Returns:
+        a :class:`Matches` of arrays ``ncc`` (float64), ``index`` (int64)
+        and ``transform`` (list of str), one entry per target
+    """
+    search_grid, verify_grid = check_augmentations(augmentations)
+    candidates = check_int(candidates, "candidates", 1)
+    pre, tgt = thumbnails(pretrain_thumbs), thumbnails(target_thumbs)
+    if len(pre) == 0 or len(tgt) == 0:
+        raise ValueError("match_copies needs pretraining and target thumbnails")
+    pre, tgt = pre.reshape(len(pre), -1), tgt.reshape(len(tgt), -1)
+    index = NeighborIndex(_signatures(pre), kind="flat", device=device, center=False)
+    pre_verify = _normalised(_light_blur(pre))
+    out = Matches(
+        ncc=np.full(len(tgt), -1.0),
+        index=np.full(len(tgt), -1, dtype=np.int64),
+        transform=[""] * len(tgt),
+    )
+    for start in range(0, len(tgt), batch):
+        rows = slice(start, min(start + batch, len(tgt)))
+        found = [
+            index.search(_signatures(transform(tgt[rows], z, a, s)), candidates, prepared=True)[1]
+            for _, z, a, s in search_grid
+        ]
+        if extra_candidates is not None:
+            found.append(np.asarray(extra_candidates)[rows])
+        cands = _distinct(np.concatenate(found, axis=1))
+        _verify(_light_blur(tgt[rows]), cands, pre_verify, verify_grid, out, start)
+    out["mutual"] = mutual_best(out["ncc"], out["index"])
+    return out
+
+
+def _distinct(cands):
+    """Each row's distinct non-negative entries, padded with -1, as few columns as needed."""
+    rows = np.sort(cands, axis=1)
+    repeat = np.zeros_like(rows, dtype=bool)
+    repeat[:, 1:] = rows[:, 1:] == rows[:, :-1]
+    rows[repeat] = -1
+    rows = -np.sort(-rows, axis=1)  # the distinct ones first
+    width = max(1, int((rows >= 0).sum(axis=1).max()))
+    return rows[:, :width]
+
+
+def _verify(tgt, cands, pre_verify, grid, out, start):
+    """Best NCC of each target, over its candidates and the grid's transformations."""
+    valid = cands >= 0
+    gathered = pre_verify[np.where(valid, cands, 0)]  # (B, C, D)
+    best = np.full(cands.shape[0], -np.inf, dtype=np.float32)
+    best_c = np.zeros(cands.shape[0], dtype=np.int64)
+    best_t = np.zeros(cands.shape[0], dtype=np.int64)
+    for t, (_, z, a, s) in enumerate(grid):
+        view = _normalised(transform(tgt, z, a, s))  # (B, D)
+        ncc = np.matmul(gathered, view[:, :, None])[:, :, 0]
+        ncc[~valid] = -np.inf
+        c = np.argmax(ncc, axis=1)
+        value = ncc[np.arange(len(c)), c]
+        better = value > best
+        best[better], best_c[better], best_t[better] = value[better], c[better], t
+    found = np.isfinite(best)
+    for q in np.flatnonzero(found):
+        out["ncc"][start + q] = float(best[q])
+        out["index"][start + q] = int(cands[q, best_c[q]])
+        out["transform"][start + q] = grid[best_t[q]][0]
+
+
+def mutual_best(ncc, index):
+    """Whether each target is the best match of the pretraining image it matched.
+
+    Natural near-duplicates exist among targets (two scans of a "1" by one
+    writer): a copy of one then matches the others nearly as well. Among the
+    targets that matched the same pretraining image only the closest keeps
+    it, so one copy makes one leak (a target set with exact duplicates of
+    its own loses all but one of them here; byte- and pixel-identical copies
+    are found apart from this).
+    """
+    ncc, index = np.asarray(ncc, np.float64), np.asarray(index)
+    order = np.lexsort((np.arange(len(ncc)), -ncc))  # best first, ties by position
+    best = np.zeros(len(ncc), dtype=bool)
+    seen = set()
+    for q in order:
+        if index[q] >= 0 and index[q] not in seen:
+            seen.add(int(index[q]))
+            best[q] = True
+    return best
+
+
+def match_closeness(matches, match_threshold, threshold):
+    """Pixel evidence as a closeness in [0, 1]: linear in NCC, equal to
+    ``threshold`` (the tagging score) at ``match_threshold`` and 1 at NCC 1;
+    0 for a target that is not its match's best (:func:`mutual_best`)."""
+    check_match_threshold(match_threshold)
+    floor = (match_threshold - threshold) / (1.0 - threshold) if threshold < 1 else match_threshold
+    span = 1.0 - floor
+    value = np.clip((np.asarray(matches["ncc"], np.float64) - floor) / span, 0.0, 1.0)
+    return np.where(matches["mutual"], value, 0.0)
+
+
+def check_match_threshold(value):
+    return check_number(value, "match_threshold", 0, 1, low_open=True, high_open=True)
