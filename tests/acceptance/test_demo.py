@@ -53,8 +53,15 @@ def test_the_demo_datasets_are_built_once_with_the_planted_truth(datasets):
     assert len(tgt) == 1797 and len(pre.distinct("ground_truth.label")) >= 60
     assert len(tgt.match_tags("train")) == 100
     planted = tgt.info["planted"]
-    assert len(pre.exists("leak_of")) == len(planted["leak_variants"])
-    assert set(pre.exists("leak_of").values("leak_of")) == set(planted["leaked_test_ids"])
+    transformed = planted["transformed_leak_kind_by_id"]
+    assert len(transformed) == 45 and set(transformed.values()) == {"rotation", "crop", "jpeg"}
+    assert len(pre.exists("leak_of")) == len(planted["leak_variants"]) + len(transformed)
+    assert set(pre.exists("leak_of").values("leak_of")) == set(planted["leaked_test_ids"]) | set(
+        transformed
+    )
+    # the second leak's copies sit in classes unrelated to their digit
+    for v in planted["transformed_leak_variants"]:
+        assert not v["class"].isdigit()
 
 
 @pytest.mark.slow
