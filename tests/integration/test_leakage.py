@@ -521,3 +521,25 @@ def test_the_leakage_operator_calibrates_its_cut(leaky):
             ctx=dict(dataset=tgt, params=dict(params, calibration_split=None, run_key="x")),
         )
     assert "x" not in tgt.list_runs()
+
+
+def test_a_rotated_copy_is_matched_by_its_pixels_and_named_by_its_transformation(leaky, tmp_path):
+    pre, tgt, planted = leaky
+    source = tgt.match_tags("test").sort_by("filepath").skip(5).first()
+    path = str(tmp_path / "rotated.png")
+    Image.open(source.filepath).rotate(8, resample=Image.BILINEAR).save(path)
+    copy = fo.Sample(filepath=path, ground_truth=fo.Classification(label="class5"))
+    pre.add_sample(copy)
+    copy["emb"] = _pixels([path])[0]
+    copy.save()
+    summary = detect_leakage(tgt, pre, key="rot", embeddings_field="emb", target_split="test")
+    source.reload()
+    assert set(summary["leak_ids"]) == planted | {source.id}
+    assert source["rot_nearest_id"] == copy.id and source["rot_transform"].startswith("rotate")
+    assert source["rot_match"] >= 0.975 and summary["num_transformed_copies"] >= 1
+    assert tgt.get_run_info("rot").config.augmentations == "standard"
+    # without the transformations, the same cut does not see it
+    plain = detect_leakage(
+        tgt, pre, key="rot_plain", embeddings_field="emb", target_split="test", augmentations="none"
+    )
+    assert source.id not in plain["leak_ids"] and planted <= set(plain["leak_ids"])
