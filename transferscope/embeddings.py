@@ -17,6 +17,7 @@ import numpy as np
 from . import compute as tsc
 from . import views as tsv
 from .compute.digests import file_digest, pixel_digest
+from .compute.matching import THUMB
 from .compute.neighbors import as_vectors
 from .views import TransferScopeError
 
@@ -181,8 +182,6 @@ def thumbnails(view, ids):
     """Grey ``THUMB`` x ``THUMB`` thumbnails (uint8) of the samples ``ids`` of
     ``view``, in that order; an unreadable file gives a blank one (it matches nothing)."""
     import concurrent.futures
-
-    from .compute.matching import THUMB
 
     path_of = dict(zip(*view.values(["id", "filepath"])))
     blank = np.zeros((THUMB, THUMB), np.uint8)

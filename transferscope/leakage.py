@@ -256,29 +256,16 @@ def detect_leakage(
         report(1)
         index_, queries = _index(pre, index, device, tgt, seconds)
         report(2)
-        t0 = time.perf_counter()
-        dist, idx = index_.search(queries, EMBEDDING_CANDIDATES, prepared=True)
-        near_rows = idx
-        dist, idx = dist[:, 0].astype(np.float64), idx[:, 0].copy()
-        seconds["search"] = time.perf_counter() - t0
-        recall = index_.recall(queries, k=1, prepared=True)
+        dist, idx, near_rows, recall = _nearest(index_, queries, seconds)
         pixels = _PixelMatcher(pretrain, root, pre, augmentations, device)
         cut = (max_distance, match_threshold, None)
         if false_positive_rate is not None:
             cut = _calibrate(index_, pixels, ref, false_positive_rate, threshold, len(tgt.ids))
         max_distance, match_threshold, calibration = cut
         closeness = _embedding_closeness(dist, max_distance)
-        if hash_files:
-            exact = _mark_exact_copies(pretrain, root, pre, tgt, dist, idx)
-            closeness[exact.pop("rows")] = 1.0
-        else:
-            exact = {"bytes": 0, "pixels": 0}
+        exact = _exact_evidence(pretrain, root, pre, tgt, dist, idx, closeness, hash_files)
         matches = pixels.match(tgt.ids, near_rows, seconds)
-        if matches is not None:
-            by_pixels = mt.match_closeness(matches, match_threshold, threshold)
-            better = by_pixels > closeness
-            idx[better] = matches["index"][better]
-            closeness = np.maximum(closeness, by_pixels)
+        closeness = _with_pixel_evidence(closeness, idx, matches, match_threshold, threshold)
         report(3)
 
         nearest_labels = _nearest_labels(pre, idx, pretrain, pretrain_label_field)
@@ -344,6 +331,37 @@ class _PixelMatcher:
         if seconds is not None:
             seconds["match"] = time.perf_counter() - t0
         return out
+
+
+def _nearest(index_, queries, seconds):
+    """Each query's nearest index row and distance, its ``EMBEDDING_CANDIDATES``
+    nearest rows (candidates for the pixel check), and the index's recall@1."""
+    t0 = time.perf_counter()
+    dist, rows = index_.search(queries, EMBEDDING_CANDIDATES, prepared=True)
+    seconds["search"] = time.perf_counter() - t0
+    recall = index_.recall(queries, k=1, prepared=True)
+    return dist[:, 0].astype(np.float64), rows[:, 0].copy(), rows, recall
+
+
+def _exact_evidence(pretrain, root, pre, tgt, dist, idx, closeness, hash_files):
+    """Byte- and pixel-identical copies (with ``hash_files``): closeness 1 (in place)."""
+    if not hash_files:
+        return {"bytes": 0, "pixels": 0}
+    exact = _mark_exact_copies(pretrain, root, pre, tgt, dist, idx)
+    closeness[exact.pop("rows")] = 1.0
+    return exact
+
+
+def _with_pixel_evidence(closeness, idx, matches, match_threshold, threshold):
+    """The closeness raised by the verified pixel matches (None: unchanged);
+    where they are the stronger evidence, ``idx`` (changed in place) names
+    the matched image."""
+    if matches is None:
+        return closeness
+    by_pixels = mt.match_closeness(matches, match_threshold, threshold)
+    better = by_pixels > closeness
+    idx[better] = matches["index"][better]
+    return np.maximum(closeness, by_pixels)
 
 
 def _embedding_closeness(dist, max_distance):
