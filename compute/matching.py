@@ -177,8 +177,10 @@ def match_copies(
     if len(pre) == 0 or len(tgt) == 0:
         raise ValueError("match_copies needs pretraining and target thumbnails")
     pre, tgt = pre.reshape(len(pre), -1), tgt.reshape(len(tgt), -1)
-    index = NeighborIndex(_signatures(pre), kind="flat", device=device, center=False)
-    pre_verify = _normalised(_light_blur(pre))
+    # exact search up to NeighborIndex's EXACT_MAX images, IVF beyond
+    index = NeighborIndex(_signatures(pre), kind="auto", device=device, center=False)
+    # half precision: 2 KB per pretraining image (NCC needs no more than 3 digits)
+    pre_verify = _normalised(_light_blur(pre)).astype(np.float16)
     out = Matches(
         ncc=np.full(len(tgt), -1.0),
         index=np.full(len(tgt), -1, dtype=np.int64),
@@ -212,7 +214,7 @@ def _distinct(cands):
 def _verify(tgt, cands, pre_verify, grid, out, start):
     """Best NCC of each target, over its candidates and the grid's transformations."""
     valid = cands >= 0
-    gathered = pre_verify[np.where(valid, cands, 0)]  # (B, C, D)
+    gathered = pre_verify[np.where(valid, cands, 0)].astype(np.float32)  # (B, C, D)
     best = np.full(cands.shape[0], -np.inf, dtype=np.float32)
     best_c = np.zeros(cands.shape[0], dtype=np.int64)
     best_t = np.zeros(cands.shape[0], dtype=np.int64)
