@@ -156,6 +156,7 @@ def match_copies(
     extra_candidates=None,
     device="auto",
     batch=256,
+    exclude_self=False,
 ):
     """The best-aligned pretraining copy of every target thumbnail.
 
@@ -166,6 +167,8 @@ def match_copies(
         extra_candidates: optional ``(Q, k)`` pretraining rows to verify too
             (for example the nearest neighbours in another embedding)
         device: for FAISS
+        exclude_self: the targets are the pretraining images themselves (a
+            search for duplicates within one set): a row never matches itself
 
     Returns:
         a :class:`Matches` of arrays ``ncc`` (float64), ``index`` (int64)
@@ -194,7 +197,10 @@ def match_copies(
         ]
         if extra_candidates is not None:
             found.append(np.asarray(extra_candidates)[rows])
-        cands = _distinct(np.concatenate(found, axis=1))
+        cands = np.concatenate(found, axis=1)
+        if exclude_self:
+            cands[cands == np.arange(rows.start, rows.stop)[:, None]] = -1
+        cands = _distinct(cands)
         _verify(_light_blur(tgt[rows]), cands, pre_verify, verify_grid, out, start)
     out["mutual"] = mutual_best(out["ncc"], out["index"])
     return out

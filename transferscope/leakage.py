@@ -699,6 +699,8 @@ def find_near_duplicates(
     image_size: int = 64,
     max_distance: float = DEFAULT_MAX_DISTANCE,
     num_neighbors: int = 16,
+    augmentations: str | None = None,
+    match_threshold: float = DEFAULT_MATCH_THRESHOLD,
     index: str = "auto",
     device: str = "auto",
     tag: str = "near_duplicate",
@@ -709,8 +711,13 @@ def find_near_duplicates(
     """Groups near-identical images inside a (pretraining) dataset.
 
     Two samples are linked when one is among the other's ``num_neighbors``
-    nearest and their cosine distance is at most ``max_distance``, or when
-    their files are byte-identical; groups are the connected components.
+    nearest and their cosine distance is at most ``max_distance``, when
+    their files are byte-identical, or (with ``augmentations``, e.g.
+    ``"standard"``; off by default) when one is
+    the other's best verified pixel match with a normalised cross-correlation
+    of at least ``match_threshold``, under the same transformations as
+    :func:`detect_leakage` (a rotated or cropped copy joins its source's
+    group); groups are the connected components.
     Writes ``<key>_group`` (an integer id) on every sample in a group of two
     or more, adds ``tag`` to them, saves the view ``<key>_groups`` (grouped
     samples sorted by group) and registers run ``key``.
@@ -725,6 +732,7 @@ def find_near_duplicates(
     tsv.check_number(max_distance, "max_distance", 0, 2, low_open=True)
     tsv.validate_tag(tag)
     tsv.check_count(num_neighbors, "num_neighbors")
+    _check_matching(augmentations, match_threshold)
     _embed_sources(influence_key, embeddings_field, model)  # refuses none named
     dataset = tsv.load_dataset(pretrain_dataset, "pretrain_dataset")
     root = dataset._root_dataset
@@ -749,7 +757,10 @@ def find_near_duplicates(
             hashes = tse.content_hashes(root.select(list(emb.ids)))
             values = [hashes.get(i) or f"unread:{i}" for i in emb.ids]
             exact_pairs = nb.equal_value_pairs(values)
-        groups = nb.duplicate_groups(len(emb.ids), np.concatenate([pairs, exact_pairs]))
+        pixel_pairs = _pixel_pairs(root, emb.ids, augmentations, match_threshold, device)
+        groups = nb.duplicate_groups(
+            len(emb.ids), np.concatenate([pairs, exact_pairs, pixel_pairs])
+        )
         t_search = time.perf_counter() - t0
         report(2)
 
@@ -762,6 +773,7 @@ def find_near_duplicates(
             "num_groups": int(groups.max() + 1) if len(members) else 0,
             "num_grouped_samples": len(members),
             "num_exact_pairs": len(exact_pairs),
+            "num_pixel_pairs": len(pixel_pairs),
             "index": index_.kind,
             "on_gpu": index_.on_gpu,
             "seconds": {"embed": t_embed, "search": t_search},
@@ -772,6 +784,8 @@ def find_near_duplicates(
             model=model,
             max_distance=max_distance,
             num_neighbors=num_neighbors,
+            augmentations=augmentations,
+            match_threshold=match_threshold if augmentations is not None else None,
             index=index_.kind,
             tag=tag,
         )
@@ -789,6 +803,19 @@ def find_near_duplicates(
         )
         report(3)
         return DuplicateResults(summary)
+
+
+def _pixel_pairs(root, ids, augmentations, match_threshold, device):
+    """``(P, 2)`` rows of ``ids`` linked by a verified pixel match (none when off)."""
+    if augmentations is None:
+        return np.empty((0, 2), dtype=np.int64)
+    thumbs = tse.thumbnails(root, ids)
+    try:
+        m = mt.match_copies(thumbs, thumbs, augmentations, device=device, exclude_self=True)
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+    rows = np.flatnonzero((m["ncc"] >= match_threshold) & (m["index"] >= 0))
+    return np.stack([rows, m["index"][rows]], axis=1).astype(np.int64)
 
 
 def _dataset_embeddings(

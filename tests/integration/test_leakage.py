@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 import fiftyone as fo
 import fiftyone.brain as fob
@@ -543,3 +544,29 @@ def test_a_rotated_copy_is_matched_by_its_pixels_and_named_by_its_transformation
         tgt, pre, key="rot_plain", embeddings_field="emb", target_split="test", augmentations="none"
     )
     assert source.id not in plain["leak_ids"] and planted <= set(plain["leak_ids"])
+
+
+def test_a_rotated_copy_joins_its_sources_near_duplicate_group(leaky, tmp_path):
+    pre, _, _ = leaky
+    # a source unlike the others (the tiny classes' images are one bar pattern
+    # each, with light noise: near-duplicates of each other in their pixels)
+    rng = np.random.default_rng(3)
+    blobs = ndimage.gaussian_filter(rng.random((16, 16)), 1)
+    disk = np.hypot(*np.mgrid[-7.5:8.5, -7.5:8.5]) < 6  # on a black ground, as scans are
+    img = ((blobs - blobs.min()) / np.ptp(blobs) * 255 * disk).astype(np.uint8)
+    paths = [str(tmp_path / "unique.png"), str(tmp_path / "unique_rotated.png")]
+    Image.fromarray(img).save(paths[0])
+    Image.fromarray(img).rotate(-12, resample=Image.BILINEAR).save(paths[1])
+    added = [fo.Sample(filepath=p, ground_truth=fo.Classification(label="class0")) for p in paths]
+    pre.add_samples(added, progress=False)
+    pre.select([s.id for s in added]).set_values("emb", _pixels(paths))
+    summary = find_near_duplicates(
+        pre, key="pix_dups", embeddings_field="emb", augmentations="standard"
+    )
+    source, copy = (pre[s.id] for s in added)
+    assert copy["pix_dups_group"] is not None and copy["pix_dups_group"] == source["pix_dups_group"]
+    assert summary["num_pixel_pairs"] >= 2  # each is the other's best match
+    group = pre.match(fo.ViewField("pix_dups_group") == source["pix_dups_group"])
+    assert len(group) == 2, group.values("filepath")
+    plain = find_near_duplicates(pre, key="emb_dups", embeddings_field="emb")  # pixels off
+    assert plain["num_pixel_pairs"] == 0 and pre[copy.id]["emb_dups_group"] is None
