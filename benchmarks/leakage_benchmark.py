@@ -115,6 +115,18 @@ def run_faiss(p, t, threshold, kind):
     )
 
 
+def run_pixels(pre_images, tgt_images):
+    """detect_leakage's pixel matching at its defaults (standard transformations,
+    match correlation 0.975, mutual best), on the images rather than the vectors."""
+    from transferscope.compute import matching as mt
+    from transferscope.leakage import DEFAULT_MATCH_THRESHOLD
+
+    t0 = time.perf_counter()
+    m = mt.match_copies(pre_images, tgt_images, "standard")
+    flagged = (m["ncc"] >= DEFAULT_MATCH_THRESHOLD) & m["mutual"]
+    return flagged, time.perf_counter() - t0, {"match_threshold": DEFAULT_MATCH_THRESHOLD}
+
+
 def run_sklearn(p, t, threshold):
     from sklearn.neighbors import NearestNeighbors
 
@@ -239,6 +251,7 @@ def main():
         ("transferscope FAISS (exact)", lambda: run_faiss(p, t, args.threshold, "flat")),
         ("transferscope FAISS (IVF)", lambda: run_faiss(p, t, args.threshold, "ivf")),
         ("scikit-learn brute force", lambda: run_sklearn(p, t, args.threshold)),
+        ("transferscope pixel matching (images)", lambda: run_pixels(pre, tgt)),
         (
             "fiftyone.brain compute_leaky_splits (sklearn)",
             None if args.skip_brain else lambda: run_brain(p, t, args.threshold, "sklearn"),
