@@ -377,3 +377,28 @@ def defaults_of(fn):
 def given(params, names):
     """The form's values for ``names`` that are set: the SDK's defaults apply to the rest."""
     return {name: params[name] for name in names if params.get(name) is not None}
+
+
+def panel_without_run(panel, title, what, operator_uri, button_label):
+    """A panel's empty state: no run of its kind yet, and a button that opens the
+    operator computing one."""
+    panel.md(f"### {title}\nThis dataset has no {what} run yet.", name="empty")
+    panel.btn(
+        "compute", label=button_label, on_click=operator_uri, prompt=True, variant="contained"
+    )
+    return types.Property(panel, view=types.GridView(orientation="vertical"))
+
+
+def panel_run_choice(panel, state, label, on_change):
+    """The dropdown of a panel's runs (``state.runs``), the current one selected."""
+    runs = types.DropdownView()
+    for k in state.runs or []:
+        runs.add_choice(k, label=k)
+    panel.enum(
+        "run_key",
+        state.runs or [],
+        default=state.run_key,
+        label=label,
+        view=runs,
+        on_change=on_change,
+    )

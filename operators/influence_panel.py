@@ -7,6 +7,8 @@ chart from :mod:`transferscope.plots`, the tagging from ``tag_classes``.
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from . import _forms
+
 PLUGIN = "@transferscope/transferscope"
 SHOW_CHOICES = {
     "pretraining": "its pretraining samples",
@@ -152,29 +154,14 @@ class ClassInfluencePanel(foo.Panel):
         state = ctx.panel.state
         compute_uri = f"{PLUGIN}/compute_class_influence"
         if not state.run_key:
-            panel.md(
-                "### Class influence\nThis dataset has no class-influence run yet.", name="empty"
+            return _forms.panel_without_run(
+                panel,
+                "Class influence",
+                "class-influence",
+                compute_uri,
+                "Compute class influence...",
             )
-            panel.btn(
-                "compute",
-                label="Compute class influence...",
-                on_click=compute_uri,
-                prompt=True,
-                variant="contained",
-            )
-            return types.Property(panel, view=types.GridView(orientation="vertical"))
-
-        runs = types.DropdownView()
-        for k in state.runs or []:
-            runs.add_choice(k, label=k)
-        panel.enum(
-            "run_key",
-            state.runs or [],
-            default=state.run_key,
-            label="Influence run",
-            view=runs,
-            on_change=self.on_change_run,
-        )
+        _forms.panel_run_choice(panel, state, "Influence run", self.on_change_run)
         shows = types.RadioGroup(orientation="horizontal")
         for value, label in SHOW_CHOICES.items():
             shows.add_choice(value, label=label)

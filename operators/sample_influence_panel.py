@@ -7,6 +7,8 @@ Thin like the operators: the views come from :mod:`transferscope.explore`.
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from . import _forms
+
 PLUGIN = "@transferscope/transferscope"
 SHOW_LABELS = {True: "most helpful", False: "most harmful"}
 
@@ -135,30 +137,14 @@ class SampleInfluencePanel(foo.Panel):
         panel = types.Object()
         state = ctx.panel.state
         if not state.run_key:
-            panel.md(
-                "### Sample influence\nThis dataset has no sample-influence run yet.",
-                name="empty",
+            return _forms.panel_without_run(
+                panel,
+                "Sample influence",
+                "sample-influence",
+                f"{PLUGIN}/compute_sample_influence",
+                "Compute sample influence...",
             )
-            panel.btn(
-                "compute",
-                label="Compute sample influence...",
-                on_click=f"{PLUGIN}/compute_sample_influence",
-                prompt=True,
-                variant="contained",
-            )
-            return types.Property(panel, view=types.GridView(orientation="vertical"))
-
-        runs = types.DropdownView()
-        for k in state.runs or []:
-            runs.add_choice(k, label=k)
-        panel.enum(
-            "run_key",
-            state.runs or [],
-            default=state.run_key,
-            label="Sample-influence run",
-            view=runs,
-            on_change=self.on_change_run,
-        )
+        _forms.panel_run_choice(panel, state, "Sample-influence run", self.on_change_run)
         if state.role == "pretraining":
             buttons = panel.h_stack("sort", gap=1)
             buttons.btn(
