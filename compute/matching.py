@@ -45,11 +45,8 @@ def _grid(shifts=(), angles=(), zooms=(), zoom_shifts=()):
     out += [(f"shift {dy:+d},{dx:+d}", 1.0, 0.0, (dy, dx)) for dy, dx in shifts]
     out += [(f"rotate {a:+d}", 1.0, float(a), (0, 0)) for a in angles]
     for z in zooms:
-        out += [
-            (f"crop x{z:g}" + (f" shift {dy:+d},{dx:+d}" if (dy, dx) != (0, 0) else ""), z, 0.0, s)
-            for s in [(0, 0), *zoom_shifts]
-            for dy, dx in [s]
-        ]
+        out.append((f"crop x{z:g}", z, 0.0, (0, 0)))
+        out += [(f"crop x{z:g} shift {dy:+d},{dx:+d}", z, 0.0, (dy, dx)) for dy, dx in zoom_shifts]
     return out
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import time
 
 import numpy as np
 from PIL import Image
@@ -18,11 +19,12 @@ import fiftyone as fo
 
 from . import compute as tsc
 from . import demo_data
+from . import embeddings as tse
 from .compute import subpopulations as sp
 from .curation import evaluate_curation, tag_classes
 from .diversity import plan_class_diversity
 from .influence import compute_class_influence
-from .influence_run import prepare_executor
+from .influence_run import InfluenceRun, prepare_executor
 from .leakage import detect_leakage, find_near_duplicates
 from .plots import save_culprits_png, save_curation_png, save_diversity_png, save_subpopulations_png
 from .subpopulations import explain_failures, find_subpopulations
@@ -551,12 +553,7 @@ def _demo_calibrated_leaks(target, out):
 def _demo_brain_leaks(pretrain, target, out):
     """FiftyOne Brain's ``compute_leaky_splits`` at its defaults on the same data and
     the same (run backbone) embeddings, for comparison."""
-    import time
-
-    import fiftyone.brain as fob
-
-    from . import embeddings as tse
-    from .influence_run import InfluenceRun
+    import fiftyone.brain as fob  # only this step uses the Brain
 
     pre, tgt = tse.from_run(InfluenceRun.load(target, RUN_KEY))
     path_of = dict(zip(*pretrain.values(["id", "filepath"])))

@@ -438,14 +438,14 @@ def _leakage_summary(ids, pre, leaks, exact, index_, recall, dist, seconds):
 
 
 def _check_matching(augmentations, match_threshold):
-    if augmentations is not None and not (
-        isinstance(augmentations, str) and augmentations in mt.AUGMENTATIONS
-    ):
-        raise TransferScopeError(
-            f"augmentations must be one of {sorted(mt.AUGMENTATIONS)} or None (no pixel "
-            f"matching); got {augmentations!r}"
-        )
-    tsv.check_number(match_threshold, "match_threshold", 0, 1, low_open=True, high_open=True)
+    """The pixel-matching settings, by the matcher's own checks (None: matching off)."""
+    try:
+        if augmentations is not None:
+            mt.check_augmentations(augmentations)
+        mt.check_match_threshold(match_threshold)
+    except ValueError as e:
+        off = " (or None: no pixel matching)" if "augmentations" in str(e) else ""
+        raise TransferScopeError(f"{e}{off}") from None
 
 
 def _check_index_kind(index):
