@@ -10,9 +10,10 @@ into "another image of the same thing", so pixels decide here:
    index of coarse, blurred, per-image normalised pretraining signatures;
    the union of the nearest few is the target's candidate set;
 3. *verify*: each candidate is compared with the target under a finer grid
-   of transformations (zoom x shift and rotations) by normalised
+   of transformations (crop or shrink x shift, rotations) by normalised
    cross-correlation (NCC, in [-1, 1]; a linear change of contrast leaves
-   it unchanged) at thumbnail resolution; the best one is kept.
+   it unchanged) at thumbnail resolution; the best one is kept, and a near
+   match (``REFINE_FROM``) is refined by a local search between grid points.
 
 A target whose best NCC reaches the verification threshold is matched. The
 transformation that aligned it is reported, so a user sees *how* it was
@@ -34,29 +35,40 @@ _SEARCH = 16  # search-signature resolution (blurred: tolerant to small misalign
 _SHIFTS = [(dy, dx) for dy in (-2, -1, 0, 1, 2) for dx in (-2, -1, 0, 1, 2) if (dy, dx) != (0, 0)]
 _ANGLES = (-16, -12, -8, -4, 4, 8, 12, 16)
 _ZOOMS = (1.05, 1.1, 1.15, 1.2, 1.25)  # crops of 95% down to 80% of the side, resized back
+_SHRINKS = (0.95, 0.9, 0.85, 0.8)  # the image resized down onto a blank canvas of its size
 
 # name -> (search grid, verification grid); each grid a list of
 # (label, zoom, angle in degrees, shift (dy, dx) in pixels)
 _IDENTITY = [("identity", 1.0, 0.0, (0, 0))]
 
 
-def _grid(shifts=(), angles=(), zooms=(), zoom_shifts=()):
+def _grid(shifts=(), angles=(), zooms=(), zoom_shifts=(), shrinks=(), shrink_shifts=()):
     out = list(_IDENTITY)
     out += [(f"shift {dy:+d},{dx:+d}", 1.0, 0.0, (dy, dx)) for dy, dx in shifts]
     out += [(f"rotate {a:+d}", 1.0, float(a), (0, 0)) for a in angles]
-    for z in zooms:
-        out.append((f"crop x{z:g}", z, 0.0, (0, 0)))
-        out += [(f"crop x{z:g} shift {dy:+d},{dx:+d}", z, 0.0, (dy, dx)) for dy, dx in zoom_shifts]
+    for name, factors, moves in (("crop", zooms, zoom_shifts), ("shrink", shrinks, shrink_shifts)):
+        for z in factors:
+            out.append((f"{name} x{z:g}", z, 0.0, (0, 0)))
+            out += [(f"{name} x{z:g} shift {dy:+d},{dx:+d}", z, 0.0, (dy, dx)) for dy, dx in moves]
     return out
 
 
 _ZOOM_SHIFTS = [s for s in itertools.product(range(-3, 4), repeat=2) if s != (0, 0)]
+# a shrunk copy sits near the canvas centre: smaller offsets suffice
+_SHRINK_SHIFTS = [s for s in itertools.product(range(-2, 3), repeat=2) if s != (0, 0)]
 AUGMENTATIONS = {
     "none": (_IDENTITY, _IDENTITY),
     "shifts": (_grid(shifts=_SHIFTS[::2]), _grid(shifts=_SHIFTS)),
     "standard": (
-        _grid(shifts=_SHIFTS[::2], angles=_ANGLES, zooms=_ZOOMS),
-        _grid(shifts=_SHIFTS, angles=_ANGLES, zooms=_ZOOMS, zoom_shifts=_ZOOM_SHIFTS),
+        _grid(shifts=_SHIFTS[::2], angles=_ANGLES, zooms=_ZOOMS, shrinks=_SHRINKS[1::2]),
+        _grid(
+            shifts=_SHIFTS,
+            angles=_ANGLES,
+            zooms=_ZOOMS,
+            zoom_shifts=_ZOOM_SHIFTS,
+            shrinks=_SHRINKS,
+            shrink_shifts=_SHRINK_SHIFTS,
+        ),
     ),
 }
 
@@ -75,30 +87,51 @@ def thumbnails(images):
     return x
 
 
-@functools.lru_cache(maxsize=1024)
-def _warp_matrix(zoom, angle, shift):
-    """The bilinear warp (zoom in about the centre, rotate by ``angle`` degrees,
-    shift by ``shift`` pixels; zeros outside) as a sparse ``(THUMB**2, THUMB**2)``
-    matrix acting on flattened thumbnails: one matrix product per batch."""
+_PIXELS = np.stack(np.meshgrid(np.arange(THUMB), np.arange(THUMB), indexing="ij"), -1).reshape(
+    -1, 2
+)
+
+
+def _source_coords(zoom, angle, shift):
+    """Where each output pixel of the warp (zoom in about the centre, rotate by
+    ``angle`` degrees, shift by ``shift`` pixels) reads the input: ``(THUMB**2, 2)``
+    as (row, col). Array arguments give one warp per entry: ``(P, THUMB**2, 2)``."""
+    zoom, a = np.asarray(zoom, float), np.deg2rad(np.asarray(angle, float))
+    shift = np.asarray(shift, float)
+    cos, sin = (np.cos(a) / zoom)[..., None], (np.sin(a) / zoom)[..., None]
     c = (THUMB - 1) / 2.0
-    a = np.deg2rad(angle)
-    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / zoom
-    out = np.stack(np.meshgrid(np.arange(THUMB), np.arange(THUMB), indexing="ij"), -1)
-    src = (out.reshape(-1, 2) - c - np.asarray(shift, float)) @ rot.T + c  # (row, col)
+    dy = _PIXELS[:, 0] - c - shift[..., 0, None]
+    dx = _PIXELS[:, 1] - c - shift[..., 1, None]
+    return np.stack([cos * dy + sin * dx + c, cos * dx - sin * dy + c], axis=-1)
+
+
+def _bilinear_taps(src):
+    """Bilinear sampling at ``src`` (``(..., 2)`` as (row, col)): the four flat
+    pixel indices and weights of each point, ``(4, ...)`` each; zero weight
+    outside the image."""
     base = np.floor(src).astype(np.int64)
     frac = src - base
-    rows, cols, vals = [], [], []
+    idx, weights = [], []
     for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        y, x = base[:, 0] + dy, base[:, 1] + dx
-        w = (frac[:, 0] if dy else 1 - frac[:, 0]) * (frac[:, 1] if dx else 1 - frac[:, 1])
-        inside = (y >= 0) & (y < THUMB) & (x >= 0) & (x < THUMB) & (w > 0)
-        rows.append(np.flatnonzero(inside))
-        cols.append(y[inside] * THUMB + x[inside])
-        vals.append(w[inside])
+        y, x = base[..., 0] + dy, base[..., 1] + dx
+        w = (frac[..., 0] if dy else 1 - frac[..., 0]) * (frac[..., 1] if dx else 1 - frac[..., 1])
+        inside = (y >= 0) & (y < THUMB) & (x >= 0) & (x < THUMB)
+        idx.append(np.where(inside, y * THUMB + x, 0))
+        weights.append(np.where(inside, w, 0.0))
+    return np.stack(idx), np.stack(weights)
+
+
+@functools.lru_cache(maxsize=1024)
+def _warp_matrix(zoom, angle, shift):
+    """The bilinear warp of :func:`_source_coords` (zeros outside) as a sparse
+    ``(THUMB**2, THUMB**2)`` matrix acting on flattened thumbnails: one matrix
+    product per batch."""
+    idx, weights = _bilinear_taps(_source_coords(zoom, angle, shift))
     n = THUMB * THUMB
-    return sparse.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    ).astype(np.float32)
+    rows = np.broadcast_to(np.arange(n), idx.shape)
+    matrix = sparse.csr_matrix((weights.ravel(), (rows.ravel(), idx.ravel())), shape=(n, n))
+    matrix.eliminate_zeros()
+    return matrix.astype(np.float32)
 
 
 def transform(flat, zoom, angle, shift):
@@ -154,6 +187,7 @@ def match_copies(
     device="auto",
     batch=256,
     exclude_self=False,
+    link_threshold=None,
 ):
     """The best-aligned pretraining copy of every target thumbnail.
 
@@ -166,10 +200,14 @@ def match_copies(
         device: for FAISS
         exclude_self: the targets are the pretraining images themselves (a
             search for duplicates within one set): a row never matches itself
+        link_threshold: also return ``pairs``, every (target, pretraining)
+            row pair whose verified NCC reaches it (not only the best one:
+            several copies of one source then all link to each other)
 
     Returns:
         a :class:`Matches` of arrays ``ncc`` (float64), ``index`` (int64)
-        and ``transform`` (list of str), one entry per target
+        and ``transform`` (list of str), one entry per target; ``pairs``
+        (``(P, 2)`` int64) with ``link_threshold``
     """
     search_grid, verify_grid = check_augmentations(augmentations)
     candidates = check_int(candidates, "candidates", 1)
@@ -186,6 +224,7 @@ def match_copies(
         index=np.full(len(tgt), -1, dtype=np.int64),
         transform=[""] * len(tgt),
     )
+    links = []
     for start in range(0, len(tgt), batch):
         rows = slice(start, min(start + batch, len(tgt)))
         found = [
@@ -198,8 +237,13 @@ def match_copies(
         if exclude_self:
             cands[cands == np.arange(rows.start, rows.stop)[:, None]] = -1
         cands = _distinct(cands)
-        _verify(_light_blur(tgt[rows]), cands, pre_verify, verify_grid, out, start)
+        per_candidate = _verify(_light_blur(tgt[rows]), cands, pre_verify, verify_grid, out, start)
+        if link_threshold is not None:
+            q, c = np.nonzero(per_candidate >= link_threshold)
+            links.append(np.stack([q + start, cands[q, c]], axis=1))
     out["mutual"] = mutual_best(out["ncc"], out["index"])
+    if link_threshold is not None:
+        out["pairs"] = np.concatenate(links).astype(np.int64)
     return out
 
 
@@ -215,9 +259,11 @@ def _distinct(cands):
 
 
 def _verify(tgt, cands, pre_verify, grid, out, start):
-    """Best NCC of each target, over its candidates and the grid's transformations."""
+    """Best NCC of each target, over its candidates and the grid's
+    transformations, into ``out``; returns each candidate's best ``(B, C)``."""
     valid = cands >= 0
     gathered = pre_verify[np.where(valid, cands, 0)].astype(np.float32)  # (B, C, D)
+    per_candidate = np.full(cands.shape, -np.inf, dtype=np.float32)
     best = np.full(cands.shape[0], -np.inf, dtype=np.float32)
     best_c = np.zeros(cands.shape[0], dtype=np.int64)
     best_t = np.zeros(cands.shape[0], dtype=np.int64)
@@ -225,15 +271,44 @@ def _verify(tgt, cands, pre_verify, grid, out, start):
         view = _normalised(transform(tgt, z, a, s))  # (B, D)
         ncc = np.matmul(gathered, view[:, :, None])[:, :, 0]
         ncc[~valid] = -np.inf
+        np.maximum(per_candidate, ncc, out=per_candidate)
         c = np.argmax(ncc, axis=1)
         value = ncc[np.arange(len(c)), c]
         better = value > best
         best[better], best_c[better], best_t[better] = value[better], c[better], t
+    for q in np.flatnonzero(best >= REFINE_FROM):
+        c = best_c[q]
+        _, z, a, sh = grid[best_t[q]]
+        value = _refine(tgt[q], gathered[q, c], z, a, sh)
+        per_candidate[q, c] = best[q] = max(best[q], value)
     found = np.isfinite(best)
     for q in np.flatnonzero(found):
         out["ncc"][start + q] = float(best[q])
         out["index"][start + q] = int(cands[q, best_c[q]])
         out["transform"][start + q] = grid[best_t[q]][0]
+    return per_candidate
+
+
+# a near match is refined between the grid's points: copies rarely sit on it
+# (a shrink to 27 of 32 pixels is zoom 0.84, half a pixel off the centre)
+REFINE_FROM = 0.9
+_STEPS = np.array([0.05, 4.0, 1.0, 1.0])  # the grid's spacing: zoom, angle, dy, dx
+_MOVES = np.concatenate([np.zeros((1, 4)), np.eye(4), -np.eye(4)])  # stay, or one axis +-
+
+
+def _refine(img, pre_vec, zoom, angle, shift, rounds=(0.5, 0.5, 0.25, 0.25)):
+    """Best NCC of one target against one candidate near a grid transformation:
+    a pattern search (each round moves one of zoom, angle, dy, dx by the
+    round's fraction of the grid's spacing, or stays)."""
+    params = np.array([zoom, angle, *shift], dtype=np.float64)
+    best = -np.inf
+    for step in rounds:
+        trial = params + _MOVES * (_STEPS * step)
+        idx, weights = _bilinear_taps(_source_coords(trial[:, 0], trial[:, 1], trial[:, 2:]))
+        ncc = _normalised((img[idx] * weights).sum(axis=0)) @ pre_vec
+        k = int(np.argmax(ncc))
+        best, params = max(best, float(ncc[k])), trial[k]
+    return best
 
 
 def mutual_best(ncc, index):

@@ -806,16 +806,24 @@ def find_near_duplicates(
 
 
 def _pixel_pairs(root, ids, augmentations, match_threshold, device):
-    """``(P, 2)`` rows of ``ids`` linked by a verified pixel match (none when off)."""
+    """``(P, 2)`` rows of ``ids`` linked by a verified pixel match (none when off):
+    every verified candidate at ``match_threshold`` or above, not only the
+    best, so that all copies of one source share its group."""
     if augmentations is None:
         return np.empty((0, 2), dtype=np.int64)
     thumbs = tse.thumbnails(root, ids)
     try:
-        m = mt.match_copies(thumbs, thumbs, augmentations, device=device, exclude_self=True)
+        m = mt.match_copies(
+            thumbs,
+            thumbs,
+            augmentations,
+            device=device,
+            exclude_self=True,
+            link_threshold=match_threshold,
+        )
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
-    rows = np.flatnonzero((m["ncc"] >= match_threshold) & (m["index"] >= 0))
-    return np.stack([rows, m["index"][rows]], axis=1).astype(np.int64)
+    return m["pairs"]
 
 
 def _dataset_embeddings(

@@ -546,27 +546,40 @@ def test_a_rotated_copy_is_matched_by_its_pixels_and_named_by_its_transformation
     assert source.id not in plain["leak_ids"] and planted <= set(plain["leak_ids"])
 
 
-def test_a_rotated_copy_joins_its_sources_near_duplicate_group(leaky, tmp_path):
+def test_transformed_copies_join_their_sources_near_duplicate_group(leaky, tmp_path):
     pre, _, _ = leaky
     # a source unlike the others (the tiny classes' images are one bar pattern
     # each, with light noise: near-duplicates of each other in their pixels)
     rng = np.random.default_rng(3)
     blobs = ndimage.gaussian_filter(rng.random((16, 16)), 1)
     disk = np.hypot(*np.mgrid[-7.5:8.5, -7.5:8.5]) < 6  # on a black ground, as scans are
-    img = ((blobs - blobs.min()) / np.ptp(blobs) * 255 * disk).astype(np.uint8)
-    paths = [str(tmp_path / "unique.png"), str(tmp_path / "unique_rotated.png")]
-    Image.fromarray(img).save(paths[0])
-    Image.fromarray(img).rotate(-12, resample=Image.BILINEAR).save(paths[1])
+    img = Image.fromarray(((blobs - blobs.min()) / np.ptp(blobs) * 255 * disk).astype(np.uint8))
+    shrunk = Image.new("L", (16, 16), 0)
+    shrunk.paste(img.resize((14, 14), Image.BILINEAR), (1, 1))
+    # two pairs of copies, each copy the other's best match: linking only best
+    # matches would leave one pair in a group of its own
+    copies = {
+        "unique": img,
+        "rotated": img.rotate(-12, resample=Image.BILINEAR),
+        "rotated_again": img.rotate(-11, resample=Image.BILINEAR),
+        "shrunk": shrunk,
+        "shrunk_brighter": Image.fromarray((np.asarray(shrunk) * 0.9 + 10).astype(np.uint8)),
+    }
+    paths = [str(tmp_path / f"{name}.png") for name in copies]
+    for path, copy in zip(paths, copies.values()):
+        copy.save(path)
     added = [fo.Sample(filepath=p, ground_truth=fo.Classification(label="class0")) for p in paths]
     pre.add_samples(added, progress=False)
     pre.select([s.id for s in added]).set_values("emb", _pixels(paths))
     summary = find_near_duplicates(
         pre, key="pix_dups", embeddings_field="emb", augmentations="standard"
     )
-    source, copy = (pre[s.id] for s in added)
-    assert copy["pix_dups_group"] is not None and copy["pix_dups_group"] == source["pix_dups_group"]
-    assert summary["num_pixel_pairs"] >= 2  # each is the other's best match
+    source, *others = (pre[s.id] for s in added)
+    assert source["pix_dups_group"] is not None
+    # every copy in the source's group, not only the pairs of best matches
+    assert [o["pix_dups_group"] for o in others] == [source["pix_dups_group"]] * 4
+    assert summary["num_pixel_pairs"] >= 8
     group = pre.match(fo.ViewField("pix_dups_group") == source["pix_dups_group"])
-    assert len(group) == 2, group.values("filepath")
+    assert len(group) == 5, group.values("filepath")
     plain = find_near_duplicates(pre, key="emb_dups", embeddings_field="emb")  # pixels off
-    assert plain["num_pixel_pairs"] == 0 and pre[copy.id]["emb_dups_group"] is None
+    assert plain["num_pixel_pairs"] == 0 and pre[source.id]["emb_dups_group"] is None

@@ -28,6 +28,12 @@ def _copy(img, kind, rng):
         side = 27
         x0, y0 = rng.integers(0, 32 - side + 1, size=2)
         return np.asarray(pil.crop((x0, y0, x0 + side, y0 + side)).resize((32, 32), Image.BILINEAR))
+    if kind == "shrink":  # resized down, pasted near the middle of a blank canvas
+        side = int(rng.integers(26, 30))
+        canvas = Image.new("L", (32, 32), 0)
+        offset = (32 - side) // 2 + int(rng.integers(-1, 2))
+        canvas.paste(pil.resize((side, side), Image.BILINEAR), (offset, offset))
+        return np.asarray(canvas)
     buf = io.BytesIO()
     pil.save(buf, format="JPEG", quality=25)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"))
@@ -49,11 +55,11 @@ def _strokes(n, rng):
 @pytest.fixture(scope="module")
 def planted(scans):
     """300 target scans; a pretraining set of 400 stroke images plus one
-    transformed copy of each of 24 targets (8 per kind)."""
+    transformed copy of each of 32 targets (8 per kind)."""
     rng = np.random.default_rng(0)
     targets, others = scans[rng.permutation(len(scans))[:300]], _strokes(400, rng)
-    copied = rng.choice(300, 24, replace=False)
-    kinds = np.repeat(["rotation", "crop", "jpeg"], 8)
+    copied = rng.choice(300, 32, replace=False)
+    kinds = np.repeat(["rotation", "crop", "jpeg", "shrink"], 8)
     copies = np.stack([_copy(targets[t], k, rng) for t, k in zip(copied, kinds)])
     pretrain = np.concatenate([others, copies])
     source_row = dict(zip(copied.tolist(), range(len(others), len(pretrain))))
@@ -68,15 +74,16 @@ def test_transformed_copies_are_matched_to_their_copy_and_others_are_not(planted
     pretrain, targets, source_row, kinds, copied = planted
     m = mt.match_copies(pretrain, targets, "standard", device="cpu")
     flagged = _flagged(m)
-    for kind in ("rotation", "crop", "jpeg"):
+    for kind in ("rotation", "crop", "jpeg", "shrink"):
         rows = copied[kinds == kind]
         assert flagged[rows].mean() >= 7 / 8, (kind, m["ncc"][rows])
     found = np.flatnonzero(flagged)
     assert all(m["index"][t] == source_row[t] for t in found if t in source_row)
     false = [t for t in found if t not in source_row]
     assert len(false) <= 1, m["ncc"][false]
-    rotated = [t for t, k in zip(copied, kinds) if k == "rotation" and flagged[t]]
-    assert all(m["transform"][t].startswith("rotate") for t in rotated)
+    for kind, label in (("rotation", "rotate"), ("shrink", "shrink")):
+        aligned = [t for t, k in zip(copied, kinds) if k == kind and flagged[t]]
+        assert all(m["transform"][t].startswith(label) for t in aligned), kind
 
 
 def test_without_transformations_rotated_and_cropped_copies_are_missed(planted):
