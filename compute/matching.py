@@ -30,6 +30,7 @@ from .checks import check_int, check_number
 from .neighbors import NeighborIndex
 
 THUMB = 32  # verification resolution
+SEARCH_EXACT_MAX = 20_000  # pretraining images searched exactly; IVF beyond
 _SEARCH = 16  # search-signature resolution (blurred: tolerant to small misalignment)
 
 _SHIFTS = [(dy, dx) for dy in (-2, -1, 0, 1, 2) for dx in (-2, -1, 0, 1, 2) if (dy, dx) != (0, 0)]
@@ -215,8 +216,10 @@ def match_copies(
     if len(pre) == 0 or len(tgt) == 0:
         raise ValueError("match_copies needs pretraining and target thumbnails")
     pre, tgt = pre.reshape(len(pre), -1), tgt.reshape(len(tgt), -1)
-    # exact search up to NeighborIndex's EXACT_MAX images, IVF beyond
-    index = NeighborIndex(_signatures(pre), kind="auto", device=device, center=False)
+    # the search only proposes candidates (verification decides): exact while
+    # cheap, IVF beyond (exact costs pretraining x targets x search grid)
+    kind = "flat" if len(pre) <= SEARCH_EXACT_MAX else "ivf"
+    index = NeighborIndex(_signatures(pre), kind=kind, device=device, center=False)
     # half precision: 2 KB per pretraining image (NCC needs no more than 3 digits)
     pre_verify = _normalised(_light_blur(pre)).astype(np.float16)
     out = Matches(
@@ -227,10 +230,10 @@ def match_copies(
     links = []
     for start in range(0, len(tgt), batch):
         rows = slice(start, min(start + batch, len(tgt)))
-        found = [
-            index.search(_signatures(transform(tgt[rows], z, a, s)), candidates, prepared=True)[1]
-            for _, z, a, s in search_grid
-        ]
+        views = np.concatenate([transform(tgt[rows], z, a, s) for _, z, a, s in search_grid])
+        _, near = index.search(_signatures(views), candidates, prepared=True)  # one call
+        n_rows = rows.stop - rows.start
+        found = [near.reshape(len(search_grid), n_rows, -1).transpose(1, 0, 2).reshape(n_rows, -1)]
         if extra_candidates is not None:
             found.append(np.asarray(extra_candidates)[rows])
         cands = np.concatenate(found, axis=1)

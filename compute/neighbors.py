@@ -193,30 +193,34 @@ class NeighborIndex:
         self_query = queries is None
         q = self.vectors if self_query else queries
         n = len(self)
+        if len(q) == 0:
+            return [], []
+        # flat (query row, distance, index row) triples, then one sort: no
+        # per-query Python work (the Brain asks this for every sample)
         if self.kind == "flat" and not self.on_gpu:
             set_faiss_threads()
-            lims, sims, ids = self._index.range_search(q, float(1.0 - max_distance))
-            dists = [np.clip(1.0 - sims[lims[i] : lims[i + 1]], 0, 2) for i in range(len(q))]
-            found = [ids[lims[i] : lims[i + 1]] for i in range(len(q))]
+            lims, sims, found = self._index.range_search(q, float(1.0 - max_distance))
+            rows = np.repeat(np.arange(len(q)), np.diff(lims.astype(np.int64)))
+            dists = np.clip(1.0 - sims, 0, 2)
         else:
-            found, dists = [None] * len(q), [None] * len(q)
+            parts = [(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64))]
             todo, k = np.arange(len(q)), min(start_k, n)
             while len(todo):
                 dist, idx = self.search(q[todo], k, prepared=True)
                 full = (dist[:, -1] <= max_distance) & (k < n)
-                for row, d, i, more in zip(todo, dist, idx, full):
-                    if not more:
-                        found[row], dists[row] = i, d
+                parts.append((np.repeat(todo[~full], k), dist[~full].ravel(), idx[~full].ravel()))
                 todo, k = todo[full], min(2 * k, n)
-        out_d, out_i = [], []
-        for row, (d, i) in enumerate(zip(dists, found)):
-            keep = (d <= max_distance) & (i >= 0)
-            if self_query:
-                keep &= i != row
-            order = np.argsort(d[keep], kind="stable")
-            out_d.append(d[keep][order].astype(np.float32))
-            out_i.append(i[keep][order].astype(np.int64))
-        return out_d, out_i
+            rows, dists, found = (np.concatenate(p) for p in zip(*parts))
+        keep = (dists <= max_distance) & (found >= 0)
+        if self_query:
+            keep &= found != rows
+        rows, dists, found = rows[keep], dists[keep].astype(np.float32), found[keep]
+        order = np.lexsort((dists, rows))  # by query row, then nearest first (stable)
+        cuts = np.cumsum(np.bincount(rows, minlength=len(q)))[:-1]
+        return (
+            np.split(dists[order], cuts),
+            np.split(found[order].astype(np.int64), cuts),
+        )
 
     def recall(self, queries, k=1, sample=1000, prepared=False, seed=0):
         """Recall@k of this index against exact search on up to ``sample`` queries.

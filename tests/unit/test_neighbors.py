@@ -98,10 +98,16 @@ def test_within_returns_every_neighbour_in_range(kind):
     b = base / np.linalg.norm(base, axis=1, keepdims=True)
     exact = 1 - b @ b.T
     np.fill_diagonal(exact, np.inf)
-    for row in (7, 100, 0):
+    assert len(idx) == len(dist) == len(base)
+    for row in range(len(base)):
         truth = set(np.flatnonzero(exact[row] <= 0.01))
         assert set(idx[row]) == truth and (np.diff(dist[row]) >= 0).all()
+        np.testing.assert_allclose(dist[row], exact[row][idx[row]], atol=1e-5)
     assert len(idx[100]) >= 39  # more than the first k = 16: k grew where needed
+    # queries given: their own rows are not excluded
+    qd, qi = index.within(index.prepare(base[[7, 0]]), 0.01)
+    assert 7 in set(qi[0]) and set(qi[0]) - {7} == set(idx[7]) and set(qi[1]) == set(idx[0]) | {0}
+    assert index.within(np.zeros((0, 16), np.float32), 0.01) == ([], [])
 
 
 def test_exact_copies_match_each_target_to_the_first_pretraining_item_with_its_hash():
