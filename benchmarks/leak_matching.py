@@ -5,7 +5,7 @@ target test scans; no FiftyOne, no training), at the default match threshold:
 
 - ``none``: the untransformed thumbnails only (search and verification);
 - ``shifts``: shifts of up to 2 pixels;
-- ``standard``: shifts, rotations up to 16 degrees and crops down to 80%
+- ``standard``: shifts, rotations up to 16 degrees, crops and shrinks down to 80%
   (the default);
 
 each with and without the mutual-best rule (a matched pretraining image

@@ -279,10 +279,11 @@ def _verify(tgt, cands, pre_verify, grid, out, start):
         value = ncc[np.arange(len(c)), c]
         better = value > best
         best[better], best_c[better], best_t[better] = value[better], c[better], t
-    for q in np.flatnonzero(best >= REFINE_FROM):
+    axes = _spanned_axes(grid)
+    for q in np.flatnonzero(best >= REFINE_FROM) if axes.any() else ():
         c = best_c[q]
         _, z, a, sh = grid[best_t[q]]
-        value = _refine(tgt[q], gathered[q, c], z, a, sh)
+        value = _refine(tgt[q], gathered[q, c], z, a, sh, axes)
         per_candidate[q, c] = best[q] = max(best[q], value)
     found = np.isfinite(best)
     for q in np.flatnonzero(found):
@@ -296,17 +297,25 @@ def _verify(tgt, cands, pre_verify, grid, out, start):
 # (a shrink to 27 of 32 pixels is zoom 0.84, half a pixel off the centre)
 REFINE_FROM = 0.9
 _STEPS = np.array([0.05, 4.0, 1.0, 1.0])  # the grid's spacing: zoom, angle, dy, dx
-_MOVES = np.concatenate([np.zeros((1, 4)), np.eye(4), -np.eye(4)])  # stay, or one axis +-
 
 
-def _refine(img, pre_vec, zoom, angle, shift, rounds=(0.5, 0.5, 0.25, 0.25)):
+def _spanned_axes(grid):
+    """Which of zoom, angle, dy, dx a grid varies: a refinement stays within
+    the transformations its augmentation set names ("none" refines nothing)."""
+    params = np.array([(z, a, *s) for _, z, a, s in grid], dtype=np.float64)
+    return params.max(axis=0) > params.min(axis=0)
+
+
+def _refine(img, pre_vec, zoom, angle, shift, axes, rounds=(0.5, 0.5, 0.25, 0.25)):
     """Best NCC of one target against one candidate near a grid transformation:
-    a pattern search (each round moves one of zoom, angle, dy, dx by the
-    round's fraction of the grid's spacing, or stays)."""
+    a pattern search (each round moves one of the ``axes`` among zoom, angle,
+    dy, dx by the round's fraction of the grid's spacing, or stays)."""
+    eye = np.eye(4)[axes]
+    moves = np.concatenate([np.zeros((1, 4)), eye, -eye])
     params = np.array([zoom, angle, *shift], dtype=np.float64)
     best = -np.inf
     for step in rounds:
-        trial = params + _MOVES * (_STEPS * step)
+        trial = params + moves * (_STEPS * step)
         idx, weights = _bilinear_taps(_source_coords(trial[:, 0], trial[:, 1], trial[:, 2:]))
         ncc = _normalised((img[idx] * weights).sum(axis=0)) @ pre_vec
         k = int(np.argmax(ncc))

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 # near-duplicates inside one dataset: chosen on the demo's run-backbone embeddings
 DEFAULT_MAX_DISTANCE = 0.01
 # verified NCC from which a pixel match is a leak; chosen on the demo (docs/demo.md)
-DEFAULT_MATCH_THRESHOLD = 0.975
+DEFAULT_MATCH_THRESHOLD = 0.98
 EMBEDDING_CANDIDATES = 4  # nearest neighbours in the embeddings, verified by pixels too
 
 
@@ -192,7 +192,7 @@ def detect_leakage(
         augmentations: ``"standard"``, ``"shifts"``, ``"none"`` (pixel
             matching without transformations) or None (no pixel matching)
         match_threshold: verified NCC in (0, 1) at which a pixel match
-            reaches ``threshold`` (default 0.975; calibrated with
+            reaches ``threshold`` (default 0.98; calibrated with
             ``false_positive_rate``)
         false_positive_rate: in (0, 1): calibrate the cut from the data
             instead: the nearest-pretraining distances and pixel matches of

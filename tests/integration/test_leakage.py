@@ -537,7 +537,7 @@ def test_a_rotated_copy_is_matched_by_its_pixels_and_named_by_its_transformation
     source.reload()
     assert set(summary["leak_ids"]) == planted | {source.id}
     assert source["rot_nearest_id"] == copy.id and source["rot_transform"].startswith("rotate")
-    assert source["rot_match"] >= 0.975 and summary["num_transformed_copies"] >= 1
+    assert source["rot_match"] >= 0.98 and summary["num_transformed_copies"] >= 1
     assert tgt.get_run_info("rot").config.augmentations == "standard"
     # without the transformations, the same cut does not see it
     plain = detect_leakage(
