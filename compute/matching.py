@@ -228,6 +228,7 @@ def match_copies(
         transform=[""] * len(tgt),
     )
     links = []
+    refine_axes = _spanned_axes(verify_grid)
     for start in range(0, len(tgt), batch):
         rows = slice(start, min(start + batch, len(tgt)))
         views = np.concatenate([transform(tgt[rows], z, a, s) for _, z, a, s in search_grid])
@@ -240,7 +241,9 @@ def match_copies(
         if exclude_self:
             cands[cands == np.arange(rows.start, rows.stop)[:, None]] = -1
         cands = _distinct(cands)
-        per_candidate = _verify(_light_blur(tgt[rows]), cands, pre_verify, verify_grid, out, start)
+        per_candidate = _verify(
+            _light_blur(tgt[rows]), cands, pre_verify, verify_grid, refine_axes, out, start
+        )
         if link_threshold is not None:
             q, c = np.nonzero(per_candidate >= link_threshold)
             links.append(np.stack([q + start, cands[q, c]], axis=1))
@@ -261,9 +264,10 @@ def _distinct(cands):
     return rows[:, :width]
 
 
-def _verify(tgt, cands, pre_verify, grid, out, start):
+def _verify(tgt, cands, pre_verify, grid, refine_axes, out, start):
     """Best NCC of each target, over its candidates and the grid's
-    transformations, into ``out``; returns each candidate's best ``(B, C)``."""
+    transformations (near matches refined along ``refine_axes``), into
+    ``out``; returns each candidate's best ``(B, C)``."""
     valid = cands >= 0
     gathered = pre_verify[np.where(valid, cands, 0)].astype(np.float32)  # (B, C, D)
     per_candidate = np.full(cands.shape, -np.inf, dtype=np.float32)
@@ -279,11 +283,10 @@ def _verify(tgt, cands, pre_verify, grid, out, start):
         value = ncc[np.arange(len(c)), c]
         better = value > best
         best[better], best_c[better], best_t[better] = value[better], c[better], t
-    axes = _spanned_axes(grid)
-    for q in np.flatnonzero(best >= REFINE_FROM) if axes.any() else ():
+    for q in np.flatnonzero(best >= REFINE_FROM) if refine_axes.any() else ():
         c = best_c[q]
         _, z, a, sh = grid[best_t[q]]
-        value = _refine(tgt[q], gathered[q, c], z, a, sh, axes)
+        value = _refine(tgt[q], gathered[q, c], z, a, sh, refine_axes)
         per_candidate[q, c] = best[q] = max(best[q], value)
     found = np.isfinite(best)
     for q in np.flatnonzero(found):
