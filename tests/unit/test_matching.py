@@ -131,3 +131,34 @@ def test_bad_input_is_refused_by_name(planted, call, message):
     pretrain, targets, *_ = planted
     with pytest.raises(ValueError, match=message):
         call(pretrain, targets[:5])
+
+
+def test_a_copy_between_grid_points_is_refined_along_its_sets_axes_only(scans, monkeypatch):
+    # a scan shrunk to zoom 0.825 and half a pixel off: between the grid's points
+    target = scans[:1]
+    flat = mt._light_blur(target.reshape(1, -1).astype(np.float32))
+    copy = mt.transform(flat, 0.825, 0.0, (0.5, -0.5)).reshape(1, 32, 32)
+    refined = mt.match_copies(copy, target, "standard", device="cpu")["ncc"][0]
+    monkeypatch.setattr(mt, "REFINE_FROM", 2.0)  # refinement off
+    on_grid = mt.match_copies(copy, target, "standard", device="cpu")["ncc"][0]
+    assert refined > on_grid + 0.005 and refined >= 0.99, (refined, on_grid)
+    monkeypatch.setattr(mt, "REFINE_FROM", 0.0)  # refine everything: "none" still moves nothing
+    plain = mt.match_copies(copy, target, "none", device="cpu")["ncc"][0]
+    monkeypatch.setattr(mt, "REFINE_FROM", 2.0)
+    assert plain == mt.match_copies(copy, target, "none", device="cpu")["ncc"][0]
+
+
+def test_past_the_exact_search_limit_ivf_candidates_find_the_same_copies(planted, monkeypatch):
+    pretrain, targets, *_ = planted
+    exact = _flagged(mt.match_copies(pretrain, targets, "standard", device="cpu"))
+    monkeypatch.setattr(mt, "SEARCH_EXACT_MAX", 100)  # the 432 pretraining images go to IVF
+    kinds, index_class = [], mt.NeighborIndex
+
+    def recording(*args, **kwargs):
+        kinds.append(kwargs["kind"])
+        return index_class(*args, **kwargs)
+
+    monkeypatch.setattr(mt, "NeighborIndex", recording)
+    approximate = _flagged(mt.match_copies(pretrain, targets, "standard", device="cpu"))
+    assert kinds == ["ivf"]
+    assert exact.sum() >= 30 and (approximate == exact).all()
