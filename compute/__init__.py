@@ -56,6 +56,8 @@ _MODULE_EXPORTS = {
         "StoreCorruptError",
         "StoreMismatchError",
         "clear_dir",
+        "load_array",
+        "save_array",
     ),
     "subsets": (
         "DESIGNS",

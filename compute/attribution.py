@@ -30,7 +30,7 @@ from torch import nn
 from .checks import check_int, check_number
 from .digests import digest
 from .nets import network_for
-from .store import claim, make_dirs, remove_scratch
+from .store import claim, make_dirs, remove_scratch, save_array
 from .train import (
     _eval_batched,
     finetune,
@@ -338,11 +338,7 @@ def run_attribution(
     remove_scratch(scratch)  # what a killed scoring left
     claim(folder, "trak-scratch")
     scores = trak_scores(config, data, models, scratch, proj_dim, damping)
-    claim(folder, os.path.basename(path))
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, scores)
-    os.replace(tmp, path)
+    save_array(folder, os.path.basename(path), scores)
     remove_scratch(scratch)
     return path
 
@@ -370,12 +366,9 @@ def run_holdout_models(
     for j, mask in enumerate(masks):
         path = os.path.join(folder, f"margins-{j:04d}.npy")
         if not os.path.exists(path):
-            claim(folder, os.path.basename(path))
             state = train_attribution_model(config, HOLDOUT_INDEX_BASE + j, data, mask)
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, transferred_margins(config, data, state).astype(np.float32))
-            os.replace(tmp, path)
+            margins_j = transferred_margins(config, data, state).astype(np.float32)
+            save_array(folder, os.path.basename(path), margins_j)
             if on_model_done is not None:
                 on_model_done(j)
         margins.append(np.load(path, allow_pickle=False))

@@ -212,6 +212,29 @@ def _check_npy(path, dtype, shape):
         )
 
 
+def save_array(folder, name, array):
+    """Writes ``array`` to ``folder/name`` (a ``.npy``), claimed in the manifest
+    first and replaced atomically (a killed write leaves the old file or
+    none); returns its path."""
+    make_dirs(folder)
+    claim(folder, name)
+    path = os.path.join(folder, name)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+    os.replace(tmp, path)
+    return path
+
+
+def load_array(path, dtype=None, shape=None):
+    """A ``.npy`` written by :func:`save_array`, memory-mapped read-only; with
+    ``dtype`` and ``shape``, a file that does not match is refused
+    (:class:`StoreCorruptError`)."""
+    if dtype is not None and shape is not None:
+        _check_npy(path, dtype, shape)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 def row_checksum(outputs):
     """A 63-bit hash of one model's outputs (every output, in a fixed order)."""
     h = hashlib.blake2b(digest_size=8)

@@ -18,6 +18,7 @@ from .influence_run import (
     open_holdout_store,
     prepare_executor,
     run_with_progress,
+    save_matrices,
 )
 from .runs import ClassInfluenceConfig, ClassInfluenceResults
 from .views import DatasetLike, SplitLike, Progress, TransferScopeError
@@ -185,6 +186,9 @@ def compute_class_influence(
         store, holdout = _train(request, num_models, run_dir, overwrite, runner, progress, write)
         results_kwargs = estimate(store, target_function, estimator, holdout)
         results_kwargs["metrics"]["unlabelled_pretraining_samples"] = request.num_unlabelled
+        matrices, results_kwargs = save_matrices(
+            store.path, results_kwargs, target_function, estimator
+        )
 
         # --- write back: staged, then committed at once ----------------------
         run_params = dict(
@@ -203,7 +207,13 @@ def compute_class_influence(
             estimator=estimator,
         )
         results = _stage_write_back(
-            write, labelled, run_params, results_kwargs, store.outputs("correct"), top_k
+            write,
+            labelled,
+            run_params,
+            results_kwargs,
+            matrices["influence"],
+            store.outputs("correct"),
+            top_k,
         )
         write.commit()
     _remove_other_stores(run_dir, keep=store.path)
@@ -268,14 +278,14 @@ def _remove_other_stores(run_dir, keep):
             tsc.clear_dir(path)
 
 
-def _stage_write_back(write, labelled, run_params, results_kwargs, correct, top_k):
-    """Stages the run's fields on both datasets and registers its two runs."""
+def _stage_write_back(write, labelled, run_params, results_kwargs, infl, correct, top_k):
+    """Stages the run's fields on both datasets and registers its two runs;
+    ``infl``: the ``(C, T)`` influence matrix (the results name its file)."""
     classes = labelled.classes
     key = write.key
     test_view = labelled.test_view
     target_root, pretrain_root = test_view._root_dataset, labelled.pre_view._root_dataset
     target_fields, pretrain_fields = field_names(key)
-    infl = results_kwargs["influence"]
     helpful_idx, harmful_idx = tsc.top_k_classes(infl, top_k)
     helpful_f, harmful_f, acc_f = target_fields
     ids = [str(i) for i in labelled.test_ids]

@@ -244,6 +244,28 @@ def estimate(store, target_function="prob", estimator="auto", holdout=None):
     )
 
 
+MATRIX_NAMES = ("influence", "stderr")
+
+
+def save_matrices(store_path, results_kwargs, target_function, estimator):
+    """Moves the ``(C, T)`` matrices of ``results_kwargs`` (from :func:`estimate`)
+    into the run's store as float32 ``.npy`` files, one pair per target
+    function and estimator; returns ``(matrices, results_kwargs)``, the second
+    naming the files (``matrix_paths``) instead of holding the arrays. Other
+    matrices in the store (an earlier target function) are removed."""
+    tag = tsc.digests.digest(target_function, estimator, length=12)
+    matrices = {name: results_kwargs.pop(name) for name in MATRIX_NAMES}
+    paths = {
+        name: tsc.save_array(store_path, f"{name}-{tag}.npy", matrix.astype(np.float32))
+        for name, matrix in matrices.items()
+    }
+    keep = {os.path.basename(p) for p in paths.values()}
+    for name in tsc.store._read_manifest(store_path):
+        if name.startswith(tuple(f"{m}-" for m in MATRIX_NAMES)) and name not in keep:
+            os.remove(os.path.join(store_path, name))  # ours: the manifest names it
+    return matrices, dict(results_kwargs, matrix_paths=paths)
+
+
 def prepare_executor(executor="local", executor_options=None, config=None):
     """The executor for a job, checked against ``config`` before any work: bad
     options, an unreachable cluster or one without the resources asked for

@@ -49,7 +49,7 @@ class ClassInfluence(fors.Run):
 
 
 class ClassInfluenceResults(fors.RunResults):
-    """Class list, influence matrix and its intervals, as numpy arrays.
+    """Class list, per-class figures and the run's ``(C, T)`` matrices.
 
     Attributes (all loaded as numpy arrays where they are arrays):
         classes: the C pretraining class names
@@ -61,11 +61,16 @@ class ClassInfluenceResults(fors.RunResults):
             Benjamini-Hochberg q-values (None for runs from before 0.2)
         metrics: dict of summary figures (design, estimator, split-half
             Spearman and z-score spread, LDS, accuracy, ...)
+        matrix_paths: ``{"influence": path, "stderr": path}``, the two
+            matrices as float32 ``.npy`` files in the run's store
+
+    The matrices stay out of the database: the results hold the per-class
+    figures and the two paths, and ``influence`` / ``stderr`` open the files
+    memory-mapped on first use (a row costs one row's read). Runs from before
+    0.3 hold both matrices inline and still load.
     """
 
-    _ARRAYS = (
-        "influence",
-        "stderr",
+    _CLASS_ARRAYS = (
         "class_influence",
         "class_stderr",
         "class_ci_low",
@@ -73,19 +78,51 @@ class ClassInfluenceResults(fors.RunResults):
         "class_p_value",
         "class_q_value",
     )
+    _MATRICES = ("influence", "stderr")
 
     def __init__(self, samples, config, key, backend=None, **kwargs):
-        for name in self._ARRAYS:
+        for name in self._CLASS_ARRAYS:
             if name in kwargs and kwargs[name] is not None:
                 kwargs[name] = np.asarray(kwargs[name], dtype=np.float64)
+        # inline matrices: a run from before 0.3, or one being written
+        self._matrices = {
+            name: np.asarray(kwargs.pop(name), dtype=np.float64)
+            for name in self._MATRICES
+            if kwargs.get(name) is not None
+        }
         super().__init__(samples, config, key, backend=backend, **kwargs)
+
+    @property
+    def influence(self):
+        return self._matrix("influence")
+
+    @property
+    def stderr(self):
+        return self._matrix("stderr")
+
+    def _matrix(self, name):
+        if name not in self._matrices:
+            paths = getattr(self, "matrix_paths", None) or {}
+            if name not in paths:
+                return None  # the pretraining side's results hold no matrix
+            shape = (len(self.classes), len(self.target_ids))
+            try:
+                self._matrices[name] = tsc.load_array(paths[name], np.float32, shape)
+            except (FileNotFoundError, tsc.StoreCorruptError) as e:
+                raise tsv.TransferScopeError(
+                    f"the {name} matrix of run {self.key!r} is unreadable ({e}); run "
+                    f"compute_class_influence again with overwrite=True"
+                ) from None
+        return self._matrices[name]
 
     def attributes(self):
         return [a for a in super().attributes() if not a.startswith("_")]
 
     def serialize(self, reflective=True):
         d = super().serialize(reflective=reflective)
-        for name in self._ARRAYS:
+        if not getattr(self, "matrix_paths", None):  # an old run keeps its inline matrices
+            d.update({name: value for name, value in self._matrices.items()})
+        for name in (*self._CLASS_ARRAYS, *self._MATRICES):
             if isinstance(d.get(name), np.ndarray):
                 d[name] = np.round(d[name], 7).tolist()
         return d

@@ -1,5 +1,6 @@
 """compute_class_influence against the real database: writes, runs, bad input."""
 
+import json
 import os
 
 import numpy as np
@@ -307,3 +308,75 @@ def test_runs_from_before_designs_keep_their_design_and_hash():
     assert InfluenceConfig(num_models=4, design="pairs").fingerprint("d") != InfluenceConfig(
         num_models=4
     ).fingerprint("d")
+
+
+def _stored_results_json(dataset, key):
+    import fiftyone.core.runs as fors
+
+    doc = fors.Run._get_run_doc(dataset, key)
+    doc.results.seek(0)
+    return json.loads(doc.results.read().decode())
+
+
+def test_the_matrices_live_in_the_store_and_load_memory_mapped(tiny_datasets, tmp_path):
+    pre, tgt = tiny_datasets
+    out = str(tmp_path / "store")
+    results = ts.compute_class_influence(pre, tgt, "infl", output_dir=out, **TINY_KWARGS)
+    stored = _stored_results_json(tgt, "infl")
+    assert "influence" not in stored and "stderr" not in stored
+    assert "class_influence" in stored and set(stored["matrix_paths"]) == {"influence", "stderr"}
+    loaded = tgt.load_run_results("infl", cache=False)
+    for name in ("influence", "stderr"):
+        matrix = getattr(loaded, name)
+        assert isinstance(matrix, np.memmap) and matrix.dtype == np.float32
+        assert matrix.shape == (6, 18)
+        assert os.path.dirname(loaded.matrix_paths[name]) == results.config.output_dir
+    np.testing.assert_allclose(loaded.influence, results.influence)
+    assert pre.load_run_results("infl", cache=False).influence is None  # aggregates only
+
+    # another target function: its own matrices replace the old ones in the store
+    again = ts.compute_class_influence(
+        pre, tgt, "infl", overwrite=True, output_dir=out, target_function="margin", **TINY_KWARGS
+    )
+    assert again.matrix_paths["influence"] != loaded.matrix_paths["influence"]
+    assert not os.path.exists(loaded.matrix_paths["influence"])
+    assert not np.allclose(again.influence, results.influence)
+
+    # a matrix file that is gone or damaged is named, not read as garbage
+    with open(again.matrix_paths["stderr"], "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(TransferScopeError, match="stderr matrix of run 'infl' is unreadable"):
+        tgt.load_run_results("infl", cache=False).stderr
+
+
+def test_runs_with_inline_matrices_still_load(tiny_datasets, tmp_path):
+    """Runs written before the matrices moved to the store hold them in the
+    database; they load, answer views and delete as before."""
+    from transferscope import explore
+
+    pre, tgt = tiny_datasets
+    results = ts.compute_class_influence(
+        pre, tgt, "infl", output_dir=str(tmp_path / "store"), **TINY_KWARGS
+    )
+    attrs = {
+        a: getattr(results, a) for a in results.attributes() if a not in ("cls", "matrix_paths")
+    }
+    old = ClassInfluenceResults(
+        tgt,
+        results.config,
+        "infl",
+        influence=results.influence.tolist(),
+        stderr=results.stderr.tolist(),
+        **attrs,
+    )
+    tgt.save_run_results("infl", old, overwrite=True, cache=False)
+    os.remove(results.matrix_paths["influence"])  # the old run never had the files
+    assert len(_stored_results_json(tgt, "infl")["influence"]) == 6
+    loaded = tgt.load_run_results("infl", cache=False)
+    np.testing.assert_allclose(loaded.influence, results.influence, atol=1e-6)
+    c = int(np.argmax(results.class_influence))
+    view = explore.most_influenced(tgt, "infl", results.classes[c], k=3)
+    expected = np.argsort(-np.asarray(results.influence[c]), kind="stable")[:3]
+    assert view.values("id") == [results.target_ids[i] for i in expected]
+    tgt.delete_run("infl")
+    assert "infl" not in tgt.list_runs() and not tgt.has_sample_field("infl_helpful")
