@@ -15,6 +15,8 @@ SHOW_CHOICES = {
     "helped": "the target samples it helps most",
     "hurt": "the target samples it hurts most",
 }
+# with more classes than twice this, the chart draws this many from each end
+CHART_CLASSES_PER_SIDE = 40
 
 
 class ClassInfluencePanel(foo.Panel):
@@ -51,6 +53,11 @@ class ClassInfluencePanel(foo.Panel):
 
     def on_click_class(self, ctx):
         name = ctx.params.get("id") or ctx.params.get("x")
+        if name:
+            self._show(ctx, name, ctx.panel.state.show or "pretraining")
+
+    def on_find_class(self, ctx):
+        name = (ctx.params.get("value") or "").strip()
         if name:
             self._show(ctx, name, ctx.panel.state.show or "pretraining")
 
@@ -102,7 +109,7 @@ class ClassInfluencePanel(foo.Panel):
             return
         results = ctx.dataset.load_run_results(key, cache=False)
         ctx.panel.state.summary = reliability_line(results.metrics)
-        trace, layout = influence_plotly(results)
+        trace, layout = influence_plotly(results, top_n=CHART_CLASSES_PER_SIDE)
         ctx.panel.state.chart_layout = layout
         ctx.panel.state.classes = trace["x"]
         ctx.panel.data.influence_chart = [trace]
@@ -182,12 +189,17 @@ class ClassInfluencePanel(foo.Panel):
             on_click=self.on_click_class,
             on_selected=self.on_select_classes,
         )
+        panel.str(
+            "find_class",
+            label="Find a class by name (shows it as a click would)",
+            on_change=self.on_find_class,
+        )
         if state.message:
             panel.md(state.message, name="message")
 
         selected = list(state.selected or [])
         choose = types.DropdownView(multiple=True)
-        for name in state.classes or []:
+        for name in dict.fromkeys([*(state.classes or []), *selected]):  # the chart's, in order
             choose.add_choice(name, label=name)
         panel.list(
             "selected",

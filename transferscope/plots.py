@@ -288,15 +288,20 @@ CHART_FDR = 0.1
 INFLUENCE_COLOURS = {"helps": "#2a9d8f", "hurts": "#e76f51", "unclear": "#9e9e9e"}
 
 
-def influence_plotly(results):
+def influence_plotly(results, top_n=None):
     """``(trace, layout)``: one bar per class, most helpful first, 95% CI error bars.
 
     Green: helps, red: hurts, at false-discovery level 0.1 (Benjamini-Hochberg
     over the classes; for a run without q-values, by the interval alone);
     grey: not settled. The bars' ``ids`` are the class names, so a click or
-    a lasso names classes.
+    a lasso names classes. ``top_n``: with more than twice as many classes,
+    only the ``top_n`` most helpful and the ``top_n`` most harmful are drawn
+    (a thousand bars are unreadable and slow to send).
     """
     rows = results.ranking()
+    shown_all = top_n is None or len(rows) <= 2 * top_n
+    if not shown_all:
+        rows = rows[:top_n] + rows[-top_n:]
     names = [r[0] for r in rows]
     values = [r[1] for r in rows]
     q_all = results.q_values
@@ -329,8 +334,11 @@ def influence_plotly(results):
         "hovertemplate": "%{x}: %{y:+.4f} [%{customdata[0]:+.4f}, %{customdata[1]:+.4f}] "
         "q=%{customdata[2]}<extra></extra>",
     }
+    title = INFLUENCE_TITLE
+    if not shown_all:
+        title += f": the {top_n} most helpful and most harmful of {len(results.classes)}"
     layout = {
-        "title": {"text": INFLUENCE_TITLE},
+        "title": {"text": title},
         "xaxis": {
             "title": {"text": "pretraining class (click: show its samples)"},
             "tickangle": -60,
