@@ -57,3 +57,27 @@ def test_panel_is_registered_with_the_plugin():
 
     panel = foo.get_operator("@transferscope/transferscope/class_influence_panel")
     assert isinstance(panel, foo.Panel) and panel.config.label == "Class influence"
+
+
+def test_the_chart_draws_both_ends_of_a_long_ranking():
+    from types import SimpleNamespace
+
+    from transferscope.plots import influence_plotly
+    from transferscope.runs import ClassInfluenceResults
+
+    n = 1000
+    ci = np.random.default_rng(0).normal(size=n)
+    results = SimpleNamespace(
+        classes=[f"c{i}" for i in range(n)],
+        class_influence=ci,
+        class_ci_low=ci - 0.1,
+        class_ci_high=ci + 0.1,
+        q_values=None,
+    )
+    ranked = [row[0] for row in ClassInfluenceResults.ranking(results)]
+    results.ranking = lambda: ClassInfluenceResults.ranking(results)
+    trace, layout = influence_plotly(results, top_n=40)
+    assert trace["x"] == ranked[:40] + ranked[-40:] and trace["ids"] == trace["x"]
+    assert len(trace["error_y"]["array"]) == 80 and "of 1000" in layout["title"]["text"]
+    assert influence_plotly(results)[0]["x"] == ranked  # without top_n: every class
+    assert influence_plotly(results, top_n=500)[0]["x"] == ranked
