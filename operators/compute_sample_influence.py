@@ -44,6 +44,18 @@ class ComputeSampleInfluence(foo.Operator):
             label="Damping",
             description="ridge term, relative to the gradients' mean squared norm",
         )
+        weighting = types.RadioGroup()
+        weighting.add_choice("none", label="none: every pretraining image at full weight")
+        weighting.add_choice(
+            "trak", label="TRAK's 1 - p: images the model already fits count for little"
+        )
+        inputs.enum(
+            "loss_weighting",
+            weighting.values(),
+            default=d["loss_weighting"],
+            label="Loss weighting",
+            view=weighting,
+        )
         inputs.int(
             "top_k",
             default=d["top_k"],
@@ -80,6 +92,7 @@ class ComputeSampleInfluence(foo.Operator):
                     "num_models",
                     "proj_dim",
                     "damping",
+                    "loss_weighting",
                     "top_k",
                     "holdout_models",
                     "device",

@@ -21,11 +21,12 @@ from . import compute as tsc
 from . import demo_data
 from . import embeddings as tse
 from .compute import subpopulations as sp
-from .curation import evaluate_curation, tag_classes
+from .curation import evaluate_curation, tag_classes, tag_samples
 from .diversity import plan_class_diversity
 from .influence import compute_class_influence
 from .influence_run import InfluenceRun, prepare_executor
 from .leakage import detect_leakage, find_near_duplicates
+from .sample_influence import compute_sample_influence
 from .plots import save_culprits_png, save_curation_png, save_diversity_png, save_subpopulations_png
 from .subpopulations import explain_failures, find_subpopulations
 
@@ -39,6 +40,9 @@ DUPLICATES_KEY = "demo_duplicates"
 DIVERSITY_KEY = "demo_diversity"
 SUBPOPS_KEY = "demo_subpops"
 FAILURES_KEY = "demo_failures"
+SAMPLES_KEY = "demo_samples"
+# example-level curation: the most harmful images tagged, and models per arm
+SAMPLE_CURATION = dict(k=100, num_seeds=8)
 # explain_failures' counterfactual: models per arm (full, culprit removed, random removed)
 FAILURE_SEEDS = 8
 # the diversity planner: small budgets, the full budget it predicts, and its check
@@ -398,12 +402,14 @@ def run_demo(
     # every step that trains runs before FAISS: after a FAISS call torch trains on one
     # thread in this process (they share OpenMP's setting; see the README's limits)
     diversity = _demo_diversity(pretrain, target, where, out)
+    samples = _demo_sample_influence(pretrain, target, out)
     leakage, duplicates = _demo_leaks(pretrain, target, out)
     report = planted_report(results, target, summary, leakage, duplicates, pretrain)
     report["leakage_calibrated"] = _demo_calibrated_leaks(target, out)
     report["leakage_brain"] = _demo_brain_leaks(pretrain, target, out)
     report["subpopulations"] = subpop_report
     report["failures"] = _failures_report(failures, target.info["planted"]["harmful_class"])
+    report["sample_influence"] = samples
     report["diversity"] = {
         "prediction": diversity["prediction"],
         "verification": diversity["verification"],
@@ -498,6 +504,115 @@ def _demo_diversity(pretrain, target, where, out):
     png = save_diversity_png(diversity, os.path.join(data_dir(), "diversity.png"))
     out(f"Plot: {png}; saved view {DIVERSITY_KEY}_plan on {pretrain.name}")
     return diversity
+
+
+def _demo_sample_influence(pretrain, target, out):
+    """Example-level attribution with the defaults, against the planted copies and
+    the planted harmful class, and its curation checked by retraining."""
+    out("\nWhich pretraining images help or hurt (sample influence, TRAK) ...")
+    t0 = time.perf_counter()
+    results = compute_sample_influence(
+        pretrain, target, SAMPLES_KEY, influence_key=RUN_KEY, overwrite=True
+    )
+    seconds = time.perf_counter() - t0
+    report = dict(
+        sample_influence_report(results, pretrain, target.info["planted"]),
+        seconds=seconds,
+        **{k: results.metrics.get(k) for k in ("lds", "class_spearman", "num_models")},
+    )
+    out(
+        f"  {report['num_models']} models, {seconds:.0f} s; datamodeling score "
+        f"{report['lds']:.3f} on held-out models; summed image scores per class vs class "
+        f"influence: Spearman {report['class_spearman']:.2f}"
+    )
+    first = report["first_leak"]
+    out(
+        f"  a leaked test 7's copies among its 10 most helpful images: recall "
+        f"{first['recall_at_10']:.2f} (10 random images of class {first['copies_class']!r}: "
+        f"{first['recall_at_10_random_same_class']:.3f}); the transformed copies in their "
+        f"test image's top 10: {report['second_leak']['recall_at_10']:.2f}"
+    )
+    harmful = report["harmful_class_images"]
+    out(
+        f"  images of the harmful class {harmful['class']!r} among the "
+        f"{harmful['k']} most harmful images: {harmful['precision_at_k']:.2f} "
+        f"(its share of the set: {harmful['base_rate']:.3f})"
+    )
+    record = tag_samples(pretrain, SAMPLES_KEY, k=SAMPLE_CURATION["k"])
+    out(
+        f"  tagged the {record['num_samples']} most harmful images {record['tag']!r}; "
+        f"retraining to check ({SAMPLE_CURATION['num_seeds']} seeds per arm) ..."
+    )
+    summary = evaluate_curation(target, SAMPLES_KEY, num_seeds=SAMPLE_CURATION["num_seeds"])
+    out("\n".join("  " + line for line in summary.describe()))
+    report["curation"] = {
+        "num_removed": summary["num_removed"],
+        "num_seeds": summary["num_seeds"],
+        "harmful_class_images_removed": harmful["in_top_k"],
+        **{c["arm"]: c["accuracy"] for c in summary["cells"]},
+        **{
+            name: {key: summary[name][key] for key in ("diff", "ci95", "p_value", "wins")}
+            for name in ("curated_vs_full", "curated_vs_random")
+        },
+    }
+    return report
+
+
+def sample_influence_report(results, pretrain, planted, k=10, harmful_k=SAMPLE_CURATION["k"]):
+    """A sample-influence run against the planted truth: recall@k of each
+    leaked test image's copies among its k most helpful pretraining images
+    (with what k random images of the copies' class would give), and how many
+    of the most harmful images belong to the planted harmful class."""
+    ids, of, labels = pretrain.values(["id", "leak_of", "ground_truth.label"])
+    row = {sid: i for i, sid in enumerate(results.pretrain_ids)}
+    column = {tid: t for t, tid in enumerate(results.target_ids)}
+    label_of = dict(zip(ids, labels))
+    copies = {}
+    for sid, target_id in zip(ids, of):
+        if target_id is not None and sid in row:
+            copies.setdefault(target_id, []).append(row[sid])
+    scores = results.scores()
+
+    def recall(test_ids):
+        found = []
+        for test_id in test_ids:
+            rows = copies[test_id]
+            top = np.argsort(-np.asarray(scores[:, column[test_id]]), kind="stable")[:k]
+            found.append(len(set(top) & set(rows)) / min(k, len(rows)))
+        return float(np.mean(found))
+
+    first = list(planted["leaked_test_ids"])
+    copies_class = planted["leak_class"]
+    class_size = sum(1 for sid in results.pretrain_ids if label_of[sid] == copies_class)
+    per_leak = float(np.mean([len(copies[t]) for t in first]))
+    second = list(planted.get("transformed_leak_kind_by_id", {}))
+    pretrain_ids = list(results.pretrain_ids)
+    score_of = dict(zip(*pretrain.select(pretrain_ids).values(["id", f"{results.key}_score"])))
+    most_harmful = sorted(pretrain_ids, key=lambda sid: score_of[sid])[:harmful_k]
+    harmful_class = planted["harmful_class"]
+    in_top = sum(label_of[sid] == harmful_class for sid in most_harmful)
+    num_harmful = sum(label_of[sid] == harmful_class for sid in pretrain_ids)
+    return {
+        "first_leak": {
+            "leaked_test_images": len(first),
+            "copies_class": copies_class,
+            "recall_at_10": recall(first),
+            # k random images of the copies' class hold this share of a test image's copies
+            "recall_at_10_random_same_class": min(k, class_size)
+            / class_size
+            * per_leak
+            / min(k, per_leak),
+        },
+        "second_leak": {"leaked_test_images": len(second), "recall_at_10": recall(second)},
+        "harmful_class_images": {
+            "class": harmful_class,
+            "k": harmful_k,
+            "in_top_k": int(in_top),
+            "precision_at_k": in_top / harmful_k,
+            "recall_at_k": in_top / num_harmful,
+            "base_rate": num_harmful / len(pretrain_ids),
+        },
+    }
 
 
 def _demo_leaks(pretrain, target, out):

@@ -25,10 +25,12 @@ from .writes import RunWrite
 
 logger = logging.getLogger(__name__)
 
-# damping: measured on the demo (docs/jobs.md, "Which images"); the rest: unmeasured choices
+# damping and the loss weighting: measured on the demo (docs/jobs.md, "Which
+# images"); the rest: unmeasured choices
 DEFAULT_NUM_MODELS = 4
 DEFAULT_PROJ_DIM = 2048
 DEFAULT_DAMPING = 0.1
+DEFAULT_LOSS_WEIGHTING = "none"
 DEFAULT_HOLDOUT_MODELS = 16
 # compute_class_influence's arguments that set the transfer problem
 SPLIT_ARGUMENTS = tuple(SPLIT_DEFAULTS)
@@ -60,6 +62,7 @@ def compute_sample_influence(
     num_models: int = DEFAULT_NUM_MODELS,
     proj_dim: int = DEFAULT_PROJ_DIM,
     damping: float = DEFAULT_DAMPING,
+    loss_weighting: str = DEFAULT_LOSS_WEIGHTING,
     top_k: int = 10,
     holdout_models: int = DEFAULT_HOLDOUT_MODELS,
     device: str = "auto",
@@ -102,6 +105,10 @@ def compute_sample_influence(
         proj_dim: dimension the per-example gradients are projected to
         damping: the ridge term, relative to the mean of each model's
             gradient Gram matrix diagonal
+        loss_weighting: ``"none"`` (every pretraining image at full weight)
+            or ``"trak"`` (TRAK's ``1 - p``, which makes images the model
+            already fits, such as copies of a target image in their own
+            class, count for little)
         top_k: pretraining images per target sample in the helpful / harmful
             fields
         holdout_models: models trained on random halves of the pretraining
@@ -128,6 +135,7 @@ def compute_sample_influence(
         num_models,
         proj_dim,
         damping,
+        loss_weighting,
         top_k,
         holdout_models,
         device,
@@ -161,6 +169,7 @@ def compute_sample_influence(
             attribution_models=num_models,
             proj_dim=proj_dim,
             damping=damping,
+            loss_weighting=loss_weighting,
             top_k=top_k,
             holdout_models=holdout_models,
             output_dir=store,
@@ -178,6 +187,7 @@ class _Request:
     num_models: int
     proj_dim: int
     damping: float
+    loss_weighting: str
     top_k: int
     holdout_models: int
     class_results: object  # the influence_key run's results, or None
@@ -192,6 +202,7 @@ def _validate(
     num_models,
     proj_dim,
     damping,
+    loss_weighting,
     top_k,
     holdout_models,
     device,
@@ -200,7 +211,7 @@ def _validate(
     """Everything checked before any image is read or anything is written."""
     tsv.validate_run_key(key)
     try:
-        tsc.attribution.check_attribution_options(num_models, proj_dim, damping)
+        tsc.attribution.check_attribution_options(num_models, proj_dim, damping, loss_weighting)
     except ValueError as e:
         raise TransferScopeError(str(e)) from None
     tsv.check_count(top_k, "top_k")
@@ -251,6 +262,7 @@ def _validate(
         num_models,
         proj_dim,
         damping,
+        loss_weighting,
         top_k,
         holdout_models,
         class_results,
@@ -308,6 +320,7 @@ def _train_and_score(request, data, store, progress, write):
             request.damping,
             on_model_done=step,
             on_scoring=lambda: scored.append(write.heartbeat()),
+            loss_weighting=request.loss_weighting,
         )
         if scored:
             step()
@@ -354,6 +367,7 @@ def _metrics(request, scores, labelled, holdout):
         "num_models": request.num_models,
         "proj_dim": request.proj_dim,
         "damping": request.damping,
+        "loss_weighting": request.loss_weighting,
         "num_pretraining_samples": int(scores.shape[0]),
         "num_target_samples": int(scores.shape[1]),
         "holdout_models": request.holdout_models,

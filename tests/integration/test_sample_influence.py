@@ -150,6 +150,7 @@ def _nothing_written(pre, tgt, out):
         (dict(influence_key="nope"), "has no run 'nope'"),
         (dict(influence_key="infl", proj_dim=0), "proj_dim"),
         (dict(influence_key="infl", damping=-0.1), "damping"),
+        (dict(influence_key="infl", loss_weighting="1-p"), "loss_weighting must be one of"),
         (dict(influence_key="infl", num_models=0), "num_models"),
         (dict(influence_key="infl", holdout_models=2), "holdout_models must be 0"),
         (dict(influence_key="infl", top_k=61), "top_k is 61 but the pretraining set has 60"),

@@ -71,13 +71,19 @@ def _per_sample_grads(model, x, y, names):
     return torch.stack(rows).double()
 
 
-def test_trak_scores_are_the_transfer_formula_computed_by_hand(data, models, tmp_path):
+@pytest.mark.parametrize("loss_weighting", ["none", "trak"])
+def test_trak_scores_are_the_transfer_formula_computed_by_hand(
+    data, models, tmp_path, loss_weighting
+):
     """One model, no projection: scores = Q * G (G'G + damping)^-1 Gt', with G the
     pretraining margins' gradients, Gt the transferred margins' gradients, both
-    with respect to the backbone only, and Q = 1 - p(correct pretraining class)."""
+    with respect to the backbone only, and Q = 1 - p(correct pretraining class)
+    with TRAK's loss weighting, 1 without it."""
     one = attr.AttributionModels(models.folder, 1)
     damping = 0.05
-    scores = attr.trak_scores(CONFIG, data, one, str(tmp_path / "trak"), 10**6, damping)
+    scores = attr.trak_scores(
+        CONFIG, data, one, str(tmp_path / "trak"), 10**6, damping, loss_weighting=loss_weighting
+    )
     assert scores.shape == (60, 18) and scores.dtype == np.float32
 
     state = attr.load_model(one.path(0))
@@ -93,7 +99,8 @@ def test_trak_scores_are_the_transfer_formula_computed_by_hand(data, models, tmp
     g_target = _per_sample_grads(model, t["test"], data.test_labels, names)
     xtx = g.T @ g
     ridge = damping * torch.diagonal(xtx).mean() * torch.eye(len(xtx), dtype=xtx.dtype)
-    expected = ((g @ torch.linalg.inv(xtx + ridge) @ g_target.T) * (1 - p)[:, None]).numpy()
+    weight = (1 - p) if loss_weighting == "trak" else torch.ones_like(p)
+    expected = ((g @ torch.linalg.inv(xtx + ridge) @ g_target.T) * weight[:, None]).numpy()
 
     # traker rescales each model's inverse by a constant: compare up to a positive scale
     scale = float((scores * expected).sum() / (expected * expected).sum())
@@ -151,6 +158,8 @@ def test_the_transferred_margin_is_the_probes_margin(data, models):
         ((4, 0, 0.01), "proj_dim"),
         ((4, 2048, -1.0), "damping"),
         ((4, 2048, float("nan")), "damping"),
+        ((4, 2048, 0.1, "TRAK"), "loss_weighting must be one of"),
+        ((4, 2048, 0.1, None), "loss_weighting must be one of"),
     ],
 )
 def test_attribution_options_out_of_range_are_refused_by_name(options, message):
@@ -170,3 +179,10 @@ def test_the_example_datamodeling_score_finds_a_planted_linear_truth():
     wrong = example_datamodeling_score(rng.normal(size=(200, 30)), masks, outputs)
     assert right["lds"] > 0.8 and abs(wrong["lds"]) < 0.3, (right, wrong)
     assert right["num_heldout"] == 16 and right["num_targets"] == 30
+
+
+def test_the_weighting_names_its_own_scores_file_and_trak_keeps_the_old_name():
+    old_name = attr.scores_name(2048, 0.1, "trak")
+    assert old_name == f"scores-{attr.digest('[2048, 0.1]', length=12)}.npy"
+    assert attr.scores_name(2048, 0.1) != old_name
+    assert attr.scores_name(2048, 0.1, "none") == attr.scores_name(2048, 0.1)
