@@ -48,7 +48,7 @@ def main():
     pre, tgt = load_or_build_demo()
     labelled = collect_labels(pre, tgt)
     config = tsc.InfluenceConfig(epochs=DEFAULTS["epochs"], seed=0, channels=1, device="cpu")
-    data = labelled.decode(config.image_size, config.channels)
+    data = labelled.decode(config.image_size, config.channels, config.resize)
     half = np.zeros(data.num_pretrain_classes, dtype=bool)
     half[::2] = True
     tsc.train_subset_model(config, 0, half, data)  # warm-up (tensors, threads)

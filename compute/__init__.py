@@ -82,6 +82,7 @@ _SUBMODULES = (
     "estimators",
     "executors",
     "grouped",
+    "images",
     "neighbors",
     "nets",
     "store",

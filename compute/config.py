@@ -12,6 +12,9 @@ from .checks import check_choice, check_int, check_number
 from .digests import digest
 from .subsets import DESIGNS
 
+# how an image becomes a square (compute.images): a centre crop, or the whole image
+RESIZE_POLICIES = ("crop", "squash")
+
 TRANSFER_MODES = ("linear", "finetune")
 TARGET_FUNCTIONS = ("prob", "margin", "correct")
 DEVICES = ("auto", "cpu", "cuda")
@@ -59,6 +62,10 @@ class InfluenceConfig:
         width: base channel width of ``resnet_small``
         image_size: side length the images are resized to
         channels: 1 (grayscale) or 3 (RGB)
+        resize: ``"crop"`` (the shorter side to ``image_size``, then the
+            centre square, as torchvision's Resize + CenterCrop) or
+            ``"squash"`` (the whole image to a square); the same on square
+            images
         epochs: pretraining epochs
         batch_size: pretraining batch size
         lr: peak learning rate (SGD with Nesterov momentum, one-cycle)
@@ -91,6 +98,7 @@ class InfluenceConfig:
     width: int = 16
     image_size: int = 16
     channels: int = 1
+    resize: str = "crop"
     epochs: int = 4
     batch_size: int = 128
     lr: float = 0.2
@@ -128,6 +136,7 @@ class InfluenceConfig:
         check_int(self.image_size, "image_size", 4, MAX_IMAGE_SIZE)
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ValueError(f"channels must be 1 or 3; got {self.channels!r}")
+        check_choice(self.resize, "resize", RESIZE_POLICIES)
         check_int(self.epochs, "epochs", 1, 10_000)
         # a batch of one sample leaves BatchNorm nothing to normalise over
         check_int(self.batch_size, "batch_size", 2, 65_536)
@@ -176,6 +185,7 @@ class InfluenceConfig:
         d = self.to_dict()
         d.pop("device")
         d.pop("holdout_models")
+        d.pop("resize")  # what it changes is in the data's fingerprint
         if d["design"] == "pairs":  # the only design before 0.2: old stores keep their hash
             d.pop("design")
         # runs from before these fields keep their hash

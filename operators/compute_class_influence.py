@@ -144,6 +144,15 @@ class ComputeClassInfluence(foo.Operator):
             description="'resnet_small' or a torchvision model name (e.g. resnet18)",
         )
         inputs.int("image_size", default=d["image_size"], label="Image size (px)")
+        channels = types.RadioGroup()
+        channels.add_choice("auto", label="auto (RGB when any image is in colour)")
+        channels.add_choice("1", label="grayscale")
+        channels.add_choice("3", label="RGB")
+        inputs.enum("channels", channels.values(), default="auto", label="Channels", view=channels)
+        resize = types.RadioGroup()
+        resize.add_choice("crop", label="the shorter side, then the centre square (torchvision)")
+        resize.add_choice("squash", label="the whole image to a square")
+        inputs.enum("resize", resize.values(), default="crop", label="Resize", view=resize)
         transfer = types.RadioGroup()
         transfer.add_choice("linear", label="linear probe (frozen features)")
         transfer.add_choice("finetune", label="full fine-tuning")
@@ -201,6 +210,8 @@ class ComputeClassInfluence(foo.Operator):
             epochs=p.get("epochs", d["epochs"]),
             arch=p.get("arch", d["arch"]),
             image_size=p.get("image_size", d["image_size"]),
+            channels=None if p.get("channels", "auto") == "auto" else int(p["channels"]),
+            resize=p.get("resize", "crop"),
             transfer=p.get("transfer", d["transfer"]),
             seed=p.get("seed", d["seed"]),
             overwrite=p.get("overwrite", d["overwrite"]),

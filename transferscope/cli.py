@@ -64,6 +64,10 @@ def main(argv=None):
         "install-plugin", help="link this plugin into FiftyOne's plugins directory"
     )
     plug.add_argument("--plugins-dir", default=None, help="default: fiftyone.config.plugins_dir")
+    cache = sub.add_parser(
+        "cache", help="the decoded image cache: its size, or clear it ($TRANSFERSCOPE_IMAGE_CACHE)"
+    )
+    cache.add_argument("action", choices=("info", "clear"))
     args = parser.parse_args(argv)
     # our own messages only: FiftyOne prints its own through its handler, and
     # a root handler would print those twice
@@ -130,6 +134,19 @@ def _dispatch(args):
         print(save_curation_png(curation_of(args.dataset, args.run_key), args.out))
     elif args.command == "install-plugin":
         print(install_plugin(args.plugins_dir))
+    elif args.command == "cache":
+        from .compute import images
+
+        if images.image_cache_dir() is None:
+            print(f"the image cache is off (${images.IMAGE_CACHE_ENV}=off)")
+        elif args.action == "clear":
+            print(f"freed {images.clear_cache() / 1e9:.2f} GB in {images.image_cache_dir()}")
+        else:
+            info = images.cache_info()
+            print(
+                f"{info['folder']}: {info['sets']} decoded set(s), {info['bytes'] / 1e9:.2f} GB "
+                f"of {info['limit_bytes'] / 1e9:.0f} GB (${images.CACHE_LIMIT_ENV})"
+            )
     return 0
 
 

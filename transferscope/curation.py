@@ -299,7 +299,7 @@ def evaluate_curation(
 
     labelled = run.labelled(unchanged_for="evaluating a curation")
     runner = prepare_executor(executor, executor_options, train_config)
-    data = labelled.decode(train_config.image_size, train_config.channels)
+    data = labelled.decode(train_config.image_size, train_config.channels, train_config.resize)
     path = os.path.join(results.config.output_dir, "curation", plan.fingerprint())
     store = tsc.open_retrain_store(
         path, train_config, data, plan.masks, plan.seeds, meta={"classes": list(results.classes)}
@@ -605,7 +605,7 @@ def evaluate_sample_curation(
 
     labelled = _labelled_unchanged(pretrain, target, config, results)
     runner = prepare_executor(executor, executor_options, train_config)
-    data = labelled.decode(train_config.image_size, train_config.channels)
+    data = labelled.decode(train_config.image_size, train_config.channels, train_config.resize)
     path = os.path.join(config.output_dir, "curation", tsc.digests.digest(masks, seeds))
     store = tsc.open_retrain_store(path, train_config, data, masks, seeds)
     run_with_progress(

@@ -119,7 +119,7 @@ def plan_class_diversity(
     cells = dv.sweep_cells(grids, num_seeds, epochs_for)
     runner = prepare_executor(executor, executor_options, base)
     with open_write(pretrain, key, "class_diversity", overwrite, []) as write:
-        data = labelled.decode(base.image_size, base.channels)
+        data = labelled.decode(base.image_size, base.channels, base.resize)
         labels = data.pretrain_labels  # class indices in the order of class_names
         store_root = os.path.join(results.config.output_dir, "diversity")
         run_cells = _cell_trainer(base, data, store_root, runner, progress)

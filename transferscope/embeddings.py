@@ -142,7 +142,7 @@ def from_run(run, device=None, labelled=None, data=None, with_train=False):
     if labelled is None:
         labelled = run.labelled()
     if data is None:
-        data = labelled.decode(config.image_size, config.channels)
+        data = labelled.decode(config.image_size, config.channels, config.resize)
     net, dev = tsc.engine.load_or_train_backbone(
         config, data, os.path.join(run.results.config.output_dir, "backbone")
     )

@@ -125,7 +125,9 @@ def compute_class_influence(
         estimator: ``"auto"`` (least squares where the design identifies
             it, else the difference of means), ``"regression"`` or
             ``"difference_of_means"`` (the paper's arithmetic)
-        channels: 1 or 3; by default 1 when the images are grayscale
+        channels: 1 or 3; by default 3 when any pretraining or train image
+            is in colour (every file's header is read; a mixed set is noted
+            in the run's metrics as ``channels_note``), else 1
         target_function: ``"prob"`` (correct-class softmax probability),
             ``"margin"`` or ``"correct"``
         top_k: classes per target sample in the helpful / harmful fields
@@ -224,11 +226,12 @@ def _train(request, num_models, run_dir, overwrite, runner, progress, write):
     """Decodes the images once and trains the run's models and held-out models
     (resumable); returns their stores."""
     labelled, config = request.labelled, request.config
-    data = labelled.decode(config.image_size, config.channels)
+    data = labelled.decode(config.image_size, config.channels, config.resize)
     meta = {
         "classes": labelled.classes,
         "target_classes": labelled.target_classes,
         "design_note": request.design.note,
+        "channels_note": request.channels_note,
         "num_models_requested": num_models,
         "unlabelled_pretraining_samples": request.num_unlabelled,
     }

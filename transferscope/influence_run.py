@@ -103,9 +103,10 @@ class LabelledTransfer:
     target_classes: list
 
     def detect_channels(self):
+        """``(channels, note)`` from every pretraining and train image's header."""
         return tsv.detect_channels(self.pre_paths + self.train_paths)
 
-    def decode(self, image_size, channels):
+    def decode(self, image_size, channels, resize="crop"):
         """Every image, decoded (or read from the image cache), as :class:`TransferData`."""
         logger.info(
             "Reading %d images (decoded once, then from the image cache)",
@@ -114,12 +115,18 @@ class LabelledTransfer:
         class_index = {c: i for i, c in enumerate(self.classes)}
         target_index = {c: i for i, c in enumerate(self.target_classes)}
         return tsc.TransferData(
-            pretrain_images=tsv.decode_images(self.pre_paths, self.pre_ids, image_size, channels),
+            pretrain_images=tsv.decode_images(
+                self.pre_paths, self.pre_ids, image_size, channels, resize
+            ),
             pretrain_labels=np.array([class_index[l] for l in self.pre_labels]),
             num_pretrain_classes=len(self.classes),
-            train_images=tsv.decode_images(self.train_paths, self.train_ids, image_size, channels),
+            train_images=tsv.decode_images(
+                self.train_paths, self.train_ids, image_size, channels, resize
+            ),
             train_labels=np.array([target_index[l] for l in self.train_labels]),
-            test_images=tsv.decode_images(self.test_paths, self.test_ids, image_size, channels),
+            test_images=tsv.decode_images(
+                self.test_paths, self.test_ids, image_size, channels, resize
+            ),
             test_labels=np.array([target_index[l] for l in self.test_labels]),
             num_target_classes=len(self.target_classes),
         )
@@ -212,6 +219,7 @@ def estimate(store, target_function="prob", estimator="auto", holdout=None):
         "num_models": int(len(masks)),
         "design": meta.get("design", "pairs"),
         "design_note": meta.get("design_note", ""),
+        "channels_note": meta.get("channels_note"),
         "estimator": agg.estimator,
         "standard_errors": agg.se_method,
         "target_function": target_function,
@@ -452,6 +460,7 @@ class TransferRequest:
     config: object
     design: object
     num_unlabelled: int
+    channels_note: str | None = None  # set when the images mix grayscale and colour
 
 
 def validate_transfer_request(
@@ -517,8 +526,10 @@ def validate_transfer_request(
         raise TransferScopeError(str(e)) from e
     if design.note:
         logger.warning("%s", design.note)
+    channels_note = None
     if channels is None:
-        config = dataclasses.replace(config, channels=labelled.detect_channels())
+        detected, channels_note = labelled.detect_channels()
+        config = dataclasses.replace(config, channels=detected)
     num_images = len(labelled.pre_paths) + len(labelled.train_paths) + len(labelled.test_paths)
     check_decoded_size(num_images, config.image_size, config.channels)
     try:
@@ -532,7 +543,7 @@ def validate_transfer_request(
             unlabelled,
             pretrain_label_field,
         )
-    return TransferRequest(pretrain, target, labelled, config, design, unlabelled)
+    return TransferRequest(pretrain, target, labelled, config, design, unlabelled, channels_note)
 
 
 def check_decoded_size(num_images, image_size, channels):

@@ -144,7 +144,7 @@ def compute_sample_influence(
     labelled, config = request.labelled, request.config
     target_root, pretrain_root = labelled.test_view._root_dataset, labelled.pre_view._root_dataset
     target_fields, pretrain_fields = field_names(key)
-    data = labelled.decode(config.image_size, config.channels)
+    data = labelled.decode(config.image_size, config.channels, config.resize)
     store = os.path.join(
         run_dir_for(output_dir, target_root, key),
         attribution_fingerprint(config, data),

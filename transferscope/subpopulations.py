@@ -399,7 +399,7 @@ def _check_culprit(
         raise TransferScopeError(str(e)) from e
     labelled = run.labelled(unchanged_for="explaining failures")
     runner = prepare_executor(executor, executor_options, config)
-    data = labelled.decode(config.image_size, config.channels)
+    data = labelled.decode(config.image_size, config.channels, config.resize)
     name = digest(masks, seeds)
     path = os.path.join(results.config.output_dir, "failures", name)
     store = tsc.open_retrain_store(

@@ -1,23 +1,19 @@
 """Between FiftyOne collections and arrays: validation, splits, image decoding."""
 
-import concurrent.futures
 import functools
 import keyword
 import logging
-import os
 import re
 import warnings
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image
 
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.labels as fol
 
-from .compute import checks
-from .compute.digests import digest
+from .compute import checks, images
 
 logger = logging.getLogger(__name__)
 
@@ -222,155 +218,32 @@ def labels_of(view, field, role):
     return np.asarray(ids), list(paths), list(labels)
 
 
-IMAGE_CACHE_ENV = "TRANSFERSCOPE_IMAGE_CACHE"  # a folder, or "off"
+IMAGE_CACHE_ENV = images.IMAGE_CACHE_ENV  # a folder, or "off"
 
 
-def image_cache_dir():
-    """Where decoded images are kept (``$TRANSFERSCOPE_IMAGE_CACHE``, default
-    ``~/transferscope/cache/images``), or ``None`` when it is ``"off"``."""
-    folder = os.environ.get(IMAGE_CACHE_ENV, "")
-    if folder.lower() == "off":
-        return None
-    return folder or os.path.join(os.path.expanduser("~"), "transferscope", "cache", "images")
-
-
-def _cache_path(paths, ids, image_size, channels):
-    """The cache file for these images, keyed by the decoding and by each file's
-    content (a hash of its bytes: a file replaced by other pixels is decoded
-    again, even with its size and modification time restored); ``None`` if a
-    file is missing."""
-    folder = image_cache_dir()
-    if folder is None:
-        return None
-    digests = file_digests(paths, folder)
-    if digests is None:
-        return None  # decoding names the unreadable files
-    name = digest(f"{image_size}/{channels}/{len(paths)}", *digests, length=32)
-    return os.path.join(folder, f"{name}.npy")
-
-
-def file_digests(paths, folder):
-    """xxHash-128 of each file's bytes, or ``None`` if one cannot be read.
-
-    Hashes are kept in ``<folder>/digests.sqlite``, keyed by path, inode,
-    size, modification and change time: a file is read again only when one
-    of them changed (its change time moves even when a copy restores the
-    modification time), so a later run hashes nothing it has seen.
-    """
-    import sqlite3
-
-    import xxhash
-
-    os.makedirs(folder, exist_ok=True)
-    db = sqlite3.connect(os.path.join(folder, "digests.sqlite"), timeout=60)
+def decode_images(paths, ids, image_size, channels, resize="crop", num_workers=None):
+    """Decodes images to uint8 ``(N, S, S, channels)``, once (see
+    :func:`transferscope.compute.images.decode_images`: EXIF orientation,
+    16-bit and float scaling, a centre crop or a squash, an on-disk cache
+    keyed by each file's content); raises naming the samples whose images
+    cannot be read."""
     try:
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, ino INTEGER, "
-            "size INTEGER, mtime INTEGER, ctime INTEGER, digest TEXT)"
-        )
-        known = {}
-        for start in range(0, len(paths), 900):  # SQLite's limit on bound parameters
-            chunk = list(paths[start : start + 900])
-            rows = db.execute(
-                f"SELECT path, ino, size, mtime, ctime, digest FROM digests "
-                f"WHERE path IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            known.update({r[0]: r[1:] for r in rows})
-        out, fresh = [], []
-        for p in paths:
-            try:
-                st = os.stat(p)
-            except OSError:
-                return None
-            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            row = known.get(p)
-            if row is not None and tuple(row[:4]) == key:
-                out.append(row[4])
-                continue
-            try:
-                with open(p, "rb") as f:
-                    digest = xxhash.xxh3_128_hexdigest(f.read())
-            except OSError:
-                return None
-            out.append(digest)
-            fresh.append((p, *key, digest))
-        if fresh:
-            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", fresh)
-            db.commit()
-        return out
-    finally:
-        db.close()
+        return images.decode_images(paths, ids, image_size, channels, resize, num_workers)
+    except images.UnreadableImagesError as e:
+        raise TransferScopeError(str(e)) from None
 
 
-def decode_images(paths, ids, image_size, channels, num_workers=None):
-    """Decodes and resizes images to uint8 ``(N, S, S, channels)``, once.
-
-    The result is cached on disk (see :func:`image_cache_dir`) as a ``.npy``
-    file keyed by the files' contents and the decoding, and memory-mapped on
-    later calls: every job on the same
-    samples (influence, curation, planner, leakage) decodes them once.
-    Raises naming the samples whose images cannot be read.
-    """
-    cache = _cache_path(paths, ids, image_size, channels)
-    shape = (len(paths), image_size, image_size, channels)
-    if cache is not None and os.path.exists(cache):
-        try:
-            cached = np.load(cache, mmap_mode="r", allow_pickle=False)
-            if cached.shape == shape and cached.dtype == np.uint8:
-                return cached
-        except (OSError, ValueError):
-            pass  # a damaged cache file is decoded again and replaced
-    out = _decode(paths, ids, image_size, channels, num_workers)
-    if cache is not None:
-        try:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            tmp = f"{cache}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, out, allow_pickle=False)
-            os.replace(tmp, cache)
-        except OSError as e:  # a read-only or full disk costs speed, not results
-            logger.warning("could not cache decoded images at %s: %s", cache, e)
-    return out
-
-
-def _decode(paths, ids, image_size, channels, num_workers=None):
-    mode = "L" if channels == 1 else "RGB"
-
-    def load(path):
-        with Image.open(path) as im:
-            im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-
-    out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
-    bad = []
-    workers = num_workers or min(8, (os.cpu_count() or 1) * 2)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(load, p): i for i, p in enumerate(paths)}
-        for fut in concurrent.futures.as_completed(futures):
-            i = futures[fut]
-            try:
-                arr = fut.result()
-            except Exception as e:  # PIL raises many kinds for bad files
-                bad.append((ids[i], paths[i], type(e).__name__))
-                continue
-            out[i] = arr.reshape(image_size, image_size, channels)
-    if bad:
-        bad.sort()
-        shown = "; ".join(f"{i} ({p}: {err})" for i, p, err in bad[:5])
-        raise TransferScopeError(
-            f"{len(bad)} image(s) could not be read: {shown}" + (" ..." if len(bad) > 5 else "")
-        )
-    return out
-
-
-def detect_channels(paths, probe=16):
-    """1 when the first images are all single-band, else 3."""
-    for p in paths[:probe]:
-        try:
-            with Image.open(p) as im:
-                if im.mode not in ("L", "1", "I;16", "I", "F"):
-                    return 3
-        except Exception:
-            continue  # decode_images names unreadable files later
-    return 1
+def detect_channels(paths):
+    """``(channels, note)``: 3 when any image is in colour, else 1, read from every
+    file's header; ``note`` says how many of each a mixed set holds (else None)."""
+    gray, colour, _ = images.count_grayscale(paths)
+    if not colour:
+        return 1, None
+    if not gray:
+        return 3, None
+    note = (
+        f"the images mix {gray} grayscale and {colour} colour file(s): read in RGB, "
+        f"grayscale replicated to three channels (pass channels=1 to read all as grayscale)"
+    )
+    logger.warning(note)
+    return 3, note

@@ -41,3 +41,19 @@ def test_demo_with_a_bad_group_size_exits_2_before_any_work(capsys, monkeypatch)
     monkeypatch.setattr(demo, "load_or_build_demo", lambda: pytest.fail("built the demo"))
     assert cli.main(["demo", "--group-size", "0"]) == 2
     assert "group_size must be a positive integer; got 0" in capsys.readouterr().err
+
+
+def test_the_cache_command_reports_and_clears_the_decoded_images(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from transferscope.compute import images
+
+    monkeypatch.setenv(images.IMAGE_CACHE_ENV, str(tmp_path / "cache"))
+    path = str(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    images.decode_images([path], ["a"], 8, 1)
+    assert cli.main(["cache", "info"]) == 0
+    assert "1 decoded set(s)" in capsys.readouterr().out
+    assert cli.main(["cache", "clear"]) == 0
+    assert "freed" in capsys.readouterr().out and images.cache_info()["sets"] == 0

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from transferscope import views
+from transferscope.compute import images as image_files
 
 
 @pytest.fixture()
@@ -22,14 +23,14 @@ def images(tmp_path, monkeypatch):
 
 
 def _decoded(cache):
-    return sorted(f for f in os.listdir(cache) if f.endswith(".npy"))
+    return sorted(f for f in os.listdir(cache) if f.endswith(".npy") and ".rows" not in f)
 
 
 def test_second_decode_is_read_from_the_cache(images, monkeypatch):
     paths, ids, cache = images
     first = views.decode_images(paths, ids, 8, 1)
     assert len(_decoded(cache)) == 1
-    monkeypatch.setattr(views, "_decode", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(image_files, "decode_rows", lambda *a, **k: pytest.fail("decoded again"))
     second = views.decode_images(paths, ids, 8, 1)
     assert isinstance(second, np.memmap)  # memory-mapped, not read into memory
     np.testing.assert_array_equal(first, second)
@@ -86,3 +87,15 @@ def test_unreadable_images_are_still_named(images):
         f.write(b"broken")
     with pytest.raises(views.TransferScopeError, match=r"1 image\(s\) could not be read: id2"):
         views.decode_images(paths, ids, 8, 1)
+
+
+def test_channels_come_from_every_file_and_a_mixed_set_is_noted(tmp_path):
+    gray = [str(tmp_path / f"g{i}.png") for i in range(20)]
+    for p in gray:
+        Image.fromarray(np.full((6, 6), 40, np.uint8)).save(p)
+    colour = str(tmp_path / "c.png")
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(colour)
+    assert views.detect_channels(gray) == (1, None)
+    channels, note = views.detect_channels(gray + [colour])  # the colour file comes last
+    assert channels == 3 and "20 grayscale and 1 colour" in note
+    assert views.detect_channels([colour]) == (3, None)

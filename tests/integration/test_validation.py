@@ -47,6 +47,8 @@ def _fields(ds):
         (dict(run_key="a\n"), "Python identifier"),
         (dict(run_key="a" * 300), "at most 64 characters"),
         (dict(run_key="class"), "Python identifier"),
+        (dict(resize="stretch"), "resize must be one of"),
+        (dict(channels=2), "channels must be 1 or 3"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tiny_datasets, kwargs, message, monkeypatch):
@@ -54,7 +56,7 @@ def test_bad_arguments_are_refused_before_any_work(tiny_datasets, kwargs, messag
 
     pre, tgt = tiny_datasets
     before = (_fields(pre), _fields(tgt))
-    monkeypatch.setattr(views, "_decode", lambda *a, **k: pytest.fail("decoded images"))
+    monkeypatch.setattr(views, "decode_images", lambda *a, **k: pytest.fail("decoded images"))
     args = {**TINY_KWARGS, **kwargs}
     key = args.pop("run_key", "bad")
     with pytest.raises(TransferScopeError, match=message):
