@@ -262,6 +262,7 @@ def trak_scores(
             block_size=block,
             dtype=torch.float32,
         )
+    root_handlers = list(logging.getLogger().handlers)
     traker = TRAKer(
         model=model,
         task=task,
@@ -276,6 +277,10 @@ def trak_scores(
         lambda_reg=float(damping),
         logging_level=logging.WARNING,
     )
+    # TRAKer calls logging.basicConfig(): without this, every later log line of
+    # the process (the demo's, FiftyOne's) would print twice
+    for handler in set(logging.getLogger().handlers) - set(root_handlers):
+        logging.getLogger().removeHandler(handler)
     t = data.tensors(device)
     pre_x, pre_y = t["pretrain"], t["pretrain_labels"]
     test_x = t["test"]

@@ -186,3 +186,11 @@ def test_the_weighting_names_its_own_scores_file_and_trak_keeps_the_old_name():
     assert old_name == f"scores-{attr.digest('[2048, 0.1]', length=12)}.npy"
     assert attr.scores_name(2048, 0.1) != old_name
     assert attr.scores_name(2048, 0.1, "none") == attr.scores_name(2048, 0.1)
+
+
+def test_scoring_leaves_the_processs_logging_as_it_was(data, models, tmp_path):
+    import logging
+
+    before = list(logging.getLogger().handlers)
+    attr.trak_scores(CONFIG, data, models, str(tmp_path / "trak"), 2048)
+    assert logging.getLogger().handlers == before
