@@ -16,8 +16,8 @@ respect to its margin, ``p`` the probability of its class): an image the
 model already fits counts for almost nothing. By default that weighting is
 left out (``loss_weighting="none"``): on the demo, the planted copies of test
 images sit in a class the model fits well, so the weighting hides them
-(recall@10 0.04 against 0.50 without it, 4 models), while both predict
-held-out models equally (datamodeling score 0.048 and 0.043; docs/jobs.md).
+(recall@10 0.04 against 0.48 without it, the same 4 models), while both
+predict held-out models alike (datamodeling score 0.040 and 0.041; docs/jobs.md).
 
 Each attribution model is a state dict saved by ``torch.save`` and read back
 with ``weights_only=True`` (never unpickled); traker writes JSON and ``.npy``
