@@ -331,6 +331,56 @@ def predict_full_budget(fit, per_budget, budgets, full_budget):
     }
 
 
+def invariance_verdict(fit, per_budget, budgets):
+    """Does the best ratio ``K/n`` depend on the budget? The fit's answer and the
+    sweeps' own.
+
+    From the fit, ``r*(N)`` grows as ``N ** ((q - p) / (p + q))``: invariant
+    exactly when ``p = q``. Reported: ``p - q`` with its bootstrap interval,
+    and the factor by which ``r*`` changes across the swept budgets (its
+    interval too). The verdict: ``"invariant"`` when that factor's interval
+    lies within [1/2, 2] (the data decide it: the ratio moves by less than
+    twofold), ``"not invariant"`` when the interval of ``p - q`` excludes 0,
+    else ``"undecided"``. From the sweeps: whether every budget's own best
+    ratio interval holds one common value (their intervals overlap).
+    """
+    span = max(budgets) / min(budgets)
+    out = {"budget_span": span}
+    if fit.converged:
+
+        def change(t):
+            return span ** ((t[3] - t[1]) / (t[1] + t[3]))
+
+        lo, hi = fit.interval(change)
+        d_lo, d_hi = fit.interval(lambda t: t[1] - t[3])
+        if 0.5 <= lo and hi <= 2.0:
+            verdict = "invariant"
+        elif d_lo > 0 or d_hi < 0:
+            verdict = "not invariant"
+        else:
+            verdict = "undecided"
+        out.update(
+            p_minus_q=fit.p - fit.q,
+            p_minus_q_ci95=[d_lo, d_hi],
+            ratio_change_over_span=change(fit.params()),
+            ratio_change_over_span_ci95=[lo, hi],
+            fit_verdict=verdict,
+        )
+    else:
+        out.update(fit_verdict="undecided", fit_note=fit.message)
+    ratio_cis = []
+    for N in sorted(per_budget, key=int):
+        lo_k, hi_k = per_budget[N]["sweep_best_K_ci95"]
+        ratio_cis.append([lo_k**2 / int(N), hi_k**2 / int(N)])
+    common_lo = max(lo for lo, _ in ratio_cis)
+    common_hi = min(hi for _, hi in ratio_cis)
+    out.update(
+        sweep_ratio_ci95_by_budget=dict(zip(sorted(per_budget, key=int), ratio_cis)),
+        sweep_ratios_agree=bool(common_lo <= common_hi),
+    )
+    return out
+
+
 def feasible_plan(k_pred, budget, sizes):
     """Rounds ``K*`` and moves it until enough classes hold ``n* = N // K*`` samples:
     up first (more classes need fewer samples each), then down.
@@ -402,6 +452,24 @@ def verification_summary(cells, per_budget, full_budget, all_k):
         mean, lo, hi = mean_ci([1 - c["error"] for c in cells if c["arm"] == arm])
         return mean, [lo, hi]
 
+    def by_seed(arm):
+        return {c["seed"]: 1 - c["error"] for c in cells if c["arm"] == arm}
+
+    def paired(arm, other):
+        a, b = by_seed(arm), by_seed(other)
+        seeds = sorted(set(a) & set(b))
+        diff = np.array([a[s] - b[s] for s in seeds])
+        mean, lo, hi = mean_ci(diff)
+        return {"diff": mean, "ci95": [lo, hi], "num_pairs": len(seeds)}
+
+    grid = sorted(by_k)
+    predicted_k = next((c["classes"] for c in cells if c["arm"] == "predicted_K"), None)
+    steps = None
+    if predicted_k is not None:  # grid steps between the predicted and the best grid K
+        u = np.log(np.asarray(grid, float))
+        step = float(np.mean(np.diff(u))) if len(u) > 1 else 1.0
+        steps = abs(math.log(predicted_k) - math.log(best_grid_k)) / step
+
     return {
         "measured_best_K": per_budget[str(full_budget)]["sweep_best_K"],
         "measured_best_K_ci95": per_budget[str(full_budget)]["sweep_best_K_ci95"],
@@ -414,4 +482,8 @@ def verification_summary(cells, per_budget, full_budget, all_k):
         "all_classes_K": all_k,
         "accuracy_plan": acc("plan")[0],
         "accuracy_plan_ci95": acc("plan")[1],
+        "predicted_K": predicted_k,
+        "predicted_vs_best_grid_K_steps": steps,
+        "plan_vs_all_classes": paired("plan", "all_classes"),
+        "predicted_K_vs_all_classes": paired("predicted_K", "all_classes"),
     }

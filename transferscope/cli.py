@@ -10,6 +10,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="transferscope", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="build the demo datasets and compute class influence")
+    demo.add_argument(
+        "--planner",
+        action="store_true",
+        help="the class-count planner's demo instead (budgets over a 16x range, about 15 min)",
+    )
     demo.add_argument("--num-models", type=int, default=None)
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--seed", type=int, default=None)
@@ -86,7 +91,11 @@ def main(argv=None):
 
 
 def _dispatch(args):
-    if args.command == "demo":
+    if args.command == "demo" and args.planner:
+        from .planner_demo import run_planner_demo
+
+        run_planner_demo()
+    elif args.command == "demo":
         from .demo import DEFAULTS, run_demo
 
         kwargs = {

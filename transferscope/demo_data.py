@@ -374,3 +374,21 @@ def _near_copy(img, kind, rng):
     elif kind == "contrast":
         x = x * rng.uniform(0.7, 0.9) + rng.uniform(0, 20)
     return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def make_planner_glyphs(num_classes=48, per_class=520, seed=0):
+    """The planner demo's pretraining set: ``num_classes`` glyph classes (digits,
+    then letters) of ``per_class`` images each, enough to span a 16x range of
+    budgets. Returns ``(class_names, images (N, 32, 32) uint8, labels)``."""
+    rng = np.random.default_rng([seed, 22])
+    fonts = _load_fonts()
+    classes = [(n, c) for n, c in glyph_classes() if n != HARMFUL_CLASS and len(c) == 1]
+    if num_classes > len(classes):
+        raise ValueError(f"at most {len(classes)} single-character classes; got {num_classes}")
+    names, images, labels = [], [], []
+    for cls, (name, ch) in enumerate(classes[:num_classes]):
+        names.append(name)
+        for _ in range(per_class):
+            images.append(_render(ch, fonts, rng))
+            labels.append(cls)
+    return names, np.stack(images), np.asarray(labels, dtype=np.int64)

@@ -215,6 +215,7 @@ def _fit_and_predict(sweep, budgets, grids, dropped, full_budget, sizes, class_n
         n_plan=n_plan,
         classes_too_small=[class_names[i] for i in excluded],
         adapted=adapted,
+        invariance=dv.invariance_verdict(fit, per_budget, [int(N) for N in per_budget]),
     )
     return per_budget, prediction
 
@@ -267,6 +268,9 @@ def describe_diversity(summary):
         + f", {pred['K_from_pooled_sweep_ratio']:.1f} (pooled sweep ratio); "
         f"plan: {pred['K_plan']} classes x {pred['n_plan']} samples"
     )
+    inv = pred.get("invariance")
+    if inv:
+        lines.append(_describe_invariance(inv))
     if pred["adapted"]:
         lines.append(f"  adapted: {pred['adapted']}")
     if pred["classes_too_small"]:
@@ -291,4 +295,35 @@ def describe_diversity(summary):
             f"[{100 * ver['accuracy_all_classes_ci95'][0]:.1f}, "
             f"{100 * ver['accuracy_all_classes_ci95'][1]:.1f}]",
         ]
+        gain = ver.get("plan_vs_all_classes")
+        if gain:
+            lo, hi = gain["ci95"]
+            lines.append(
+                f"  plan - all classes, paired by seed: {100 * gain['diff']:+.1f} points "
+                f"[{100 * lo:+.1f}, {100 * hi:+.1f}] ({gain['num_pairs']} seeds)"
+            )
+        if ver.get("predicted_vs_best_grid_K_steps") is not None:
+            lines.append(
+                f"  predicted K {ver['predicted_K']} vs best grid K "
+                f"{ver['measured_best_grid_K']}: "
+                f"{ver['predicted_vs_best_grid_K_steps']:.1f} grid steps apart"
+            )
     return lines
+
+
+def _describe_invariance(inv):
+    """One line: is the best ratio K/n the same at every budget?"""
+    agree = "overlap" if inv["sweep_ratios_agree"] else "do not overlap"
+    if "p_minus_q" not in inv:
+        return (
+            f"Invariance of the best ratio: undecided by the fit ({inv.get('fit_note', '')}); "
+            f"the budgets' own ratio intervals {agree}"
+        )
+    d_lo, d_hi = inv["p_minus_q_ci95"]
+    c_lo, c_hi = inv["ratio_change_over_span_ci95"]
+    return (
+        f"Invariance of the best ratio: p - q = {inv['p_minus_q']:+.2f} [{d_lo:+.2f}, "
+        f"{d_hi:+.2f}]; across the {inv['budget_span']:.0f}x budget range the best ratio "
+        f"changes by x{inv['ratio_change_over_span']:.2f} [{c_lo:.2f}, {c_hi:.2f}]: "
+        f"{inv['fit_verdict']}; the budgets' own ratio intervals {agree}"
+    )

@@ -133,3 +133,36 @@ def test_the_full_budget_check_has_three_arms_and_reports_each():
     assert v["accuracy_plan"] == pytest.approx(0.9)
     assert v["accuracy_at_predicted_K"] == pytest.approx(0.6)
     assert v["measured_best_K"] == 9.0 and v["all_classes_K"] == 10
+
+
+def _verdict(theta, budgets, noise=0.004):
+    K, n, err = _sweep(budgets, seeds=4, noise=noise, theta=theta)
+    fit = dv.fit_power_law(K, n, err, num_bootstrap=100)
+    cells = [
+        {"budget": int(round(k * m)), "classes": int(k), "error": float(e)}
+        for k, m, e in zip(K, n, err)
+    ]
+    grids = {N: sorted({c["classes"] for c in cells if c["budget"] == N}) for N in budgets}
+    per_budget = dv.budget_summaries(cells, grids, {N: [] for N in budgets}, fit, seed=0)
+    return dv.invariance_verdict(fit, per_budget, budgets)
+
+
+def test_equal_exponents_are_called_invariant_and_unequal_ones_not():
+    budgets = [200, 400, 800, 1600, 3200]  # a 16x range
+    same = _verdict(TRUE, budgets)
+    assert same["budget_span"] == 16 and same["fit_verdict"] == "invariant", same
+    assert abs(same["p_minus_q"]) < 0.1
+    # the per-budget parabolas in log K are biased by the curve's shape: reported only
+    assert isinstance(same["sweep_ratios_agree"], bool)
+    assert set(same["sweep_ratio_ci95_by_budget"]) == {str(N) for N in budgets}
+    # p > q: more budget favours more samples per class, the best ratio falls with N
+    steep = _verdict(dict(TRUE, p=1.2, q=0.3), budgets)
+    assert steep["fit_verdict"] == "not invariant", steep
+    assert steep["p_minus_q_ci95"][0] > 0 and steep["ratio_change_over_span"] < 0.5
+
+
+def test_a_fit_that_did_not_converge_leaves_the_invariance_undecided():
+    budgets = [200, 400, 800]
+    flat = dict(TRUE, a=0.0)  # no trade-off in K: no optimum
+    verdict = _verdict(flat, budgets)
+    assert verdict["fit_verdict"] == "undecided" and "p_minus_q" not in verdict
