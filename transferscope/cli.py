@@ -1,9 +1,12 @@
-"""Command line: ``transferscope demo`` and ``transferscope install-plugin``."""
+"""Command line: ``transferscope demo`` (``--planner``), ``evaluate-curation``,
+``plot-curation``, ``install-plugin`` and ``cache``."""
 
 import argparse
 import logging
 import os
 import sys
+
+from .compute import images
 
 
 def main(argv=None):
@@ -144,8 +147,6 @@ def _dispatch(args):
     elif args.command == "install-plugin":
         print(install_plugin(args.plugins_dir))
     elif args.command == "cache":
-        from .compute import images
-
         if images.image_cache_dir() is None:
             print(f"the image cache is off (${images.IMAGE_CACHE_ENV}=off)")
         elif args.action == "clear":

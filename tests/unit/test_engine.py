@@ -213,8 +213,9 @@ def test_precision_option_is_validated_hashed_and_keeps_old_hashes():
     with pytest.raises(ValueError, match="precision must be one of"):
         InfluenceConfig(precision="fp16")
     cfg = InfluenceConfig(**CFG, design="pairs")
-    # "auto" (and augment_shift 0, design "pairs", any holdout_models) hash as
-    # configs did before the fields existed: old stores stay valid
+    # "auto" (and augment_shift 0, design "pairs", any holdout_models, any
+    # resize: its effect is in the data's fingerprint) hash as configs did
+    # before the fields existed: old stores stay valid
     old = {
         k: v
         for k, v in cfg.to_dict().items()
@@ -225,6 +226,7 @@ def test_precision_option_is_validated_hashed_and_keeps_old_hashes():
             "augment_shift",
             "design",
             "holdout_models",
+            "resize",
             *TRAINING_DEFAULTS,
         )
     }
