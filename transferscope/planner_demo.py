@@ -177,7 +177,8 @@ def planner_table(report):
         f"{report['predicted_K']:.1f}{pred_ci} (plan: {report['K_plan']} x "
         f"{report['n_plan']}) / {report['measured_best_K']:.1f} "
         f"{_ci(*report['measured_best_K_ci95'], fmt='{:.1f}')}; "
-        f"{steps:.1f} grid steps apart |"
+        f"the prediction {steps:.1f} grid steps from the best grid K "
+        f"({report['measured_best_grid_K']}) |"
     )
     gain = report["plan_vs_all_classes"]
     rows.append(
