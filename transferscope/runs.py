@@ -309,12 +309,13 @@ def commit_run(
 
 
 def sample_run_keys(dataset):
-    """The sample-influence runs on ``dataset``."""
-    return [
-        k
-        for k in dataset.list_runs()
-        if getattr(dataset.get_run_info(k).config, "method", None) == "sample_influence"
+    """The sample-influence runs on ``dataset``, oldest first (a panel opens on
+    the last: the run computed most recently)."""
+    infos = {k: dataset.get_run_info(k) for k in dataset.list_runs()}
+    keys = [
+        k for k, info in infos.items() if getattr(info.config, "method", None) == "sample_influence"
     ]
+    return sorted(keys, key=lambda k: (infos[k].timestamp is None, infos[k].timestamp, k))
 
 
 def load_sample_run(dataset, key, role="dataset"):

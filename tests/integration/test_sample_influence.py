@@ -406,3 +406,22 @@ def test_the_panel_is_registered_and_offers_a_run_where_there_is_none(tiny_datas
     assert foo.get_operator(PANEL).config.label == "Sample influence"
     state, _ = _panel_event(pre, "on_load")
     assert state["run_key"] is None and state["runs"] == []
+
+
+def test_the_runs_are_listed_oldest_first_so_the_panel_opens_on_the_newest(sample_run, tmp_path):
+    # "samp" exists; a newer run whose key sorts before it alphabetically comes last
+    from transferscope.runs import sample_run_keys
+
+    pre, tgt, _ = sample_run
+    ts.compute_sample_influence(
+        pre,
+        tgt,
+        "aaa_newer",
+        influence_key="infl",
+        num_models=1,
+        holdout_models=0,
+        output_dir=str(tmp_path / "newer"),
+        progress=False,
+    )
+    assert sample_run_keys(tgt) == ["samp", "aaa_newer"]
+    assert sample_run_keys(pre) == ["samp", "aaa_newer"]

@@ -302,6 +302,10 @@ def test_from_a_selected_target_sample_to_its_most_harmful_images(demo, app, pag
 
     pretrain, target = demo
     key, top_k = "browser_images", 4
+    tiny = dict(num_models=1, holdout_models=0, epochs=1, overwrite=True, progress=False)
+    # an older run whose key sorts after this one's (as the demo's "demo_samples"
+    # does): the panel must open on the newest run, not the last by name
+    ts.compute_sample_influence(pretrain, target, "zz_older", top_k=2, **tiny)
     ts.compute_sample_influence(
         pretrain,
         target,
@@ -353,5 +357,6 @@ def test_from_a_selected_target_sample_to_its_most_harmful_images(demo, app, pag
         page.screenshot(path=os.path.join(artifacts, "6_harmful_images.png"))
     finally:
         target.delete_saved_view("browser_test_split")
-        target.delete_run(key)
-        pretrain.delete_run(key)
+        for run_key in (key, "zz_older"):
+            target.delete_run(run_key)
+            pretrain.delete_run(run_key)
