@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checks import check_int, check_number
+from .checks import check_choice, check_int, check_number
 from .digests import digest
 from .nets import network_for
 from .store import claim, make_dirs, remove_scratch, save_array
@@ -100,10 +100,7 @@ def check_attribution_options(num_models, proj_dim, damping, loss_weighting="non
     check_int(num_models, "num_models", 1, 1024)
     check_int(proj_dim, "proj_dim", 1, MAX_PROJECTION_DIM)
     check_number(damping, "damping", 0, 1e6)
-    if not isinstance(loss_weighting, str) or loss_weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(
-            f"loss_weighting must be one of {list(LOSS_WEIGHTINGS)}; got {loss_weighting!r}"
-        )
+    check_choice(loss_weighting, "loss_weighting", LOSS_WEIGHTINGS)
 
 
 def train_attribution_model(

@@ -22,6 +22,7 @@ import math
 import numpy as np
 from scipy import optimize
 
+from .curation import paired_comparison
 from .estimators import mean_ci
 
 
@@ -458,9 +459,7 @@ def verification_summary(cells, per_budget, full_budget, all_k):
     def paired(arm, other):
         a, b = by_seed(arm), by_seed(other)
         seeds = sorted(set(a) & set(b))
-        diff = np.array([a[s] - b[s] for s in seeds])
-        mean, lo, hi = mean_ci(diff)
-        return {"diff": mean, "ci95": [lo, hi], "num_pairs": len(seeds)}
+        return paired_comparison([a[s] for s in seeds], [b[s] for s in seeds])
 
     grid = sorted(by_k)
     predicted_k = next((c["classes"] for c in cells if c["arm"] == "predicted_K"), None)

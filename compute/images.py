@@ -22,10 +22,12 @@ import concurrent.futures
 import logging
 import os
 import re
+import time
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .checks import check_choice
 from .config import RESIZE_POLICIES
 from .digests import digest
 
@@ -37,11 +39,6 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 # bump when the same file and options would decode to other pixels (a decoded
 # image cache keyed by it is then read again)
 DECODE_VERSION = 2  # 2: EXIF orientation, 16-bit and float scaling, centre crop
-
-
-def check_resize(resize):
-    if not isinstance(resize, str) or resize not in RESIZE_POLICIES:
-        raise ValueError(f"resize must be one of {list(RESIZE_POLICIES)}; got {resize!r}")
 
 
 def is_grayscale(path) -> bool:
@@ -250,14 +247,12 @@ def decode_images(paths, names, size, channels, resize="crop", num_workers=None)
     reused by every later call on the same files; files of another cached
     set are copied, not decoded again. ``names`` label files in errors.
     """
-    check_resize(resize)
+    check_choice(resize, "resize", RESIZE_POLICIES)
     shape = (len(paths), size, size, channels)
     folder = image_cache_dir()
     digests = file_digests(paths, folder) if folder is not None and len(paths) else None
     if digests is None:  # no cache, or a missing file (decoding names it)
-        out = np.empty(shape, dtype=np.uint8)
-        decode_rows(out, paths, names, size, channels, resize, num_workers=num_workers)
-        return out
+        return _decode_in_memory(paths, names, size, channels, resize, num_workers)
     decoding = f"{size}/{channels}/{resize}/v{DECODE_VERSION}"
     name = digest(decoding, str(len(paths)), *digests, length=32)
     path = os.path.join(folder, f"{name}.npy")
@@ -270,9 +265,7 @@ def decode_images(paths, names, size, channels, resize="crop", num_workers=None)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     except OSError as e:  # a read-only or full disk costs speed, not results
         logger.warning("could not cache decoded images in %s: %s", folder, e)
-        out = np.empty(shape, dtype=np.uint8)
-        decode_rows(out, paths, names, size, channels, resize, num_workers=num_workers)
-        return out
+        return _decode_in_memory(paths, names, size, channels, resize, num_workers)
     try:
         want = np.asarray(digests, dtype="S32")
         missing = _copy_cached_rows(folder, decoding, want, out)
@@ -298,6 +291,12 @@ def decode_images(paths, names, size, channels, resize="crop", num_workers=None)
     _register(folder, name, decoding, len(paths), os.path.getsize(path))
     logger.info("decoded %d of %d images (the rest from the cache)", len(todo), len(paths))
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _decode_in_memory(paths, names, size, channels, resize, num_workers):
+    out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    decode_rows(out, paths, names, size, channels, resize, num_workers=num_workers)
+    return out
 
 
 def _open_cached(path, shape):
@@ -365,8 +364,6 @@ def _copy_cached_rows(folder, decoding, want, out):
 def _register(folder, name, decoding, num, size):
     """Records a new cached set, then removes the least recently used others
     while the cache is over its size limit."""
-    import time
-
     limit = cache_limit_bytes()
     db = _index(folder)
     try:

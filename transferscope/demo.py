@@ -276,10 +276,9 @@ def _curation_report(curation, planted):
             f"accuracy_{arm}": cells[(arm, kk)]["accuracy"]
             for arm, kk in (("full", 0), ("curated", k), ("random", k), ("helpful_first", k))
         },
-        **{
-            name: {key: curation[name][key] for key in ("diff", "ci95", "p_value", "wins")}
-            for name in ("curated_vs_full", "curated_vs_random", "most_helpful_removed_vs_full")
-        },
+        **_paired_figures(
+            curation, ("curated_vs_full", "curated_vs_random", "most_helpful_removed_vs_full")
+        ),
         "helpful_first_vs_full_by_k": {
             row["k"]: {"diff": row["diff"], "ci95": row["ci95"]}
             for row in curation["vs_full"]
@@ -295,6 +294,14 @@ def _curation_report(curation, planted):
             for row in curation.get("each_removed_vs_full", [])
         },
         "confirmed_by_retraining": curation.get("confirmed", []),
+    }
+
+
+def _paired_figures(summary, names):
+    """The paired comparisons ``names`` of a curation summary, as the report keeps them."""
+    return {
+        name: {key: summary[name][key] for key in ("diff", "ci95", "p_value", "wins")}
+        for name in names
     }
 
 
@@ -550,10 +557,7 @@ def _demo_sample_influence(pretrain, target, out):
         "num_seeds": summary["num_seeds"],
         "harmful_class_images_removed": harmful["in_top_k"],
         **{c["arm"]: c["accuracy"] for c in summary["cells"]},
-        **{
-            name: {key: summary[name][key] for key in ("diff", "ci95", "p_value", "wins")}
-            for name in ("curated_vs_full", "curated_vs_random")
-        },
+        **_paired_figures(summary, ("curated_vs_full", "curated_vs_random")),
     }
     return report
 

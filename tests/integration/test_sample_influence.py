@@ -200,20 +200,23 @@ def test_the_operator_runs_delegated_by_default_through_a_worker(tiny_run):
     assert tgt.match_tags("test").exists("deleg_helpful").count() == 18
 
 
+def _sample_run_from_infl(pre, tgt, key, output_dir, num_models):
+    return ts.compute_sample_influence(
+        pre,
+        tgt,
+        key,
+        influence_key="infl",
+        num_models=num_models,
+        holdout_models=0,
+        output_dir=str(output_dir),
+        progress=False,
+    )
+
+
 @pytest.fixture()
 def sample_run(tiny_run, tmp_path):
     pre, tgt, _ = tiny_run
-    results = ts.compute_sample_influence(
-        pre,
-        tgt,
-        "samp",
-        influence_key="infl",
-        num_models=2,
-        holdout_models=0,
-        output_dir=str(tmp_path / "samples"),
-        progress=False,
-    )
-    return pre, tgt, results
+    return pre, tgt, _sample_run_from_infl(pre, tgt, "samp", tmp_path / "samples", 2)
 
 
 def test_tagging_the_most_harmful_images_and_checking_it_by_retraining(sample_run):
@@ -413,15 +416,6 @@ def test_the_runs_are_listed_oldest_first_so_the_panel_opens_on_the_newest(sampl
     from transferscope.runs import sample_run_keys
 
     pre, tgt, _ = sample_run
-    ts.compute_sample_influence(
-        pre,
-        tgt,
-        "aaa_newer",
-        influence_key="infl",
-        num_models=1,
-        holdout_models=0,
-        output_dir=str(tmp_path / "newer"),
-        progress=False,
-    )
+    _sample_run_from_infl(pre, tgt, "aaa_newer", tmp_path / "newer", 1)
     assert sample_run_keys(tgt) == ["samp", "aaa_newer"]
     assert sample_run_keys(pre) == ["samp", "aaa_newer"]

@@ -306,17 +306,7 @@ def test_from_a_selected_target_sample_to_its_most_harmful_images(demo, app, pag
     # an older run whose key sorts after this one's (as the demo's "demo_samples"
     # does): the panel must open on the newest run, not the last by name
     ts.compute_sample_influence(pretrain, target, "zz_older", top_k=2, **tiny)
-    ts.compute_sample_influence(
-        pretrain,
-        target,
-        key,
-        num_models=1,
-        holdout_models=0,
-        epochs=1,
-        top_k=top_k,
-        overwrite=True,
-        progress=False,
-    )
+    ts.compute_sample_influence(pretrain, target, key, top_k=top_k, **tiny)
     target.save_view("browser_test_split", target.match_tags("test"), overwrite=True)
     try:
         # the test split in the grid: select its first sample, then open the panel
