@@ -66,29 +66,110 @@ class TransferData:
         return digest(*parts, f"{self.num_pretrain_classes}/{self.num_target_classes}")
 
     def normalisation(self):
-        """Per-channel mean and std of the pretraining images (in [0, 1])."""
-        imgs = self.pretrain_images.astype(np.float32) / 255.0
-        return imgs.mean(axis=(0, 1, 2)), imgs.std(axis=(0, 1, 2)) + 1e-6
+        """Per-channel mean and std of the pretraining images (in [0, 1]),
+        computed once."""
+        if "normalisation" not in self._tensor_cache:
+            self._tensor_cache["normalisation"] = channel_mean_std(self.pretrain_images)
+        return self._tensor_cache["normalisation"]
 
     def tensors(self, device):
-        """Normalised float tensors (NCHW) on ``device``, built once."""
+        """The splits on ``device`` as :class:`NormalisedImages` (uint8 kept,
+        normalised per batch when indexed) and the pretraining labels."""
         key = str(device)
         if key not in self._tensor_cache:
-            mean, std = self.normalisation()
-
-            def to_tensor(arr):
-                x = (arr.astype(np.float32) / 255.0 - mean) / std
-                return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
-
+            mean_std = self.normalisation()
             self._tensor_cache[key] = {
-                "pretrain": to_tensor(self.pretrain_images),
+                "pretrain": NormalisedImages(self.pretrain_images, mean_std, device),
                 "pretrain_labels": torch.from_numpy(self.pretrain_labels.astype(np.int64)).to(
                     device
                 ),
-                "train": to_tensor(self.train_images),
-                "test": to_tensor(self.test_images),
+                "train": NormalisedImages(self.train_images, mean_std, device),
+                "test": NormalisedImages(self.test_images, mean_std, device),
             }
         return self._tensor_cache[key]
+
+
+# Up to this many values the statistics are numpy's float32 mean and std of a
+# float copy (64 MB at most), as every earlier version computed them, so the
+# models of existing runs are reproduced bit for bit; above it they are
+# accumulated in float64 chunk by chunk (they differ by about one float32 ulp).
+EXACT_STATISTICS_VALUES = 2**24
+STATISTICS_CHUNK_VALUES = 2**22  # 32 MB of float64 at a time
+
+
+def channel_mean_std(images):
+    """Per-channel mean and std (+1e-6) of uint8 ``(N, H, W, C)`` images
+    scaled to [0, 1], float32, in memory bounded by a constant."""
+    if images.size <= EXACT_STATISTICS_VALUES:
+        scaled = images.astype(np.float32) / 255.0
+        return scaled.mean(axis=(0, 1, 2)), scaled.std(axis=(0, 1, 2)) + 1e-6
+    count = images.size // images.shape[-1]
+    step = max(1, STATISTICS_CHUNK_VALUES // (count // len(images) * images.shape[-1]))
+    total = np.zeros(images.shape[-1])
+    for i in range(0, len(images), step):
+        total += images[i : i + step].sum(axis=(0, 1, 2), dtype=np.float64)
+    mean = total / count / 255.0
+    squares = np.zeros(images.shape[-1])
+    for i in range(0, len(images), step):
+        chunk = images[i : i + step].astype(np.float64) / 255.0
+        squares += ((chunk - mean) ** 2).sum(axis=(0, 1, 2))
+    std = np.sqrt(squares / count)
+    return mean.astype(np.float32), std.astype(np.float32) + np.float32(1e-6)
+
+
+class NormalisedImages:
+    """uint8 ``(N, H, W, C)`` images that index as normalised float ``(..., C, H, W)``
+    tensors on ``device``, one batch at a time.
+
+    Training and attribution never hold a float copy of a split (4x the
+    uint8 bytes): on a CPU the rows are gathered from the array itself (a
+    memory-mapped image cache stays on disk), on a GPU the uint8 array is
+    uploaded once and each batch converted there. Indexing takes a slice or
+    a tensor of row indices of any shape (the result has that shape,
+    followed by ``(C, H, W)``).
+    """
+
+    def __init__(self, images, mean_std, device, dtype=torch.float32):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._mean_std = mean_std
+        self._source = images
+        if self.device.type == "cpu":
+            self._images = images
+        else:
+            self._images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            self._mean = torch.as_tensor(mean_std[0], device=self.device)
+            self._std = torch.as_tensor(mean_std[1], device=self.device)
+
+    def __len__(self):
+        return len(self._images)
+
+    @property
+    def shape(self):
+        n, h, w, c = self._images.shape
+        return (n, c, h, w)
+
+    def to(self, dtype):
+        """The same images, indexing as ``dtype``."""
+        return NormalisedImages(self._source, self._mean_std, self.device, dtype)
+
+    def __getitem__(self, rows):
+        if isinstance(rows, slice):
+            lead = None
+        else:
+            rows = torch.as_tensor(rows)
+            lead = rows.shape
+            rows = rows.reshape(-1)
+        if self.device.type == "cpu":
+            picked = self._images[rows if lead is None else rows.cpu().numpy()]
+            # numpy's own expression, as the float tensors were built before
+            mean, std = self._mean_std
+            x = torch.from_numpy((picked.astype(np.float32) / 255.0 - mean) / std)
+        else:
+            picked = self._images[rows if lead is None else rows.to(self.device)]
+            x = (picked.float() / 255.0 - self._mean) / self._std
+        x = x.permute(0, 3, 1, 2).to(self.dtype).contiguous()
+        return x if lead is None else x.reshape(*lead, *x.shape[1:])
 
 
 OUTPUT_NAMES = ("prob", "margin", "correct", "pred")
@@ -178,12 +259,12 @@ def pretrain_network(config, index, mask_row, data, sample_mask=None):
     device = resolve_device(config.device)
     net, gen, keep, remap = seeded_model(config, index, mask_row, data, device, sample_mask)
     t = data.tensors(device)
-    x_pre = t["pretrain"][keep]
-    y_pre = remap[t["pretrain_labels"][keep]]
+    rows = keep.nonzero().flatten()
+    y_pre = remap[t["pretrain_labels"][rows]]
     net = place_network(net, device)
     _fit(
         net,
-        x_pre,
+        t["pretrain"],
         y_pre,
         config,
         config.epochs,
@@ -192,6 +273,7 @@ def pretrain_network(config, index, mask_row, data, sample_mask=None):
         gen,
         device,
         config.augment_shift,
+        rows,
     )
     return net, gen, device
 
@@ -317,7 +399,9 @@ def shift_images(x, offsets, shift):
     return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _fit(net, x, y, config, epochs, batch_size, lr, gen, device, shift=0):
+def _fit(net, x, y, config, epochs, batch_size, lr, gen, device, shift=0, rows=None):
+    """Trains ``net`` on ``y`` and the images of ``x`` at ``rows`` (all of
+    them by default), in the model's batch schedule."""
     total, batches = batch_schedule(len(y), epochs, batch_size, gen, shift)
     opt = torch.optim.SGD(
         net.parameters(),
@@ -331,9 +415,9 @@ def _fit(net, x, y, config, epochs, batch_size, lr, gen, device, shift=0):
     )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     net.train()
-    for rows, offsets in batches:
-        idx = rows.to(device)
-        batch = x[idx]
+    for batch_rows, offsets in batches:
+        idx = batch_rows.to(device)
+        batch = x[idx if rows is None else rows[idx]]
         if shift:
             batch = shift_images(batch, offsets, shift)
         with _autocast(device, config.precision):

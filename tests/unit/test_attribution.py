@@ -89,7 +89,7 @@ def test_trak_scores_are_the_transfer_formula_computed_by_hand(
     state = attr.load_model(one.path(0))
     model = attr.attribution_network(CONFIG, data).eval()
     names = model.backbone_parameter_names()
-    t = data.tensors(torch.device("cpu"))
+    t = {k: v[:] for k, v in data.tensors(torch.device("cpu")).items()}
     model.load_state_dict(state["pretrained"])
     g = _per_sample_grads(model, t["pretrain"], data.pretrain_labels, names)
     with torch.no_grad():

@@ -65,7 +65,8 @@ def float64(monkeypatch):
 
     def tensors(self, device):
         return {
-            k: v.double() if v.is_floating_point() else v for k, v in original(self, device).items()
+            k: v if k == "pretrain_labels" else v.to(torch.float64)
+            for k, v in original(self, device).items()
         }
 
     monkeypatch.setattr(TransferData, "tensors", tensors)
