@@ -20,13 +20,15 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .checks import check_int
+from .checks import check_choice, check_int
 from .config import ENGINE_VERSION, InfluenceConfig
-from .train import train_subset_model
+from .train import MappedArrayFile, train_subset_model
 
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
+# how a Ray job's images reach its tasks: see RayExecutor
+IMAGE_SHIPPING = ("auto", "object_store", "shared_path")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +209,14 @@ class RayExecutor:
             an exception raised by training itself is not retried (the same
             inputs raise it again) and is reported by row
         connect_timeout: seconds to wait for the cluster's port to answer
+        images: how the images reach the tasks. ``"object_store"``: copied
+            once into Ray's object store (nodes need no shared disk; the
+            store must hold them). ``"shared_path"``: each task maps the
+            driver's image cache files by path (the cache must be on a
+            filesystem every node mounts at the same path; images not read
+            from the cache still travel through the store). ``"auto"``:
+            by path when every node of the cluster is the driver's machine
+            and the images come from the cache, else the object store
     """
 
     name = "ray"
@@ -219,6 +229,7 @@ class RayExecutor:
         memory_per_model=None,
         max_retries=3,
         connect_timeout=10.0,
+        images="auto",
     ):
         if not isinstance(address, str) or not address.strip():
             raise ValueError(
@@ -232,6 +243,9 @@ class RayExecutor:
         if memory_per_model is not None:
             check_int(memory_per_model, "memory_per_model", 1)
         check_int(max_retries, "max_retries", 0)
+        check_choice(images, "images", IMAGE_SHIPPING)
+        self.images = images
+        self.images_shipped = None  # how the last run shipped them
         self.address = address.strip()
         self.cpus_per_model = cpus_per_model
         self.gpus_per_model = gpus_per_model
@@ -297,6 +311,18 @@ class RayExecutor:
                     f"in all; each model asks for {need:g}"
                 )
 
+    def image_shipping(self, ray, data):
+        """``"shared_path"`` or ``"object_store"`` for this run (see ``images``)."""
+        if self.images != "auto":
+            return self.images
+        arrays = (data.pretrain_images, data.train_images, data.test_images)
+        if not all(MappedArrayFile.of(a) for a in arrays):
+            return "object_store"
+        here = ray.util.get_node_ip_address()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        same_machine = all(n.get("NodeManagerAddress") == here for n in nodes)
+        return "shared_path" if same_machine else "object_store"
+
     # --- running --------------------------------------------------------------
     def run(self, jobs, data, on_done, poll_seconds=1.0):
         """Submits every job, calls ``on_done(row, outputs)`` as each ends.
@@ -317,6 +343,10 @@ class RayExecutor:
         task = ray.remote(_remote_job).options(
             max_retries=self.max_retries, retry_exceptions=False, **resources
         )
+        self.images_shipped = self.image_shipping(ray, data)
+        logger.info("ray: images via %s", self.images_shipped)
+        if self.images_shipped == "shared_path":
+            data = data.by_reference()
         data_ref = ray.put(data)  # once in the object store, shared by every task
         in_flight = {task.remote(job, data_ref, cpus, ENGINE_VERSION): job.row for job in jobs}
         failures = {}

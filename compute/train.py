@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,12 +52,32 @@ class TransferData:
             if len(images) == 0:
                 raise ValueError(f"{name} split is empty")
         self._tensor_cache = {}
+        self._by_reference = False
+
+    def by_reference(self):
+        """This data, pickling its memory-mapped image arrays as their files'
+        paths (:class:`MappedArrayFile`) instead of their bytes: for another
+        process that sees the same files (this machine, or a filesystem every
+        node mounts at the same path). Other arrays still travel as bytes."""
+        shared = dataclasses.replace(self)
+        shared._by_reference = True
+        return shared
 
     def __getstate__(self):
-        # shipped to other processes (Ray) as arrays; tensors are rebuilt there
+        # shipped to other processes (Ray) as arrays or file references;
+        # tensors are rebuilt there
         state = dict(self.__dict__)
         state["_tensor_cache"] = {}
+        if state["_by_reference"]:
+            for name in ("pretrain_images", "train_images", "test_images"):
+                state[name] = MappedArrayFile.of(state[name]) or state[name]
         return state
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            if isinstance(value, MappedArrayFile):
+                state[name] = value.open()
+        self.__dict__.update(state)
 
     def fingerprint(self):
         """A hash of the arrays: a store is only valid for the data it saw."""
@@ -170,6 +192,54 @@ class NormalisedImages:
             x = (picked.float() / 255.0 - self._mean) / self._std
         x = x.permute(0, 3, 1, 2).to(self.dtype).contiguous()
         return x if lead is None else x.reshape(*lead, *x.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class MappedArrayFile:
+    """A read-only memory-mapped array, named by its file rather than carried.
+
+    ``of(array)`` is ``None`` unless ``array`` maps a whole C-ordered array
+    of a file (as ``np.load(mmap_mode="r")`` gives; a view or slice of one
+    is not). The file's size and modification time travel with it, so a
+    process that finds another file there refuses it instead of reading it.
+    """
+
+    path: str
+    offset: int
+    shape: tuple
+    dtype: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, array):
+        if not (
+            isinstance(array, np.memmap)
+            and isinstance(array.base, mmap.mmap)
+            and array.filename
+            and array.flags.c_contiguous
+        ):
+            return None
+        st = os.stat(array.filename)
+        return cls(
+            array.filename, array.offset, array.shape, array.dtype.str, st.st_size, st.st_mtime_ns
+        )
+
+    def open(self):
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"image file {self.path} is not on this machine: images shipped by path need "
+                f"the image cache on a filesystem every node mounts at the same path "
+                f"(or ship them through the object store: images='object_store')"
+            ) from None
+        if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
+            raise RuntimeError(
+                f"image file {self.path} changed after the driver mapped it "
+                f"(size or modification time differ); run the job again"
+            )
+        return np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
 
 
 OUTPUT_NAMES = ("prob", "margin", "correct", "pred")

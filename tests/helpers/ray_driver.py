@@ -16,6 +16,7 @@ Every store write is appended to STORE_DIR/writes.jsonl (row, time), so the
 test can check that no row was written twice.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -71,8 +72,22 @@ def tiny_data():
     return TransferData(pre, pre_y, 6, train, train_y, test, test_y, 3)
 
 
+def read_from_files(data, folder):
+    """The same data, its images memory-mapped from ``.npy`` files as the
+    image cache hands them over (so the executor can ship them by path)."""
+    os.makedirs(folder)
+    mapped = {}
+    for name in ("pretrain_images", "train_images", "test_images"):
+        path = os.path.join(folder, f"{name}.npy")
+        np.save(path, getattr(data, name))
+        mapped[name] = np.load(path, mmap_mode="r")
+    return dataclasses.replace(data, **mapped)
+
+
 def main(scenario, store_dir):
     data = tiny_data()
+    if scenario == "complete":
+        data = read_from_files(data, os.path.join(store_dir, "images"))
     # the store in its own folder: a store folder holds only what transferscope wrote
     store = open_store(os.path.join(store_dir, "store"), CONFIG, data)
     log = open(os.path.join(store_dir, "writes.jsonl"), "a")
@@ -97,6 +112,7 @@ def main(scenario, store_dir):
     if scenario == "complete":
         checks.update(refusals(executor, data))
     run_subset_models(CONFIG, data, store, on_model_done, executor=executor)
+    checks["images_shipped"] = executor.images_shipped
     with executor.session():
         checks["alive_nodes"] = alive_nodes(expect=1 if scenario == "kill_worker" else 2)
     with open(os.path.join(store_dir, "checks.json"), "w") as f:

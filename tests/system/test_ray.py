@@ -99,6 +99,8 @@ def test_ray_run_matches_local_and_refuses_what_it_cannot_run(tmp_path, local_re
     with open(tmp_path / "checks.json") as f:
         checks = json.load(f)
     assert checks["alive_nodes"] == 2
+    # the images came from files and every node is this machine: mapped by path
+    assert checks["images_shipped"] == "shared_path"
     assert "has 0 GPU in all; each model asks for 1" in checks["gpu_error"]
     # a model whose training raises is reported by row and reason; the other finishes
     assert list(checks["failures"]) == ["99"]
@@ -114,6 +116,7 @@ def test_killed_worker_node_still_completes_without_duplicates(tmp_path, local_r
     with open(tmp_path / "checks.json") as f:
         checks = json.load(f)
     assert checks["alive_nodes"] == 1  # the worker node really died
+    assert checks["images_shipped"] == "object_store"  # images in memory: by value
     assert checks["killed_tasks"]  # with a task of ours on it: the store is
     # complete below only because Ray retried that task elsewhere
     assert_same_outputs(ResultsStore.load(tmp_path / "store"), local_reference)
@@ -192,6 +195,7 @@ def test_missing_ray_names_the_extra(monkeypatch):
         (dict(cpus_per_model=0), "cpus_per_model must be a positive integer"),
         (dict(gpus_per_model=-1), "gpus_per_model must be a number >= 0"),
         (dict(max_retries=-1), "max_retries must be an integer >= 0"),
+        (dict(images="nfs"), "images must be one of"),
     ],
 )
 def test_bad_resources_are_refused(kwargs, message):

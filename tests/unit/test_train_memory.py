@@ -1,5 +1,7 @@
-"""Training reads uint8 images batch by batch: no float copy of a split."""
+"""Training reads uint8 images batch by batch (no float copy of a split), and
+memory-mapped images travel to other processes by path."""
 
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -8,7 +10,7 @@ import torch
 
 from transferscope.compute import InfluenceConfig, TransferData, train_subset_model
 from transferscope.compute import train
-from transferscope.compute.train import NormalisedImages, channel_mean_std
+from transferscope.compute.train import MappedArrayFile, NormalisedImages, channel_mean_std
 
 
 def float_split(images, mean, std):
@@ -102,3 +104,51 @@ def test_a_memory_mapped_split_trains_the_same_model_as_one_in_memory(tmp_path, 
     b = train_subset_model(config, 1, mask, data(np.load(tmp_path / "pretrain.npy", mmap_mode="r")))
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def mapped_data(folder, train_in_memory=False):
+    rng = np.random.default_rng(4)
+    arrays = {}
+    for name, n in (("pretrain", 300), ("train", 20), ("test", 20)):
+        images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+        np.save(folder / f"{name}.npy", images)
+        arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
+    if train_in_memory:
+        arrays["train"] = np.array(arrays["train"])
+    labels = np.arange(300) % 6, np.arange(20) % 2
+    return TransferData(
+        arrays["pretrain"], labels[0], 6, arrays["train"], labels[1], arrays["test"], labels[1], 2
+    )
+
+
+def test_by_reference_ships_mapped_images_as_their_paths(tmp_path):
+    data = mapped_data(tmp_path, train_in_memory=True)
+    by_value = pickle.dumps(data)
+    by_path = pickle.dumps(data.by_reference())
+    assert len(by_value) > data.pretrain_images.nbytes
+    # the in-memory train split still travels by value; the mapped ones as paths
+    assert len(by_path) < data.train_images.nbytes + 4000
+    there = pickle.loads(by_path)
+    assert isinstance(there.pretrain_images, np.memmap)
+    assert there.pretrain_images.filename == data.pretrain_images.filename
+    for name in ("pretrain_images", "train_images", "test_images"):
+        np.testing.assert_array_equal(getattr(there, name), getattr(data, name))
+    assert there.fingerprint() == data.fingerprint()
+
+
+def test_a_view_of_a_mapped_file_is_not_shipped_by_path(tmp_path):
+    data = mapped_data(tmp_path)
+    assert MappedArrayFile.of(data.pretrain_images) is not None
+    assert MappedArrayFile.of(data.pretrain_images[:100]) is None  # offset would be wrong
+    assert MappedArrayFile.of(np.asarray(data.test_images) + 0) is None
+
+
+def test_a_missing_or_changed_file_is_refused_by_name(tmp_path):
+    data = mapped_data(tmp_path)
+    blob = pickle.dumps(data.by_reference())
+    (tmp_path / "test.npy").rename(tmp_path / "moved.npy")
+    with pytest.raises(FileNotFoundError, match="test.npy is not on this machine.*object_store"):
+        pickle.loads(blob)
+    np.save(tmp_path / "test.npy", np.zeros((21, 8, 8, 3), np.uint8))
+    with pytest.raises(RuntimeError, match="test.npy changed after the driver mapped it"):
+        pickle.loads(blob)
