@@ -114,6 +114,23 @@ def models(data, precision, count, threads=None, device="cpu", group_size=1, **c
     return np.array(outputs), masks, seconds
 
 
+def z_spread(run, reference):
+    """Standard deviation of the per-class differences in units of the
+    reference's standard error."""
+    return float(np.std((run.influence - reference.influence) / reference.stderr, ddof=1))
+
+
+def harmful_selection(run):
+    """The classes the default curation rule (harmful at FDR 0.1) selects."""
+    from transferscope.compute.curation import select_classes
+
+    names = [str(c) for c in range(len(run.influence))]
+    try:
+        return [int(c) for c in select_classes(names, run.influence, q_values=run.q_value)]
+    except ValueError:  # the rule selects nothing
+        return []
+
+
 def model_flops(data, precision):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -189,24 +206,41 @@ def main():
         fp32, masks, _ = models(data, "fp32", m)
         bf16, _, _ = models(data, "bf16", m)
         one_thread, _, _ = models(data, "fp32", m, threads=1)
-        infl = {
-            name: aggregate_influence(masks, out).influence
+        runs = {
+            name: aggregate_influence(masks, out)
             for name, out in (("fp32", fp32), ("bf16", bf16), ("fp32_1thread", one_thread))
         }
+        infl = {name: run.influence for name, run in runs.items()}
         agreement = {
             "models": m,
             "bf16_vs_fp32": stats.spearmanr(infl["bf16"], infl["fp32"])[0],
             "fp32_1thread_vs_fp32": stats.spearmanr(infl["fp32_1thread"], infl["fp32"])[0],
             "fp32_split_half": split_half_spearman(masks, fp32),
             "bf16_split_half": split_half_spearman(masks, bf16),
+            # the agreement criterion: the per-class differences in units of the
+            # fp32 estimate's standard error; two independent estimates of the
+            # same quantity give a standard deviation of about sqrt(2)
+            "z_sd_limit": 1.15 * np.sqrt(2),
+            "z_sd_bf16_vs_fp32": z_spread(runs["bf16"], runs["fp32"]),
+            "z_sd_fp32_1thread_vs_fp32": z_spread(runs["fp32_1thread"], runs["fp32"]),
+            "harmful_fdr_selection": {name: harmful_selection(run) for name, run in runs.items()},
         }
+        agreement["bf16_meets_criterion"] = bool(
+            agreement["z_sd_bf16_vs_fp32"] <= agreement["z_sd_limit"]
+            and agreement["harmful_fdr_selection"]["bf16"]
+            == agreement["harmful_fdr_selection"]["fp32"]
+        )
         with open(os.path.join(HERE, "results", "cpu_precision_agreement.json"), "w") as f:
             json.dump(dict(agreement, machine=result["machine"]), f, indent=2)
         print(
             f"per-class influence, {m} models each (Spearman): bf16 vs fp32 "
             f"{agreement['bf16_vs_fp32']:.3f}; fp32 1 thread vs fp32 {threads} threads "
             f"{agreement['fp32_1thread_vs_fp32']:.3f}; split-half fp32 "
-            f"{agreement['fp32_split_half']:.3f}, bf16 {agreement['bf16_split_half']:.3f}"
+            f"{agreement['fp32_split_half']:.3f}, bf16 {agreement['bf16_split_half']:.3f}\n"
+            f"differences in fp32 standard errors (sd; limit {agreement['z_sd_limit']:.2f}): "
+            f"bf16 {agreement['z_sd_bf16_vs_fp32']:.2f}, fp32 1 thread "
+            f"{agreement['z_sd_fp32_1thread_vs_fp32']:.2f}; harmful classes at FDR 0.1: "
+            f"{agreement['harmful_fdr_selection']}"
         )
     with open(os.path.join(HERE, "results", "cpu_throughput.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -20,8 +20,10 @@ Registering, loading, the panel and ``delete_run`` at this scale are
 ``run_results_scale.py``; decoding is ``decode_memory.py``.
 
     .venv/bin/python benchmarks/paper_scale_training.py                # N = 200,000, T = 10,000
+    .venv/bin/python benchmarks/paper_scale_training.py --size 64 --images 40000 \
+        --targets 2000 --results paper_scale_training_64px.json
 
-Writes benchmarks/results/paper_scale_training.json.
+Writes benchmarks/results/paper_scale_training.json (or ``--results``).
 """
 
 import argparse
@@ -122,6 +124,7 @@ def main():
         "--design-models", type=int, default=1024, help="at least this many (whole blocks)"
     )
     parser.add_argument("--folder", default=None, help="default: a temporary folder, removed")
+    parser.add_argument("--results", default="paper_scale_training.json", help="file in results/")
     args = parser.parse_args()
     C, N, T, S = args.classes, args.images, args.targets, args.size
 
@@ -197,7 +200,7 @@ def main():
         }
         print(json.dumps(out, indent=2))
         results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-        with open(os.path.join(results, "paper_scale_training.json"), "w") as f:
+        with open(os.path.join(results, os.path.basename(args.results)), "w") as f:
             json.dump(out, f, indent=2)
     finally:
         if args.folder is None:

@@ -164,22 +164,25 @@ def _connect(folder, name):
 
 
 def file_digests(paths, folder):
-    """xxHash-128 of each file's bytes, or ``None`` if one cannot be read.
+    """xxHash-128 of each file's bytes (hex, as an ``S32`` array), or ``None``
+    if one cannot be read.
 
     Hashes are kept in ``<folder>/digests.sqlite``, keyed by path, inode,
     size, modification and change time: a file is read again only when one
     of them changed (its change time moves even when a copy restores the
-    modification time), so a later run hashes nothing it has seen.
+    modification time), so a later run hashes nothing it has seen. Files
+    are looked up and recorded a chunk at a time: beyond the 32 bytes a file
+    of the result, memory does not grow with the number of files.
     """
     import xxhash
 
+    out = np.empty(len(paths), dtype="S32")
     db = _connect(folder, DIGESTS_DB)
     try:
         db.execute(
             "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, ino INTEGER, "
             "size INTEGER, mtime INTEGER, ctime INTEGER, digest TEXT)"
         )
-        known = {}
         for start in range(0, len(paths), 900):  # SQLite's limit on bound parameters
             chunk = list(paths[start : start + 900])
             rows = db.execute(
@@ -187,28 +190,28 @@ def file_digests(paths, folder):
                 f"WHERE path IN ({','.join('?' * len(chunk))})",
                 chunk,
             )
-            known.update({r[0]: r[1:] for r in rows})
-        out, fresh = [], []
-        for p in paths:
-            try:
-                st = os.stat(p)
-            except OSError:
-                return None
-            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            row = known.get(p)
-            if row is not None and tuple(row[:4]) == key:
-                out.append(row[4])
-                continue
-            try:
-                with open(p, "rb") as f:
-                    file_digest = xxhash.xxh3_128_hexdigest(f.read())
-            except OSError:
-                return None
-            out.append(file_digest)
-            fresh.append((p, *key, file_digest))
-        if fresh:
-            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", fresh)
-            db.commit()
+            known = {r[0]: r[1:] for r in rows}
+            fresh = []
+            for i, p in enumerate(chunk, start):
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    return None
+                key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                row = known.get(p)
+                if row is not None and tuple(row[:4]) == key:
+                    out[i] = row[4]
+                    continue
+                try:
+                    with open(p, "rb") as f:
+                        file_digest = xxhash.xxh3_128_hexdigest(f.read())
+                except OSError:
+                    return None
+                out[i] = file_digest
+                fresh.append((p, *key, file_digest))
+            if fresh:
+                db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", fresh)
+        db.commit()
         return out
     finally:
         db.close()
@@ -254,7 +257,8 @@ def decode_images(paths, names, size, channels, resize="crop", num_workers=None)
     if digests is None:  # no cache, or a missing file (decoding names it)
         return _decode_in_memory(paths, names, size, channels, resize, num_workers)
     decoding = f"{size}/{channels}/{resize}/v{DECODE_VERSION}"
-    name = digest(decoding, str(len(paths)), *digests, length=32)
+    # the S32 array's bytes are its hex strings one after another
+    name = digest(decoding, str(len(paths)), digests, length=32)
     path = os.path.join(folder, f"{name}.npy")
     cached = _open_cached(path, shape)
     if cached is not None:
@@ -267,8 +271,7 @@ def decode_images(paths, names, size, channels, resize="crop", num_workers=None)
         logger.warning("could not cache decoded images in %s: %s", folder, e)
         return _decode_in_memory(paths, names, size, channels, resize, num_workers)
     try:
-        want = np.asarray(digests, dtype="S32")
-        missing = _copy_cached_rows(folder, decoding, want, out)
+        missing = _copy_cached_rows(folder, decoding, digests, out)
         todo = np.flatnonzero(missing)
         decode_rows(
             out,
@@ -282,7 +285,7 @@ def decode_images(paths, names, size, channels, resize="crop", num_workers=None)
         )
         out.flush()
         del out
-        _save_rows(f"{path[:-4]}.rows.npy", want)
+        _save_rows(f"{path[:-4]}.rows.npy", digests)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
