@@ -21,7 +21,7 @@ TRAK's ``1 - p`` weighting (the second scoring reuses the trained models).
     .venv/bin/python benchmarks/sample_influence_cost.py --models 4 --holdout 16 \
         --loss-weighting both
 
-Writes benchmarks/results/sample_influence_cost.json.
+Writes benchmarks/results/sample_influence_cost.json (or ``--results``).
 """
 
 import argparse
@@ -50,6 +50,7 @@ def main():
     parser.add_argument("--proj-dim", type=int, default=2048)
     parser.add_argument("--damping", type=float, default=0.1)
     parser.add_argument("--loss-weighting", default="none", choices=("none", "trak", "both"))
+    parser.add_argument("--results", default="sample_influence_cost.json", help="file in results/")
     args = parser.parse_args()
     weightings = ["none", "trak"] if args.loss_weighting == "both" else [args.loss_weighting]
 
@@ -118,7 +119,7 @@ def main():
         ds.delete_run("bench_samples")
     print(json.dumps(out, indent=2))
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    with open(os.path.join(path, "sample_influence_cost.json"), "w") as f:
+    with open(os.path.join(path, os.path.basename(args.results)), "w") as f:
         json.dump(out, f, indent=2)
 
 
