@@ -113,10 +113,10 @@ class TransferData:
 
 # Up to this many values the statistics are numpy's float32 mean and std of a
 # float copy (64 MB at most), as every earlier version computed them, so the
-# models of existing runs are reproduced bit for bit; above it they are
-# accumulated in float64 chunk by chunk (they differ by about one float32 ulp).
+# models of existing runs are reproduced bit for bit; above it they come from
+# integer sums taken chunk by chunk (they differ by about one float32 ulp).
 EXACT_STATISTICS_VALUES = 2**24
-STATISTICS_CHUNK_VALUES = 2**22  # 32 MB of float64 at a time
+STATISTICS_CHUNK_VALUES = 2**22  # 32 MB of int64 at a time
 
 
 def channel_mean_std(images):
@@ -125,18 +125,19 @@ def channel_mean_std(images):
     if images.size <= EXACT_STATISTICS_VALUES:
         scaled = images.astype(np.float32) / 255.0
         return scaled.mean(axis=(0, 1, 2)), scaled.std(axis=(0, 1, 2)) + 1e-6
-    count = images.size // images.shape[-1]
-    step = max(1, STATISTICS_CHUNK_VALUES // (count // len(images) * images.shape[-1]))
-    total = np.zeros(images.shape[-1])
+    # one pass: exact integer sums of the values and their squares
+    channels = images.shape[-1]
+    count = images.size // channels
+    step = max(1, STATISTICS_CHUNK_VALUES // images[0].size)
+    total = np.zeros(channels, dtype=np.int64)
+    squares = np.zeros(channels, dtype=np.int64)
     for i in range(0, len(images), step):
-        total += images[i : i + step].sum(axis=(0, 1, 2), dtype=np.float64)
-    mean = total / count / 255.0
-    squares = np.zeros(images.shape[-1])
-    for i in range(0, len(images), step):
-        chunk = images[i : i + step].astype(np.float64) / 255.0
-        squares += ((chunk - mean) ** 2).sum(axis=(0, 1, 2))
-    std = np.sqrt(squares / count)
-    return mean.astype(np.float32), std.astype(np.float32) + np.float32(1e-6)
+        chunk = images[i : i + step].reshape(-1, channels).astype(np.int64)
+        total += chunk.sum(axis=0)
+        squares += (chunk * chunk).sum(axis=0)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return (mean / 255.0).astype(np.float32), (std / 255.0).astype(np.float32) + np.float32(1e-6)
 
 
 class NormalisedImages:
@@ -383,13 +384,14 @@ def embed_images(net, images, device, mean_std=None, batch_size=1024):
     ``mean_std``: the normalisation the network was trained with (see
     :meth:`TransferData.normalisation`).
     """
-    mean, std = mean_std
+    # normalised on the CPU a batch at a time: the set may be far larger than
+    # the device's memory
+    normalised = NormalisedImages(images, mean_std, "cpu")
     out = []
     net.eval()
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = (images[i : i + batch_size].astype(np.float32) / 255.0 - mean) / std
-            x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+            x = normalised[i : i + batch_size].to(device)
             with _autocast(device):
                 out.append(net.features(x).float().cpu())
     return torch.cat(out).numpy().astype(np.float32)
