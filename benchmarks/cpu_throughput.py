@@ -13,10 +13,13 @@ Measured in one run, with torch's threads as they are (all cores by default):
 4. with ``--agreement M``: M models per precision (same seeds and masks) and
    the Spearman correlation of the per-class influence, bf16 vs fp32, next to
    fp32 with 2 threads vs 1 thread (the same arithmetic in another order) and
-   the fp32 run's split-half Spearman (its own noise).
+   the fp32 run's split-half Spearman (its own noise);
+5. with ``--profile``: the shares of one default-precision model's CPU time
+   by kind of operator (convolution, BatchNorm, ReLU, optimiser, ...).
 
     .venv/bin/python benchmarks/cpu_throughput.py                  # 8 models per precision
     .venv/bin/python benchmarks/cpu_throughput.py --agreement 128
+    .venv/bin/python benchmarks/cpu_throughput.py --profile      # where the time goes
 
 Writes benchmarks/results/cpu_throughput.json (and, with --agreement,
 cpu_precision_agreement.json).
@@ -131,6 +134,43 @@ def harmful_selection(run):
         return []
 
 
+# aten operator names -> what they do, for the profile
+OP_CATEGORIES = (
+    ("convolution", ("conv",)),
+    ("batch_norm", ("batch_norm",)),
+    ("relu", ("relu", "threshold_backward", "clamp_min")),
+    ("linear_and_loss", ("addmm", "mm", "linear", "cross_entropy", "log_softmax", "nll_loss")),
+    # SGD on a CPU is a loop of these too (no fused or foreach kernels there)
+    (
+        "elementwise_and_copies",
+        ("add", "mul", "div", "sum", "mean", "avg_pool", "copy", "fill", "zero", "_foreach"),
+    ),
+)
+
+
+def profile_model(data, precision):
+    """Shares of one whole model's CPU time (operators' own time) by kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from transferscope.compute import InfluenceConfig, sample_class_masks, train_subset_model
+
+    config = InfluenceConfig(num_models=2, epochs=4, seed=0, device="cpu", precision=precision)
+    mask = sample_class_masks(2, data.num_pretrain_classes, 0.5, 0)[0]
+    train_subset_model(config, 0, mask, data)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_subset_model(config, 0, mask, data)
+    shares = dict.fromkeys([name for name, _ in OP_CATEGORIES] + ["other"], 0.0)
+    total = 0.0
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue  # Python-level ranges would count their children twice
+        total += event.self_cpu_time_total
+        name = event.key.lower()
+        kind = next((k for k, words in OP_CATEGORIES if any(w in name for w in words)), "other")
+        shares[kind] += event.self_cpu_time_total
+    return {k: v / total for k, v in shares.items()}
+
+
 def model_flops(data, precision):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -151,6 +191,9 @@ def main():
         type=int,
         default=0,
         help="models per precision for the influence agreement (0: skip)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile one model of the default precision"
     )
     args = parser.parse_args()
     from scipy import stats
@@ -199,6 +242,23 @@ def main():
         result["bf16"]["models_per_hour"] / result["fp32"]["models_per_hour"]
     )
     print(f"bf16 / fp32 models per hour: {result['bf16_speedup_models_per_hour']:.2f}x")
+    from transferscope.compute.train import cpu_has_matrix_units, resolve_precision
+
+    default = resolve_precision(torch.device("cpu"))
+    result["default_precision"] = default
+    result["cpu_has_matrix_units"] = cpu_has_matrix_units()
+    # the issue's yardstick: the default path against the faster matmul of the two
+    result["default_fraction_of_bf16_matmul"] = result[default]["model_gflops"] * 1e9 / peak["bf16"]
+    print(
+        f"default on this CPU (precision='auto'): {default} (matrix units: "
+        f"{result['cpu_has_matrix_units']}); whole model at "
+        f"{100 * result['default_fraction_of_bf16_matmul']:.0f}% of bf16 matmul, "
+        f"{result[default]['models_per_hour']:.0f} models/hour"
+    )
+    if args.profile:
+        result["profile"] = profile_model(data, default)
+        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in result["profile"].items())
+        print(f"profile of one {default} model (share of CPU time): {shares}")
 
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     if args.agreement:

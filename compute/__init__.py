@@ -68,7 +68,7 @@ _MODULE_EXPORTS = {
         "sample_class_masks",
     ),
     "nets": ("check_architecture",),
-    "train": ("TransferData", "resolve_device", "train_subset_model"),
+    "train": ("TransferData", "resolve_device", "resolve_precision", "train_subset_model"),
 }
 _EXPORTS = {name: module for module, names in _MODULE_EXPORTS.items() for name in names}
 _SUBMODULES = (

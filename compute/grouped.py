@@ -25,17 +25,25 @@ thread counts.
 Only ``resnet_small`` is grouped; other architectures train one at a time.
 """
 
+import json
+import os
+import platform
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
+from .config import ENGINE_VERSION
 from .nets import place_network
 from .train import (
     _autocast,
     batch_schedule,
     lr_factor,
+    pretrain_network,
     resolve_device,
+    resolve_precision,
     seeded_model,
     shift_images,
     transfer_outputs,
@@ -326,20 +334,155 @@ def group_size_for_memory(free_bytes, bytes_per_model, num_jobs, cap=64, headroo
     return max(1, min(fits, cap, num_jobs))
 
 
+# a group must beat one model at a time by this much per model on a CPU:
+# timing noise must not change how a run is trained
+CPU_MIN_GAIN = 1.2
+CPU_GROUP_CANDIDATES = (4, 8)
+PROBE_BATCHES = 6  # steps per model of a measurement
+GROUP_SIZE_CACHE_ENV = "TRANSFERSCOPE_GROUP_SIZE_CACHE"  # a JSON file, or "off"
+
+
 def auto_group_size(config, data, num_jobs):
-    """1 on a CPU (grouping measured no faster there: see the README); on a
-    GPU, as many models as fit in its free memory, measured with a group of 2."""
+    """How many models to train at once, from a measurement cached per
+    (device, config shape) in :func:`group_size_cache_path`.
+
+    On a GPU: as many as fit in its free memory (the memory of a group of 2
+    is measured). On a CPU: 1 in fp32 (grouping measured at 0.4x there, on
+    AMD and Intel alike); in bf16 (CPUs with AMX), the candidate group sizes
+    are timed against one model at a time and a group is used only if it
+    trains at least ``CPU_MIN_GAIN`` times as many models per second.
+    """
     device = resolve_device(config.device)
-    if device.type != "cuda" or not can_group(config) or num_jobs < 2:
+    if not can_group(config) or num_jobs < 2:
         return 1
-    masks = np.zeros((2, data.num_pretrain_classes), dtype=bool)
-    masks[:, : max(1, data.num_pretrain_classes // 2)] = True
+    if device.type == "cuda":
+        key = _cache_key("bytes_per_model", device, config, data)
+        per_model = _cached(key, lambda: _measure_bytes_per_model(config, data, device))
+        free, _ = torch.cuda.mem_get_info(device)
+        return group_size_for_memory(free, per_model, num_jobs)
+    if resolve_precision(device, config.precision) != "bf16":
+        return 1
+    key = _cache_key("cpu_group_size", device, config, data)
+    return min(num_jobs, _cached(key, lambda: _measure_cpu_group_size(config, data)))
+
+
+def group_size_cache_path():
+    """The measurements' file (``$TRANSFERSCOPE_GROUP_SIZE_CACHE``, default
+    ``~/transferscope/cache/group_sizes.json``), or ``None`` when ``"off"``."""
+    raw = os.environ.get(GROUP_SIZE_CACHE_ENV, "")
+    if raw.lower() == "off":
+        return None
+    return raw or os.path.join(
+        os.path.expanduser("~"), "transferscope", "cache", "group_sizes.json"
+    )
+
+
+def _cache_key(kind, device, config, data):
+    """What the measurement depends on: the device, torch, the network's
+    shape and the precision (not the data's contents or the seeds)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        where = f"{props.name}, {props.total_memory} bytes"
+    else:
+        where = f"{_cpu_model()}, {torch.get_num_threads()} threads"
+    shape = [
+        config.arch,
+        config.width,
+        config.image_size,
+        config.channels,
+        config.batch_size,
+        data.num_pretrain_classes,
+        resolve_precision(device, config.precision),
+        config.augment_shift > 0,
+    ]
+    return json.dumps([kind, where, torch.__version__, ENGINE_VERSION, shape])
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cached(key, measure):
+    """``measure()``'s value under ``key`` in the cache file: measured once
+    per key (other processes wait for the first), kept as JSON."""
+    path = group_size_cache_path()
+    if path is None:
+        return measure()
+    from filelock import FileLock
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with FileLock(path + ".lock"):
+        entries = _read_cache(path)
+        if key not in entries:
+            entries[key] = measure()
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(entries, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        return entries[key]
+
+
+def _read_cache(path):
+    # a damaged or foreign file is measured over, not trusted
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, int) and v >= 1}
+
+
+def _probe_setup(config, data, group):
+    """A short, one-epoch version of ``config`` and ``group`` models' class
+    and sample masks: ``PROBE_BATCHES`` batches each."""
     probe = type(config).from_dict({**config.to_dict(), "epochs": 1})
+    masks = np.zeros((group, data.num_pretrain_classes), dtype=bool)
+    masks[:, : max(1, data.num_pretrain_classes // 2)] = True
+    labels = np.asarray(data.pretrain_labels)
+    in_classes = np.flatnonzero(masks[0][labels])
+    sample_mask = np.zeros(len(labels), dtype=bool)
+    sample_mask[in_classes[: PROBE_BATCHES * config.batch_size]] = True
+    return probe, masks, [sample_mask] * group
+
+
+def _measure_bytes_per_model(config, data, device):
+    probe, masks, sample_masks = _probe_setup(config, data, 2)
     data.tensors(device)  # the shared images are not a per-model cost
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    pretrain_group(probe, [0, 1], masks, data)
-    per_model = max(1, (torch.cuda.max_memory_allocated(device) - before) // 2)
-    free, _ = torch.cuda.mem_get_info(device)
-    return group_size_for_memory(free, per_model, num_jobs)
+    pretrain_group(probe, [0, 1], masks, data, sample_masks)
+    return max(1, int(torch.cuda.max_memory_allocated(device) - before) // 2)
+
+
+def _measure_cpu_group_size(config, data):
+    """The candidate group size that trains the most models per second, if
+    it beats one model at a time by ``CPU_MIN_GAIN``; else 1."""
+    largest = max(CPU_GROUP_CANDIDATES)
+    probe, masks, sample_masks = _probe_setup(config, data, largest)
+    pretrain_network(probe, 0, masks[0], data, sample_masks[0])  # warm-up
+
+    def per_model(group):
+        start = time.perf_counter()
+        if group == 1:
+            pretrain_network(probe, 0, masks[0], data, sample_masks[0])
+        else:
+            pretrain_group(probe, list(range(group)), masks[:group], data, sample_masks[:group])
+        return (time.perf_counter() - start) / group
+
+    single = min(per_model(1) for _ in range(2))
+    best, best_seconds = 1, single / CPU_MIN_GAIN
+    for group in CPU_GROUP_CANDIDATES:
+        seconds = per_model(group)
+        if seconds < best_seconds:
+            best, best_seconds = group, seconds
+    return best

@@ -8,6 +8,7 @@ run any model anywhere and get the same row of outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import mmap
 import os
@@ -416,10 +417,42 @@ def outputs_from_logits(logits, labels):
     }
 
 
+@functools.cache
+def cpu_has_matrix_units():
+    """Whether this CPU multiplies bf16 matrices in tile units (Intel AMX).
+
+    Only there is bf16 autocast faster than fp32 for these networks: with
+    avx512_bf16 alone it was measured no faster (docs/performance.md).
+    """
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3
+    if probe is not None:
+        try:
+            return bool(probe())
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def resolve_precision(device, precision="auto"):
+    """``"fp32"`` or ``"bf16"``: what ``precision`` means on ``device``.
+
+    ``"auto"``: bf16 autocast on CUDA and on CPUs with matrix units (AMX),
+    fp32 on other CPUs; the per-class influence of the two agrees within its
+    standard errors (``benchmarks/cpu_throughput.py --agreement``).
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_matrix_units()):
+        return "bf16"
+    return "fp32"
+
+
 def _autocast(device, precision="auto"):
-    # "auto": bf16 on CUDA, fp32 on a CPU (bf16 there is opt-in: see the README
-    # for its measured speed and its effect on the estimates)
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    bf16 = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 

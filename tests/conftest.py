@@ -29,6 +29,7 @@ os.environ["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
 os.environ["TRANSFERSCOPE_RUNS_DIR"] = os.path.join(_TMP, "runs")
 os.environ["TRANSFERSCOPE_DATA_DIR"] = os.path.join(_TMP, "demo_data")
 os.environ["TRANSFERSCOPE_IMAGE_CACHE"] = os.path.join(_TMP, "image_cache")
+os.environ["TRANSFERSCOPE_GROUP_SIZE_CACHE"] = os.path.join(_TMP, "group_sizes.json")
 os.environ["TRANSFERSCOPE_MODELS_DIR"] = os.path.join(_TMP, "models")
 
 

@@ -188,6 +188,10 @@ def compute_class_influence(
         store, holdout = _train(request, num_models, run_dir, overwrite, runner, progress, write)
         results_kwargs = estimate(store, target_function, estimator, holdout)
         results_kwargs["metrics"]["unlabelled_pretraining_samples"] = request.num_unlabelled
+        # what "auto" meant here (a Ray worker resolves it on its own machine)
+        results_kwargs["metrics"]["precision"] = tsc.resolve_precision(
+            tsc.resolve_device(config.device), config.precision
+        )
         matrices, results_kwargs = save_matrices(
             store.path, results_kwargs, target_function, estimator
         )

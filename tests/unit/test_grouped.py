@@ -4,6 +4,8 @@ The GPU is where grouping pays; the arithmetic is the same on a CPU, so the
 equivalence with the one-at-a-time path is checked here.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -156,8 +158,8 @@ def test_group_sizes():
     tv = InfluenceConfig(**dict(CFG, arch="resnet18"))
     jobs = [ModelJob(i, tv, i, MASKS[i]) for i in range(2)]
     assert [len(g) for g in LocalExecutor(group_size=8).groups(jobs, data)] == [1, 1]
-    # "auto" on a CPU: one at a time (grouping measured no faster there)
-    assert auto_group_size(a, data, 10) == 1
+    # "auto" on a CPU in fp32: one at a time (grouping measured no faster there)
+    assert auto_group_size(InfluenceConfig(**dict(CFG, precision="fp32")), data, 10) == 1
     assert group_size_for_memory(80e9, 1e9, 100) == 64
     assert group_size_for_memory(80e9, 1e9, 10) == 10
     assert group_size_for_memory(1e9, 4e9, 10) == 1
@@ -207,3 +209,82 @@ def test_grouped_bf16_autocast_runs():
         alone = train_subset_model(cfg, g, MASKS[g], data)
         assert np.isfinite(grouped[g]["margin"]).all()
         assert (grouped[g]["pred"] == alone["pred"]).mean() >= 0.8
+
+
+def test_cpu_group_size_is_measured_once_per_device_and_shape(monkeypatch, tmp_path):
+    import transferscope.compute.grouped as grouped
+
+    cache = tmp_path / "group_sizes.json"
+    monkeypatch.setenv(grouped.GROUP_SIZE_CACHE_ENV, str(cache))
+    data = uneven_data()
+    bf16 = InfluenceConfig(precision="bf16", **CFG)
+    # a real timing of groups of 4 and 8 against one model at a time
+    size = auto_group_size(bf16, data, 100)
+    assert size in (1, *grouped.CPU_GROUP_CANDIDATES)
+    entries = json.loads(cache.read_text())
+    assert list(entries.values()) == [size]
+
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(grouped, "_measure_cpu_group_size", no_measuring)
+    assert auto_group_size(bf16, data, 100) == size
+    assert auto_group_size(bf16, data, 2) == min(size, 2)  # never more than the jobs
+    # another seed or epoch count is the same shape; another width is not
+    assert auto_group_size(InfluenceConfig(**dict(CFG, precision="bf16", seed=5)), data, 9) == size
+    wider = InfluenceConfig(**dict(CFG, precision="bf16", width=8))
+    with pytest.raises(AssertionError, match="measured again"):
+        auto_group_size(wider, data, 100)
+    # fp32 on a CPU is never measured
+    assert auto_group_size(InfluenceConfig(**dict(CFG, precision="fp32")), data, 100) == 1
+
+    # a damaged file is measured over, not trusted; "off" measures every call
+    monkeypatch.setattr(grouped, "_measure_cpu_group_size", lambda config, data: 4)
+    cache.write_text("{not json")
+    assert auto_group_size(bf16, data, 100) == 4
+    assert list(json.loads(cache.read_text()).values()) == [4]
+    monkeypatch.setenv(grouped.GROUP_SIZE_CACHE_ENV, "off")
+    monkeypatch.setattr(grouped, "_measure_cpu_group_size", lambda config, data: 8)
+    assert auto_group_size(bf16, data, 100) == 8
+
+
+def test_gpu_group_size_caches_the_memory_per_model(monkeypatch, tmp_path):
+    # no GPU here: the device's answers are stubbed; the memory measurement
+    # itself (CUDA only) runs when a device is lent (benchmarks/grouped_training.py)
+    import transferscope.compute.grouped as grouped
+
+    monkeypatch.setenv(grouped.GROUP_SIZE_CACHE_ENV, str(tmp_path / "sizes.json"))
+    monkeypatch.setattr(grouped, "resolve_device", lambda device: torch.device("cuda", 0))
+    props = type("Props", (), {"name": "Stub GPU", "total_memory": 80e9})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    free = {"bytes": 40e9}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free["bytes"], 80e9))
+    calls = []
+
+    def measure(config, data, device):
+        calls.append(device)
+        return int(1e9)
+
+    monkeypatch.setattr(grouped, "_measure_bytes_per_model", measure)
+    data = uneven_data()
+    config = InfluenceConfig(**CFG)
+    assert auto_group_size(config, data, 100) == 32  # 0.8 x 40 GB / 1 GB
+    free["bytes"] = 10e9  # the free memory is read at every call, the per-model cost once
+    assert auto_group_size(config, data, 100) == 8
+    assert len(calls) == 1
+
+
+def test_auto_precision_is_bf16_on_cuda_and_cpus_with_matrix_units(monkeypatch):
+    import transferscope.compute.train as train
+
+    # read off this CPU (the flag), a bool either way
+    assert isinstance(train.cpu_has_matrix_units.__wrapped__(), bool)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert train.resolve_precision(cuda) == "bf16"
+    for units, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(train, "cpu_has_matrix_units", lambda units=units: units)
+        assert train.resolve_precision(cpu) == expected
+        assert train.resolve_precision(cpu, "fp32") == "fp32"
+        assert train.resolve_precision(cpu, "bf16") == "bf16"
+        with train._autocast(cpu):
+            assert torch.is_autocast_enabled("cpu") is units
