@@ -75,8 +75,9 @@ class InfluenceConfig:
         finetune_epochs: epochs of full fine-tuning
         probe_c: inverse L2 strength of the linear probe
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``
-        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on a CPU),
-            ``"fp32"`` or ``"bf16"`` (autocast on either device)
+        precision: ``"auto"`` (bf16 autocast on CUDA and on CPUs with AMX
+            matrix units, fp32 on other CPUs), ``"fp32"`` or ``"bf16"``
+            (autocast on either device)
         augment_shift: pretraining augmentation: each sample of a batch is
             shifted by up to this many pixels in each direction (edges
             replicated), drawn from the model's seed and done on the device;
