@@ -15,11 +15,14 @@ Measured in one run, with torch's threads as they are (all cores by default):
    fp32 with 2 threads vs 1 thread (the same arithmetic in another order) and
    the fp32 run's split-half Spearman (its own noise);
 5. with ``--profile``: the shares of one default-precision model's CPU time
-   by kind of operator (convolution, BatchNorm, ReLU, optimiser, ...).
+   by kind of operator (convolution, BatchNorm, ReLU, optimiser, ...);
+6. with ``--compile``: one training step under ``torch.compile`` against
+   eager, with the compile time and the models it takes to earn it back.
 
     .venv/bin/python benchmarks/cpu_throughput.py                  # 8 models per precision
     .venv/bin/python benchmarks/cpu_throughput.py --agreement 128
     .venv/bin/python benchmarks/cpu_throughput.py --profile      # where the time goes
+    .venv/bin/python benchmarks/cpu_throughput.py --compile      # torch.compile, end to end
 
 Writes benchmarks/results/cpu_throughput.json (and, with --agreement,
 cpu_precision_agreement.json).
@@ -61,7 +64,7 @@ def matmul_flops(dtype, n=2048, reps=10, device="cpu"):
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def step_flops(bf16, batch=128, reps=20):
+def step_flops(bf16, batch=128, reps=20, compile=False):
     from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -74,21 +77,35 @@ def step_flops(bf16, batch=128, reps=20):
     y = torch.randint(0, 33, (batch,))
     loss_fn = nn.CrossEntropyLoss()
 
+    model = torch.compile(net) if compile else net
+
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(net(x), y)
+            loss = loss_fn(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    with FlopCounterMode(display=False) as counter:
+    if compile:  # counted eagerly; the first compiled steps are the compile time
+        with FlopCounterMode(display=False) as counter:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss_fn(net(x), y).backward()
+        opt.zero_grad()
+        start = time.perf_counter()
         step()
+        step()
+        compile_seconds = time.perf_counter() - start
+    else:
+        with FlopCounterMode(display=False) as counter:
+            step()
     for _ in range(3):
         step()
     start = time.perf_counter()
     for _ in range(reps):
         step()
     seconds = (time.perf_counter() - start) / reps
+    if compile:
+        return counter.get_total_flops(), seconds, compile_seconds
     return counter.get_total_flops(), seconds
 
 
@@ -171,6 +188,15 @@ def profile_model(data, precision):
     return {k: v / total for k, v in shares.items()}
 
 
+def model_steps(data, epochs=4, batch=128):
+    """Pretraining steps of one demo-scale model (half the classes' samples)."""
+    from transferscope.compute import sample_class_masks
+
+    mask = sample_class_masks(2, data.num_pretrain_classes, 0.5, 0)[0]
+    n = int(mask[np.asarray(data.pretrain_labels)].sum())
+    return epochs * -(-n // batch)
+
+
 def model_flops(data, precision):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -194,6 +220,9 @@ def main():
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile one model of the default precision"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="time torch.compile'd training steps"
     )
     args = parser.parse_args()
     from scipy import stats
@@ -255,6 +284,29 @@ def main():
         f"{100 * result['default_fraction_of_bf16_matmul']:.0f}% of bf16 matmul, "
         f"{result[default]['models_per_hour']:.0f} models/hour"
     )
+    if args.compile:
+        result["compile"] = {}
+        for precision in ("fp32", "bf16"):
+            _, eager = step_flops(precision == "bf16")
+            _, compiled, compile_seconds = step_flops(precision == "bf16", compile=True)
+            steps = model_steps(data)
+            row = {
+                "eager_step_ms": 1e3 * eager,
+                "compiled_step_ms": 1e3 * compiled,
+                "compile_seconds": compile_seconds,
+                "steps_per_model": steps,
+                # compiling once per process, then every model's steps
+                "models_to_break_even": compile_seconds / (steps * (eager - compiled))
+                if compiled < eager
+                else None,
+            }
+            result["compile"][precision] = row
+            print(
+                f"torch.compile, {precision}: step {row['compiled_step_ms']:.1f} ms against "
+                f"{row['eager_step_ms']:.1f} ms eager, after {compile_seconds:.0f} s of compiling"
+                f" ({steps} steps a model; break-even after "
+                f"{row['models_to_break_even'] or float('inf'):.0f} models)"
+            )
     if args.profile:
         result["profile"] = profile_model(data, default)
         shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in result["profile"].items())

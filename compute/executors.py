@@ -104,11 +104,10 @@ class LocalExecutor:
         threads: torch threads per model (default: torch's current setting)
         group_size: models trained at once as one batched computation
             (``resnet_small`` only; see :mod:`.grouped`): an integer, or
-            ``"auto"``: as many as fit in memory on a GPU; on a CPU 1 in
-            fp32 (measured no faster there), in bf16 a group size only
-            where timing it shows a gain (measured once per device and
-            network shape: :func:`.grouped.auto_group_size`). Grouped models
-            match one-at-a-time models up to floating-point summation order.
+            ``"auto"``: as many as fit in memory on a GPU (measured once
+            per device and network shape: :func:`.grouped.auto_group_size`),
+            1 on a CPU (measured slower there). Grouped models match
+            one-at-a-time models up to floating-point summation order.
     """
 
     name = "local"

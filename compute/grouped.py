@@ -28,7 +28,6 @@ Only ``resnet_small`` is grouped; other architectures train one at a time.
 import json
 import os
 import platform
-import time
 
 import numpy as np
 import torch
@@ -41,7 +40,6 @@ from .train import (
     _autocast,
     batch_schedule,
     lr_factor,
-    pretrain_network,
     resolve_device,
     resolve_precision,
     seeded_model,
@@ -334,36 +332,29 @@ def group_size_for_memory(free_bytes, bytes_per_model, num_jobs, cap=64, headroo
     return max(1, min(fits, cap, num_jobs))
 
 
-# a group must beat one model at a time by this much per model on a CPU:
-# timing noise must not change how a run is trained
-CPU_MIN_GAIN = 1.2
-CPU_GROUP_CANDIDATES = (4, 8)
-PROBE_BATCHES = 6  # steps per model of a measurement
+PROBE_BATCHES = 6  # steps per model of the GPU memory measurement
 GROUP_SIZE_CACHE_ENV = "TRANSFERSCOPE_GROUP_SIZE_CACHE"  # a JSON file, or "off"
 
 
 def auto_group_size(config, data, num_jobs):
-    """How many models to train at once, from a measurement cached per
-    (device, config shape) in :func:`group_size_cache_path`.
+    """How many models to train at once.
 
-    On a GPU: as many as fit in its free memory (the memory of a group of 2
-    is measured). On a CPU: 1 in fp32 (grouping measured at 0.4x there, on
-    AMD and Intel alike); in bf16 (CPUs with AMX), the candidate group sizes
-    are timed against one model at a time and a group is used only if it
-    trains at least ``CPU_MIN_GAIN`` times as many models per second.
+    On a GPU: as many as fit in its free memory, from the memory a group of 2
+    takes, measured once per (device, network shape) and cached in
+    :func:`group_size_cache_path`. On a CPU: 1. Grouping there was measured
+    at 0.39-0.46x one model at a time in fp32 (AMD and Intel with AMX) and
+    0.45-0.49x in bf16 (AMD), and a timing probe that could choose it for
+    small models picked by noise (8, 1, 1 in three tries): a grouped model
+    equals its one-at-a-time twin only up to rounding, so a run's
+    arithmetic must not depend on a noisy timing.
     """
     device = resolve_device(config.device)
-    if not can_group(config) or num_jobs < 2:
+    if device.type != "cuda" or not can_group(config) or num_jobs < 2:
         return 1
-    if device.type == "cuda":
-        key = _cache_key("bytes_per_model", device, config, data)
-        per_model = _cached(key, lambda: _measure_bytes_per_model(config, data, device))
-        free, _ = torch.cuda.mem_get_info(device)
-        return group_size_for_memory(free, per_model, num_jobs)
-    if resolve_precision(device, config.precision) != "bf16":
-        return 1
-    key = _cache_key("cpu_group_size", device, config, data)
-    return min(num_jobs, _cached(key, lambda: _measure_cpu_group_size(config, data)))
+    key = _cache_key("bytes_per_model", device, config, data)
+    per_model = _cached(key, lambda: _measure_bytes_per_model(config, data, device))
+    free, _ = torch.cuda.mem_get_info(device)
+    return group_size_for_memory(free, per_model, num_jobs)
 
 
 def group_size_cache_path():
@@ -442,8 +433,9 @@ def _read_cache(path):
 
 
 def _probe_setup(config, data, group):
-    """A short, one-epoch version of ``config`` and ``group`` models' class
-    and sample masks: ``PROBE_BATCHES`` batches each."""
+    """A one-epoch version of ``config`` and ``group`` models' class and
+    sample masks: ``PROBE_BATCHES`` batches each (the memory of a step does
+    not depend on how many steps there are)."""
     probe = type(config).from_dict({**config.to_dict(), "epochs": 1})
     masks = np.zeros((group, data.num_pretrain_classes), dtype=bool)
     masks[:, : max(1, data.num_pretrain_classes // 2)] = True
@@ -462,27 +454,3 @@ def _measure_bytes_per_model(config, data, device):
     before = torch.cuda.memory_allocated(device)
     pretrain_group(probe, [0, 1], masks, data, sample_masks)
     return max(1, int(torch.cuda.max_memory_allocated(device) - before) // 2)
-
-
-def _measure_cpu_group_size(config, data):
-    """The candidate group size that trains the most models per second, if
-    it beats one model at a time by ``CPU_MIN_GAIN``; else 1."""
-    largest = max(CPU_GROUP_CANDIDATES)
-    probe, masks, sample_masks = _probe_setup(config, data, largest)
-    pretrain_network(probe, 0, masks[0], data, sample_masks[0])  # warm-up
-
-    def per_model(group):
-        start = time.perf_counter()
-        if group == 1:
-            pretrain_network(probe, 0, masks[0], data, sample_masks[0])
-        else:
-            pretrain_group(probe, list(range(group)), masks[:group], data, sample_masks[:group])
-        return (time.perf_counter() - start) / group
-
-    single = min(per_model(1) for _ in range(2))
-    best, best_seconds = 1, single / CPU_MIN_GAIN
-    for group in CPU_GROUP_CANDIDATES:
-        seconds = per_model(group)
-        if seconds < best_seconds:
-            best, best_seconds = group, seconds
-    return best

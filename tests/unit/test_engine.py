@@ -295,7 +295,7 @@ def test_batchnorm_constants_reach_every_batchnorm_layer():
 def test_bf16_on_cpu_trains_and_differs_from_fp32():
     data = tiny_data()
     mask = np.array([1, 0, 1, 0, 1, 0], bool)
-    fp32 = train_subset_model(InfluenceConfig(num_models=4, **CFG), 1, mask, data)
+    fp32 = train_subset_model(InfluenceConfig(num_models=4, precision="fp32", **CFG), 1, mask, data)
     bf16 = train_subset_model(InfluenceConfig(num_models=4, precision="bf16", **CFG), 1, mask, data)
     again = train_subset_model(
         InfluenceConfig(num_models=4, precision="bf16", **CFG), 1, mask, data

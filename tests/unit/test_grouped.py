@@ -211,46 +211,28 @@ def test_grouped_bf16_autocast_runs():
         assert (grouped[g]["pred"] == alone["pred"]).mean() >= 0.8
 
 
-def test_cpu_group_size_is_measured_once_per_device_and_shape(monkeypatch, tmp_path):
+def test_auto_never_groups_on_a_cpu(monkeypatch):
     import transferscope.compute.grouped as grouped
 
-    cache = tmp_path / "group_sizes.json"
-    monkeypatch.setenv(grouped.GROUP_SIZE_CACHE_ENV, str(cache))
-    data = uneven_data()
-    bf16 = InfluenceConfig(precision="bf16", **CFG)
-    # a real timing of groups of 4 and 8 against one model at a time
-    size = auto_group_size(bf16, data, 100)
-    assert size in (1, *grouped.CPU_GROUP_CANDIDATES)
-    entries = json.loads(cache.read_text())
-    assert list(entries.values()) == [size]
-
     def no_measuring(*args):
-        raise AssertionError("measured again")
+        raise AssertionError("measured on a CPU")
 
-    monkeypatch.setattr(grouped, "_measure_cpu_group_size", no_measuring)
-    assert auto_group_size(bf16, data, 100) == size
-    assert auto_group_size(bf16, data, 2) == min(size, 2)  # never more than the jobs
-    # another seed or epoch count is the same shape; another width is not
-    assert auto_group_size(InfluenceConfig(**dict(CFG, precision="bf16", seed=5)), data, 9) == size
-    wider = InfluenceConfig(**dict(CFG, precision="bf16", width=8))
-    with pytest.raises(AssertionError, match="measured again"):
-        auto_group_size(wider, data, 100)
-    # fp32 on a CPU is never measured
-    assert auto_group_size(InfluenceConfig(**dict(CFG, precision="fp32")), data, 100) == 1
+    monkeypatch.setattr(grouped, "_measure_bytes_per_model", no_measuring)
+    data = uneven_data()
+    for precision in ("auto", "fp32", "bf16"):
+        config = InfluenceConfig(**dict(CFG, precision=precision))
+        assert auto_group_size(config, data, 100) == 1
+        assert [len(g) for g in LocalExecutor().groups(jobs_for(config), data)] == [1, 1, 1]
 
-    # a damaged file is measured over, not trusted; "off" measures every call
-    monkeypatch.setattr(grouped, "_measure_cpu_group_size", lambda config, data: 4)
-    cache.write_text("{not json")
-    assert auto_group_size(bf16, data, 100) == 4
-    assert list(json.loads(cache.read_text()).values()) == [4]
-    monkeypatch.setenv(grouped.GROUP_SIZE_CACHE_ENV, "off")
-    monkeypatch.setattr(grouped, "_measure_cpu_group_size", lambda config, data: 8)
-    assert auto_group_size(bf16, data, 100) == 8
+
+def jobs_for(config):
+    return [ModelJob(i, config, i, MASKS[i]) for i in range(3)]
 
 
 def test_gpu_group_size_caches_the_memory_per_model(monkeypatch, tmp_path):
     # no GPU here: the device's answers are stubbed; the memory measurement
-    # itself (CUDA only) runs when a device is lent (benchmarks/grouped_training.py)
+    # itself (CUDA only) runs when a device is lent (benchmarks/grouped_training.py);
+    # the cache file, its keys and its locking are real
     import transferscope.compute.grouped as grouped
 
     monkeypatch.setenv(grouped.GROUP_SIZE_CACHE_ENV, str(tmp_path / "sizes.json"))
@@ -271,7 +253,22 @@ def test_gpu_group_size_caches_the_memory_per_model(monkeypatch, tmp_path):
     assert auto_group_size(config, data, 100) == 32  # 0.8 x 40 GB / 1 GB
     free["bytes"] = 10e9  # the free memory is read at every call, the per-model cost once
     assert auto_group_size(config, data, 100) == 8
+    assert auto_group_size(config, data, 3) == 3  # never more than the jobs
+    # another seed is the same shape; another width is not
+    assert auto_group_size(InfluenceConfig(**dict(CFG, seed=5)), data, 100) == 8
     assert len(calls) == 1
+    assert auto_group_size(InfluenceConfig(**dict(CFG, width=8)), data, 100) == 8
+    assert len(calls) == 2
+    # the cache outlives the process: a JSON file of per-model bytes
+    entries = json.loads((tmp_path / "sizes.json").read_text())
+    assert sorted(entries.values()) == [int(1e9)] * 2
+    # a damaged file is measured over, not trusted; "off" measures at every call
+    (tmp_path / "sizes.json").write_text("{not json")
+    assert auto_group_size(config, data, 100) == 8 and len(calls) == 3
+    monkeypatch.setenv(grouped.GROUP_SIZE_CACHE_ENV, "off")
+    auto_group_size(config, data, 100)
+    auto_group_size(config, data, 100)
+    assert len(calls) == 5
 
 
 def test_auto_precision_is_bf16_on_cuda_and_cpus_with_matrix_units(monkeypatch):
