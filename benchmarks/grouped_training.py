@@ -7,17 +7,22 @@ Measured in one run, on CUDA when present, else on the CPU:
    68 classes, features for the probe), counted by torch.utils.flop_counter;
 3. models per hour one at a time, then in groups of each ``--groups`` size
    (and ``auto``: as many as fit in GPU memory): achieved FLOP/s and its
-   fraction of the matmul throughput of the precision in use (bf16 autocast
-   on CUDA, fp32 on a CPU), and the ratio over one at a time;
+   fraction of the matmul throughput of the precision in use (``--precision``,
+   default ``auto``: bf16 autocast on CUDA and on CPUs with AMX, else fp32),
+   and the ratio over one at a time;
 4. with ``--shift N``: one at a time with ``augment_shift=N`` (the cost of
    shifting on the device), as a ratio over one at a time without it;
 5. with ``--agreement M``: M models one at a time and M grouped (same seeds
    and masks), the Spearman correlation of their per-class influence, next
    to the one-at-a-time run's split-half Spearman (its own noise) and, on a
-   CPU, one-at-a-time with 1 thread (the same arithmetic in another order).
+   CPU, one-at-a-time with 1 thread (the same arithmetic in another order);
+   and the agreement criterion: the standard deviation of the per-class
+   differences in units of the one-at-a-time run's standard errors (at most
+   1.15 x sqrt(2)).
 
     .venv/bin/python benchmarks/grouped_training.py                       # 16 models each
     .venv/bin/python benchmarks/grouped_training.py --models 64 --groups 8 32 --agreement 128
+    .venv/bin/python benchmarks/grouped_training.py --precision bf16 --groups 4 8
 
 Writes benchmarks/results/grouped_training_<cpu|cuda>.json.
 """
@@ -33,7 +38,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from cpu_throughput import matmul_flops, model_flops, models  # noqa: E402
+from cpu_throughput import matmul_flops, model_flops, models, z_spread  # noqa: E402
 from ray_benchmark import demo_transfer_data  # noqa: E402
 
 
@@ -69,6 +74,12 @@ def main():
         help="also time one at a time with augment_shift=N (0: skip)",
     )
     parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="the models' precision (default: what 'auto' picks on this device)",
+    )
+    parser.add_argument(
         "--out",
         default=None,
         help="result JSON (default: benchmarks/results/grouped_training_<device>.json)",
@@ -81,8 +92,10 @@ def main():
     from transferscope.compute.grouped import auto_group_size
     from transferscope.compute import InfluenceConfig
 
+    from transferscope.compute.train import resolve_precision
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = "bf16" if device == "cuda" else "fp32"  # what "auto" picks there
+    precision = resolve_precision(torch.device(device), args.precision)
     groups = args.groups or ([8, 32] if device == "cuda" else [4, 8])
     data = demo_transfer_data()
     result = {
@@ -104,14 +117,16 @@ def main():
     )
 
     if device == "cuda":
-        config = InfluenceConfig(num_models=args.models, epochs=4, device=device)
+        config = InfluenceConfig(
+            num_models=args.models, epochs=4, device=device, precision=args.precision
+        )
         groups.append(auto_group_size(config, data, args.models))
         result["auto_group_size"] = groups[-1]
 
     rows = {}
     for size in [1] + groups:
-        models(data, "auto", min(2, args.models), device=device, group_size=size)  # warm-up
-        _, _, seconds = models(data, "auto", args.models, device=device, group_size=size)
+        models(data, args.precision, min(2, args.models), device=device, group_size=size)  # warm-up
+        _, _, seconds = models(data, args.precision, args.models, device=device, group_size=size)
         row = {
             "group_size": size,
             "model_seconds": seconds,
@@ -132,8 +147,10 @@ def main():
 
     if args.shift:
         # same models, images shifted on the device: the augmentation's cost
-        models(data, "auto", min(2, args.models), device=device, augment_shift=args.shift)
-        _, _, seconds = models(data, "auto", args.models, device=device, augment_shift=args.shift)
+        models(data, args.precision, min(2, args.models), device=device, augment_shift=args.shift)
+        _, _, seconds = models(
+            data, args.precision, args.models, device=device, augment_shift=args.shift
+        )
         ratio = rows[1]["model_seconds"] / seconds
         result["augment_shift"] = {
             "shift": args.shift,
@@ -149,21 +166,24 @@ def main():
         m = args.agreement
         grouped_rows = [r for r in rows.values() if r["group_size"] > 1] or [{"group_size": 2}]
         size = max(grouped_rows, key=lambda r: r.get("models_per_hour", 0))["group_size"]
-        single, masks, _ = models(data, "auto", m, device=device, group_size=1)
-        grouped, _, _ = models(data, "auto", m, device=device, group_size=size)
-        infl = {
-            "single": aggregate_influence(masks, single).influence,
-            "grouped": aggregate_influence(masks, grouped).influence,
+        single, masks, _ = models(data, args.precision, m, device=device, group_size=1)
+        grouped, _, _ = models(data, args.precision, m, device=device, group_size=size)
+        runs = {
+            "single": aggregate_influence(masks, single),
+            "grouped": aggregate_influence(masks, grouped),
         }
+        infl = {name: run.influence for name, run in runs.items()}
         agreement = {
             "models": m,
             "group_size": size,
             "grouped_vs_single": stats.spearmanr(infl["grouped"], infl["single"])[0],
+            "z_sd_grouped_vs_single": z_spread(runs["grouped"], runs["single"]),
+            "z_sd_limit": 1.15 * 2**0.5,
             "single_split_half": split_half_spearman(masks, single),
             "grouped_split_half": split_half_spearman(masks, grouped),
         }
         if device == "cpu" and torch.get_num_threads() > 1:
-            one, _, _ = models(data, "auto", m, threads=1, group_size=1)
+            one, _, _ = models(data, args.precision, m, threads=1, group_size=1)
             agreement["single_1thread_vs_single"] = stats.spearmanr(
                 aggregate_influence(masks, one).influence, infl["single"]
             )[0]
