@@ -1,0 +1,192 @@
+"""Is a candidate hidden set of pretraining images harmful? Checked by retraining.
+
+For planting example-level truth in the demo: a set of images hidden inside
+benign classes whose harm retraining confirms. Each design adds ``--size``
+rendered glyphs to the demo's pretraining set (labelled into existing
+classes, so no class as a whole is new), then trains, per seed, three models
+on every class (the demo's protocol: resnet_small width 16, 16x16, 4
+epochs, linear probe):
+
+- ``full``: with the planted images;
+- ``without``: the planted images removed;
+- ``random``: as many random original images removed instead;
+
+all three from the same model seed (paired). Reported per design: the mean
+test-accuracy change of removing the set (against ``full`` and against
+``random``) with a paired 95% t-interval, the standard deviation of the
+paired differences, and the seeds per arm a +-1 point interval would need.
+A harmful set shows as ``without - full`` above zero.
+
+Designs (glyphs drawn heavy: stroke 2-3, as the demo's ``bold`` class):
+
+- ``heavy04``: heavy 0-4 glyphs in their own digit classes;
+- ``heavy04_as59``: heavy 0-4 glyphs labelled as the digit five above (0 -> 5);
+- ``heavy59_as04``: heavy 5-9 glyphs labelled as the digit five below;
+- ``scan_mislabelled``: digit glyphs degraded like the target's 8x8 scans
+  (box-downsampled to 8x8 in 17 grey levels, upsampled), each in a wrong
+  digit class.
+
+    .venv/bin/python benchmarks/hidden_harm.py --designs heavy04_as59 --seeds 8
+
+Writes benchmarks/results/hidden_harm.json (or ``--results``), adding to
+what is there.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from ray_benchmark import demo_transfer_data  # noqa: E402
+
+DESIGNS = ("heavy04", "heavy04_as59", "heavy59_as04", "scan_mislabelled")
+
+
+def scan_like(image):
+    """A 32x32 glyph degraded like the target's scans."""
+    small = np.asarray(Image.fromarray(image).resize((8, 8), Image.BOX)).astype(np.float64)
+    small = (np.round(small / 255 * 16) / 16 * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((32, 32), Image.BILINEAR))
+
+
+def plant(design, size, class_names, seed=0):
+    """``(images (size, 32, 32) uint8, labels)`` of a design's hidden set."""
+    from transferscope import demo_data
+
+    fonts = demo_data._load_fonts()
+    rng = np.random.default_rng([seed, 18])
+    images, labels = [], []
+    for j in range(size):
+        heavy = int(rng.integers(2, 4))
+        if design == "heavy04":
+            digit = label = j % 5
+        elif design == "heavy04_as59":
+            digit = j % 5
+            label = digit + 5
+        elif design == "heavy59_as04":
+            digit = 5 + j % 5
+            label = digit - 5
+        elif design == "scan_mislabelled":
+            digit = j % 10
+            label = (digit + 1 + rng.integers(9)) % 10
+        else:
+            raise ValueError(f"design must be one of {DESIGNS}; got {design!r}")
+        if design == "scan_mislabelled":
+            image = scan_like(
+                demo_data._render(str(digit), fonts, rng, stroke=int(rng.integers(1, 3)))
+            )
+        else:
+            image = demo_data._render(str(digit), fonts, rng, stroke=heavy)
+        images.append(image)
+        labels.append(class_names.index(str(label)))
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def pool(images):  # 32x32 -> 16x16, as the demo's decoding resizes
+    x = images.reshape(len(images), 16, 2, 16, 2).astype(np.float32).mean(axis=(2, 4))
+    return np.round(x).astype(np.uint8)[..., None]
+
+
+def paired(a, b):
+    d = 100 * (np.asarray(a) - np.asarray(b))
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return {
+        "points": float(d.mean()),
+        "ci95": [float(d.mean() - half), float(d.mean() + half)],
+        "sd_of_differences": float(d.std(ddof=1)),
+        "better_in": int((d > 0).sum()),
+        # seeds per arm for a +-1 point 95% interval at this spread
+        "seeds_for_1_point": int(np.ceil((1.96 * d.std(ddof=1)) ** 2)),
+    }
+
+
+def check(design, size, seeds, base, class_names):
+    from transferscope.compute import InfluenceConfig, TransferData, train_subset_model
+    from transferscope.demo import DEFAULTS
+
+    images, labels = plant(design, size, class_names)
+    data = TransferData(
+        np.concatenate([base.pretrain_images, pool(images)]),
+        np.concatenate([base.pretrain_labels, labels]),
+        base.num_pretrain_classes,
+        base.train_images,
+        base.train_labels,
+        base.test_images,
+        base.test_labels,
+        base.num_target_classes,
+    )
+    n_old = len(base.pretrain_labels)
+    planted = np.arange(n_old, n_old + size)
+    config = InfluenceConfig(epochs=DEFAULTS["epochs"], seed=0, device="cpu", precision="fp32")
+    every_class = np.ones(base.num_pretrain_classes, dtype=bool)
+    accuracy = {"full": [], "without": [], "random": []}
+    start = time.perf_counter()
+    for s in range(seeds):
+        drawn = np.random.default_rng([s, 99]).choice(n_old, size, replace=False)
+        for arm, removed in (("full", []), ("without", planted), ("random", drawn)):
+            keep = np.ones(len(data.pretrain_labels), dtype=bool)
+            keep[removed] = False
+            out = train_subset_model(config, 7_000_000 + s, every_class, data, keep)
+            accuracy[arm].append(float(out["correct"].mean()))
+        print(f"  {design} seed {s}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accuracy.items()))
+    result = {
+        "size": size,
+        "seeds": seeds,
+        "seconds": time.perf_counter() - start,
+        "mean_accuracy": {k: float(np.mean(v)) for k, v in accuracy.items()},
+        "without_minus_full": paired(accuracy["without"], accuracy["full"]),
+        "without_minus_random": paired(accuracy["without"], accuracy["random"]),
+    }
+    for name in ("without_minus_full", "without_minus_random"):
+        r = result[name]
+        print(
+            f"{design}: {name} {r['points']:+.2f} points [{r['ci95'][0]:+.2f}, "
+            f"{r['ci95'][1]:+.2f}], better in {r['better_in']}/{seeds}; sd of the paired "
+            f"differences {r['sd_of_differences']:.2f} ({r['seeds_for_1_point']} seeds for +-1)"
+        )
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
+    parser.add_argument("--size", type=int, default=100, help="planted images per design")
+    parser.add_argument("--seeds", type=int, default=8, help="paired seeds per arm")
+    parser.add_argument("--results", default=os.path.join(HERE, "results", "hidden_harm.json"))
+    args = parser.parse_args()
+    from transferscope.demo_data import SUBPOP_STYLES, glyph_classes
+
+    # the demo's own class order: glyph classes, then the style classes
+    class_names = [name for name, _ in glyph_classes()] + list(SUBPOP_STYLES)
+    base = demo_transfer_data()
+    if base.num_pretrain_classes != len(class_names):
+        raise RuntimeError("the demo's classes changed; update class_names here")
+    results = {}
+    if os.path.exists(args.results):
+        with open(args.results) as f:
+            results = json.load(f)
+    results["machine"] = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    for design in args.designs:
+        results[design] = check(design, args.size, args.seeds, base, class_names)
+        os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+        with open(args.results, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
