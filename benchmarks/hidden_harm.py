@@ -46,7 +46,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from ray_benchmark import demo_transfer_data  # noqa: E402
+from ray_benchmark import demo_transfer_data, pool  # noqa: E402
 
 DESIGNS = ("heavy04", "heavy04_as59", "heavy59_as04", "scan_mislabelled")
 
@@ -91,23 +91,19 @@ def plant(design, size, class_names, seed=0):
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def pool(images):  # 32x32 -> 16x16, as the demo's decoding resizes
-    x = images.reshape(len(images), 16, 2, 16, 2).astype(np.float32).mean(axis=(2, 4))
-    return np.round(x).astype(np.uint8)[..., None]
-
-
 def paired(a, b):
-    d = 100 * (np.asarray(a) - np.asarray(b))
-    from scipy import stats
+    """``a - b`` by seed, in points, with the spread the seed count needs."""
+    from transferscope.compute.curation import paired_comparison
 
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    c = paired_comparison(a, b)
+    sd = 100 * float(np.std(np.asarray(a) - np.asarray(b), ddof=1))
     return {
-        "points": float(d.mean()),
-        "ci95": [float(d.mean() - half), float(d.mean() + half)],
-        "sd_of_differences": float(d.std(ddof=1)),
-        "better_in": int((d > 0).sum()),
+        "points": 100 * c["diff"],
+        "ci95": [100 * c["ci95"][0], 100 * c["ci95"][1]],
+        "sd_of_differences": sd,
+        "better_in": c["wins"],
         # seeds per arm for a +-1 point 95% interval at this spread
-        "seeds_for_1_point": int(np.ceil((1.96 * d.std(ddof=1)) ** 2)),
+        "seeds_for_1_point": int(np.ceil((1.96 * sd) ** 2)),
     }
 
 

@@ -35,16 +35,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+def pool(images):
+    """The demo's 32x32 glyphs at 16x16 (as the demo's decoding resizes them)."""
+    x = images.reshape(len(images), 16, 2, 16, 2).astype(np.float32).mean(axis=(2, 4))
+    return np.round(x).astype(np.uint8)[..., None]
+
+
 def demo_transfer_data():
     from transferscope.compute import TransferData
     from transferscope.demo_data import make_demo_arrays
 
     arrays = make_demo_arrays()
-
-    def pool(images):  # 32x32 -> 16x16, as the demo's decoding resizes
-        x = images.reshape(len(images), 16, 2, 16, 2).astype(np.float32).mean(axis=(2, 4))
-        return np.round(x).astype(np.uint8)[..., None]
-
     return TransferData(
         pool(arrays.pretrain_images),
         arrays.pretrain_labels,

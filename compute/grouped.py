@@ -27,7 +27,6 @@ Only ``resnet_small`` is grouped; other architectures train one at a time.
 
 import json
 import os
-import platform
 
 import numpy as np
 import torch
@@ -369,13 +368,9 @@ def group_size_cache_path():
 
 
 def _cache_key(kind, device, config, data):
-    """What the measurement depends on: the device, torch, the network's
-    shape and the precision (not the data's contents or the seeds)."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        where = f"{props.name}, {props.total_memory} bytes"
-    else:
-        where = f"{_cpu_model()}, {torch.get_num_threads()} threads"
+    """What the measurement depends on: the GPU, torch, the network's shape
+    and the precision (not the data's contents or the seeds)."""
+    props = torch.cuda.get_device_properties(device)
     shape = [
         config.arch,
         config.width,
@@ -386,18 +381,8 @@ def _cache_key(kind, device, config, data):
         resolve_precision(device, config.precision),
         config.augment_shift > 0,
     ]
+    where = f"{props.name}, {props.total_memory} bytes"
     return json.dumps([kind, where, torch.__version__, ENGINE_VERSION, shape])
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cached(key, measure):
@@ -432,25 +417,19 @@ def _read_cache(path):
     return {k: v for k, v in entries.items() if isinstance(v, int) and v >= 1}
 
 
-def _probe_setup(config, data, group):
-    """A one-epoch version of ``config`` and ``group`` models' class and
-    sample masks: ``PROBE_BATCHES`` batches each (the memory of a step does
-    not depend on how many steps there are)."""
+def _measure_bytes_per_model(config, data, device):
+    """The GPU memory of one model, from a group of 2 trained for
+    ``PROBE_BATCHES`` batches each (a step's memory does not depend on how
+    many steps there are)."""
     probe = type(config).from_dict({**config.to_dict(), "epochs": 1})
-    masks = np.zeros((group, data.num_pretrain_classes), dtype=bool)
+    masks = np.zeros((2, data.num_pretrain_classes), dtype=bool)
     masks[:, : max(1, data.num_pretrain_classes // 2)] = True
     labels = np.asarray(data.pretrain_labels)
-    in_classes = np.flatnonzero(masks[0][labels])
     sample_mask = np.zeros(len(labels), dtype=bool)
-    sample_mask[in_classes[: PROBE_BATCHES * config.batch_size]] = True
-    return probe, masks, [sample_mask] * group
-
-
-def _measure_bytes_per_model(config, data, device):
-    probe, masks, sample_masks = _probe_setup(config, data, 2)
+    sample_mask[np.flatnonzero(masks[0][labels])[: PROBE_BATCHES * config.batch_size]] = True
     data.tensors(device)  # the shared images are not a per-model cost
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    pretrain_group(probe, [0, 1], masks, data, sample_masks)
+    pretrain_group(probe, [0, 1], masks, data, [sample_mask, sample_mask])
     return max(1, int(torch.cuda.max_memory_allocated(device) - before) // 2)

@@ -54,6 +54,10 @@ def test_writes_fields_runs_and_results(tiny_datasets, tmp_path):
     np.testing.assert_allclose(loaded.influence, results.influence, atol=1e-6)
     assert loaded.ranking()[0][0] == results.ranking()[0][0]
     assert loaded.metrics["num_models"] == 4
+    # what precision="auto" meant on this CPU is recorded with the run
+    from transferscope.compute.train import cpu_has_matrix_units
+
+    assert loaded.metrics["precision"] == ("bf16" if cpu_has_matrix_units() else "fp32")
     lo, hi = loaded.class_ci_low, loaded.class_ci_high
     assert (lo <= loaded.class_influence).all() and (loaded.class_influence <= hi).all()
 
