@@ -11,7 +11,8 @@ epochs, linear probe):
 - ``without``: the planted images removed;
 - ``random``: as many random original images removed instead;
 
-all three from the same model seed (paired). Reported per design: the mean
+all three from the same model seed, meeting the images they share in the
+same order (paired). Reported per design: the mean
 test-accuracy change of removing the set (against ``full`` and against
 ``random``) with a paired 95% t-interval, the standard deviation of the
 paired differences, and the seeds per arm a +-1 point interval would need.
@@ -24,9 +25,16 @@ Designs (glyphs drawn heavy: stroke 2-3, as the demo's ``bold`` class):
 - ``heavy59_as04``: heavy 5-9 glyphs labelled as the digit five below;
 - ``scan_mislabelled``: digit glyphs degraded like the target's 8x8 scans
   (box-downsampled to 8x8 in 17 grey levels, upsampled), each in a wrong
-  digit class.
+  digit class;
+- ``heavy04_in_letters``: heavy 0-4 glyphs, a few in each letter and symbol
+  class; ``heavyscan04_in_letters``: the same degraded like the scans;
+- ``heavy_in_letters``: the demo's hidden harmful images
+  (``demo_data.plant_hidden_harm``): heavy glyphs of random characters, a
+  few in each letter and symbol class that does not draw them.
 
-    .venv/bin/python benchmarks/hidden_harm.py --designs heavy04_as59 --seeds 8
+The base set is the demo's without its own hidden images.
+
+    .venv/bin/python benchmarks/hidden_harm.py --designs heavy_in_letters --size 200 --seeds 16
 
 Writes benchmarks/results/hidden_harm.json (or ``--results``), adding to
 what is there.
@@ -48,7 +56,15 @@ sys.path.insert(0, HERE)
 
 from ray_benchmark import demo_transfer_data, pool  # noqa: E402
 
-DESIGNS = ("heavy04", "heavy04_as59", "heavy59_as04", "scan_mislabelled")
+DESIGNS = (
+    "heavy04",
+    "heavy04_as59",
+    "heavy59_as04",
+    "scan_mislabelled",
+    "heavy04_in_letters",
+    "heavyscan04_in_letters",
+    "heavy_in_letters",
+)
 
 
 def scan_like(image):
@@ -63,6 +79,15 @@ def plant(design, size, class_names, seed=0):
     from transferscope import demo_data
 
     fonts = demo_data._load_fonts()
+    if design == "heavy_in_letters":  # the demo's own
+        images, labels = [], []
+        demo_data.plant_hidden_harm(
+            class_names, images, labels, fonts, np.random.default_rng([seed, 18]), size
+        )
+        return np.stack(images), np.asarray(labels, dtype=np.int64)
+    # glyph classes that are not digits (letters and symbols; not bold)
+    others = [i for i, name in enumerate(class_names) if len(name) > 1 or name.isalpha()]
+    others = [i for i in others if class_names[i] not in ("bold", *demo_data.SUBPOP_STYLES)]
     rng = np.random.default_rng([seed, 18])
     images, labels = [], []
     for j in range(size):
@@ -78,16 +103,24 @@ def plant(design, size, class_names, seed=0):
         elif design == "scan_mislabelled":
             digit = j % 10
             label = (digit + 1 + rng.integers(9)) % 10
+        elif design in ("heavy04_in_letters", "heavyscan04_in_letters"):
+            digit = j % 5
+            label = None
         else:
             raise ValueError(f"design must be one of {DESIGNS}; got {design!r}")
-        if design == "scan_mislabelled":
+        if design == "heavyscan04_in_letters":
+            image = scan_like(demo_data._render(str(digit), fonts, rng, stroke=heavy))
+        elif design == "scan_mislabelled":
             image = scan_like(
                 demo_data._render(str(digit), fonts, rng, stroke=int(rng.integers(1, 3)))
             )
         else:
             image = demo_data._render(str(digit), fonts, rng, stroke=heavy)
         images.append(image)
-        labels.append(class_names.index(str(label)))
+        if label is None:  # hidden in a letter or symbol class
+            labels.append(others[j % len(others)])
+        else:
+            labels.append(class_names.index(str(label)))
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
@@ -165,7 +198,7 @@ def main():
 
     # the demo's own class order: glyph classes, then the style classes
     class_names = [name for name, _ in glyph_classes()] + list(SUBPOP_STYLES)
-    base = demo_transfer_data()
+    base = demo_transfer_data(hidden_harmful=0)  # the demo's data without its own hidden set
     if base.num_pretrain_classes != len(class_names):
         raise RuntimeError("the demo's classes changed; update class_names here")
     results = {}

@@ -41,11 +41,12 @@ def pool(images):
     return np.round(x).astype(np.uint8)[..., None]
 
 
-def demo_transfer_data():
+def demo_transfer_data(**options):
+    """The demo's transfer problem as arrays (``options``: of ``make_demo_arrays``)."""
     from transferscope.compute import TransferData
     from transferscope.demo_data import make_demo_arrays
 
-    arrays = make_demo_arrays()
+    arrays = make_demo_arrays(**options)
     return TransferData(
         pool(arrays.pretrain_images),
         arrays.pretrain_labels,

@@ -69,11 +69,15 @@ class PowerLawFit:
 
     def best_classes(self, budget, params=None):
         """``K*`` for budget ``N`` (unconstrained by the data)."""
-        a, p, b, q, _ = self.params() if params is None else params
-        return float((p * a * budget**q / (q * b)) ** (1.0 / (p + q)))
+        a, p, b, q, _ = np.asarray(self.params() if params is None else params, dtype=np.float64)
+        # a bootstrap draw with p + q near 0 has no finite K*: inf, which
+        # interval() drops (Python floats would raise OverflowError instead)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            return float((p * a * np.float64(budget) ** q / (q * b)) ** (1.0 / (p + q)))
 
     def best_ratio(self, budget, params=None):
-        return self.best_classes(budget, params) ** 2 / budget
+        with np.errstate(over="ignore"):
+            return float(np.float64(self.best_classes(budget, params)) ** 2 / budget)
 
     def interval(self, fn, confidence=0.95):
         """Percentile interval of ``fn(params)`` over the bootstrap draws."""

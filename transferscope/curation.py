@@ -560,15 +560,19 @@ def evaluate_sample_curation(
     progress: Progress = None,
     executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
     executor_options: dict | None = None,
+    sample_ids: Sequence[str] | None = None,
 ) -> SampleCurationResults:
     """Checks an example-level curation by retraining, with the run's protocol.
 
     Retrains ``num_seeds`` models on each of: every pretraining image; every
     image but those the curation removes; every image but as many drawn at
     random (a new draw per seed). Seed ``s`` is shared by the three arms, so
-    they compare in pairs. The curation is the images last tagged with
-    :func:`tag_samples`, or those ``rule`` selects (as there). Resumable;
-    the summary is stored in the run (``curation`` on both datasets).
+    they compare in pairs, and a model meets the images its arms share in
+    the same order. The curation is the images last tagged with
+    :func:`tag_samples`, those ``rule`` selects (as there), or the
+    pretraining images ``sample_ids`` names (a hand-picked set, say the
+    selection in the App). Resumable; the summary is stored in the run
+    (``curation`` on both datasets).
     """
     root, config = load_sample_run(dataset, influence_key)
     pretrain, target = (
@@ -576,7 +580,12 @@ def evaluate_sample_curation(
         for n in (config.pretrain_dataset, config.target_dataset)
     )
     results = pretrain.load_run_results(influence_key, cache=False)
-    if rule is None:
+    if sample_ids is not None:
+        if rule is not None:
+            raise TransferScopeError("pass rule= or sample_ids=, not both")
+        removed = _given_images(sample_ids, results.pretrain_ids, influence_key)
+        rule_label = "given images"
+    elif rule is None:
         tagged = run_record(pretrain, influence_key, "curation_tags")
         if not tagged:
             raise TransferScopeError(
@@ -630,6 +639,30 @@ def evaluate_sample_curation(
     )
     _record_curation(influence_key, target, pretrain, summary)
     return SampleCurationResults(summary)
+
+
+def _given_images(sample_ids, pretrain_ids, key):
+    """``sample_ids`` checked: distinct pretraining images of run ``key``,
+    some but not all of them."""
+    if isinstance(sample_ids, str) or not all(isinstance(i, str) for i in sample_ids):
+        raise TransferScopeError("sample_ids must be a list of pretraining sample ids (strings)")
+    ids = list(sample_ids)
+    if not ids:
+        raise TransferScopeError("sample_ids is empty: name at least one pretraining image")
+    if len(set(ids)) != len(ids):
+        raise TransferScopeError("sample_ids names an image more than once")
+    known = set(pretrain_ids)
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise TransferScopeError(
+            f"{len(unknown)} of sample_ids are not pretraining images of run {key!r} "
+            f"(first: {unknown[0]!r})"
+        )
+    if len(ids) == len(known):
+        raise TransferScopeError(
+            "sample_ids names every pretraining image; removing all is no curation"
+        )
+    return ids
 
 
 def _labelled_unchanged(pretrain, target, config, results):

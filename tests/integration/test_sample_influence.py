@@ -13,6 +13,7 @@ from fiftyone.operators.executor import ExecutionRunState
 
 import transferscope as ts
 from transferscope import explore
+from transferscope.runs import run_record
 from helpers.delegated import run_with_worker
 from helpers.tiny import TINY_KWARGS
 
@@ -250,6 +251,36 @@ def test_tagging_the_most_harmful_images_and_checking_it_by_retraining(sample_ru
     # deleting the run takes its tags and saved view with it
     pre.delete_run("samp")
     assert not pre.match_tags("remove_image").count() and not pre.has_saved_view("samp_curated")
+
+
+def test_a_given_set_of_images_is_checked_by_retraining(sample_run):
+    pre, tgt, results = sample_run
+    chosen = list(results.pretrain_ids[5:9])
+    summary = ts.evaluate_sample_curation(tgt, "samp", num_seeds=2, sample_ids=chosen)
+    assert summary["num_removed"] == 4 and summary["rule"] == "given images"
+    assert tgt.get_run_info("samp").config.curation["num_removed"] == 4
+
+
+@pytest.mark.parametrize(
+    "sample_ids, rule, message",
+    [
+        ([], None, "sample_ids is empty"),
+        ("abc", None, "must be a list"),
+        (["0" * 24], None, "not pretraining images of run 'samp'"),
+        (["dup", "dup"], None, "more than once"),
+        (["x"], "most_harmful", "not both"),
+    ],
+)
+def test_a_bad_given_set_is_refused_and_nothing_is_trained(sample_run, sample_ids, rule, message):
+    pre, tgt, results = sample_run
+    if sample_ids == ["dup", "dup"]:
+        sample_ids = [results.pretrain_ids[0]] * 2
+    with pytest.raises(ts.TransferScopeError, match=message):
+        ts.evaluate_sample_curation(tgt, "samp", rule=rule, num_seeds=2, sample_ids=sample_ids)
+    with pytest.raises(ts.TransferScopeError, match="every pretraining image"):
+        ts.evaluate_sample_curation(tgt, "samp", num_seeds=2, sample_ids=results.pretrain_ids)
+    assert run_record(tgt, "samp", "curation") is None
+    assert not os.path.exists(os.path.join(tgt.get_run_info("samp").config.output_dir, "curation"))
 
 
 @pytest.mark.parametrize(

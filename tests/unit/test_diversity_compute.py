@@ -166,3 +166,13 @@ def test_a_fit_that_did_not_converge_leaves_the_invariance_undecided():
     flat = dict(TRUE, a=0.0)  # no trade-off in K: no optimum
     verdict = _verdict(flat, budgets)
     assert verdict["fit_verdict"] == "undecided" and "p_minus_q" not in verdict
+
+
+def test_a_bootstrap_draw_without_a_finite_optimum_is_dropped_not_raised():
+    # p + q ~ 1e-10: K* = (...)^(1 / (p + q)) overflows
+    degenerate = [0.33, 0.041, 6.3e-11, 0.01, 3.9e-16]
+    usual = [0.26, 0.28, 0.17, 0.29, 2.2]
+    fit = dv.PowerLawFit(*usual, 0.0, True, "", np.array([degenerate, usual, usual]))
+    assert fit.best_ratio(12, degenerate) == float("inf")
+    lo, hi = fit.interval(lambda t: fit.best_ratio(12, t))
+    assert lo == pytest.approx(fit.best_ratio(12)) and hi == pytest.approx(lo)
