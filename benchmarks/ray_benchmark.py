@@ -41,12 +41,11 @@ def pool(images):
     return np.round(x).astype(np.uint8)[..., None]
 
 
-def demo_transfer_data(**options):
-    """The demo's transfer problem as arrays (``options``: of ``make_demo_arrays``)."""
+def demo_transfer_data():
     from transferscope.compute import TransferData
     from transferscope.demo_data import make_demo_arrays
 
-    arrays = make_demo_arrays(**options)
+    arrays = make_demo_arrays()
     return TransferData(
         pool(arrays.pretrain_images),
         arrays.pretrain_labels,

@@ -99,7 +99,6 @@ def pretrain_group(config, indices, mask_rows, data, sample_masks=None):
         device,
         config.warmup_fraction,
         config.augment_shift,
-        len(labels),
     )
     params, buffers = _stack(nets, max(num_classes), device)
     class_valid = torch.zeros(group, max(num_classes), dtype=torch.bool, device=device)
@@ -124,12 +123,9 @@ def pretrain_group(config, indices, mask_rows, data, sample_masks=None):
     return nets, gens, states, device
 
 
-def _step_plan(
-    selections, gens, epochs, batch_size, device, warmup_fraction, shift=0, population=None
-):
+def _step_plan(selections, gens, epochs, batch_size, device, warmup_fraction, shift=0):
     """Every model's batches, step by step: the one-model loop's
-    (:func:`~.train.batch_schedule`, ``selections`` out of ``population``
-    pretraining images), stacked.
+    (:func:`~.train.batch_schedule`), stacked.
 
     Returns a dict of ``index`` ``(S, G, B)`` sample rows, ``weight``
     ``(S, G, B)`` (0 for padding), ``offsets`` ``(S, G, B, 2)`` (shift
@@ -139,7 +135,7 @@ def _step_plan(
     per_model, offsets_of = [], []
     for sel, gen in zip(selections, gens):
         sel = sel.cpu()
-        total, schedule = batch_schedule(sel, epochs, batch_size, gen, shift, population)
+        total, schedule = batch_schedule(len(sel), epochs, batch_size, gen, shift)
         batches, model_offsets = [], []
         for rows, offsets in schedule:
             batches.append(sel[rows])

@@ -463,45 +463,26 @@ def lr_factor(step, total, warmup_fraction):
     return min((step + 1) / warm, max(0.0, (total - step) / (total - warm + 1e-9)))
 
 
-def batch_schedule(rows, epochs, batch_size, gen, shift=0, population=None):
+def batch_schedule(n, epochs, batch_size, gen, shift=0):
     """One model's training batches, the same on every training path.
 
-    ``rows``: the model's pretraining rows (ascending indices into a set of
-    ``population`` images; all of them when ``population`` is None).
     Returns ``(total, batches)``: ``total`` steps of the learning-rate
-    schedule, and an iterator of ``(positions, offsets)``: each epoch a
-    permutation of the whole population drawn from ``gen``, restricted to
-    ``rows`` and cut into batches of positions into ``rows`` (CPU tensors);
-    a batch of one sample is skipped (BatchNorm needs two); ``offsets``
-    (shift augmentation, drawn from ``gen`` right after its batch) or
-    ``None``.
-
-    Drawing the order over the population, not over ``rows``, is what pairs
-    two models of one seed that differ by a few images: they meet the images
-    they share in the same order (common random numbers), so the difference
-    of their accuracies measures the removal, not a reshuffle (measured: the
-    paired spread of a 100-image removal falls from 4.1 to 2.3 points).
+    schedule, and an iterator of ``(rows, offsets)``: each epoch a
+    permutation of ``n`` rows drawn from ``gen``, cut into batches (CPU
+    tensors); a batch of one sample is skipped (BatchNorm needs two);
+    ``offsets`` (shift augmentation, drawn from ``gen`` right after its
+    batch) or ``None``.
     """
-    rows = torch.as_tensor(rows).cpu()
-    n = len(rows)
-    population = n if population is None else int(population)
-    position = None
-    if population != n:
-        position = torch.full((population,), -1, dtype=torch.long)
-        position[rows] = torch.arange(n)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
 
     def batches():
         for _ in range(epochs):
-            order = torch.randperm(population, generator=gen)
-            if position is not None:
-                order = position[order]
-                order = order[order >= 0]
+            order = torch.randperm(n, generator=gen)
             for i in range(steps_per_epoch):
-                positions = order[i * batch_size : (i + 1) * batch_size]
-                if len(positions) < 2:
+                rows = order[i * batch_size : (i + 1) * batch_size]
+                if len(rows) < 2:
                     continue
-                yield positions, (draw_shifts(len(positions), shift, gen) if shift else None)
+                yield rows, (draw_shifts(len(rows), shift, gen) if shift else None)
 
     return epochs * steps_per_epoch, batches()
 
@@ -526,10 +507,7 @@ def shift_images(x, offsets, shift):
 def _fit(net, x, y, config, epochs, batch_size, lr, gen, device, shift=0, rows=None):
     """Trains ``net`` on ``y`` and the images of ``x`` at ``rows`` (all of
     them by default), in the model's batch schedule."""
-    if rows is None:
-        total, batches = batch_schedule(torch.arange(len(y)), epochs, batch_size, gen, shift)
-    else:
-        total, batches = batch_schedule(rows, epochs, batch_size, gen, shift, len(x))
+    total, batches = batch_schedule(len(y), epochs, batch_size, gen, shift)
     opt = torch.optim.SGD(
         net.parameters(),
         lr=lr,

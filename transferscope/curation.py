@@ -567,8 +567,7 @@ def evaluate_sample_curation(
     Retrains ``num_seeds`` models on each of: every pretraining image; every
     image but those the curation removes; every image but as many drawn at
     random (a new draw per seed). Seed ``s`` is shared by the three arms, so
-    they compare in pairs, and a model meets the images its arms share in
-    the same order. The curation is the images last tagged with
+    they compare in pairs. The curation is the images last tagged with
     :func:`tag_samples`, those ``rule`` selects (as there), or the
     pretraining images ``sample_ids`` names (a hand-picked set, say the
     selection in the App). Resumable; the summary is stored in the run

@@ -21,7 +21,7 @@ from . import compute as tsc
 from . import demo_data
 from . import embeddings as tse
 from .compute import subpopulations as sp
-from .curation import evaluate_curation, evaluate_sample_curation, tag_classes, tag_samples
+from .curation import evaluate_curation, tag_classes, tag_samples
 from .diversity import plan_class_diversity
 from .influence import compute_class_influence
 from .influence_run import InfluenceRun, prepare_executor
@@ -41,16 +41,14 @@ DIVERSITY_KEY = "demo_diversity"
 SUBPOPS_KEY = "demo_subpops"
 FAILURES_KEY = "demo_failures"
 SAMPLES_KEY = "demo_samples"
-# example-level curation: the most harmful images tagged, and models per arm;
-# and the models per arm that check the hidden harmful images by retraining
-SAMPLE_CURATION = dict(k=demo_data.HIDDEN_HARMFUL_SIZE, num_seeds=12)
-HIDDEN_HARM_SEEDS = 16
+# example-level curation: the most harmful images tagged, and models per arm
+SAMPLE_CURATION = dict(k=100, num_seeds=8)
 # explain_failures' counterfactual: models per arm (full, culprit removed, random removed)
 FAILURE_SEEDS = 8
 # the diversity planner: small budgets, the full budget it predicts, and its check
 DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=8)
 # bump when the generated data changes, so old demo datasets are rebuilt
-DEMO_VERSION = 8  # 8: harmful images hidden in benign classes
+DEMO_VERSION = 7  # 7: the second (transformed) planted leak
 
 # one folded block of the orthogonal design for the demo's 68 classes; measured
 # (benchmarks/subset_designs.py): at 144 models the default's intervals are as
@@ -115,7 +113,6 @@ def load_or_build_demo(
     planted_truth = arrays.planted
     variants = planted_truth.leak_variants + planted_truth.transformed_leak_variants
     copies = {v["pretrain_index"]: v for v in variants}
-    hidden = set(planted_truth.hidden_harmful_indices)
     samples = []
     for i, (img, label) in enumerate(zip(arrays.pretrain_images, arrays.pretrain_labels)):
         name = arrays.class_names[label]
@@ -125,10 +122,8 @@ def load_or_build_demo(
         if i in copies:  # planted truth: the target test sample it copies
             sample["leak_of"] = test_ids[copies[i]["test_index"]]
             sample["leak_kind"] = copies[i]["kind"]
-        if i in hidden:  # planted truth: a harmful image in a benign class
-            sample["hidden_harm"] = True
         samples.append(sample)
-    pretrain_ids = pretrain.add_samples(samples, progress=False)
+    pretrain.add_samples(samples, progress=False)
 
     planted = arrays.planted.to_dict()
     planted["leaked_test_ids"] = [test_ids[t] for t in planted["leaked_test_indices"]]
@@ -136,7 +131,6 @@ def load_or_build_demo(
     planted["transformed_leak_kind_by_id"] = {
         test_ids[v["test_index"]]: v["kind"] for v in planted["transformed_leak_variants"]
     }
-    planted["hidden_harmful_ids"] = [pretrain_ids[i] for i in planted["hidden_harmful_indices"]]
     planted["subpop_styles_by_id"] = {
         test_ids[int(t)]: style for t, style in planted["subpop_test_styles"].items()
     }
@@ -551,38 +545,17 @@ def _demo_sample_influence(pretrain, target, out):
         f"{harmful['k']} most harmful images: {harmful['precision_at_k']:.2f} "
         f"(its share of the set: {harmful['base_rate']:.3f})"
     )
-    hidden = report["hidden_harmful_images"]
-    out(
-        f"  the {hidden['size']} harmful images hidden in benign classes among the "
-        f"{hidden['k']} most harmful: precision {hidden['precision_at_k']:.2f}, recall "
-        f"{hidden['recall_at_k']:.2f} (their share of the set: {hidden['base_rate']:.3f}); "
-        f"retraining without them to check that they hurt ({HIDDEN_HARM_SEEDS} seeds per arm) ..."
-    )
-    check = evaluate_sample_curation(
-        target,
-        SAMPLES_KEY,
-        num_seeds=HIDDEN_HARM_SEEDS,
-        sample_ids=target.info["planted"]["hidden_harmful_ids"],
-    )
-    out("\n".join("  " + line for line in check.describe()))
-    report["hidden_harm_check"] = {
-        "num_removed": check["num_removed"],
-        "num_seeds": check["num_seeds"],
-        **{c["arm"]: c["accuracy"] for c in check["cells"]},
-        **_paired_figures(check, ("curated_vs_full", "curated_vs_random")),
-    }
     record = tag_samples(pretrain, SAMPLES_KEY, k=SAMPLE_CURATION["k"])
     out(
         f"  tagged the {record['num_samples']} most harmful images {record['tag']!r}; "
         f"retraining to check ({SAMPLE_CURATION['num_seeds']} seeds per arm) ..."
     )
-    summary = evaluate_sample_curation(target, SAMPLES_KEY, num_seeds=SAMPLE_CURATION["num_seeds"])
+    summary = evaluate_curation(target, SAMPLES_KEY, num_seeds=SAMPLE_CURATION["num_seeds"])
     out("\n".join("  " + line for line in summary.describe()))
     report["curation"] = {
         "num_removed": summary["num_removed"],
         "num_seeds": summary["num_seeds"],
         "harmful_class_images_removed": harmful["in_top_k"],
-        "hidden_harmful_images_removed": hidden["in_top_k"],
         **{c["arm"]: c["accuracy"] for c in summary["cells"]},
         **_paired_figures(summary, ("curated_vs_full", "curated_vs_random")),
     }
@@ -593,8 +566,7 @@ def sample_influence_report(results, pretrain, planted, k=10, harmful_k=SAMPLE_C
     """A sample-influence run against the planted truth: recall@k of each
     leaked test image's copies among its k most helpful pretraining images
     (with what k random images of the copies' class would give), and how many
-    of the ``harmful_k`` most harmful images belong to the planted harmful
-    class, and are the harmful images hidden in benign classes."""
+    of the most harmful images belong to the planted harmful class."""
     ids, of, labels = pretrain.values(["id", "leak_of", "ground_truth.label"])
     row = {sid: i for i, sid in enumerate(results.pretrain_ids)}
     column = {tid: t for t, tid in enumerate(results.target_ids)}
@@ -622,19 +594,8 @@ def sample_influence_report(results, pretrain, planted, k=10, harmful_k=SAMPLE_C
     score_of = dict(zip(*pretrain.select(pretrain_ids).values(["id", f"{results.key}_score"])))
     most_harmful = sorted(pretrain_ids, key=lambda sid: score_of[sid])[:harmful_k]
     harmful_class = planted["harmful_class"]
-
-    def among_most_harmful(members):
-        in_top = sum(sid in members for sid in most_harmful)
-        return {
-            "k": harmful_k,
-            "in_top_k": int(in_top),
-            "precision_at_k": in_top / harmful_k,
-            "recall_at_k": in_top / len(members),
-            "base_rate": len(members) / len(pretrain_ids),
-        }
-
-    of_harmful_class = {sid for sid in pretrain_ids if label_of[sid] == harmful_class}
-    hidden = set(planted["hidden_harmful_ids"])
+    in_top = sum(label_of[sid] == harmful_class for sid in most_harmful)
+    num_harmful = sum(label_of[sid] == harmful_class for sid in pretrain_ids)
     return {
         "first_leak": {
             "leaked_test_images": len(first),
@@ -647,8 +608,14 @@ def sample_influence_report(results, pretrain, planted, k=10, harmful_k=SAMPLE_C
             / min(k, per_leak),
         },
         "second_leak": {"leaked_test_images": len(second), "recall_at_10": recall(second)},
-        "harmful_class_images": {"class": harmful_class, **among_most_harmful(of_harmful_class)},
-        "hidden_harmful_images": {"size": len(hidden), **among_most_harmful(hidden)},
+        "harmful_class_images": {
+            "class": harmful_class,
+            "k": harmful_k,
+            "in_top_k": int(in_top),
+            "precision_at_k": in_top / harmful_k,
+            "recall_at_k": in_top / num_harmful,
+            "base_rate": num_harmful / len(pretrain_ids),
+        },
     }
 
 

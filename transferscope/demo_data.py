@@ -16,10 +16,6 @@ What is planted (and stored as ``PlantedTruth``):
 - leak: the glyph class ``7`` also holds near-copies (exact, noised,
   shifted, resized, re-contrasted; ten per scan) of the 20 most atypical
   *test* scans of the digit 7, as a web-scraped class would.
-- hidden harmful images: heavy-stroke glyphs of random characters, a few
-  filed under each letter and symbol class that does not draw them
-  (``HIDDEN_HARMFUL_SIZE`` in all): the ``bold`` mechanism again, at the
-  level of single images, with no class standing out.
 - subpopulations: every scan of the digit 9 (train and test) is drawn in one
   of two styles, ``outline`` (hollow strokes) or ``dotted`` (strokes broken
   into dots), alternating; the pretraining set has a class of each style
@@ -44,7 +40,6 @@ HEAVY_DIGITS = (0, 1, 2, 3, 4)
 SUBPOP_DIGIT = 9
 SUBPOP_STYLES = ("outline", "dotted")  # also the names of their pretraining classes
 SUBPOP_CLASS_SIZE = 200
-HIDDEN_HARMFUL_SIZE = 200
 
 _SYMBOLS = {
     "plus": "+",
@@ -101,8 +96,6 @@ class PlantedTruth:
     transformed_leak_variants: list = dataclasses.field(default_factory=list)
     subpop_digit: int = SUBPOP_DIGIT
     subpop_test_styles: dict = dataclasses.field(default_factory=dict)  # str(test index) -> style
-    # the harmful images hidden in benign classes: positions in the pretraining set
-    hidden_harmful_indices: list = dataclasses.field(default_factory=list)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -122,14 +115,7 @@ class DemoArrays:
     planted: PlantedTruth
 
 
-def make_demo_arrays(
-    per_class=80,
-    train_per_digit=10,
-    num_leaked=20,
-    copies_per_leak=10,
-    seed=0,
-    hidden_harmful=HIDDEN_HARMFUL_SIZE,
-):
+def make_demo_arrays(per_class=80, train_per_digit=10, num_leaked=20, copies_per_leak=10, seed=0):
     rng = np.random.default_rng(seed)
     fonts = _load_fonts()
 
@@ -180,9 +166,6 @@ def make_demo_arrays(
     transformed = _plant_transformed_leak(
         test_images, test_labels, leaked, names, images, labels, np.random.default_rng([seed, 2])
     )
-    hidden = plant_hidden_harm(
-        names, images, labels, fonts, np.random.default_rng([seed, 18]), hidden_harmful
-    )
 
     planted = PlantedTruth(
         harmful_class=HARMFUL_CLASS,
@@ -193,7 +176,6 @@ def make_demo_arrays(
         transformed_leak_variants=transformed,
         subpop_digit=SUBPOP_DIGIT,
         subpop_test_styles=test_styles,
-        hidden_harmful_indices=hidden,
     )
     return DemoArrays(
         class_names=names,
@@ -325,36 +307,6 @@ def _missing_glyph(font, ch):
 _LEAK_KINDS = np.array(["exact", "noise", "shift", "resize", "contrast"])
 TRANSFORMED_LEAK_KINDS = ("rotation", "crop", "jpeg")
 TRANSFORMED_PER_KIND = 15
-
-
-def plant_hidden_harm(names, images, labels, fonts, rng, size):
-    """Harmful images hidden in benign classes: ``size`` heavy-stroke glyphs,
-    each of a random character, spread evenly over the letter and symbol
-    classes, none in the class of its own character; appended in place.
-    Returns their positions in ``images``.
-
-    A heavy glyph filed under an unrelated letter can only be fitted by
-    telling heavy strokes apart, so the backbone keeps stroke weight as a
-    feature, which is what the few-shot train split's ink bias rewards (as
-    the ``bold`` class does, but no class as a whole stands out: a few
-    images in each of 55).
-    """
-    unrelated = [
-        i
-        for i, n in enumerate(names)
-        if not n.isdigit() and n not in (HARMFUL_CLASS, *SUBPOP_STYLES)
-    ]
-    chars_of = dict(glyph_classes())
-    every_char = "".join(chars for name, chars in glyph_classes() if name != HARMFUL_CLASS)
-    start = len(images)
-    for j in range(size):
-        cls = unrelated[j % len(unrelated)]
-        others = every_char.replace(chars_of[names[cls]], "")
-        images.append(
-            _render(others[rng.integers(len(others))], fonts, rng, int(rng.integers(2, 4)))
-        )
-        labels.append(cls)
-    return list(range(start, start + size))
 
 
 def _plant_transformed_leak(test_images, test_labels, leaked, names, images, labels, rng):

@@ -62,12 +62,6 @@ def test_the_demo_datasets_are_built_once_with_the_planted_truth(datasets):
     # the second leak's copies sit in classes unrelated to their digit
     for v in planted["transformed_leak_variants"]:
         assert not v["class"].isdigit()
-    # the hidden harmful images: a few in each letter and symbol class
-    hidden = pre.select(planted["hidden_harmful_ids"])
-    assert len(hidden) == demo_data.HIDDEN_HARMFUL_SIZE == len(pre.exists("hidden_harm"))
-    per_class = hidden.count_values("ground_truth.label")
-    assert len(per_class) == 55 and max(per_class.values()) <= 4
-    assert not any(label.isdigit() or label == "bold" for label in per_class)
 
 
 @pytest.mark.slow
@@ -213,26 +207,13 @@ def test_sample_influence_puts_a_leaked_scans_copies_among_its_most_helpful_imag
 
 
 @pytest.mark.slow
-def test_the_hidden_harmful_images_hurt_and_rank_among_the_most_harmful(demo_run):
-    samples = demo_run[1]["sample_influence"]
-    check = samples["hidden_harm_check"]
-    assert check["num_removed"] == demo_data.HIDDEN_HARMFUL_SIZE and check["num_seeds"] == 16
-    # retraining confirms that they hurt: measured MEASURED_CHECK
-    assert check["curated_vs_full"]["ci95"][0] > 0
-    # and the attribution finds them: measured MEASURED_PRECISION
-    hidden = samples["hidden_harmful_images"]
-    assert hidden["k"] == demo_data.HIDDEN_HARMFUL_SIZE
-    assert hidden["precision_at_k"] > 3 * hidden["base_rate"]
-
-
-@pytest.mark.slow
 def test_removing_the_most_harmful_images_is_checked_by_retraining(datasets, demo_run):
-    # MEASURED_CURATION
+    # reported, not asserted: at 100 of 6,245 images, the gain is within the
+    # retraining noise (removing 100 random images moves a seed by up to 8 points)
     pre, _ = datasets
     cur = demo_run[1]["sample_influence"]["curation"]
-    k = demo_data.HIDDEN_HARMFUL_SIZE
-    assert cur["num_removed"] == k and cur["num_seeds"] == 12
+    assert cur["num_removed"] == 100 and cur["num_seeds"] == 8
     for name in ("curated_vs_full", "curated_vs_random"):
         lo, hi = cur[name]["ci95"]
         assert lo <= cur[name]["diff"] <= hi
-    assert pre.match_tags("remove_image").count() == k
+    assert pre.match_tags("remove_image").count() == 100

@@ -285,27 +285,3 @@ def test_auto_precision_is_bf16_on_cuda_and_cpus_with_matrix_units(monkeypatch):
         assert train.resolve_precision(cpu, "bf16") == "bf16"
         with train._autocast(cpu):
             assert torch.is_autocast_enabled("cpu") is units
-
-
-def test_models_of_one_seed_meet_the_images_they_share_in_the_same_order():
-    from transferscope.compute.train import batch_schedule
-
-    population, batch_size = 50, 8
-    removed = [3, 17, 18, 40]
-    kept = torch.tensor([i for i in range(population) if i not in removed])
-
-    def order(rows, seed):
-        gen = torch.Generator().manual_seed(seed)
-        total, batches = batch_schedule(rows, 2, batch_size, gen, 0, population)
-        seen = [rows[positions] for positions, _ in batches]
-        return total, torch.cat(seen).tolist()
-
-    total_all, every = order(torch.arange(population), 5)
-    total_kept, some = order(kept, 5)
-    assert total_all == 2 * 7 and total_kept == 2 * 6  # steps follow the kept count
-    # each epoch is a permutation of the kept rows ...
-    assert sorted(some[:46]) == kept.tolist() and sorted(some[46:]) == kept.tolist()
-    # ... in the order the whole set was drawn in, less the removed images
-    assert some == [i for i in every if i not in removed]
-    # and another seed draws another order
-    assert order(kept, 6)[1] != some
