@@ -643,9 +643,15 @@ def evaluate_sample_curation(
 def _given_images(sample_ids, pretrain_ids, key):
     """``sample_ids`` checked: distinct pretraining images of run ``key``,
     some but not all of them."""
-    if isinstance(sample_ids, str) or not all(isinstance(i, str) for i in sample_ids):
-        raise TransferScopeError("sample_ids must be a list of pretraining sample ids (strings)")
-    ids = list(sample_ids)
+    message = "sample_ids must be a list of pretraining sample ids (strings)"
+    if isinstance(sample_ids, str):
+        raise TransferScopeError(message)
+    try:
+        ids = list(sample_ids)  # once: a generator is read here only
+    except TypeError:
+        raise TransferScopeError(message) from None
+    if not all(isinstance(i, str) for i in ids):
+        raise TransferScopeError(message)
     if not ids:
         raise TransferScopeError("sample_ids is empty: name at least one pretraining image")
     if len(set(ids)) != len(ids):

@@ -256,7 +256,12 @@ def test_tagging_the_most_harmful_images_and_checking_it_by_retraining(sample_ru
 def test_a_given_set_of_images_is_checked_by_retraining(sample_run):
     pre, tgt, results = sample_run
     chosen = list(results.pretrain_ids[5:9])
-    summary = ts.evaluate_sample_curation(tgt, "samp", num_seeds=2, sample_ids=chosen)
+    summary = ts.evaluate_sample_curation(
+        tgt,
+        "samp",
+        num_seeds=2,
+        sample_ids=(i for i in chosen),  # any iterable, read once
+    )
     assert summary["num_removed"] == 4 and summary["rule"] == "given images"
     assert tgt.get_run_info("samp").config.curation["num_removed"] == 4
 
@@ -266,6 +271,8 @@ def test_a_given_set_of_images_is_checked_by_retraining(sample_run):
     [
         ([], None, "sample_ids is empty"),
         ("abc", None, "must be a list"),
+        (7, None, "must be a list"),
+        ([7], None, "must be a list"),
         (["0" * 24], None, "not pretraining images of run 'samp'"),
         (["dup", "dup"], None, "more than once"),
         (["x"], "most_harmful", "not both"),
