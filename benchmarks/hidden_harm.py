@@ -70,6 +70,14 @@ def scan_like(image):
     return np.asarray(Image.fromarray(small).resize((32, 32), Image.BILINEAR))
 
 
+def letter_and_symbol_classes(names):
+    """Indices of the glyph classes that are not digits (nor ``bold`` or a style)."""
+    from transferscope import demo_data
+
+    skip = (demo_data.HARMFUL_CLASS, *demo_data.SUBPOP_STYLES)
+    return [i for i, n in enumerate(names) if not n.isdigit() and n not in skip]
+
+
 def heavy_in_letters(names, fonts, rng, size):
     """``size`` heavy-stroke glyphs, each of a random character, spread evenly
     over the letter and symbol classes, none in the class of its own
@@ -79,11 +87,7 @@ def heavy_in_letters(names, fonts, rng, size):
     (the ``bold`` mechanism, with no class standing out)."""
     from transferscope import demo_data
 
-    unrelated = [
-        i
-        for i, n in enumerate(names)
-        if not n.isdigit() and n not in (demo_data.HARMFUL_CLASS, *demo_data.SUBPOP_STYLES)
-    ]
+    unrelated = letter_and_symbol_classes(names)
     chars_of = dict(demo_data.glyph_classes())
     every_char = "".join(
         chars for name, chars in demo_data.glyph_classes() if name != demo_data.HARMFUL_CLASS
@@ -105,9 +109,7 @@ def plant(design, size, class_names, seed=0):
     fonts = demo_data._load_fonts()
     if design == "heavy_in_letters":
         return heavy_in_letters(class_names, fonts, np.random.default_rng([seed, 18]), size)
-    # glyph classes that are not digits (letters and symbols; not bold)
-    others = [i for i, name in enumerate(class_names) if len(name) > 1 or name.isalpha()]
-    others = [i for i in others if class_names[i] not in ("bold", *demo_data.SUBPOP_STYLES)]
+    others = letter_and_symbol_classes(class_names)
     rng = np.random.default_rng([seed, 18])
     images, labels = [], []
     for j in range(size):
