@@ -68,6 +68,7 @@ _MODULE_EXPORTS = {
         "sample_class_masks",
     ),
     "nets": ("check_architecture",),
+    "sequential": ("StoppingRule", "VERDICTS", "confidence_sequence", "paired_verdict"),
     "train": ("TransferData", "resolve_device", "resolve_precision", "train_subset_model"),
 }
 _EXPORTS = {name: module for module, names in _MODULE_EXPORTS.items() for name in names}
@@ -85,6 +86,7 @@ _SUBMODULES = (
     "images",
     "neighbors",
     "nets",
+    "sequential",
     "store",
     "subpopulations",
     "subsets",

@@ -19,6 +19,7 @@ from scipy import stats
 from .checks import check_int, check_number
 from .digests import digest
 from .estimators import mean_ci
+from .sequential import StoppingRule, confidence_sequence, paired_verdict
 
 if TYPE_CHECKING:  # names in annotations only
     from collections.abc import Sequence
@@ -185,6 +186,7 @@ def plan_curation(
     sweep_ks: Sequence[int] = (),
     seed: int = 0,
     each: bool = True,
+    sweep_seeds: int | None = None,
 ):
     """Plans the counterfactual: full, curated and random (and an optional sweep).
 
@@ -194,11 +196,18 @@ def plan_curation(
     the most-helpful-first arm at the curated ``k`` is always included (the
     paper's sanity check: removing helpful classes must hurt). With
     ``each``, every curated class is also removed on its own, so each
-    selection is confirmed (or not) by retraining.
+    selection is confirmed (or not) by retraining. ``sweep_seeds`` caps the
+    seeds of the arms that only draw the sweep (every order at a ``k`` other
+    than the curated one, and most-harmful-first at it), so a sequential
+    check that needs many seeds for its verdicts does not train the plot's
+    arms as often. The rows of seed ``s`` do not depend on ``num_seeds``.
     """
     infl = np.asarray(class_influence, dtype=np.float64)
     num = len(infl)
     check_int(num_seeds, "num_seeds", 2, note=" (for a paired interval)")
+    if sweep_seeds is not None:
+        check_int(sweep_seeds, "sweep_seeds", 2)
+    plot_seeds = num_seeds if sweep_seeds is None else min(num_seeds, sweep_seeds)
     removed = [int(c) for c in removed]
     if not removed or len(set(removed)) != len(removed) or not all(0 <= c < num for c in removed):
         raise ValueError(f"removed must be distinct class indices in [0, {num}); got {removed}")
@@ -220,9 +229,9 @@ def plan_curation(
             seeds.append(s)
         return rows[key]
 
-    def add(arm, k, removed_for_seed, **extra):
+    def add(arm, k, removed_for_seed, seeds=num_seeds, **extra):
         idx = []
-        for s in range(num_seeds):
+        for s in range(seeds):
             mask = np.ones(num, dtype=bool)
             mask[removed_for_seed(s)] = False
             idx.append(row_of(mask, s))
@@ -235,9 +244,10 @@ def plan_curation(
     add("full", 0, lambda s: [])
     add("curated", k_cur, lambda s: removed)
     for k in sorted(set(ks) | {k_cur}):
-        add("harmful_first", k, lambda s, k=k: harmful_first[:k])
-        add("helpful_first", k, lambda s, k=k: helpful_first[:k])
-        add("random", k, random_classes(k))
+        verdict_seeds = num_seeds if k == k_cur else plot_seeds
+        add("harmful_first", k, lambda s, k=k: harmful_first[:k], plot_seeds)
+        add("helpful_first", k, lambda s, k=k: helpful_first[:k], verdict_seeds)
+        add("random", k, random_classes(k), verdict_seeds)
     if each:
         for c in removed:
             add("each", 1, lambda s, c=c: [c], **{"class": c})
@@ -263,24 +273,70 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) ->
     }
 
 
+def sequential_comparison(accuracy, decision, rule, alpha=None, outcome="prob") -> dict:
+    """A paired check of two arms, ``(a, b)`` tuples of per-seed values in pairs.
+
+    ``accuracy``: the two arms' test accuracy, reported (``diff``, ``ci95``:
+    the anytime-valid 95% interval, valid whenever the check stopped);
+    ``decision``: the outcome the verdict is decided on (``decision``:
+    :func:`transferscope.compute.sequential.paired_verdict` at ``alpha``).
+    """
+    (a, b), (da, db) = accuracy, decision
+    acc = paired_verdict(a, b, StoppingRule(min_effect=0.0), alpha=0.05)
+    decided = paired_verdict(da, db, rule, alpha)
+    return {
+        "diff": acc["diff"],
+        "ci95": acc["interval"],
+        "wins": acc["wins"],
+        "losses": acc["losses"],
+        "num_pairs": acc["num_pairs"],
+        "verdict": decided["verdict"],
+        "decision": dict(decided, outcome=outcome),
+    }
+
+
+def arm_summary(per_seed) -> tuple[float, float, float]:
+    """An arm's mean accuracy with its anytime-valid 95% interval."""
+    return confidence_sequence(np.asarray(per_seed, np.float64), 0.05)
+
+
 def summarize_curation(
-    plan: CurationPlan, accuracy: np.ndarray, class_names: Sequence[str] | None = None
+    plan: CurationPlan,
+    accuracy: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    decision: np.ndarray | None = None,
+    rule: StoppingRule | None = None,
+    outcome: str = "accuracy",
 ) -> dict:
-    """Accuracy per arm with 95% CIs, and the paired tests of the curated set.
+    """Accuracy per arm, and the curation's verdicts decided sequentially.
 
     Args:
         plan: a :class:`CurationPlan`
         accuracy: ``(R,)`` target test accuracy of each planned row
+        decision: ``(R,)`` the outcome the verdicts are decided on (default: accuracy)
+        rule: the :class:`StoppingRule` (its level, minimal effect)
+        outcome: the name of the decision outcome, for the record
+
+    Each class removed alone is decided at ``alpha / m`` (Bonferroni over the
+    ``m`` classes), so the chance of any false "confirmed" among them is at
+    most ``alpha``; every other verdict at ``alpha``. All intervals are
+    anytime-valid: they hold at the seed count the check stopped at.
 
     Returns:
         a JSON-serialisable dict (stored in the run, drawn by the plots)
     """
     acc = np.asarray(accuracy, dtype=np.float64)
+    dec = acc if decision is None else np.asarray(decision, dtype=np.float64)
+    rule = rule or StoppingRule()
     names = list(class_names) if class_names is not None else None
+
+    def name_of(c):
+        return names[c] if names else c
+
     cells = []
     for c in plan.cells:
         per_seed = acc[c["rows"]]
-        mean, lo, hi = mean_ci(per_seed)
+        mean, lo, hi = arm_summary(per_seed)
         cells.append(
             {
                 "arm": c["arm"],
@@ -288,42 +344,49 @@ def summarize_curation(
                 "accuracy": mean,
                 "ci95": [lo, hi],
                 "per_seed": per_seed.round(6).tolist(),
-                **({"class": names[c["class"]] if names else c["class"]} if "class" in c else {}),
+                **({"class": name_of(c["class"])} if "class" in c else {}),
             }
         )
     k_cur = len(plan.removed)
-    full = acc[plan.cell("full", 0)["rows"]]
-    curated = acc[plan.cell("curated", k_cur)["rows"]]
-    random_k = acc[plan.cell("random", k_cur)["rows"]]
-    helpful_k = acc[plan.cell("helpful_first", k_cur)["rows"]]
-    # every order at every k against the full set, paired by seed
-    vs_full = [
-        {"arm": c["arm"], "k": c["k"], **paired_comparison(acc[c["rows"]], full)}
-        for c in plan.cells
-        if c["arm"] in ORDERS
-    ]
-    # each curated class alone: its removal is confirmed when the paired
-    # interval of its gain over the full set lies above zero
-    each = [
-        {
-            "class": names[c["class"]] if names else c["class"],
-            **paired_comparison(acc[c["rows"]], full),
-        }
-        for c in plan.cells
-        if c["arm"] == "each"
-    ]
+    full = plan.cell("full", 0)["rows"]
+
+    def versus(rows, alpha=None, base=full):
+        base = base[: len(rows)]  # the sweep's arms have the first seeds only
+        return sequential_comparison(
+            (acc[rows], acc[base]), (dec[rows], dec[base]), rule, alpha, outcome
+        )
+
+    each_cells = [c for c in plan.cells if c["arm"] == "each"]
+    each_alpha = rule.alpha / max(1, len(each_cells))
+    each = [{"class": name_of(c["class"]), **versus(c["rows"], each_alpha)} for c in each_cells]
+    curated = plan.cell("curated", k_cur)["rows"]
     return {
         "each_removed_vs_full": each,
-        "confirmed": [row["class"] for row in each if row["ci95"][0] > 0],
-        "removed": [names[c] for c in plan.removed] if names else list(plan.removed),
+        "confirmed": [row["class"] for row in each if row["verdict"] == "confirmed"],
+        "removed": [name_of(c) for c in plan.removed],
         "num_removed": k_cur,
         "num_seeds": len(full),
+        "stopping_rule": rule.to_dict(),
+        "outcome": outcome,
         "cells": cells,
-        "curated_vs_full": paired_comparison(curated, full),
-        "curated_vs_random": paired_comparison(curated, random_k),
-        "most_helpful_removed_vs_full": paired_comparison(helpful_k, full),
-        "vs_full": vs_full,
+        "curated_vs_full": versus(curated),
+        "curated_vs_random": versus(curated, base=plan.cell("random", k_cur)["rows"]),
+        "most_helpful_removed_vs_full": versus(plan.cell("helpful_first", k_cur)["rows"]),
+        # every order at every k against the full set, paired by seed
+        "vs_full": [
+            {"arm": c["arm"], "k": c["k"], **versus(c["rows"])}
+            for c in plan.cells
+            if c["arm"] in ORDERS
+        ],
     }
+
+
+def curation_decided(summary) -> bool:
+    """Whether a curation check can stop: each class removed alone and the curated
+    set against the full set are decided (the other comparisons are reported
+    at the same stopping point, with intervals that hold there)."""
+    primary = [*summary["each_removed_vs_full"], summary["curated_vs_full"]]
+    return all(row["verdict"] != "undecided" for row in primary)
 
 
 # --- example-level curation: remove images, not classes ------------------------
@@ -355,21 +418,42 @@ def plan_sample_curation(num_samples: int, removed: Sequence[int], num_seeds: in
     return np.array(masks), np.array(seeds, dtype=np.int64), arms
 
 
-def summarize_sample_curation(arms, seeds, accuracy) -> dict:
-    """Accuracy per arm (mean, 95% CI) and the paired tests of the curated set
-    against the full set and against random removal."""
-    arms, seeds, accuracy = np.asarray(arms), np.asarray(seeds), np.asarray(accuracy, np.float64)
-    by_arm = {}
+def summarize_sample_curation(
+    arms, seeds, accuracy, decision=None, rule: StoppingRule | None = None, outcome="accuracy"
+) -> dict:
+    """Accuracy per arm (mean, anytime-valid 95% interval) and the curated set's
+    verdicts against the full set and against random removal, decided on
+    ``decision`` (default: accuracy) by ``rule``."""
+    arms, seeds = np.asarray(arms), np.asarray(seeds)
+    accuracy = np.asarray(accuracy, np.float64)
+    decision = accuracy if decision is None else np.asarray(decision, np.float64)
+    rule = rule or StoppingRule()
+    order = {}
     for arm in SAMPLE_ARMS:
         rows = np.flatnonzero(arms == arm)
-        by_arm[arm] = accuracy[rows[np.argsort(seeds[rows])]]
+        order[arm] = rows[np.argsort(seeds[rows])]
     cells = []
     for arm in SAMPLE_ARMS:
-        mean, lo, hi = mean_ci(by_arm[arm])
+        mean, lo, hi = arm_summary(accuracy[order[arm]])
         cells.append({"arm": arm, "accuracy": mean, "ci95": [lo, hi]})
+
+    def versus(a, b):
+        ra, rb = order[a], order[b]
+        return sequential_comparison(
+            (accuracy[ra], accuracy[rb]), (decision[ra], decision[rb]), rule, None, outcome
+        )
+
     return {
         "cells": cells,
-        "num_seeds": int(len(by_arm["full"])),
-        "curated_vs_full": paired_comparison(by_arm["curated"], by_arm["full"]),
-        "curated_vs_random": paired_comparison(by_arm["curated"], by_arm["random"]),
+        "num_seeds": int(len(order["full"])),
+        "stopping_rule": rule.to_dict(),
+        "outcome": outcome,
+        "curated_vs_full": versus("curated", "full"),
+        "curated_vs_random": versus("curated", "random"),
     }
+
+
+def sample_curation_decided(summary) -> bool:
+    """Whether an image curation check can stop: the curated set against the full set
+    is decided."""
+    return summary["curated_vs_full"]["verdict"] != "undecided"

@@ -317,23 +317,49 @@ def budget_summaries(cells, grids, dropped, fit, seed):
     return per_budget
 
 
+# A fit identifies its exponents when the bootstrap interval of its best K for
+# the full budget spans at most this factor; wider, its K is the exponents'
+# guess, not the data's, and the plan falls back to the sweeps' pooled ratio.
+MAX_IDENTIFIED_K_FACTOR = 4.0
+
+
 def predict_full_budget(fit, per_budget, budgets, full_budget):
-    """The prediction for ``full_budget``: from the fit, and from the small
-    budgets' sweep ratios pooled (geometric mean)."""
+    """The prediction for ``full_budget``: from the fit when it identifies its
+    exponents, and from the small budgets' sweep ratios pooled (geometric mean)."""
     ratios = [per_budget[str(N)]["sweep_best_ratio"] for N in budgets]
     pooled_ratio = float(np.exp(np.mean(np.log(ratios))))
+    k_fit = fit.best_classes(full_budget) if fit.converged else None
+    k_ci = fit.interval(lambda t: fit.best_classes(full_budget, t)) if fit.converged else None
+    identified, why = fit_identified(fit, k_fit, k_ci)
     return {
         "full_budget": full_budget,
         "fit_converged": fit.converged,
-        "fit_message": fit.message,
+        "fit_identified": identified,
+        "fit_message": fit.message if identified else why,
         "fit": {"a": fit.a, "p": fit.p, "b": fit.b, "q": fit.q, "c": fit.c, "rmse": fit.rmse},
-        "K_from_fit": fit.best_classes(full_budget) if fit.converged else None,
-        "K_from_fit_ci95": fit.interval(lambda t: fit.best_classes(full_budget, t))
-        if fit.converged
-        else None,
+        "K_from_fit": k_fit if identified else None,
+        "K_from_fit_unidentified": None if identified else k_fit,
+        "K_from_fit_ci95": k_ci,
         "K_from_pooled_sweep_ratio": math.sqrt(pooled_ratio * full_budget),
         "pooled_sweep_ratio": pooled_ratio,
     }
+
+
+def fit_identified(fit, k_fit, k_ci):
+    """``(identified, reason)``: whether the fit's best K for the full budget is
+    decided by the data (a finite bootstrap interval within
+    :data:`MAX_IDENTIFIED_K_FACTOR`), and why not when it is not."""
+    if not fit.converged:
+        return False, fit.message
+    lo, hi = k_ci if k_ci is not None else (float("nan"), float("nan"))
+    finite = all(np.isfinite(v) and v > 0 for v in (k_fit, lo, hi))
+    if not finite or hi / lo > MAX_IDENTIFIED_K_FACTOR:
+        return False, (
+            f"the fit does not identify its exponents (p={fit.p:.3g}, q={fit.q:.3g}; its best "
+            f"K's 95% interval [{lo:.3g}, {hi:.3g}] spans more than "
+            f"{MAX_IDENTIFIED_K_FACTOR:g}x): the plan uses the sweeps' pooled best ratio"
+        )
+    return True, fit.message
 
 
 def invariance_verdict(fit, per_budget, budgets):

@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from .checks import check_int
+from .curation import sequential_comparison
 from .estimators import estimate_influence
 
 
@@ -140,6 +141,25 @@ def _unique_names(names):
     return out
 
 
+def culprit_verdicts(accuracy, decision, num_seeds, rule, outcome) -> dict:
+    """The culprit's removal against the full model and against a random class's
+    removal, paired by seed, decided sequentially on the blamed failures.
+
+    Args:
+        accuracy, decision: ``(3S,)`` per planned row, the mean over the blamed
+            failures of correctness and of the decision outcome
+    """
+    acc = np.asarray(accuracy, np.float64).reshape(num_seeds, 3)
+    dec = np.asarray(decision, np.float64).reshape(num_seeds, 3)
+
+    def versus(j, i):
+        return sequential_comparison(
+            (acc[:, j], acc[:, i]), (dec[:, j], dec[:, i]), rule, None, outcome
+        )
+
+    return {"culprit_vs_full": versus(1, 0), "culprit_vs_random": versus(1, 2)}
+
+
 def wrong_answers(predictions, labels):
     """Per target: the label the models give most often, and whether it is wrong.
 
@@ -217,9 +237,14 @@ def plan_culprit_check(num_classes, culprit, num_seeds, seed=0):
         raise ValueError(
             "need at least 3 pretraining classes (one removed, others to draw a random one from)"
         )
-    rng = np.random.default_rng([seed, culprit])
     others = np.array([c for c in range(num_classes) if c != culprit])
-    randoms = rng.choice(others, size=num_seeds, replace=True)
+    # a stream per seed: the rows of seed s do not depend on num_seeds
+    randoms = np.array(
+        [
+            others[np.random.default_rng([seed, culprit, s]).integers(len(others))]
+            for s in range(num_seeds)
+        ]
+    )
     masks, seeds = [], []
     for s in range(num_seeds):
         for removed in (None, culprit, randoms[s]):

@@ -331,6 +331,70 @@ def training_inputs(inputs, ctx):
         block(inputs, "gpus_error", "GPUs per model cannot be negative")
 
 
+def stopping_inputs(inputs, ctx):
+    """The sequential check's stopping rule: seed budget, round size, error level,
+    minimal effect and the outcome verdicts are decided on; bad values block the form."""
+    from transferscope.compute import sequential
+    from transferscope.retraining import DEFAULT_MIN_EFFECT, DEFAULT_OUTCOME
+
+    inputs.int(
+        "max_seeds",
+        default=sequential.DEFAULT_MAX_SEEDS,
+        label="Seed budget per arm",
+        description="seeds are added in rounds until the verdicts settle, at most this many",
+    )
+    inputs.int(
+        "round_seeds",
+        default=sequential.DEFAULT_ROUND_SEEDS,
+        label="Seeds per round",
+        description="models added to every arm between two looks at the evidence",
+    )
+    inputs.float(
+        "alpha",
+        default=sequential.DEFAULT_ALPHA,
+        label="Error level",
+        description="each verdict is wrong with probability at most this (0 to 0.5)",
+    )
+    inputs.float(
+        "min_effect_points",
+        default=100 * DEFAULT_MIN_EFFECT,
+        label="Smallest effect that matters (points)",
+        description="an interval within +- this is 'negligible'; 0: never",
+    )
+    outcome = types.RadioGroup()
+    outcome.add_choice("prob", label="correct-class probability (less noise per seed)")
+    outcome.add_choice("accuracy", label="accuracy")
+    inputs.enum(
+        "outcome", outcome.values(), default=DEFAULT_OUTCOME, label="Decide on", view=outcome
+    )
+    try:
+        stopping_kwargs(ctx.params, checked=True)
+    except ValueError as e:
+        block(inputs, "stopping_error", str(e))
+
+
+def stopping_kwargs(params, checked=False):
+    """The stopping rule's keyword arguments from a form's params (``checked``:
+    raise ``ValueError`` naming a bad one)."""
+    from transferscope.compute import sequential
+    from transferscope.retraining import DEFAULT_MIN_EFFECT, DEFAULT_OUTCOME
+
+    def value(name, default):
+        v = params.get(name)
+        return default if v is None else v
+
+    kwargs = dict(
+        max_seeds=value("max_seeds", sequential.DEFAULT_MAX_SEEDS),
+        round_seeds=value("round_seeds", sequential.DEFAULT_ROUND_SEEDS),
+        alpha=value("alpha", sequential.DEFAULT_ALPHA),
+        min_effect=value("min_effect_points", 100 * DEFAULT_MIN_EFFECT) / 100,
+        outcome=value("outcome", DEFAULT_OUTCOME),
+    )
+    if checked:
+        sequential.StoppingRule(**{k: v for k, v in kwargs.items() if k != "outcome"})
+    return kwargs
+
+
 def executor_kwargs(params):
     """The SDK's ``device``, ``executor`` and ``executor_options`` from a form."""
     kwargs = {"device": params.get("device") or "auto", "executor": "local"}

@@ -16,7 +16,7 @@ class EvaluateCuration(foo.Operator):
             "transferscope: evaluate a curation by retraining",
             (
                 "Retrain on the full, curated and randomly curated pretraining "
-                "sets (several seeds each) and compare target accuracy"
+                "sets, seed after seed until the verdicts settle, and compare"
             ),
         )
 
@@ -40,22 +40,13 @@ class EvaluateCuration(foo.Operator):
             _forms.selection_preview(inputs, results, kwargs)
 
         num_classes = len(results.classes)
-        inputs.int(
-            "num_seeds",
-            default=8,
-            required=True,
-            label="Seeds per arm",
-            description="models per arm (full, curated, random, helpful removed)",
-        )
+        _forms.stopping_inputs(inputs, ctx)
         inputs.bool(
             "confirm_each",
             default=True,
             label="Confirm each class",
-            description="also retrain without each curated class alone (seeds per "
-            "arm models per class), to confirm each selection",
+            description="also retrain without each curated class alone, to confirm each selection",
         )
-        if (ctx.params.get("num_seeds") or 8) < 2:
-            _forms.block(inputs, "seeds_error", "at least 2 seeds per arm")
         inputs.bool(
             "sweep",
             default=True,
@@ -82,11 +73,11 @@ class EvaluateCuration(foo.Operator):
             rule=p.get("rule") if p.get("rule") != "tagged" else None,
             k=p.get("k"),
             threshold=p.get("threshold"),
-            num_seeds=p.get("num_seeds", 8),
             fdr_level=p.get("fdr_level", 0.1),
             confirm_each=p.get("confirm_each", True),
             sweep_ks=sweep_ks,
             progress=_forms.progress_reporter(ctx, "models retrained"),
+            **_forms.stopping_kwargs(p),
             **_forms.executor_kwargs(p),
         )
         traces, _ = summary.plotly()

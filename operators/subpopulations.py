@@ -107,7 +107,7 @@ class ExplainFailures(foo.Operator):
             description="without it, and without a random class, several seeds each",
         )
         if ctx.params.get("check_top", True):
-            inputs.int("num_seeds", default=8, label="Seeds per arm")
+            _forms.stopping_inputs(inputs, ctx)
             _forms.training_inputs(inputs, ctx)
         _forms.run_key_input(inputs, ctx, default=f"{key}_failures")
         return types.Property(inputs, view=types.View(label="Explain failures"))
@@ -125,10 +125,9 @@ class ExplainFailures(foo.Operator):
             pred_field=None if not pred or pred.startswith("(") else pred,
             top_k=p.get("top_k", 3),
             check_top=check,
-            num_seeds=p.get("num_seeds", 8),
             overwrite=p.get("overwrite", False),
             progress=_forms.progress_reporter(ctx, "models retrained"),
-            **(_forms.executor_kwargs(p) if check else {}),
+            **(_forms.stopping_kwargs(p) | _forms.executor_kwargs(p) if check else {}),
         )
         _forms.reload_if_immediate(ctx)
         traces, _ = summary.plotly()

@@ -61,7 +61,18 @@ def main(argv=None):
     )
     cur.add_argument("--k", type=int, default=None)
     cur.add_argument("--threshold", type=float, default=None)
-    cur.add_argument("--seeds", type=int, default=8, help="models per arm")
+    cur.add_argument(
+        "--max-seeds", type=int, default=32, help="seed budget per arm (seeds come in rounds)"
+    )
+    cur.add_argument("--round-seeds", type=int, default=4, help="seeds added per round")
+    cur.add_argument("--alpha", type=float, default=0.05, help="error level of each verdict")
+    cur.add_argument(
+        "--min-effect",
+        type=float,
+        default=0.01,
+        help="smallest effect that matters (0.01: 1 point)",
+    )
+    cur.add_argument("--outcome", default="prob", help="decide on 'prob' or 'accuracy'")
     cur.add_argument("--sweep", default="", help="comma-separated k values, e.g. 4,8,16")
     cur.add_argument("--png", default=None, help="write the accuracy-vs-removed plot here")
     plot = sub.add_parser("plot-curation", help="write a run's stored curation plot as PNG")
@@ -132,7 +143,11 @@ def _dispatch(args):
             rule=args.rule,
             k=args.k,
             threshold=args.threshold,
-            num_seeds=args.seeds,
+            max_seeds=args.max_seeds,
+            round_seeds=args.round_seeds,
+            alpha=args.alpha,
+            min_effect=args.min_effect,
+            outcome=args.outcome,
             fdr_level=args.fdr_level,
             sweep_ks=sweep,
         )

@@ -23,10 +23,18 @@ from .influence_run import (
     collect_labels,
     influence_config_of,
     prepare_executor,
-    run_with_progress,
 )
 from .plots import curation_plotly
 from .results import JobResults
+from .retraining import (
+    DEFAULT_MIN_EFFECT,
+    DEFAULT_OUTCOME,
+    describe_check,
+    describe_stopping,
+    points_interval,
+    retrain_in_rounds,
+    stopping_rule,
+)
 from .runs import load_sample_run, run_record
 from .views import DatasetLike, Progress, TransferScopeError
 from .writes import RunWrite
@@ -36,6 +44,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TAG = "remove"
 DEFAULT_RULE = "harmful_fdr"
 DEFAULT_FDR = 0.1
+# the sweep's arms draw a plot, not a verdict: they stop at this many seeds
+DEFAULT_SWEEP_SEEDS = 8
 
 
 class CurationResults(JobResults):
@@ -193,7 +203,7 @@ def untag_classes(pretrain_dataset: DatasetLike, influence_key: str) -> dict:
     return record
 
 
-@tsv.renamed_keywords(run_key="influence_key")
+@tsv.renamed_keywords(run_key="influence_key", num_seeds="max_seeds")
 def evaluate_curation(
     dataset: DatasetLike,
     influence_key: str,
@@ -201,7 +211,7 @@ def evaluate_curation(
     k: int | None = None,
     threshold: float | None = None,
     classes: Sequence[str] | None = None,
-    num_seeds: int = 8,
+    max_seeds: int = tsc.sequential.DEFAULT_MAX_SEEDS,
     sweep_ks: Sequence[int] | None = None,
     seed: int = 0,
     device: str | None = None,
@@ -210,46 +220,65 @@ def evaluate_curation(
     executor_options: dict | None = None,
     fdr_level: float = DEFAULT_FDR,
     confirm_each: bool = True,
+    alpha: float = tsc.sequential.DEFAULT_ALPHA,
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    round_seeds: int = tsc.sequential.DEFAULT_ROUND_SEEDS,
+    outcome: str = DEFAULT_OUTCOME,
+    sweep_seeds: int = DEFAULT_SWEEP_SEEDS,
 ) -> CurationResults:
     """Proves (or refutes) a curation by retraining: the paper's counterfactual.
 
     Retrains from scratch, with the run's own protocol (architecture, epochs,
-    transfer), ``num_seeds`` models on each of: the full pretraining set; the
-    curated set; the same number of classes removed at random (a new draw per
-    seed); and the most helpful classes removed. Seed ``s`` is shared by all
-    arms, so arms compare in pairs. With ``sweep_ks`` (e.g. ``[4, 8, 12]``)
+    transfer), on each of: the full pretraining set; the curated set; the
+    same number of classes removed at random (a new draw per seed); and the
+    most helpful classes removed. Seed ``s`` is shared by all arms, so arms
+    compare in pairs. With ``confirm_each`` (the default), every curated
+    class is also removed on its own.
+
+    Seeds are added in rounds of ``round_seeds`` until every verdict that
+    decides the curation (each class removed alone, and the curated set
+    against the full set) is settled, or ``max_seeds`` are spent. A verdict
+    is ``"confirmed"`` (the gain is above zero), ``"refuted"`` (below zero),
+    ``"negligible"`` (within ``min_effect`` of zero) or ``"undecided"`` at
+    the budget; each is wrong with probability at most ``alpha``, however
+    many rounds were looked at (anytime-valid intervals, see
+    :mod:`transferscope.compute.sequential`). Verdicts are decided on
+    ``outcome``: ``"prob"`` (the default: the target test set's mean
+    correct-class probability, less noisy per seed) or ``"accuracy"``;
+    accuracy is reported beside it. With ``sweep_ks`` (e.g. ``[4, 8, 12]``)
     each ``k`` is also tried most-harmful-first, most-helpful-first and at
-    random, for the accuracy-vs-classes-removed plot.
+    random over the first ``sweep_seeds`` seeds, for the
+    accuracy-vs-classes-removed plot.
 
     For a sample-influence run, the curation removes images instead: see
-    :func:`transferscope.sample_curation.evaluate_sample_curation`.
+    :func:`evaluate_sample_curation`.
 
     The curated set is chosen by ``rule`` (as :func:`tag_classes`); by
     default, the classes last tagged with :func:`tag_classes`, else the
-    harmful classes at false-discovery level ``fdr_level``. With
-    ``confirm_each`` (the default), every curated class is also removed on
-    its own (``num_seeds`` models each), and the summary says which
-    removals retraining confirms (``"confirmed"``: the paired interval of
-    the gain over the full set lies above zero).
+    harmful classes at false-discovery level ``fdr_level``.
 
-    Models go to a resumable store under the run's output directory; calling
-    again after a crash trains only the unfinished ones. The summary is
-    stored in the run (``results.curation`` on both datasets).
+    Models go to resumable stores under the run's output directory (one per
+    round); calling again after a crash trains only the unfinished ones and
+    stops where an uninterrupted call would. The summary is stored in the
+    run (``results.curation`` on both datasets).
 
     Args:
         dataset: the run's target or pretraining dataset (or its name)
         influence_key: a class-influence run
-        num_seeds: models per arm (>= 2)
+        max_seeds: the seed budget per arm (``num_seeds`` is its old name)
         sweep_ks: optional numbers of classes to remove for the sweep
         seed: seed of the random-removal draws
         device: override the run's device (``"cpu"``, ``"cuda"``, ``"auto"``)
+        alpha, min_effect, round_seeds, outcome: the stopping rule (above)
         progress, executor, executor_options: as
             :func:`transferscope.compute_class_influence`
 
     Returns:
-        a :class:`CurationResults`: the summary dict (accuracy per arm with 95%
-        CIs, paired tests), with ``describe()`` and ``plotly()``
+        a :class:`CurationResults`: the summary dict (accuracy per arm with
+        anytime-valid 95% intervals, the verdicts, the seeds used), with
+        ``describe()`` and ``plotly()``
     """
+    stopping = stopping_rule(alpha, min_effect, round_seeds, max_seeds, outcome)
     if _is_sample_run(dataset, influence_key):
         if classes is not None or sweep_ks:
             raise TransferScopeError(
@@ -262,12 +291,16 @@ def evaluate_curation(
             rule,
             k,
             threshold,
-            num_seeds,
-            seed,
-            device,
-            progress,
-            executor,
-            executor_options,
+            max_seeds=max_seeds,
+            seed=seed,
+            device=device,
+            progress=progress,
+            executor=executor,
+            executor_options=executor_options,
+            alpha=alpha,
+            min_effect=min_effect,
+            round_seeds=round_seeds,
+            outcome=outcome,
         )
     run = InfluenceRun.load(dataset, influence_key)
     pretrain, target = run.datasets
@@ -284,15 +317,20 @@ def evaluate_curation(
             rule = rule_label = DEFAULT_RULE
     removed = select_removed_classes(results, rule, k, threshold, classes, fdr_level)
     index = {c: i for i, c in enumerate(results.classes)}
-    try:
-        plan = tsc.plan_curation(
+
+    def plan_for(num_seeds):
+        return tsc.plan_curation(
             results.class_influence,
             [index[c] for c in removed],
             num_seeds,
             sweep_ks or (),
             seed,
             each=confirm_each,
+            sweep_seeds=sweep_seeds,
         )
+
+    try:
+        plan_for(stopping.max_seeds)  # bad arguments are refused before any training
         train_config = run.training_config_for(device)
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
@@ -300,18 +338,35 @@ def evaluate_curation(
     labelled = run.labelled(unchanged_for="evaluating a curation")
     runner = prepare_executor(executor, executor_options, train_config)
     data = labelled.decode(train_config.image_size, train_config.channels, train_config.resize)
-    path = os.path.join(results.config.output_dir, "curation", plan.fingerprint())
-    store = tsc.open_retrain_store(
-        path, train_config, data, plan.masks, plan.seeds, meta={"classes": list(results.classes)}
-    )
-    run_with_progress(
-        (store, lambda done: tsc.run_retraining(train_config, data, store, done, runner)),
+    meta = {"classes": list(results.classes)}
+
+    def summarize(rounds, num_seeds):
+        plan = plan_for(num_seeds)
+        return tsc.summarize_curation(
+            plan,
+            rounds.per_model("accuracy", plan.masks, plan.seeds),
+            results.classes,
+            rounds.per_model(outcome, plan.masks, plan.seeds),
+            stopping,
+            outcome,
+        )
+
+    def rows_for(num_seeds):
+        plan = plan_for(num_seeds)
+        return plan.masks, plan.seeds
+
+    path = os.path.join(results.config.output_dir, "curation")
+    rounds = retrain_in_rounds(
+        rows_for,
+        lambda store, done: tsc.run_retraining(train_config, data, store, done, runner),
+        path,
+        lambda p, masks, seeds: tsc.open_retrain_store(p, train_config, data, masks, seeds, meta),
+        lambda rounds, n: tsc.curation.curation_decided(summarize(rounds, n)),
+        stopping,
         progress,
         "Retraining for the curation counterfactual",
     )
-
-    accuracy = store.outputs("correct").mean(axis=1)
-    summary = tsc.summarize_curation(plan, accuracy, results.classes)
+    summary = summarize(rounds, rounds.num_seeds)
     summary.update(
         rule=rule_label,
         k=k,
@@ -361,9 +416,6 @@ def describe_curation(summary):
     def pct(x):
         return f"{100 * x:.1f}%"
 
-    def ci(c):
-        return f"[{100 * c[0]:+.1f}, {100 * c[1]:+.1f}] points"
-
     cells = {(c["arm"], c["k"]): c for c in summary["cells"]}
     k = summary["num_removed"]
     full, cur = cells[("full", 0)], cells[("curated", k)]
@@ -371,45 +423,37 @@ def describe_curation(summary):
     lines = [
         f"Curated set: {k} class(es) removed by rule {summary['rule']!r}: "
         f"{', '.join(summary['removed'])}",
-        f"Target accuracy over {summary['num_seeds']} seeds (mean, 95% CI):",
-        f"  full pretraining set        {pct(full['accuracy'])}  "
-        f"[{pct(full['ci95'][0])}, {pct(full['ci95'][1])}]",
-        f"  curated ({k} removed)        {pct(cur['accuracy'])}  "
-        f"[{pct(cur['ci95'][0])}, {pct(cur['ci95'][1])}]",
-        f"  {k} random classes removed   {pct(rnd['accuracy'])}  "
-        f"[{pct(rnd['ci95'][0])}, {pct(rnd['ci95'][1])}]",
-        f"  {k} most helpful removed     {pct(helpful['accuracy'])}  "
-        f"[{pct(helpful['ci95'][0])}, {pct(helpful['ci95'][1])}]",
+        *describe_stopping(summary),
+        f"Target accuracy over {summary['num_seeds']} seeds (mean, 95% interval):",
     ]
+    for label, cell in (
+        ("full pretraining set", full),
+        (f"curated ({k} removed)", cur),
+        (f"{k} random classes removed", rnd),
+        (f"{k} most helpful removed", helpful),
+    ):
+        lo, hi = cell["ci95"]
+        lines.append(f"  {label:<28s} {pct(cell['accuracy'])}  [{pct(lo)}, {pct(hi)}]")
+    lines.append("Paired by seed (accuracy change in points; the verdict's outcome):")
     for row in summary.get("each_removed_vs_full", []):
-        verdict = "confirmed" if row["ci95"][0] > 0 else "not confirmed"
-        lines.append(
-            f"  only {row['class']!s:<12s} removed - full {100 * row['diff']:+.1f} points, "
-            f"95% CI {ci(row['ci95'])}, better in {row['wins']}/{row['num_pairs']} "
-            f"seeds: {verdict}"
-        )
+        lines.append(describe_check(f"only {row['class']} removed - full", row))
     for name, label in (
         ("curated_vs_full", "curated - full"),
         ("curated_vs_random", "curated - random"),
         ("most_helpful_removed_vs_full", "helpful removed - full"),
     ):
-        t = summary[name]
-        lines.append(
-            f"  {label:<24s} {100 * t['diff']:+.1f} points, 95% CI {ci(t['ci95'])}, "
-            f"paired t p={t['p_value']:.2g}, better in {t['wins']}/{t['num_pairs']} seeds"
-        )
+        lines.append(describe_check(label, summary[name]))
     ks = sorted({row["k"] for row in summary.get("vs_full", [])})
     if len(ks) > 1:
         by = {(row["arm"], row["k"]): row for row in summary["vs_full"]}
-        lines.append("Sweep, accuracy change against the full set (points, paired 95% CI):")
+        lines.append("Sweep, accuracy change against the full set (points, 95% interval):")
         lines.append(
             f"  {'k':>4s}  {'most harmful first':>22s}  {'most helpful first':>22s}  "
             f"{'random':>22s}"
         )
         for kk in ks:
             cols = [
-                f"{100 * by[(o, kk)]['diff']:+5.1f} [{100 * by[(o, kk)]['ci95'][0]:+5.1f}, "
-                f"{100 * by[(o, kk)]['ci95'][1]:+5.1f}]"
+                f"{100 * by[(o, kk)]['diff']:+5.1f} {points_interval(by[(o, kk)]['ci95'])}"
                 for o in ("harmful_first", "helpful_first", "random")
             ]
             lines.append(f"  {kk:>4d}  " + "  ".join(f"{c:>22s}" for c in cols))
@@ -547,32 +591,40 @@ def tag_samples(
     return dict(record, tagged_ids=tagged["ids"])
 
 
-@tsv.renamed_keywords(run_key="influence_key")
+@tsv.renamed_keywords(run_key="influence_key", num_seeds="max_seeds")
 def evaluate_sample_curation(
     dataset: DatasetLike,
     influence_key: str,
     rule: str | None = None,
     k: int | None = None,
     threshold: float | None = None,
-    num_seeds: int = 8,
+    max_seeds: int = tsc.sequential.DEFAULT_MAX_SEEDS,
     seed: int = 0,
     device: str | None = None,
     progress: Progress = None,
     executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
     executor_options: dict | None = None,
     sample_ids: Sequence[str] | None = None,
+    alpha: float = tsc.sequential.DEFAULT_ALPHA,
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    round_seeds: int = tsc.sequential.DEFAULT_ROUND_SEEDS,
+    outcome: str = DEFAULT_OUTCOME,
 ) -> SampleCurationResults:
     """Checks an example-level curation by retraining, with the run's protocol.
 
-    Retrains ``num_seeds`` models on each of: every pretraining image; every
-    image but those the curation removes; every image but as many drawn at
-    random (a new draw per seed). Seed ``s`` is shared by the three arms, so
-    they compare in pairs. The curation is the images last tagged with
+    Retrains on each of: every pretraining image; every image but those the
+    curation removes; every image but as many drawn at random (a new draw
+    per seed). Seed ``s`` is shared by the three arms, so they compare in
+    pairs. Seeds are added in rounds until the curated set's verdict against
+    the full set is settled or ``max_seeds`` are spent, as in
+    :func:`evaluate_curation` (``alpha``, ``min_effect``, ``round_seeds``,
+    ``outcome``). The curation is the images last tagged with
     :func:`tag_samples`, those ``rule`` selects (as there), or the
     pretraining images ``sample_ids`` names (a hand-picked set, say the
     selection in the App). Resumable; the summary is stored in the run
     (``curation`` on both datasets).
     """
+    stopping = stopping_rule(alpha, min_effect, round_seeds, max_seeds, outcome)
     root, config = load_sample_run(dataset, influence_key)
     pretrain, target = (
         tsv.load_dataset(n, "the run's dataset")
@@ -598,10 +650,14 @@ def evaluate_sample_curation(
         removed = select_samples(ids, [scores[i] for i in ids], rule, k, threshold)
         rule_label = rule
     row = {sample_id: i for i, sample_id in enumerate(results.pretrain_ids)}
-    try:
-        masks, seeds, arms = tsc.curation.plan_sample_curation(
+
+    def plan_for(num_seeds):
+        return tsc.curation.plan_sample_curation(
             len(row), [row[i] for i in removed], num_seeds, seed
         )
+
+    try:
+        plan_for(stopping.max_seeds)
         train_config = influence_config_of(results)
         if device is not None:
             train_config = tsc.InfluenceConfig.from_dict(
@@ -614,18 +670,32 @@ def evaluate_sample_curation(
     labelled = _labelled_unchanged(pretrain, target, config, results)
     runner = prepare_executor(executor, executor_options, train_config)
     data = labelled.decode(train_config.image_size, train_config.channels, train_config.resize)
-    path = os.path.join(config.output_dir, "curation", tsc.digests.digest(masks, seeds))
-    store = tsc.open_retrain_store(path, train_config, data, masks, seeds)
-    run_with_progress(
-        (
-            store,
-            lambda done: tsc.engine.run_sample_retraining(train_config, data, store, done, runner),
+
+    def summarize(rounds, num_seeds):
+        masks, seeds, arms = plan_for(num_seeds)
+        return tsc.curation.summarize_sample_curation(
+            arms,
+            seeds,
+            rounds.per_model("accuracy", masks, seeds),
+            rounds.per_model(outcome, masks, seeds),
+            stopping,
+            outcome,
+        )
+
+    path = os.path.join(config.output_dir, "curation")
+    rounds = retrain_in_rounds(
+        lambda n: plan_for(n)[:2],
+        lambda store, done: tsc.engine.run_sample_retraining(
+            train_config, data, store, done, runner
         ),
+        path,
+        lambda p, masks, seeds: tsc.open_retrain_store(p, train_config, data, masks, seeds),
+        lambda rounds, n: tsc.curation.sample_curation_decided(summarize(rounds, n)),
+        stopping,
         progress,
         "Retraining for the image curation counterfactual",
     )
-    accuracy = store.outputs("correct").mean(axis=1)
-    summary = tsc.curation.summarize_sample_curation(arms, seeds, accuracy)
+    summary = summarize(rounds, rounds.num_seeds)
     summary.update(
         rule=rule_label,
         k=k,
@@ -692,7 +762,8 @@ def describe_sample_curation(summary):
     lines = [
         f"Curated set: {summary['num_removed']} pretraining images removed by rule "
         f"{summary['rule']!r}",
-        f"Target accuracy over {summary['num_seeds']} seeds (mean, 95% CI):",
+        *describe_stopping(summary),
+        f"Target accuracy over {summary['num_seeds']} seeds (mean, 95% interval):",
     ]
     names = {"full": "every image", "curated": "curated", "random": "as many random removed"}
     for cell in summary["cells"]:
@@ -702,10 +773,5 @@ def describe_sample_curation(summary):
         ("curated_vs_full", "curated - full"),
         ("curated_vs_random", "curated - random"),
     ):
-        t = summary[name]
-        lines.append(
-            f"  {label:<24s} {100 * t['diff']:+.1f} points, 95% CI "
-            f"[{100 * t['ci95'][0]:+.1f}, {100 * t['ci95'][1]:+.1f}], paired t "
-            f"p={t['p_value']:.2g}, better in {t['wins']}/{t['num_pairs']} seeds"
-        )
+        lines.append(describe_check(label, summary[name]))
     return lines

@@ -41,10 +41,10 @@ DIVERSITY_KEY = "demo_diversity"
 SUBPOPS_KEY = "demo_subpops"
 FAILURES_KEY = "demo_failures"
 SAMPLES_KEY = "demo_samples"
-# example-level curation: the most harmful images tagged, and models per arm
-SAMPLE_CURATION = dict(k=100, num_seeds=8)
-# explain_failures' counterfactual: models per arm (full, culprit removed, random removed)
-FAILURE_SEEDS = 8
+# example-level curation: the most harmful images tagged, and the seed budget per arm
+SAMPLE_CURATION = dict(k=100, max_seeds=16)
+# explain_failures' counterfactual: the seed budget per arm (full, culprit removed, random)
+FAILURE_SEEDS = 16
 # the diversity planner: small budgets, the full budget it predicts, and its check
 DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=8)
 # bump when the generated data changes, so old demo datasets are rebuilt
@@ -54,8 +54,9 @@ DEMO_VERSION = 7  # 7: the second (transformed) planted leak
 # (benchmarks/subset_designs.py): at 144 models the default's intervals are as
 # narrow as the paper's design gives with 280, and bold stands out at q ~ 1e-15
 DEFAULTS = dict(num_models=144, epochs=4, alpha=0.5, seed=0)
-# the curation counterfactual: models per arm, and the sweep of classes removed
-CURATION = dict(num_seeds=10, sweep_ks=[4, 8, 16])
+# the curation counterfactual: the seed budget per arm (seeds come in rounds of 4
+# until the verdicts settle), and the sweep of classes removed (over 8 seeds)
+CURATION = dict(max_seeds=32, sweep_ks=[4, 8, 16])
 
 
 def data_dir():
@@ -290,19 +291,21 @@ def _curation_report(curation, planted):
             if row["arm"] == "harmful_first"
         },
         "each_removed_vs_full": {
-            row["class"]: {key: row[key] for key in ("diff", "ci95", "p_value", "wins")}
+            row["class"]: {key: row[key] for key in PAIRED_KEYS}
             for row in curation.get("each_removed_vs_full", [])
         },
         "confirmed_by_retraining": curation.get("confirmed", []),
     }
 
 
+# what the report keeps of a paired check: the accuracy change, its interval, the
+# verdict and the decision outcome's figures
+PAIRED_KEYS = ("diff", "ci95", "wins", "num_pairs", "verdict", "decision")
+
+
 def _paired_figures(summary, names):
     """The paired comparisons ``names`` of a curation summary, as the report keeps them."""
-    return {
-        name: {key: summary[name][key] for key in ("diff", "ci95", "p_value", "wins")}
-        for name in names
-    }
+    return {name: {key: summary[name][key] for key in PAIRED_KEYS} for name in names}
 
 
 def _leakage_report(leakage, planted):
@@ -367,7 +370,7 @@ def run_demo(
     alpha=DEFAULTS["alpha"],
     seed=DEFAULTS["seed"],
     overwrite=True,
-    curation_seeds=CURATION["num_seeds"],
+    curation_seeds=CURATION["max_seeds"],
     sweep_ks=CURATION["sweep_ks"],
     out=print,
     executor="local",
@@ -375,7 +378,8 @@ def run_demo(
 ):
     """Builds the demo (if needed), computes influence, curates, prints the findings.
 
-    With ``curation_seeds=0`` the curation step is skipped. ``executor`` and
+    ``curation_seeds`` is the curation check's seed budget per arm; with 0
+    the curation step is skipped. ``executor`` and
     ``executor_options`` (as in :func:`compute_class_influence`) say where
     every model trains; the figures are the same on either.
     """
@@ -466,10 +470,11 @@ def _demo_subpopulations(results, target, out):
 
 def _demo_failures(target, where, out):
     out(
-        f"\nExplaining the failures (retraining without the top culprit, {FAILURE_SEEDS} seeds) ..."
+        "\nExplaining the failures (retraining without the top culprit, in rounds until "
+        f"its verdict settles, at most {FAILURE_SEEDS} seeds) ..."
     )
     failures = explain_failures(
-        target, RUN_KEY, key=FAILURES_KEY, num_seeds=FAILURE_SEEDS, overwrite=True, **where
+        target, RUN_KEY, key=FAILURES_KEY, max_seeds=FAILURE_SEEDS, overwrite=True, **where
     )
     out("\n".join(failures.describe()))
     png = save_culprits_png(failures, os.path.join(data_dir(), "culprits.png"))
@@ -488,10 +493,11 @@ def _demo_curation(pretrain, target, curation_seeds, sweep_ks, where, out):
     )
     out(
         "Retraining to check the curation (full / curated / random / helpful removed / "
-        f"each tagged class alone, {curation_seeds} seeds each, sweep k={sweep_ks}) ..."
+        f"each tagged class alone; seeds in rounds until the verdicts settle, at most "
+        f"{curation_seeds}; sweep k={sweep_ks}) ..."
     )
     summary = evaluate_curation(
-        target, RUN_KEY, num_seeds=curation_seeds, sweep_ks=sweep_ks, **where
+        target, RUN_KEY, max_seeds=curation_seeds, sweep_ks=sweep_ks, **where
     )
     out("\n".join(summary.describe()))
     png = save_curation_png(summary, os.path.join(data_dir(), "curation.png"))
@@ -548,9 +554,9 @@ def _demo_sample_influence(pretrain, target, out):
     record = tag_samples(pretrain, SAMPLES_KEY, k=SAMPLE_CURATION["k"])
     out(
         f"  tagged the {record['num_samples']} most harmful images {record['tag']!r}; "
-        f"retraining to check ({SAMPLE_CURATION['num_seeds']} seeds per arm) ..."
+        f"retraining to check (at most {SAMPLE_CURATION['max_seeds']} seeds per arm) ..."
     )
-    summary = evaluate_curation(target, SAMPLES_KEY, num_seeds=SAMPLE_CURATION["num_seeds"])
+    summary = evaluate_curation(target, SAMPLES_KEY, max_seeds=SAMPLE_CURATION["max_seeds"])
     out("\n".join("  " + line for line in summary.describe()))
     report["curation"] = {
         "num_removed": summary["num_removed"],

@@ -255,7 +255,11 @@ def describe_diversity(summary):
     lines.append(
         f"Fit: a={f['a']:.3g} p={f['p']:.3g} b={f['b']:.3g} q={f['q']:.3g} "
         f"c={f['c']:.3g}, rmse {f['rmse']:.4f}"
-        + ("" if pred["fit_converged"] else f" (not used: {pred['fit_message']})")
+        + (
+            ""
+            if pred.get("fit_identified", pred["fit_converged"])
+            else f" (not used: {pred['fit_message']})"
+        )
     )
     ci = pred["K_from_fit_ci95"]
     lines.append(

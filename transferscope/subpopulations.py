@@ -20,8 +20,14 @@ import fiftyone as fo
 from . import compute as tsc
 from . import views as tsv
 from .compute import subpopulations as sp
-from .compute.digests import digest
-from .influence_run import InfluenceRun, prepare_executor, run_with_progress
+from .influence_run import InfluenceRun, prepare_executor
+from .retraining import (
+    DEFAULT_MIN_EFFECT,
+    DEFAULT_OUTCOME,
+    describe_check,
+    retrain_in_rounds,
+    stopping_rule,
+)
 from .plots import culprits_plotly, subpopulations_plotly
 from .results import JobResults
 from .runs import commit_run, open_write
@@ -234,7 +240,7 @@ def failure_fields(key):
     return [f"{key}_wrong", f"{key}_culprits"]
 
 
-@tsv.renamed_keywords(run_key="influence_key")
+@tsv.renamed_keywords(run_key="influence_key", num_seeds="max_seeds")
 def explain_failures(
     dataset: DatasetLike,
     influence_key: str,
@@ -242,13 +248,17 @@ def explain_failures(
     pred_field: str | None = None,
     top_k: int = 3,
     check_top: bool = True,
-    num_seeds: int = 8,
+    max_seeds: int = tsc.sequential.DEFAULT_MAX_SEEDS,
     seed: int = 0,
     device: str | None = None,
     overwrite: bool = False,
     progress: Progress = None,
     executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
     executor_options: dict | None = None,
+    alpha: float = tsc.sequential.DEFAULT_ALPHA,
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    round_seeds: int = tsc.sequential.DEFAULT_ROUND_SEEDS,
+    outcome: str = DEFAULT_OUTCOME,
 ) -> FailureResults:
     """The pretraining classes that push misclassified target samples to their wrong answer.
 
@@ -259,11 +269,14 @@ def explain_failures(
     "a model predicts ``w`` for ``t``" (from the stored per-model
     predictions), in units of its standard error.
 
-    With ``check_top``, the counterfactual: ``num_seeds`` models each are
-    retrained (the run's protocol) on every class, on every class but the top
-    culprit, and on every class but one drawn at random; the summary reports
-    how many of the failures blamed on the culprit each removal fixes
-    (paired with the full model of the same seed).
+    With ``check_top``, the counterfactual: models are retrained (the run's
+    protocol) on every class, on every class but the top culprit, and on
+    every class but one drawn at random, seed after seed in rounds, until
+    the verdict on the culprit (does removing it fix the failures blamed on
+    it, on net, against the full model of the same seed?) is settled or
+    ``max_seeds`` are spent: ``alpha``, ``min_effect``, ``round_seeds`` and
+    ``outcome`` as in :func:`transferscope.evaluate_curation`. The summary
+    reports how many blamed failures each removal fixes and breaks.
 
     Writes on the failures ``<key>_wrong`` (the wrong answer explained) and
     ``<key>_culprits`` (Classifications: the ``top_k`` culprits, with
@@ -277,8 +290,9 @@ def explain_failures(
     key = key or f"{influence_key}_failures"
     tsv.validate_run_key(key)
     tsv.check_count(top_k, "top_k")
-    if check_top:
-        tsv.check_count(num_seeds, "num_seeds")
+    stopping = (
+        stopping_rule(alpha, min_effect, round_seeds, max_seeds, outcome) if check_top else None
+    )
     run, store, ids, labels = _run_and_labels(dataset, influence_key)
     target, results = run.datasets[1], run.results
     fields = failure_fields(key)
@@ -311,7 +325,8 @@ def explain_failures(
                 culprit,
                 failed,
                 blamed,
-                num_seeds,
+                stopping,
+                outcome,
                 seed,
                 device,
                 progress,
@@ -334,7 +349,7 @@ def explain_failures(
             pred_field=pred_field,
             top_k=top_k,
             check_top=check_top,
-            num_seeds=num_seeds,
+            max_seeds=max_seeds,
             seed=seed,
         )
         # declared, so the App sidebar can filter on them
@@ -386,39 +401,56 @@ def _culprit_labels(failed_ids, order, classes, infl, z):
 
 
 def _check_culprit(
-    run, culprit, failed, blamed, num_seeds, seed, device, progress, executor, executor_options
+    run, culprit, failed, blamed, stopping, outcome, seed, device, progress, executor, options
 ):
-    """Retrains without the culprit and without a random class; counts fixed failures."""
+    """Retrains without the culprit and without a random class, in rounds until the
+    culprit's verdict settles; counts fixed failures."""
     results = run.results
+    classes = list(results.classes)
     try:
-        masks, seeds, randoms = sp.plan_culprit_check(
-            len(results.classes), culprit, num_seeds, seed
-        )
+        sp.plan_culprit_check(len(classes), culprit, stopping.max_seeds, seed)
         config = run.training_config_for(device)
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
     labelled = run.labelled(unchanged_for="explaining failures")
-    runner = prepare_executor(executor, executor_options, config)
+    runner = prepare_executor(executor, options, config)
     data = labelled.decode(config.image_size, config.channels, config.resize)
-    name = digest(masks, seeds)
-    path = os.path.join(results.config.output_dir, "failures", name)
-    store = tsc.open_retrain_store(
-        path, config, data, masks, seeds, meta={"classes": list(results.classes)}
-    )
-    run_with_progress(
-        (store, lambda done: tsc.run_retraining(config, data, store, done, runner)),
+    meta = {"classes": classes}
+
+    def verdicts(rounds, num_seeds):
+        masks, seeds, _ = sp.plan_culprit_check(len(classes), culprit, num_seeds, seed)
+        name = "correct" if outcome == "accuracy" else outcome
+        return sp.culprit_verdicts(
+            rounds.outputs("correct", masks, seeds)[:, blamed].mean(axis=1),
+            rounds.outputs(name, masks, seeds)[:, blamed].mean(axis=1),
+            num_seeds,
+            stopping,
+            outcome,
+        )
+
+    rounds = retrain_in_rounds(
+        lambda n: sp.plan_culprit_check(len(classes), culprit, n, seed)[:2],
+        lambda store, done: tsc.run_retraining(config, data, store, done, runner),
+        os.path.join(results.config.output_dir, "failures"),
+        lambda path, masks, seeds: tsc.open_retrain_store(path, config, data, masks, seeds, meta),
+        lambda rounds, n: verdicts(rounds, n)["culprit_vs_full"]["verdict"] != "undecided",
+        stopping,
         progress,
         "Retraining without the top culprit",
     )
-    correct = store.outputs("correct")
-    classes = list(results.classes)
+    num_seeds = rounds.num_seeds
+    masks, seeds, randoms = sp.plan_culprit_check(len(classes), culprit, num_seeds, seed)
+    correct = rounds.outputs("correct", masks, seeds)
     return {
         "culprit": classes[culprit],
         "random_classes": [classes[c] for c in randoms],
         "num_seeds": num_seeds,
+        "stopping_rule": stopping.to_dict(),
+        "outcome": outcome,
         "blamed_failures": int(len(blamed)),
         "on_blamed": sp.flip_counts(correct[:, blamed], num_seeds),
         "on_all_failures": sp.flip_counts(correct[:, failed], num_seeds),
+        **verdicts(rounds, num_seeds),
     }
 
 
@@ -445,4 +477,7 @@ def describe_failures(summary, max_rows=8):
             f"{on['random_removed']['broken']:.1f} (the full model gets "
             f"{on['full']['correct']:.1f} of them right)"
         )
+        if "culprit_vs_full" in check:  # verdicts on the blamed failures, paired by seed
+            lines.append(describe_check("culprit removed - full", check["culprit_vs_full"]))
+            lines.append(describe_check("culprit - random removed", check["culprit_vs_random"]))
     return lines

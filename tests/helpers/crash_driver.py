@@ -78,13 +78,16 @@ def run(job, pre, tgt, store, overwrite):
             tgt,
             "infl",
             key="fail",
-            num_seeds=2,
+            max_seeds=2,
+            round_seeds=2,
             overwrite=overwrite,
             progress=progress,
             pred_field="wrong_guess",
         )
     elif job == "curation":
-        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, num_seeds=2, progress=progress)
+        ts.evaluate_curation(
+            tgt, "infl", rule="most_harmful", k=1, max_seeds=4, round_seeds=2, progress=progress
+        )
     elif job == "planner":
         ts.plan_class_diversity(
             tgt,

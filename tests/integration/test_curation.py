@@ -101,7 +101,12 @@ def test_counterfactual_end_to_end_is_stored_and_plotted(influence_run, tmp_path
     ts.tag_classes(pre, "infl", rule="most_harmful", k=1)
     calls = []
     summary = ts.evaluate_curation(
-        tgt, "infl", num_seeds=2, sweep_ks=[2], progress=lambda d, t: calls.append((d, t))
+        tgt,
+        "infl",
+        max_seeds=2,
+        round_seeds=2,
+        sweep_ks=[2],
+        progress=lambda d, t: calls.append((d, t)),
     )
     # full, curated (= the most harmful), random and helpful at k=1, k=2 x 3 orders:
     # 14 (mask, seed) rows at most, fewer where a random draw repeats another row
@@ -124,7 +129,12 @@ def test_counterfactual_end_to_end_is_stored_and_plotted(influence_run, tmp_path
     # a second call finds every model done: same numbers, nothing retrained
     calls.clear()
     again = ts.evaluate_curation(
-        pre, "infl", num_seeds=2, sweep_ks=[2], progress=lambda d, t: calls.append((d, t))
+        pre,
+        "infl",
+        max_seeds=2,
+        round_seeds=2,
+        sweep_ks=[2],
+        progress=lambda d, t: calls.append((d, t)),
     )
     assert calls == [] and again["cells"] == summary["cells"]
 
@@ -167,7 +177,7 @@ def test_the_default_rule_tags_exactly_the_harmful_classes_at_the_fdr_level(infl
 def test_each_curated_class_is_confirmed_or_not_by_its_own_retraining(influence_run):
     pre, tgt, results = influence_run
     summary = ts.evaluate_curation(
-        tgt, "infl", rule="most_harmful", k=2, num_seeds=2, progress=False
+        tgt, "infl", rule="most_harmful", k=2, max_seeds=2, round_seeds=2, progress=False
     )
     each = summary["each_removed_vs_full"]
     assert [row["class"] for row in each] == summary["removed"]
@@ -177,7 +187,14 @@ def test_each_curated_class_is_confirmed_or_not_by_its_own_retraining(influence_
     assert summary["confirmed"] == [r["class"] for r in each if r["ci95"][0] > 0]
     assert any(line.startswith("  only ") for line in ts.curation.describe_curation(summary))
     none = ts.evaluate_curation(
-        tgt, "infl", rule="most_harmful", k=2, num_seeds=2, progress=False, confirm_each=False
+        tgt,
+        "infl",
+        rule="most_harmful",
+        k=2,
+        max_seeds=2,
+        round_seeds=2,
+        progress=False,
+        confirm_each=False,
     )
     assert none["each_removed_vs_full"] == [] and none["confirmed"] == []
 
@@ -188,11 +205,11 @@ def test_evaluation_refuses_an_incomplete_store(influence_run):
     completed[1] = False
     completed.flush()
     with pytest.raises(TransferScopeError, match=r"incomplete \(3/4 models\)"):
-        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, num_seeds=2)
+        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, max_seeds=2, round_seeds=2)
     with pytest.raises(TransferScopeError, match="has no curation evaluation"):
         ts.curation_of(tgt, "infl")
     with pytest.raises(TransferScopeError, match="has no run 'other'"):
-        ts.evaluate_curation(tgt, "other", num_seeds=2)
+        ts.evaluate_curation(tgt, "other", max_seeds=2, round_seeds=2)
 
 
 def test_operators_tag_view_undo_and_evaluate(influence_run):
@@ -222,7 +239,9 @@ def test_operators_tag_view_undo_and_evaluate(influence_run):
         f"{PLUGIN}/evaluate_curation",
         ctx=dict(
             dataset=tgt,
-            params=dict(run_key="infl", rule="tagged", num_seeds=2, sweep=False, device="cpu"),
+            params=dict(
+                run_key="infl", rule="tagged", max_seeds=2, round_seeds=2, sweep=False, device="cpu"
+            ),
         ),
     )
     assert ev.error is None, ev.error
@@ -256,7 +275,7 @@ def test_evaluation_and_planning_refuse_datasets_changed_since_the_run(influence
         fo.Sample(filepath=first.filepath, ground_truth=fo.Classification(label="a_new_class"))
     )
     with pytest.raises(TransferScopeError, match="changed since it was computed.*curation"):
-        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, num_seeds=2)
+        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, max_seeds=2, round_seeds=2)
     with pytest.raises(TransferScopeError, match="changed since it was computed.*diversity"):
         plan_class_diversity(tgt, "infl", budgets=[12, 20], full_budget=30)
     assert not pre.has_saved_view("diversity_plan") and "diversity" not in pre.list_runs()

@@ -236,7 +236,9 @@ def test_tagging_the_most_harmful_images_and_checking_it_by_retraining(sample_ru
     assert pre.match_tags("remove_image").values("id") == [lowest[0]]
 
     calls = []
-    summary = ts.evaluate_curation(tgt, "samp", num_seeds=2, progress=lambda d, t: calls.append(d))
+    summary = ts.evaluate_curation(
+        tgt, "samp", max_seeds=2, round_seeds=2, progress=lambda d, t: calls.append(d)
+    )
     assert calls[-1] == 6  # 2 seeds x (full, curated, random)
     assert summary["num_removed"] == 1 and summary["rule"] == "tagged (below_threshold)"
     assert [c["arm"] for c in summary["cells"]] == ["full", "curated", "random"]
@@ -246,7 +248,9 @@ def test_tagging_the_most_harmful_images_and_checking_it_by_retraining(sample_ru
     assert tgt.get_run_info("samp").config.curation["num_removed"] == 1
     # the same call again trains nothing
     calls.clear()
-    ts.evaluate_sample_curation(tgt, "samp", num_seeds=2, progress=lambda d, t: calls.append(d))
+    ts.evaluate_sample_curation(
+        tgt, "samp", max_seeds=2, round_seeds=2, progress=lambda d, t: calls.append(d)
+    )
     assert calls == []
     # deleting the run takes its tags and saved view with it
     pre.delete_run("samp")
@@ -259,7 +263,8 @@ def test_a_given_set_of_images_is_checked_by_retraining(sample_run):
     summary = ts.evaluate_sample_curation(
         tgt,
         "samp",
-        num_seeds=2,
+        max_seeds=2,
+        round_seeds=2,
         sample_ids=(i for i in chosen),  # any iterable, read once
     )
     assert summary["num_removed"] == 4 and summary["rule"] == "given images"
@@ -283,9 +288,13 @@ def test_a_bad_given_set_is_refused_and_nothing_is_trained(sample_run, sample_id
     if sample_ids == ["dup", "dup"]:
         sample_ids = [results.pretrain_ids[0]] * 2
     with pytest.raises(ts.TransferScopeError, match=message):
-        ts.evaluate_sample_curation(tgt, "samp", rule=rule, num_seeds=2, sample_ids=sample_ids)
+        ts.evaluate_sample_curation(
+            tgt, "samp", rule=rule, max_seeds=2, round_seeds=2, sample_ids=sample_ids
+        )
     with pytest.raises(ts.TransferScopeError, match="every pretraining image"):
-        ts.evaluate_sample_curation(tgt, "samp", num_seeds=2, sample_ids=results.pretrain_ids)
+        ts.evaluate_sample_curation(
+            tgt, "samp", max_seeds=2, round_seeds=2, sample_ids=results.pretrain_ids
+        )
     assert run_record(tgt, "samp", "curation") is None
     assert not os.path.exists(os.path.join(tgt.get_run_info("samp").config.output_dir, "curation"))
 

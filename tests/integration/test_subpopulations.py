@@ -187,7 +187,7 @@ def test_explain_failures_with_a_prediction_field_and_the_counterfactual(run):
     }
     test.set_values("pred", preds, key_field="id")
     summary = ts.explain_failures(
-        tgt, "infl", pred_field="pred", top_k=2, num_seeds=2, progress=False
+        tgt, "infl", pred_field="pred", top_k=2, max_seeds=2, round_seeds=2, progress=False
     )
     assert summary["num_failures"] == 6
     assert summary.describe()[0].startswith("6 of ")
@@ -206,7 +206,14 @@ def test_explain_failures_with_a_prediction_field_and_the_counterfactual(run):
     assert len(tgt.load_saved_view("infl_failures_failures")) == 6
     # resumable: a second call trains nothing new and gives the same counts
     again = ts.explain_failures(
-        tgt, "infl", pred_field="pred", top_k=2, num_seeds=2, progress=False, overwrite=True
+        tgt,
+        "infl",
+        pred_field="pred",
+        top_k=2,
+        max_seeds=2,
+        round_seeds=2,
+        progress=False,
+        overwrite=True,
     )
     assert again["counterfactual"] == check
     tgt.delete_run("infl_failures")
@@ -240,7 +247,8 @@ def test_both_operators_through_fiftyones_operator_machinery(run):
                 pred_field="(the run's models)",
                 top_k=2,
                 check_top=True,
-                num_seeds=1,
+                max_seeds=2,
+                round_seeds=2,
                 device="cpu",
                 executor="local",
                 run_key="ops_failures",

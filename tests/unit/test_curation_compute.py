@@ -78,9 +78,9 @@ def test_bad_plans_name_the_problem(kw, message):
 
 
 def test_summary_reports_paired_differences_with_intervals():
-    plan = cur.plan_curation(INFL, removed=[1], num_seeds=4)
+    plan = cur.plan_curation(INFL, removed=[1], num_seeds=8)
     rng = np.random.default_rng(0)
-    seed_effect = rng.normal(0, 0.05, 4)  # large, shared by every arm of a seed
+    seed_effect = rng.normal(0, 0.05, 8)  # large, shared by every arm of a seed
     acc = np.empty(len(plan.masks))
     shift = {
         "full": 0.0,
@@ -91,14 +91,14 @@ def test_summary_reports_paired_differences_with_intervals():
         "each": 0.02,
     }
     for c in plan.cells:
-        acc[c["rows"]] = 0.8 + seed_effect + shift[c["arm"]] + rng.normal(0, 0.002, 4)
+        acc[c["rows"]] = 0.8 + seed_effect + shift[c["arm"]] + rng.normal(0, 0.002, 8)
     s = cur.summarize_curation(plan, acc, NAMES)
-    assert s["removed"] == ["b"] and s["num_removed"] == 1 and s["num_seeds"] == 4
+    assert s["removed"] == ["b"] and s["num_removed"] == 1 and s["num_seeds"] == 8
     vs_full = s["curated_vs_full"]
     assert vs_full["diff"] == pytest.approx(0.02, abs=0.005)
     # pairing removes the seed effect: a tight interval above zero
     assert 0 < vs_full["ci95"][0] < vs_full["ci95"][1] < 0.04
-    assert vs_full["p_value"] < 0.01 and vs_full["wins"] == 4
+    assert vs_full["verdict"] == "confirmed" and vs_full["wins"] == 8
     assert s["most_helpful_removed_vs_full"]["diff"] < 0
     full = next(c for c in s["cells"] if c["arm"] == "full")
     assert full["ci95"][0] < full["accuracy"] < full["ci95"][1]
@@ -110,7 +110,7 @@ def test_summary_reports_paired_differences_with_intervals():
 
 
 def test_each_curated_class_is_retrained_alone_and_confirmed_only_by_its_own_interval():
-    plan = cur.plan_curation(INFL, removed=[1, 5], num_seeds=5)
+    plan = cur.plan_curation(INFL, removed=[1, 5], num_seeds=8)
     each = [c for c in plan.cells if c["arm"] == "each"]
     assert [c["class"] for c in each] == [1, 5]
     for c in each:
@@ -118,13 +118,17 @@ def test_each_curated_class_is_retrained_alone_and_confirmed_only_by_its_own_int
         assert not plan.masks[c["rows"]][:, c["class"]].any()
     assert plan.cell("each", 1, 5) is each[1]
     rng = np.random.default_rng(1)
-    seed_effect = rng.normal(0, 0.05, 5)
+    seed_effect = rng.normal(0, 0.05, 8)
     acc = 0.8 + seed_effect[plan.seeds] + rng.normal(0, 0.002, len(plan.seeds))
     acc[each[0]["rows"]] += 0.03  # removing b helps; removing f does nothing
     s = cur.summarize_curation(plan, acc, NAMES)
     assert s["confirmed"] == ["b"]
     rows = {r["class"]: r for r in s["each_removed_vs_full"]}
     assert rows["b"]["ci95"][0] > 0 and rows["f"]["ci95"][0] < 0 < rows["f"]["ci95"][1]
+    # two classes checked alone: each decided at alpha / 2, so any false
+    # confirmation among them has probability at most alpha
+    assert rows["b"]["decision"]["alpha"] == rows["f"]["decision"]["alpha"] == 0.025
+    assert rows["f"]["verdict"] == "negligible"  # within +-1 point at the default
     no_each = cur.plan_curation(INFL, removed=[1, 5], num_seeds=5, each=False)
     assert not any(c["arm"] == "each" for c in no_each.cells)
 
@@ -152,3 +156,15 @@ def test_fdr_rule_selects_harmful_classes_below_the_level():
 def test_paired_comparison_without_spread():
     t = cur.paired_comparison([0.5, 0.5], [0.5, 0.5])
     assert t["diff"] == 0 and t["p_value"] == 1.0 and t["wins"] == 0
+
+
+def test_sweep_arms_stop_at_sweep_seeds_and_verdict_arms_go_on():
+    plan = cur.plan_curation(INFL, removed=[1], num_seeds=12, sweep_ks=[2, 3], sweep_seeds=4)
+    assert len(plan.cell("full", 0)["rows"]) == 12
+    assert len(plan.cell("random", 1)["rows"]) == len(plan.cell("helpful_first", 1)["rows"]) == 12
+    for arm in ("harmful_first", "helpful_first", "random"):
+        assert len(plan.cell(arm, 3)["rows"]) == 4
+    # the rows of a seed do not depend on how many seeds are planned
+    small = cur.plan_curation(INFL, removed=[1], num_seeds=4, sweep_ks=[2, 3], sweep_seeds=4)
+    rows = lambda p: {(m.tobytes(), s) for m, s in zip(p.masks, p.seeds)}
+    assert rows(small) <= rows(plan)

@@ -176,3 +176,21 @@ def test_a_bootstrap_draw_without_a_finite_optimum_is_dropped_not_raised():
     assert fit.best_ratio(12, degenerate) == float("inf")
     lo, hi = fit.interval(lambda t: fit.best_ratio(12, t))
     assert lo == pytest.approx(fit.best_ratio(12)) and hi == pytest.approx(lo)
+
+
+def test_a_fit_whose_bootstrap_cannot_place_the_best_k_falls_back_to_the_sweep():
+    usual = [0.26, 0.28, 0.17, 0.29, 2.2]
+    # draws that agree place K* within a narrow interval: the fit is used
+    tight = dv.PowerLawFit(*usual, 0.0, True, "", np.array([usual] * 3))
+    per_budget = {"200": {"sweep_best_ratio": 0.5}, "400": {"sweep_best_ratio": 0.5}}
+    used = dv.predict_full_budget(tight, per_budget, [200, 400], 800)
+    assert used["fit_identified"] and used["K_from_fit"] == pytest.approx(tight.best_classes(800))
+    # draws whose exponents wander (p from 0.28 to 2.7): K* anywhere, the fit is not used
+    wandering = [[0.26, p, 0.17, 0.29, 2.2] for p in (0.28, 0.9, 2.74)]
+    loose = dv.PowerLawFit(*usual, 0.0, True, "", np.array(wandering))
+    lo, hi = loose.interval(lambda t: loose.best_classes(800, t))
+    assert hi / lo > dv.MAX_IDENTIFIED_K_FACTOR
+    fallback = dv.predict_full_budget(loose, per_budget, [200, 400], 800)
+    assert not fallback["fit_identified"] and fallback["K_from_fit"] is None
+    assert "does not identify its exponents" in fallback["fit_message"]
+    assert fallback["K_from_pooled_sweep_ratio"] == pytest.approx(20.0)  # sqrt(0.5 * 800)

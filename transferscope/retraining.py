@@ -1,0 +1,160 @@
+"""One way to check a choice by retraining: seeds in rounds, stopped when the verdict settles.
+
+Every retraining check (a class curation, an image curation, a failure's
+culprit) trains the same arms for seed after seed and compares them in pairs.
+:func:`retrain_in_rounds` adds ``rule.round_seeds`` seeds to every arm, looks,
+and stops when the check's verdicts are decided or the seed budget is spent
+(see :mod:`transferscope.compute.sequential`). Each round is its own
+resumable store named by its rows, so a process killed anywhere, then the
+same call again, trains only what is missing and reaches the same stopping
+point (the decision after a round depends only on the stored outputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from . import compute as tsc
+from .influence_run import run_with_progress
+from .views import TransferScopeError
+
+# What a check decides on: the per-model mean over the target's test samples.
+# "prob" (the correct class's softmax probability) is continuous, so it is
+# less noisy per seed than 0/1 accuracy (benchmarks/results/paired_noise.json).
+DECISION_OUTCOMES = ("prob", "accuracy")
+DEFAULT_OUTCOME = "prob"
+# within one point of that outcome an effect is too small to act on
+DEFAULT_MIN_EFFECT = 0.01
+_STORE_OUTPUT = {"prob": "prob", "accuracy": "correct"}
+
+
+@dataclasses.dataclass
+class RoundOutputs:
+    """The stored outputs of every round so far, read row by row of a plan."""
+
+    stores: list
+    num_seeds: int = 0
+
+    def outputs(self, name, masks, seeds):
+        """``(R, T)`` output ``name`` of each ``(mask, seed)`` row of a plan."""
+        where = {}
+        for store in self.stores:
+            store_seeds = store.spec["meta"]["seeds"]
+            for i, (mask, s) in enumerate(zip(store.masks, store_seeds)):
+                where[(np.asarray(mask, bool).tobytes(), int(s))] = (store, i)
+        rows = [where[(np.asarray(m, bool).tobytes(), int(s))] for m, s in zip(masks, seeds)]
+        cache = {}
+        out = []
+        for store, i in rows:
+            if id(store) not in cache:
+                cache[id(store)] = store.outputs(name, only_completed=False)
+            out.append(cache[id(store)][i])
+        return np.stack(out)
+
+    def per_model(self, outcome, masks, seeds):
+        """``(R,)`` mean over test samples of a decision outcome (or ``"correct"``)."""
+        name = _STORE_OUTPUT.get(outcome, outcome)
+        return self.outputs(name, masks, seeds).astype(np.float64).mean(axis=1)
+
+
+def stopping_rule(alpha, min_effect, round_seeds, max_seeds, outcome):
+    """The checked :class:`StoppingRule` of a call, or ``TransferScopeError`` naming
+    the bad argument (before anything is trained or written)."""
+    try:
+        tsc.checks.check_choice(outcome, "outcome", DECISION_OUTCOMES)
+        return tsc.StoppingRule(
+            alpha=alpha, min_effect=min_effect, round_seeds=round_seeds, max_seeds=max_seeds
+        )
+    except ValueError as e:
+        raise TransferScopeError(str(e)) from e
+
+
+def retrain_in_rounds(
+    plan_for: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    train: Callable,
+    store_root: str,
+    open_store: Callable[[str, np.ndarray, np.ndarray], object],
+    decided: Callable[[RoundOutputs, int], bool],
+    rule: tsc.StoppingRule,
+    progress,
+    start_msg: str,
+) -> RoundOutputs:
+    """Trains a retraining check round by round until ``decided`` or the budget.
+
+    Args:
+        plan_for: ``n -> (masks, seeds)``, every row of the check at ``n``
+            seeds; the rows of seed ``s`` must not depend on ``n``
+        train: ``(store, on_model_done) -> None``, trains a store's pending rows
+        store_root: folder of the round stores (one per round, named by its rows)
+        open_store: ``(path, masks, seeds) -> store``
+        decided: ``(outputs, n) -> bool`` after each look at ``n`` seeds
+        rule: when to look, the seed budget
+        progress: as :func:`transferscope.compute_class_influence`; a callable
+            gets ``(done, total)`` with ``total`` the models at the full budget
+
+    Returns:
+        the :class:`RoundOutputs` at the stopping point
+    """
+    total_rows = len(plan_for(rule.max_seeds)[1])
+    rounds = RoundOutputs([])
+    for look in rule.looks():
+        masks, seeds = plan_for(look)
+        new = seeds >= rounds.num_seeds
+        path = os.path.join(store_root, tsc.digests.digest(masks[new], seeds[new]))
+        store = open_store(path, masks[new], seeds[new])
+        run_with_progress(
+            (store, lambda done, store=store: train(store, done)),
+            _offset(progress, int((~new).sum()), total_rows),
+            f"{start_msg} (seeds {rounds.num_seeds + 1}-{look} of at most {rule.max_seeds})",
+        )
+        rounds.stores.append(store)
+        rounds.num_seeds = look
+        if decided(rounds, look):
+            break
+    return rounds
+
+
+def _offset(progress, already, total):
+    """A progress callback that counts earlier rounds' models and the full budget."""
+    if not callable(progress):
+        return progress
+    return lambda done, _: progress(already + done, total)
+
+
+def points_interval(interval):
+    return f"[{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+
+
+def describe_check(label, row):
+    """One line for a sequential paired check: the accuracy change, the decision
+    outcome's interval and the verdict with its error level."""
+    d = row.get("decision")
+    if d is None:  # a summary stored before verdicts were sequential
+        return (
+            f"  {label:<26s} {100 * row['diff']:+.1f} points, 95% CI {points_interval(row['ci95'])}, "
+            f"better in {row['wins']}/{row['num_pairs']} seeds"
+        )
+    outcome = "correct-class prob." if d["outcome"] == "prob" else "accuracy"
+    return (
+        f"  {label:<26s} {100 * row['diff']:+.1f} points {points_interval(row['ci95'])}; "
+        f"{outcome} {100 * d['diff']:+.2f} {points_interval(d['interval'])}: "
+        f"{row['verdict']} (alpha {d['alpha']:.3g}, {row['num_pairs']} seeds, "
+        f"better in {row['wins']})"
+    )
+
+
+def describe_stopping(summary):
+    rule = summary.get("stopping_rule")
+    if not rule:
+        return []
+    return [
+        f"Verdicts decided sequentially on {summary['outcome']!r}: seeds added "
+        f"{rule['round_seeds']} at a time, stopped at {summary['num_seeds']} of at most "
+        f"{rule['max_seeds']}; intervals are anytime-valid, each verdict wrong with "
+        f"probability at most its alpha; negligible means within "
+        f"+-{100 * rule['min_effect']:g} points"
+    ]
