@@ -11,11 +11,15 @@ epochs, linear probe):
 - ``without``: the planted images removed;
 - ``random``: as many random original images removed instead;
 
-all three from the same model seed (paired). Reported per design: the mean
-test-accuracy change of removing the set (against ``full`` and against
-``random``) with a paired 95% t-interval, the standard deviation of the
-paired differences, and the seeds per arm a +-1 point interval would need.
-A harmful set shows as ``without - full`` above zero.
+all three from the same model seed (paired), seed after seed in rounds
+until the verdict on removing the set (mean correct-class probability,
+against ``full``) settles or ``--seeds`` are spent: the product's sequential
+check (transferscope.compute.sequential). Reported per design: the verdicts,
+the seeds used, the mean test-accuracy change of removing the set (against
+``full`` and against ``random``) with its anytime-valid 95% interval, the
+standard deviation of the paired differences, and the seeds per arm a +-1
+point fixed-size interval would need. A harmful set shows as ``without -
+full`` above zero.
 
 Designs (glyphs drawn heavy: stroke 2-3, as the demo's ``bold`` class):
 
@@ -30,7 +34,7 @@ Designs (glyphs drawn heavy: stroke 2-3, as the demo's ``bold`` class):
 - ``heavy_in_letters``: heavy glyphs of random characters, a few in each
   letter and symbol class that does not draw them.
 
-    .venv/bin/python benchmarks/hidden_harm.py --designs heavy_in_letters --size 200 --seeds 16
+    .venv/bin/python benchmarks/hidden_harm.py --designs heavy_in_letters --size 200 --seeds 32
 
 Writes benchmarks/results/hidden_harm.json (or ``--results``), adding to
 what is there.
@@ -148,13 +152,14 @@ def plant(design, size, class_names, seed=0):
 
 def paired(a, b):
     """``a - b`` by seed, in points, with the spread the seed count needs."""
-    from transferscope.compute.curation import paired_comparison
+    from transferscope.compute import StoppingRule, paired_verdict
 
-    c = paired_comparison(a, b)
+    # anytime-valid: the check stopped when its verdict settled
+    c = paired_verdict(a, b, StoppingRule(min_effect=0.0))
     sd = 100 * float(np.std(np.asarray(a) - np.asarray(b), ddof=1))
     return {
         "points": 100 * c["diff"],
-        "ci95": [100 * c["ci95"][0], 100 * c["ci95"][1]],
+        "ci95": [100 * c["interval"][0], 100 * c["interval"][1]],
         "sd_of_differences": sd,
         "better_in": c["wins"],
         # seeds per arm for a +-1 point 95% interval at this spread
@@ -162,8 +167,12 @@ def paired(a, b):
     }
 
 
-def check(design, size, seeds, base, class_names):
-    from transferscope.compute import InfluenceConfig, TransferData, train_subset_model
+def check(design, size, seeds, base, class_names, round_seeds=4):
+    """Trains the three arms seed after seed, in rounds, until the verdict on
+    removing the set (against the full set, on mean correct-class probability)
+    settles or ``seeds`` are spent: the product's sequential check."""
+    from transferscope.compute import InfluenceConfig, StoppingRule, TransferData, paired_verdict
+    from transferscope.compute import train_subset_model
     from transferscope.demo import DEFAULTS
 
     images, labels = plant(design, size, class_names)
@@ -182,6 +191,9 @@ def check(design, size, seeds, base, class_names):
     config = InfluenceConfig(epochs=DEFAULTS["epochs"], seed=0, device="cpu", precision="fp32")
     every_class = np.ones(base.num_pretrain_classes, dtype=bool)
     accuracy = {"full": [], "without": [], "random": []}
+    prob = {"full": [], "without": [], "random": []}
+    rule = StoppingRule(round_seeds=round_seeds, max_seeds=seeds)
+    looks = set(rule.looks())
     start = time.perf_counter()
     for s in range(seeds):
         drawn = np.random.default_rng([s, 99]).choice(n_old, size, replace=False)
@@ -190,14 +202,25 @@ def check(design, size, seeds, base, class_names):
             keep[removed] = False
             out = train_subset_model(config, 7_000_000 + s, every_class, data, keep)
             accuracy[arm].append(float(out["correct"].mean()))
+            prob[arm].append(float(out["prob"].mean()))
         print(f"  {design} seed {s}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accuracy.items()))
+        if s + 1 in looks:
+            verdict = paired_verdict(prob["without"], prob["full"], rule)
+            print(f"  look at {s + 1} seeds: {verdict['verdict']} {verdict['interval']}")
+            if verdict["verdict"] != "undecided":
+                break
+    used = len(accuracy["full"])
     from transferscope.compute.config import ENGINE_VERSION
 
     result = {
         "engine_version": ENGINE_VERSION,
         "size": size,
-        "seeds": seeds,
+        "seed_budget": seeds,
+        "seeds": used,
         "seconds": time.perf_counter() - start,
+        "stopping_rule": rule.to_dict(),
+        "verdict_without_minus_full": paired_verdict(prob["without"], prob["full"], rule),
+        "verdict_without_minus_random": paired_verdict(prob["without"], prob["random"], rule),
         "mean_accuracy": {k: float(np.mean(v)) for k, v in accuracy.items()},
         "without_minus_full": paired(accuracy["without"], accuracy["full"]),
         "without_minus_random": paired(accuracy["without"], accuracy["random"]),
@@ -206,7 +229,7 @@ def check(design, size, seeds, base, class_names):
         r = result[name]
         print(
             f"{design}: {name} {r['points']:+.2f} points [{r['ci95'][0]:+.2f}, "
-            f"{r['ci95'][1]:+.2f}], better in {r['better_in']}/{seeds}; sd of the paired "
+            f"{r['ci95'][1]:+.2f}], better in {r['better_in']}/{used}; sd of the paired "
             f"differences {r['sd_of_differences']:.2f} ({r['seeds_for_1_point']} seeds for +-1)"
         )
     return result
@@ -216,7 +239,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
     parser.add_argument("--size", type=int, default=100, help="planted images per design")
-    parser.add_argument("--seeds", type=int, default=8, help="paired seeds per arm")
+    parser.add_argument(
+        "--seeds", type=int, default=32, help="seed budget per arm (rounds of --round-seeds)"
+    )
+    parser.add_argument("--round-seeds", type=int, default=4, help="seeds per round")
     parser.add_argument("--results", default=os.path.join(HERE, "results", "hidden_harm.json"))
     args = parser.parse_args()
     from transferscope.demo_data import SUBPOP_STYLES, glyph_classes
@@ -235,7 +261,7 @@ def main():
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     for design in args.designs:
-        results[design] = check(design, args.size, args.seeds, base, class_names)
+        results[design] = check(design, args.size, args.seeds, base, class_names, args.round_seeds)
         os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
         with open(args.results, "w") as f:
             json.dump(results, f, indent=2)

@@ -45,36 +45,7 @@ def main(argv=None):
         help="local executor: models trained at once (default: automatic, "
         "1 on a CPU, as many as fit on a GPU)",
     )
-    cur = sub.add_parser(
-        "evaluate-curation", help="retrain on the full, curated and random sets; print and plot"
-    )
-    cur.add_argument("dataset", help="the run's target or pretraining dataset")
-    cur.add_argument("run_key", help="a class-influence run")
-    cur.add_argument(
-        "--rule",
-        default=None,
-        help="harmful_fdr, ci_below_zero, most_harmful, below_threshold "
-        "(default: the tagged classes, else harmful_fdr)",
-    )
-    cur.add_argument(
-        "--fdr-level", type=float, default=0.1, help="with harmful_fdr: the false-discovery level"
-    )
-    cur.add_argument("--k", type=int, default=None)
-    cur.add_argument("--threshold", type=float, default=None)
-    cur.add_argument(
-        "--max-seeds", type=int, default=32, help="seed budget per arm (seeds come in rounds)"
-    )
-    cur.add_argument("--round-seeds", type=int, default=4, help="seeds added per round")
-    cur.add_argument("--alpha", type=float, default=0.05, help="error level of each verdict")
-    cur.add_argument(
-        "--min-effect",
-        type=float,
-        default=0.01,
-        help="smallest effect that matters (0.01: 1 point)",
-    )
-    cur.add_argument("--outcome", default="prob", help="decide on 'prob' or 'accuracy'")
-    cur.add_argument("--sweep", default="", help="comma-separated k values, e.g. 4,8,16")
-    cur.add_argument("--png", default=None, help="write the accuracy-vs-removed plot here")
+    _curation_parser(sub)
     plot = sub.add_parser("plot-curation", help="write a run's stored curation plot as PNG")
     plot.add_argument("dataset")
     plot.add_argument("run_key")
@@ -202,6 +173,40 @@ def install_plugin(plugins_dir=None):
         raise RuntimeError(f"{link} exists and is not a link to this plugin; remove it first")
     os.symlink(plugin_root(), link)
     return link
+
+
+def _curation_parser(sub):
+    """``transferscope evaluate-curation``: its arguments, the SDK call's."""
+    cur = sub.add_parser(
+        "evaluate-curation", help="retrain on the full, curated and random sets; print and plot"
+    )
+    cur.add_argument("dataset", help="the run's target or pretraining dataset")
+    cur.add_argument("run_key", help="a class-influence run")
+    cur.add_argument(
+        "--rule",
+        default=None,
+        help="harmful_fdr, ci_below_zero, most_harmful, below_threshold "
+        "(default: the tagged classes, else harmful_fdr)",
+    )
+    cur.add_argument(
+        "--fdr-level", type=float, default=0.1, help="with harmful_fdr: the false-discovery level"
+    )
+    cur.add_argument("--k", type=int, default=None)
+    cur.add_argument("--threshold", type=float, default=None)
+    cur.add_argument(
+        "--max-seeds", type=int, default=32, help="seed budget per arm (seeds come in rounds)"
+    )
+    cur.add_argument("--round-seeds", type=int, default=4, help="seeds added per round")
+    cur.add_argument("--alpha", type=float, default=0.05, help="error level of each verdict")
+    cur.add_argument(
+        "--min-effect",
+        type=float,
+        default=0.01,
+        help="smallest effect that matters (0.01: 1 point)",
+    )
+    cur.add_argument("--outcome", default="prob", help="decide on 'prob' or 'accuracy'")
+    cur.add_argument("--sweep", default="", help="comma-separated k values, e.g. 4,8,16")
+    cur.add_argument("--png", default=None, help="write the accuracy-vs-removed plot here")
 
 
 if __name__ == "__main__":

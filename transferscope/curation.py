@@ -307,15 +307,9 @@ def evaluate_curation(
     results = run.results
     run.store()
 
-    rule_label = rule
-    if rule is None:
-        tagged = run_record(pretrain, influence_key, "curation_tags")
-        if tagged:
-            rule, classes = "classes", tagged["classes"]
-            rule_label = f"tagged ({tagged['rule']})"
-        else:
-            rule = rule_label = DEFAULT_RULE
-    removed = select_removed_classes(results, rule, k, threshold, classes, fdr_level)
+    removed, rule_label = _curated_classes(
+        pretrain, influence_key, results, rule, k, threshold, classes, fdr_level
+    )
     index = {c: i for i, c in enumerate(results.classes)}
 
     def plan_for(num_seeds):
@@ -338,35 +332,10 @@ def evaluate_curation(
     labelled = run.labelled(unchanged_for="evaluating a curation")
     runner = prepare_executor(executor, executor_options, train_config)
     data = labelled.decode(train_config.image_size, train_config.channels, train_config.resize)
-    meta = {"classes": list(results.classes)}
-
-    def summarize(rounds, num_seeds):
-        plan = plan_for(num_seeds)
-        return tsc.summarize_curation(
-            plan,
-            rounds.per_model("accuracy", plan.masks, plan.seeds),
-            results.classes,
-            rounds.per_model(outcome, plan.masks, plan.seeds),
-            stopping,
-            outcome,
-        )
-
-    def rows_for(num_seeds):
-        plan = plan_for(num_seeds)
-        return plan.masks, plan.seeds
-
     path = os.path.join(results.config.output_dir, "curation")
-    rounds = retrain_in_rounds(
-        rows_for,
-        lambda store, done: tsc.run_retraining(train_config, data, store, done, runner),
-        path,
-        lambda p, masks, seeds: tsc.open_retrain_store(p, train_config, data, masks, seeds, meta),
-        lambda rounds, n: tsc.curation.curation_decided(summarize(rounds, n)),
-        stopping,
-        progress,
-        "Retraining for the curation counterfactual",
+    summary = _retrain_classes(
+        plan_for, train_config, data, runner, path, results.classes, stopping, outcome, progress
     )
-    summary = summarize(rounds, rounds.num_seeds)
     summary.update(
         rule=rule_label,
         k=k,
@@ -378,6 +347,52 @@ def evaluate_curation(
     )
     _record_curation(influence_key, target, pretrain, summary)
     return CurationResults(summary)
+
+
+def _retrain_classes(plan_for, config, data, runner, path, classes, stopping, outcome, progress):
+    """Retrains a class curation's plan in rounds until its verdicts settle; the summary."""
+    meta = {"classes": list(classes)}
+
+    def summarize(rounds, num_seeds):
+        plan = plan_for(num_seeds)
+        return tsc.summarize_curation(
+            plan,
+            rounds.per_model("accuracy", plan.masks, plan.seeds),
+            classes,
+            rounds.per_model(outcome, plan.masks, plan.seeds),
+            stopping,
+            outcome,
+        )
+
+    def rows_for(num_seeds):
+        plan = plan_for(num_seeds)
+        return plan.masks, plan.seeds
+
+    rounds = retrain_in_rounds(
+        rows_for,
+        lambda store, done: tsc.run_retraining(config, data, store, done, runner),
+        path,
+        lambda p, masks, seeds: tsc.open_retrain_store(p, config, data, masks, seeds, meta),
+        lambda rounds, n: tsc.curation.curation_decided(summarize(rounds, n)),
+        stopping,
+        progress,
+        "Retraining for the curation counterfactual",
+    )
+    return summarize(rounds, rounds.num_seeds)
+
+
+def _curated_classes(pretrain, key, results, rule, k, threshold, classes, fdr_level):
+    """``(removed class names, rule label)``: the classes last tagged when ``rule``
+    is None, else those ``rule`` selects (the default rule without tags)."""
+    rule_label = rule
+    if rule is None:
+        tagged = run_record(pretrain, key, "curation_tags")
+        if tagged:
+            rule, classes = "classes", tagged["classes"]
+            rule_label = f"tagged ({tagged['rule']})"
+        else:
+            rule = rule_label = DEFAULT_RULE
+    return select_removed_classes(results, rule, k, threshold, classes, fdr_level), rule_label
 
 
 def _record_curation(key, target, pretrain, summary):

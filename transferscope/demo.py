@@ -722,6 +722,8 @@ def _failures_report(failures, planted_harmful_class):
         "blamed_failures": check.get("blamed_failures"),
         "fixed_per_model_removing_culprit": on_blamed.get("culprit_removed", {}).get("fixed"),
         "fixed_per_model_removing_random_class": on_blamed.get("random_removed", {}).get("fixed"),
+        "culprit_verdict": check.get("culprit_vs_full", {}).get("verdict"),
+        "num_seeds": check.get("num_seeds"),
         "counterfactual": check,
     }
 

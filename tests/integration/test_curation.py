@@ -184,7 +184,7 @@ def test_each_curated_class_is_confirmed_or_not_by_its_own_retraining(influence_
     for row in each:
         assert row["num_pairs"] == 2 and len(row["ci95"]) == 2
     assert set(summary["confirmed"]) <= set(summary["removed"])
-    assert summary["confirmed"] == [r["class"] for r in each if r["ci95"][0] > 0]
+    assert summary["confirmed"] == [r["class"] for r in each if r["verdict"] == "confirmed"]
     assert any(line.startswith("  only ") for line in ts.curation.describe_curation(summary))
     none = ts.evaluate_curation(
         tgt,
@@ -279,3 +279,55 @@ def test_evaluation_and_planning_refuse_datasets_changed_since_the_run(influence
     with pytest.raises(TransferScopeError, match="changed since it was computed.*diversity"):
         plan_class_diversity(tgt, "infl", budgets=[12, 20], full_budget=30)
     assert not pre.has_saved_view("diversity_plan") and "diversity" not in pre.list_runs()
+
+
+def test_the_check_stops_at_a_look_and_a_second_call_trains_nothing(influence_run):
+    pre, tgt, results = influence_run
+    kwargs = dict(rule="most_harmful", k=1, max_seeds=6, round_seeds=2, confirm_each=False)
+    calls = []
+    summary = ts.evaluate_curation(
+        tgt, "infl", progress=lambda d, t: calls.append((d, t)), **kwargs
+    )
+    n = summary["num_seeds"]
+    assert n in (2, 4, 6) and summary["stopping_rule"]["max_seeds"] == 6
+    # stopped early only when the verdicts that decide the curation were decided
+    assert summary["curated_vs_full"]["verdict"] != "undecided" or n == 6
+    full = next(c for c in summary["cells"] if c["arm"] == "full")
+    assert len(full["per_seed"]) == n
+    # progress counts against the models of the whole budget, and never runs back
+    done = [d for d, _ in calls]
+    totals = {t for _, t in calls}
+    assert done == sorted(done) and len(totals) == 1 and max(done) <= totals.pop()
+    again = []
+    repeat = ts.evaluate_curation(tgt, "infl", progress=lambda d, t: again.append(d), **kwargs)
+    assert again == [] and repeat["num_seeds"] == n
+    assert repeat["curated_vs_full"] == summary["curated_vs_full"]
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(max_seeds=2, round_seeds=4), "max_seeds must be an integer >= 4"),
+        (dict(min_effect=-0.01), r"min_effect must be a finite number in \[0, inf\)"),
+        (dict(alpha=0.5), r"alpha must be a finite number in \(0, 0.5\)"),
+        (dict(alpha=0.0), r"alpha must be a finite number in \(0, 0.5\)"),
+        (dict(outcome="loss"), "outcome must be one of"),
+    ],
+)
+def test_bad_stopping_rules_are_refused_before_anything_changes(influence_run, kw, message):
+    pre, tgt, results = influence_run
+    out = results.config.output_dir
+
+    def state():
+        files = sorted(
+            os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs
+        )
+        return files, run_record(tgt, "infl", "curation"), run_record(pre, "infl", "curation")
+
+    before = state()
+    with pytest.raises(TransferScopeError, match=message):
+        ts.evaluate_curation(tgt, "infl", rule="most_harmful", k=1, **kw)
+    with pytest.raises(TransferScopeError, match=message):
+        ts.explain_failures(tgt, "infl", key="bad_rule", **kw)
+    assert state() == before
+    assert "bad_rule" not in fo.load_dataset(tgt.name).list_runs()
