@@ -362,8 +362,8 @@ def stopping_inputs(inputs, ctx):
         description="an interval within +- this is 'negligible'; 0: never",
     )
     outcome = types.RadioGroup()
-    outcome.add_choice("prob", label="correct-class probability (less noise per seed)")
     outcome.add_choice("accuracy", label="accuracy")
+    outcome.add_choice("prob", label="correct-class probability")
     inputs.enum(
         "outcome", outcome.values(), default=DEFAULT_OUTCOME, label="Decide on", view=outcome
     )

@@ -194,7 +194,7 @@ def _curation_parser(sub):
     cur.add_argument("--k", type=int, default=None)
     cur.add_argument("--threshold", type=float, default=None)
     cur.add_argument(
-        "--max-seeds", type=int, default=32, help="seed budget per arm (seeds come in rounds)"
+        "--max-seeds", type=int, default=64, help="seed budget per arm (seeds come in rounds)"
     )
     cur.add_argument("--round-seeds", type=int, default=4, help="seeds added per round")
     cur.add_argument("--alpha", type=float, default=0.05, help="error level of each verdict")
@@ -204,7 +204,7 @@ def _curation_parser(sub):
         default=0.01,
         help="smallest effect that matters (0.01: 1 point)",
     )
-    cur.add_argument("--outcome", default="prob", help="decide on 'prob' or 'accuracy'")
+    cur.add_argument("--outcome", default="accuracy", help="decide on 'accuracy' or 'prob'")
     cur.add_argument("--sweep", default="", help="comma-separated k values, e.g. 4,8,16")
     cur.add_argument("--png", default=None, help="write the accuracy-vs-removed plot here")
 

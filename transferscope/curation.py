@@ -243,9 +243,8 @@ def evaluate_curation(
     the budget; each is wrong with probability at most ``alpha``, however
     many rounds were looked at (anytime-valid intervals, see
     :mod:`transferscope.compute.sequential`). Verdicts are decided on
-    ``outcome``: ``"prob"`` (the default: the target test set's mean
-    correct-class probability, less noisy per seed) or ``"accuracy"``;
-    accuracy is reported beside it. With ``sweep_ks`` (e.g. ``[4, 8, 12]``)
+    ``outcome``: ``"accuracy"`` (the default) or ``"prob"`` (the target
+    test set's mean correct-class probability); accuracy is always reported. With ``sweep_ks`` (e.g. ``[4, 8, 12]``)
     each ``k`` is also tried most-harmful-first, most-helpful-first and at
     random over the first ``sweep_seeds`` seeds, for the
     accuracy-vs-classes-removed plot.

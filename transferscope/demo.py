@@ -56,7 +56,7 @@ DEMO_VERSION = 7  # 7: the second (transformed) planted leak
 DEFAULTS = dict(num_models=144, epochs=4, alpha=0.5, seed=0)
 # the curation counterfactual: the seed budget per arm (seeds come in rounds of 4
 # until the verdicts settle), and the sweep of classes removed (over 8 seeds)
-CURATION = dict(max_seeds=32, sweep_ks=[4, 8, 16])
+CURATION = dict(max_seeds=64, sweep_ks=[4, 8, 16])
 
 
 def data_dir():

@@ -94,9 +94,18 @@ def test_curation_removes_the_harmful_class_and_retraining_confirms_it(datasets,
     assert cur["harmful_class_removed"] and cur["rule"] == "tagged (harmful_fdr)"
     # every class the default rule selects is checked by its own retraining
     assert set(cur["each_removed_vs_full"]) == set(cur["removed"])
-    assert "bold" in cur["confirmed_by_retraining"]
-    assert cur["curated_vs_full"]["diff"] > 0 and cur["curated_vs_full"]["ci95"][0] > 0
-    assert cur["curated_vs_random"]["diff"] > 0
+    # Sequential verdicts (tests/unit/test_sequential.py simulates them at the
+    # measured effect, +3.3 points at 3.5-3.8 a seed): "confirmed" within the
+    # 64-seed budget in 99.98% of runs, "refuted" or "negligible" in none of
+    # 4,000; at a smaller true effect (2.5 points) "confirmed" falls to 97%
+    # and the rest is "undecided". Asserted: no verdict against the planted
+    # truth, and a check that stops only when decided or at its budget.
+    bold = cur["each_removed_vs_full"]["bold"]
+    assert bold["verdict"] in ("confirmed", "undecided"), bold
+    assert cur["curated_vs_full"]["verdict"] in ("confirmed", "undecided")
+    decided = bold["verdict"] != "undecided" and cur["curated_vs_full"]["verdict"] != "undecided"
+    assert decided or cur["num_seeds"] == demo.CURATION["max_seeds"]
+    assert cur["num_seeds"] % 4 == 0 and cur["num_seeds"] >= 8
     assert os.path.getsize(os.path.join(demo.data_dir(), "curation.png")) > 1000
     assert "demo_influence_curated" in fo.load_dataset(pre.name).list_saved_views()
 
@@ -172,9 +181,12 @@ def test_the_harmful_class_is_the_top_culprit_and_removing_it_fixes_failures(dat
     _, tgt = datasets
     fails = demo_run[1]["failures"]
     assert fails["top_culprit_is_planted_harmful_class"]
+    # measured: 11.9 fixed per model against 5.1 (8 seeds), a gap of many seeds' spread
     assert (
         fails["fixed_per_model_removing_culprit"] > fails["fixed_per_model_removing_random_class"]
     )
+    # the verdict on the blamed failures never goes against the planted truth
+    assert fails["culprit_verdict"] in ("confirmed", "undecided")
     assert len(tgt.load_saved_view("demo_failures_failures")) == fails["num_failures"]
 
 

@@ -12,11 +12,13 @@ import pytest
 
 from transferscope.compute import sequential as sq
 
-# Measured on the demo (benchmarks/paired_noise.py): the per-seed spread of
-# paired differences between retraining arms, in accuracy points (0/1
-# outcome) and in the default decision outcome (mean correct-class
-# probability), for the same seeds and arms.
-ACCURACY_SPREAD = 0.042
+# Measured on the demo: the per-seed spread of paired accuracy differences
+# between retraining arms, pooled over 9 arms (benchmarks/paired_noise.py,
+# benchmarks/results/paired_noise.json), and the larger spread measured on
+# another day (4.2 points); bold's removal: +3.29 points at 3.46 a seed.
+ACCURACY_SPREAD = 0.0383
+OTHER_DAY_SPREAD = 0.042
+BOLD_EFFECT = 0.0329
 # 2 points of accuracy, the size of effect users act on
 EFFECT = 0.02
 
@@ -67,13 +69,27 @@ def test_interval_covers_the_true_effect_at_every_stopping_time(effect, noise):
     assert sim["missed"] <= 0.05, sim
 
 
-def test_two_points_at_the_measured_accuracy_spread_need_about_64_seeds():
-    """The reason the default outcome is a continuous one: on 0/1 accuracy the
-    demo's spread makes a 2-point effect a 64-seed question."""
-    at_32 = sq.simulate_check(EFFECT, ACCURACY_SPREAD, sq.StoppingRule(max_seeds=32), seed=5)
-    at_64 = sq.simulate_check(EFFECT, ACCURACY_SPREAD, sq.StoppingRule(max_seeds=64), seed=5)
-    assert at_32["confirmed"] < 0.5
-    assert at_64["confirmed"] > 0.7
+def test_two_points_at_the_measured_spread_are_decided_within_the_default_budget():
+    rule = sq.StoppingRule()  # the product's defaults: rounds of 4, at most 64 seeds
+    sim = sq.simulate_check(EFFECT, ACCURACY_SPREAD, rule, num_runs=4000, seed=5)
+    # measured 0.87 (4,000 runs; the share's standard error 0.005)
+    assert sim["confirmed"] >= 0.8, sim
+    assert sim["refuted"] + sim["negligible"] == 0.0
+    # at the other day's spread it falls just short of 0.8 (measured 0.79)
+    other = sq.simulate_check(EFFECT, OTHER_DAY_SPREAD, rule, num_runs=4000, seed=5)
+    assert 0.7 <= other["confirmed"] < sim["confirmed"]
+    # half the budget would leave most such checks undecided
+    half = sq.simulate_check(EFFECT, ACCURACY_SPREAD, sq.StoppingRule(max_seeds=32), seed=5)
+    assert half["confirmed"] < 0.6
+
+
+def test_the_demos_harmful_class_is_confirmed_almost_surely_at_its_measured_effect():
+    """What tests/acceptance/test_demo.py may assert: bold's removal confirmed
+    within the demo's budget of 64 seeds."""
+    rule = sq.StoppingRule(max_seeds=64)
+    sim = sq.simulate_check(BOLD_EFFECT, ACCURACY_SPREAD, rule, num_runs=20000, seed=9)
+    assert sim["confirmed"] >= 0.999, sim  # measured 0.9998; about 20 seeds on average
+    assert sim["mean_seeds"] < 24
 
 
 def test_verdicts_follow_from_the_interval():
