@@ -198,7 +198,7 @@ def plan_curation(
     ``each``, every curated class is also removed on its own, so each
     selection is confirmed (or not) by retraining. ``sweep_seeds`` caps the
     seeds of the arms that only draw the sweep (every order at a ``k`` other
-    than the curated one, and most-harmful-first at it), so a sequential
+    than the curated one), so a sequential
     check that needs many seeds for its verdicts does not train the plot's
     arms as often. The rows of seed ``s`` do not depend on ``num_seeds``.
     """
@@ -245,7 +245,7 @@ def plan_curation(
     add("curated", k_cur, lambda s: removed)
     for k in sorted(set(ks) | {k_cur}):
         verdict_seeds = num_seeds if k == k_cur else plot_seeds
-        add("harmful_first", k, lambda s, k=k: harmful_first[:k], plot_seeds)
+        add("harmful_first", k, lambda s, k=k: harmful_first[:k], verdict_seeds)
         add("helpful_first", k, lambda s, k=k: helpful_first[:k], verdict_seeds)
         add("random", k, random_classes(k), verdict_seeds)
     if each:

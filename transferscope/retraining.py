@@ -141,11 +141,14 @@ def describe_check(label, row):
             f"  {label:<26s} {100 * row['diff']:+.1f} points, 95% CI {points_interval(row['ci95'])}, "
             f"better in {row['wins']}/{row['num_pairs']} seeds"
         )
-    outcome = "correct-class prob." if d["outcome"] == "prob" else "accuracy"
+    decided_on = (
+        f"; correct-class prob. {100 * d['diff']:+.2f} {points_interval(d['interval'])}"
+        if d["outcome"] == "prob"
+        else ""
+    )
     return (
-        f"  {label:<26s} {100 * row['diff']:+.1f} points {points_interval(row['ci95'])}; "
-        f"{outcome} {100 * d['diff']:+.2f} {points_interval(d['interval'])}: "
-        f"{row['verdict']} (alpha {d['alpha']:.3g}, {row['num_pairs']} seeds, "
+        f"  {label:<26s} {100 * row['diff']:+.1f} points {points_interval(row['ci95'])}"
+        f"{decided_on}: {row['verdict']} (alpha {d['alpha']:.3g}, {row['num_pairs']} seeds, "
         f"better in {row['wins']})"
     )
 
