@@ -67,7 +67,6 @@ def matmul_flops(dtype, n=2048, reps=10, device="cpu"):
 def step_flops(bf16, batch=128, reps=20, compile=False):
     from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
-
     from transferscope.compute.nets import build_network
 
     torch.manual_seed(0)
@@ -168,7 +167,6 @@ OP_CATEGORIES = (
 def profile_model(data, precision):
     """Shares of one whole model's CPU time (operators' own time) by kind."""
     from torch.profiler import ProfilerActivity, profile
-
     from transferscope.compute import InfluenceConfig, sample_class_masks, train_subset_model
 
     config = InfluenceConfig(num_models=2, epochs=4, seed=0, device="cpu", precision=precision)
@@ -199,7 +197,6 @@ def model_steps(data, epochs=4, batch=128):
 
 def model_flops(data, precision):
     from torch.utils.flop_counter import FlopCounterMode
-
     from transferscope.compute import InfluenceConfig, sample_class_masks, train_subset_model
 
     config = InfluenceConfig(num_models=2, epochs=4, seed=0, device="cpu", precision=precision)
@@ -226,7 +223,6 @@ def main():
     )
     args = parser.parse_args()
     from scipy import stats
-
     from transferscope.compute.estimators import aggregate_influence, split_half_spearman
 
     threads = torch.get_num_threads()

@@ -32,7 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-
 from transferscope.compute import images  # noqa: E402
 
 

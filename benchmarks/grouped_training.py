@@ -87,11 +87,9 @@ def main():
     args = parser.parse_args()
 
     from scipy import stats
-
+    from transferscope.compute import InfluenceConfig
     from transferscope.compute.estimators import aggregate_influence, split_half_spearman
     from transferscope.compute.grouped import auto_group_size
-    from transferscope.compute import InfluenceConfig
-
     from transferscope.compute.train import resolve_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -171,8 +171,14 @@ def check(design, size, seeds, base, class_names, round_seeds=4):
     """Trains the three arms seed after seed, in rounds, until the verdict on
     removing the set (against the full set, on mean correct-class probability)
     settles or ``seeds`` are spent: the product's sequential check."""
-    from transferscope.compute import InfluenceConfig, StoppingRule, TransferData, paired_verdict
-    from transferscope.compute import train_subset_model
+    from transferscope.compute import (
+        InfluenceConfig,
+        StoppingRule,
+        TransferData,
+        paired_verdict,
+        train_subset_model,
+    )
+
     from transferscope.demo import DEFAULTS
 
     images, labels = plant(design, size, class_names)

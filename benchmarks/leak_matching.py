@@ -28,9 +28,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from transferscope.compute import matching as mt  # noqa: E402
 
 from transferscope import demo_data  # noqa: E402
-from transferscope.compute import matching as mt  # noqa: E402
 from transferscope.leakage import DEFAULT_MATCH_THRESHOLD  # noqa: E402
 
 

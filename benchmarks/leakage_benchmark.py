@@ -119,6 +119,7 @@ def run_pixels(pre_images, tgt_images):
     """detect_leakage's pixel matching at its defaults (standard transformations,
     match correlation 0.98, mutual best), on the images rather than the vectors."""
     from transferscope.compute import matching as mt
+
     from transferscope.leakage import DEFAULT_MATCH_THRESHOLD
 
     t0 = time.perf_counter()

@@ -81,6 +81,7 @@ def main(argv=None):
     from transferscope.compute import InfluenceConfig
     from transferscope.compute import train as tr
     from transferscope.compute.engine import RETRAIN_INDEX_BASE
+
     from transferscope.demo import DEFAULTS
     from transferscope.demo_data import SUBPOP_STYLES, glyph_classes
 

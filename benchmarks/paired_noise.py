@@ -104,7 +104,10 @@ def main(argv=None):
         num = len(np.frombuffer(next(iter(arms)), bool))
         if classes is None:
             classes = demo_classes(num)
-        names = lambda idx: [classes[i] for i in idx] if len(idx) <= 3 else f"{len(idx)} classes"
+
+        def names(idx, classes=classes):
+            return [classes[i] for i in idx] if len(idx) <= 3 else f"{len(idx)} classes"
+
         out["checks"][check] = paired_rows(arms, names)
     rows = [row for check_rows in out["checks"].values() for row in check_rows]
     for check, check_rows in out["checks"].items():

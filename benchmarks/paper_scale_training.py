@@ -42,9 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from transferscope.compute.train import channel_mean_std  # noqa: E402
 
 from transferscope import compute as tsc  # noqa: E402
-from transferscope.compute.train import channel_mean_std  # noqa: E402
 
 
 class MemorySampler:

@@ -43,6 +43,7 @@ def pool(images):
 
 def demo_transfer_data():
     from transferscope.compute import TransferData
+
     from transferscope.demo_data import make_demo_arrays
 
     arrays = make_demo_arrays()
@@ -60,6 +61,7 @@ def demo_transfer_data():
 
 def config_for(models):
     from transferscope.compute import InfluenceConfig
+
     from transferscope.demo import DEFAULTS
 
     return InfluenceConfig(num_models=models, epochs=DEFAULTS["epochs"], seed=0, device="cpu")
@@ -77,7 +79,6 @@ def timed_run(data, config, store_dir, executor):
 def ray_part(models, out_path):
     """Runs inside the cluster's namespace: connect, train, report timings."""
     import ray
-
     from transferscope.compute import RayExecutor
 
     data, config = demo_transfer_data(), config_for(models)
@@ -104,7 +105,6 @@ def main():
         return ray_part(args.models, args.ray_part)
 
     import torch
-
     from transferscope.compute import LocalExecutor, ResultsStore
     from transferscope.compute.store import OUTPUT_NAMES
 

@@ -24,8 +24,8 @@ import tracemalloc
 os.environ.setdefault("FIFTYONE_DATABASE_NAME", "transferscope_benchmarks")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 import fiftyone as fo  # noqa: E402
+import numpy as np  # noqa: E402
 from bson import ObjectId  # noqa: E402
 
 from transferscope.influence_run import save_matrices  # noqa: E402

@@ -89,7 +89,7 @@ def main():
             device="cpu",
             output_dir=store,  # the second weighting reuses the trained models
             overwrite=True,
-            progress=lambda done, total: stamps.append(time.perf_counter()),
+            progress=lambda done, total, stamps=stamps: stamps.append(time.perf_counter()),
         )
         steps = np.diff(stamps)
         if len(steps) == args.models + 1 + args.holdout:  # this call trained the models

@@ -192,6 +192,55 @@ class AttributionModels:
         return pending
 
 
+def _trak_parts(loss_weighting):
+    """``(score computer class, model output)`` for traker: the ridge term
+    relative to the Gram matrix's diagonal, and TRAK's margin weighted
+    (``"trak"``: ``1 - p``) or not (``"none"``)."""
+    from trak.modelout_functions import ImageClassificationModelOutput
+    from trak.score_computers import BasicScoreComputer
+
+    class RelativeDamping(BasicScoreComputer):
+        """traker's score computer with the ridge term ``damping`` times the mean
+        of the Gram matrix's diagonal: the same damping means the same at any
+        scale of gradients and any projection dimension."""
+
+        def __init__(self, *args, lambda_reg=0.0, **kwargs):
+            super().__init__(*args, lambda_reg=0.0, **kwargs)
+            self.relative_damping = lambda_reg
+
+        def get_x_xtx_inv(self, grads, xtx):
+            self.lambda_reg = self.relative_damping * float(torch.diagonal(xtx).mean())
+            return super().get_x_xtx_inv(grads, xtx)
+
+    class UnweightedMargin(ImageClassificationModelOutput):
+        """TRAK's margin with every pretraining image at full weight (no 1 - p)."""
+
+        def get_out_to_loss_grad(self, model, weights, buffers, batch):
+            labels = batch[1]
+            return torch.ones(len(labels), 1, dtype=torch.float32, device=labels.device)
+
+    task = UnweightedMargin() if loss_weighting == "none" else ImageClassificationModelOutput()
+    return RelativeDamping, task
+
+
+def _trak_projector(grad_dim, proj_dim, seed, device):
+    """traker's random projection to ``proj_dim`` (none when the gradients are smaller)."""
+    from trak.projectors import BasicProjector, NoOpProjector, ProjectionType
+
+    if grad_dim <= proj_dim:
+        return NoOpProjector(grad_dim, 0, seed, ProjectionType.normal, device)
+    block = max(1, min(proj_dim, PROJECTION_BLOCK_BYTES // (4 * grad_dim)))
+    return BasicProjector(
+        grad_dim,
+        proj_dim,
+        seed,
+        ProjectionType.normal,
+        device,
+        block_size=block,
+        dtype=torch.float32,
+    )
+
+
 def trak_scores(
     config: InfluenceConfig,
     data: TransferData,
@@ -216,49 +265,14 @@ def trak_scores(
     intermediate).
     """
     from trak import TRAKer
-    from trak.modelout_functions import ImageClassificationModelOutput
-    from trak.projectors import BasicProjector, NoOpProjector, ProjectionType
-    from trak.score_computers import BasicScoreComputer
 
-    class RelativeDamping(BasicScoreComputer):
-        """traker's score computer with the ridge term ``damping`` times the mean
-        of the Gram matrix's diagonal: the same damping means the same at any
-        scale of gradients and any projection dimension."""
-
-        def __init__(self, *args, lambda_reg=0.0, **kwargs):
-            super().__init__(*args, lambda_reg=0.0, **kwargs)
-            self.relative_damping = lambda_reg
-
-        def get_x_xtx_inv(self, grads, xtx):
-            self.lambda_reg = self.relative_damping * float(torch.diagonal(xtx).mean())
-            return super().get_x_xtx_inv(grads, xtx)
-
-    class UnweightedMargin(ImageClassificationModelOutput):
-        """TRAK's margin with every pretraining image at full weight (no 1 - p)."""
-
-        def get_out_to_loss_grad(self, model, weights, buffers, batch):
-            labels = batch[1]
-            return torch.ones(len(labels), 1, dtype=torch.float32, device=labels.device)
-
-    task = UnweightedMargin() if loss_weighting == "none" else ImageClassificationModelOutput()
+    RelativeDamping, task = _trak_parts(loss_weighting)
     device = resolve_device(config.device)
     model = attribution_network(config, data).to(device)
     wrt = model.backbone_parameter_names()
     params = dict(model.named_parameters())
     grad_dim = sum(params[name].numel() for name in wrt)
-    if grad_dim <= proj_dim:
-        projector = NoOpProjector(grad_dim, 0, config.seed, ProjectionType.normal, device)
-    else:
-        block = max(1, min(proj_dim, PROJECTION_BLOCK_BYTES // (4 * grad_dim)))
-        projector = BasicProjector(
-            grad_dim,
-            proj_dim,
-            config.seed,
-            ProjectionType.normal,
-            device,
-            block_size=block,
-            dtype=torch.float32,
-        )
+    projector = _trak_projector(grad_dim, proj_dim, config.seed, device)
     root_handlers = list(logging.getLogger().handlers)
     traker = TRAKer(
         model=model,

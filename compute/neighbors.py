@@ -10,9 +10,8 @@ are present, faiss-cpu otherwise.
 import os
 
 import numpy as np
-from scipy import sparse
+from scipy import sparse, stats
 from scipy.sparse import csgraph
-from scipy import stats
 
 from .checks import check_number
 

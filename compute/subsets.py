@@ -34,7 +34,6 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
-
 from scipy import linalg
 
 from .checks import check_number

@@ -335,6 +335,7 @@ def stopping_inputs(inputs, ctx):
     """The sequential check's stopping rule: seed budget, round size, error level,
     minimal effect and the outcome verdicts are decided on; bad values block the form."""
     from transferscope.compute import sequential
+
     from transferscope.retraining import DEFAULT_MIN_EFFECT, DEFAULT_OUTCOME
 
     inputs.int(
@@ -377,6 +378,7 @@ def stopping_kwargs(params, checked=False):
     """The stopping rule's keyword arguments from a form's params (``checked``:
     raise ``ValueError`` naming a bad one)."""
     from transferscope.compute import sequential
+
     from transferscope.retraining import DEFAULT_MIN_EFFECT, DEFAULT_OUTCOME
 
     def value(name, default):

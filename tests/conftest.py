@@ -11,7 +11,6 @@ import tempfile
 import uuid
 
 import pytest
-
 from helpers.tiny import TINY_KWARGS, build_tiny_datasets
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,6 +15,7 @@ The SDK (one function per job, used by the operators, the demo and the tests)::
 The engine lives in :mod:`transferscope.compute` (no FiftyOne import).
 """
 
+from . import faiss_backend as _faiss_backend
 from .curation import (
     curation_of,
     evaluate_curation,
@@ -30,8 +31,6 @@ from .leakage import detect_leakage, find_near_duplicates
 from .sample_influence import compute_sample_influence
 from .subpopulations import explain_failures, find_subpopulations
 from .views import TransferScopeError
-
-from . import faiss_backend as _faiss_backend
 
 _faiss_backend.register()  # fob.compute_similarity(..., backend="faiss")
 

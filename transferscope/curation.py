@@ -10,8 +10,8 @@ stores the result in the run. At the level of images, ``tag_samples`` and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 import os
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,10 +12,9 @@ import os
 import shutil
 import time
 
+import fiftyone as fo
 import numpy as np
 from PIL import Image
-
-import fiftyone as fo
 
 from . import compute as tsc
 from . import demo_data
@@ -26,8 +25,8 @@ from .diversity import plan_class_diversity
 from .influence import compute_class_influence
 from .influence_run import InfluenceRun, prepare_executor
 from .leakage import detect_leakage, find_near_duplicates
-from .sample_influence import compute_sample_influence
 from .plots import save_culprits_png, save_curation_png, save_diversity_png, save_subpopulations_png
+from .sample_influence import compute_sample_influence
 from .subpopulations import explain_failures, find_subpopulations
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Sequence
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 

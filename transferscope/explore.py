@@ -8,10 +8,9 @@ ts.explore.images_by_score(pretrain, "images")                  # most harmful i
 
 from __future__ import annotations
 
+import fiftyone as fo
 import numpy as np
 from bson import ObjectId
-
-import fiftyone as fo
 
 from . import views as tsv
 from .influence_run import InfluenceRun

@@ -16,9 +16,8 @@ GPU when present) instead of a dense distance matrix or a scikit-learn tree::
 Only the cosine metric is supported (the Brain's default).
 """
 
-import numpy as np
-
 import fiftyone.brain as fb
+import numpy as np
 from fiftyone.brain.internal.core.sklearn import (
     SklearnSimilarity,
     SklearnSimilarityConfig,

@@ -13,15 +13,15 @@ from . import compute as tsc
 from . import views as tsv
 from .influence_run import (
     estimate,
-    run_dir_for,
-    validate_transfer_request,
     open_holdout_store,
     prepare_executor,
+    run_dir_for,
     run_with_progress,
     save_matrices,
+    validate_transfer_request,
 )
 from .runs import ClassInfluenceConfig, ClassInfluenceResults
-from .views import DatasetLike, SplitLike, Progress, TransferScopeError
+from .views import DatasetLike, Progress, SplitLike, TransferScopeError
 from .writes import RunWrite
 
 logger = logging.getLogger(__name__)

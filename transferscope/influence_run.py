@@ -8,9 +8,8 @@ import functools
 import logging
 import os
 
-import numpy as np
-
 import fiftyone.core.utils as fou
+import numpy as np
 
 from . import compute as tsc
 from . import views as tsv

@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
-
 import fiftyone as fo
+import numpy as np
 
 from . import embeddings as tse
 from . import views as tsv
@@ -22,7 +21,7 @@ from .compute import neighbors as nb
 from .influence_run import InfluenceRun
 from .results import JobResults, counts_plotly
 from .runs import commit_run, load_sample_run, open_write
-from .views import DatasetLike, SplitLike, Progress, TransferScopeError
+from .views import DatasetLike, Progress, SplitLike, TransferScopeError
 
 logger = logging.getLogger(__name__)
 

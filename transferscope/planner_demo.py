@@ -24,9 +24,8 @@ import json
 import os
 import time
 
-from PIL import Image
-
 import fiftyone as fo
+from PIL import Image
 
 from . import demo_data
 from .demo import data_dir, load_or_build_demo

@@ -216,7 +216,6 @@ def save_diversity_png(summary, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     series = diversity_series(summary)
@@ -419,7 +418,7 @@ def save_subpopulations_png(summary, path):
     """Stacked bars of subpopulation sizes per target class, labelled by class."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
-    for i, (c, groups) in enumerate(subpopulation_series(summary)):
+    for i, (_, groups) in enumerate(subpopulation_series(summary)):
         bottom = 0
         for j, (name, size, acc) in enumerate(groups):
             ax.bar(i, size, bottom=bottom, color=f"C{j % 10}", edgecolor="white")

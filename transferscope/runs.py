@@ -8,9 +8,9 @@ name without ``Config``.
 
 import contextlib
 
-import numpy as np
 import fiftyone as fo
 import fiftyone.core.runs as fors
+import numpy as np
 
 from . import compute as tsc
 from . import views as tsv

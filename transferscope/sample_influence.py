@@ -11,10 +11,9 @@ import json
 import logging
 import os
 
-import numpy as np
-
 import fiftyone as fo
 import fiftyone.core.utils as fou
+import numpy as np
 
 from . import compute as tsc
 from . import views as tsv

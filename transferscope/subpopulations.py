@@ -10,17 +10,18 @@ counterfactual check of ``explain_failures`` trains models (resumable).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 import os
-
-import numpy as np
+from collections.abc import Sequence
 
 import fiftyone as fo
+import numpy as np
 
 from . import compute as tsc
 from . import views as tsv
 from .compute import subpopulations as sp
 from .influence_run import InfluenceRun, prepare_executor
+from .plots import culprits_plotly, subpopulations_plotly
+from .results import JobResults
 from .retraining import (
     DEFAULT_MIN_EFFECT,
     DEFAULT_OUTCOME,
@@ -28,8 +29,6 @@ from .retraining import (
     retrain_in_rounds,
     stopping_rule,
 )
-from .plots import culprits_plotly, subpopulations_plotly
-from .results import JobResults
 from .runs import commit_run, open_write
 from .views import DatasetLike, Progress, TransferScopeError
 

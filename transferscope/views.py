@@ -7,11 +7,10 @@ import re
 import warnings
 from collections.abc import Callable
 
-import numpy as np
-
 import fiftyone as fo
 import fiftyone.core.collections as foc
 import fiftyone.core.labels as fol
+import numpy as np
 
 from .compute import checks, images
 

@@ -383,7 +383,7 @@ def recover(ds, doc):
     """
     ds.reload()
     staged = doc.get("staged") or {}
-    for field, staged_name in staged.items():
+    for staged_name in staged.values():
         if ds.has_sample_field(staged_name):
             ds.delete_sample_field(staged_name)
     if doc.get("phase") != "committing":

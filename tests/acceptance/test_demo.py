@@ -6,11 +6,10 @@ does not hide the others.
 
 import os
 
-import pytest
-
 import fiftyone as fo
-
+import pytest
 from helpers import REPO_ROOT
+
 from transferscope import demo, demo_data
 
 

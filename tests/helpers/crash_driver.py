@@ -15,9 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tiny import TINY_KWARGS  # noqa: E402
-
 import fiftyone as fo  # noqa: E402
+from tiny import TINY_KWARGS  # noqa: E402
 
 import transferscope as ts  # noqa: E402
 

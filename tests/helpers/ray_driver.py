@@ -196,8 +196,8 @@ def delegated(out_dir):
     import fiftyone.operators as foo
     import fiftyone.operators.delegated as food
     from fiftyone.operators.executor import ExecutionRunState
-
     from tiny import build_tiny_datasets, operator_params
+
     from transferscope import compute_class_influence
 
     images = os.path.join(out_dir, "images")

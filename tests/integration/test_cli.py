@@ -46,7 +46,6 @@ def test_demo_with_a_bad_group_size_exits_2_before_any_work(capsys, monkeypatch)
 def test_the_cache_command_reports_and_clears_the_decoded_images(tmp_path, monkeypatch, capsys):
     import numpy as np
     from PIL import Image
-
     from transferscope.compute import images
 
     monkeypatch.setenv(images.IMAGE_CACHE_ENV, str(tmp_path / "cache"))

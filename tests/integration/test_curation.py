@@ -4,17 +4,15 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
 import fiftyone as fo
 import fiftyone.operators as foo
+import numpy as np
+import pytest
 
 import transferscope as ts
 from transferscope import TransferScopeError
 from transferscope.plots import curation_figure, curation_plotly, save_curation_png
 from transferscope.runs import run_record
-
 
 PLUGIN = "@transferscope/transferscope"
 

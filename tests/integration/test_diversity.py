@@ -1,13 +1,11 @@
 """plan_class_diversity end to end on a tiny configuration, and its bad input."""
 
-import pytest
-
 import fiftyone.operators as foo
+import pytest
 
 from transferscope import TransferScopeError
 from transferscope.diversity import describe_diversity, plan_class_diversity
 from transferscope.plots import diversity_plotly
-
 
 PLUGIN = "@transferscope/transferscope"
 
@@ -36,7 +34,7 @@ def test_plan_end_to_end_writes_the_plan_view_and_run(influence_run):
     assert set(summary["per_budget"]) == {"12", "20", "30"}
     assert summary.describe() == describe_diversity(summary)
     assert summary.plotly() == diversity_plotly(summary)
-    for N, row in summary["per_budget"].items():
+    for row in summary["per_budget"].values():
         assert len(row["grid"]) >= 3 and row["sweep_best_K"] > 0
     k, n = pred["K_plan"], pred["n_plan"]
     assert 2 <= k <= 6 and k * n <= 30

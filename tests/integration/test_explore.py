@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-
 from transferscope import TransferScopeError, explore
 from transferscope.influence_run import influence_run_keys
 

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from transferscope.compute import images as image_files
 
 from transferscope import views
-from transferscope.compute import images as image_files
 
 
 @pytest.fixture()

@@ -3,20 +3,18 @@
 import os
 import shutil
 
-import numpy as np
-import pytest
-from PIL import Image
-from scipy import ndimage
-
 import fiftyone as fo
 import fiftyone.brain as fob
 import fiftyone.operators as foo
+import numpy as np
+import pytest
+from helpers.tiny import TINY_KWARGS
+from PIL import Image
+from scipy import ndimage
 
 import transferscope as ts  # registers the faiss similarity backend
 from transferscope import TransferScopeError
 from transferscope.leakage import detect_leakage, find_near_duplicates
-
-from helpers.tiny import TINY_KWARGS
 
 PLUGIN = "@transferscope/transferscope"
 

@@ -4,13 +4,11 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.delegated as food
-from fiftyone.operators.executor import ExecutionRunState
-
+import pytest
+from fiftyone.operators.executor import ExecutionError, ExecutionRunState
 from helpers.delegated import run_with_worker
 from helpers.tiny import operator_params
 
@@ -65,7 +63,7 @@ def test_operator_form_rejects_bad_input(tiny_datasets):
         dict(design="latin"),
         dict(estimator="ridge"),
     ):
-        with pytest.raises(Exception):
+        with pytest.raises(ExecutionError):
             foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "x", **bad)))
     assert not tgt.has_sample_field("x_helpful")
     assert not any(f.endswith("_helpful") for f in tgt.get_field_schema())
@@ -93,7 +91,7 @@ def test_operator_trains_in_groups_with_shift_augmentation(tiny_datasets):
     assert tgt.get_run_info("grp").config.augment_shift == 1
     assert tgt.match_tags("test").exists("grp_harmful").count() == 18
     for bad in (dict(group_size=0), dict(augment_shift=-1)):
-        with pytest.raises(Exception):
+        with pytest.raises(ExecutionError):
             foo.execute_operator(URI, ctx=dict(dataset=tgt, params=_params(pre, tgt, "bad", **bad)))
     assert "bad" not in tgt.list_runs()
 

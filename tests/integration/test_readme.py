@@ -15,10 +15,9 @@ import os
 import re
 
 import numpy as np
+from helpers.tiny import build_tiny_datasets
 
 from transferscope import TransferScopeError
-
-from helpers.tiny import build_tiny_datasets
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLACEHOLDERS = ('"my-pretraining-set"', '"my-task"')

@@ -3,19 +3,18 @@ datasets, through the SDK and FiftyOne's operator machinery."""
 
 import os
 
-import numpy as np
-import pytest
-
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.delegated as food
+import numpy as np
+import pytest
 from fiftyone.operators.executor import ExecutionRunState
+from helpers.delegated import run_with_worker
+from helpers.tiny import TINY_KWARGS
 
 import transferscope as ts
 from transferscope import explore
 from transferscope.runs import run_record
-from helpers.delegated import run_with_worker
-from helpers.tiny import TINY_KWARGS
 
 URI = "@transferscope/transferscope/compute_sample_influence"
 # the tiny run's protocol, without its class-level design

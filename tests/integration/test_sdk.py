@@ -3,16 +3,14 @@
 import json
 import os
 
+import fiftyone as fo
 import numpy as np
 import pytest
-
-import fiftyone as fo
+from helpers.tiny import TINY_KWARGS
 
 import transferscope as ts
 from transferscope import TransferScopeError
 from transferscope.runs import ClassInfluenceResults
-
-from helpers.tiny import TINY_KWARGS
 
 
 def _fields(ds):
@@ -303,6 +301,7 @@ def test_runs_from_before_designs_keep_their_design_and_hash():
     from types import SimpleNamespace
 
     from transferscope.compute import InfluenceConfig
+
     from transferscope.influence_run import influence_config_of
 
     old_config = SimpleNamespace(num_models=4, epochs=1, width=4)  # no design, no holdout
@@ -350,7 +349,7 @@ def test_the_matrices_live_in_the_store_and_load_memory_mapped(tiny_datasets, tm
     with open(again.matrix_paths["stderr"], "r+b") as f:
         f.truncate(100)
     with pytest.raises(TransferScopeError, match="stderr matrix of run 'infl' is unreadable"):
-        tgt.load_run_results("infl", cache=False).stderr
+        _ = tgt.load_run_results("infl", cache=False).stderr
 
 
 def test_runs_with_inline_matrices_still_load(tiny_datasets, tmp_path):

@@ -3,17 +3,15 @@ and the operators against the real database and FiftyOne's operator machinery.""
 
 import shutil
 
+import fiftyone as fo
+import fiftyone.operators as foo
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
-
-import fiftyone as fo
-import fiftyone.operators as foo
+from transferscope.compute import subpopulations as sp
 
 import transferscope as ts
 from transferscope import TransferScopeError
-from transferscope.compute import subpopulations as sp
-
 
 CLASSES = [f"c{i}" for i in range(12)]
 

@@ -9,18 +9,16 @@ import socket
 import threading
 import warnings
 
+import fiftyone as fo
 import pytest
+from helpers.tiny import TINY_KWARGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import fiftyone as fo
 
 import transferscope as ts
 from transferscope import TransferScopeError, explore
 from transferscope import views as tsv
 from transferscope.influence_run import run_dir_for, runs_dir
-
-from helpers.tiny import TINY_KWARGS
 
 WEIRD_CLASSES = ["$5", "$ground_truth.label", "a.b", "x/y", "with space", ""]
 WEIRD_TARGETS = ["$t", "p.q", "u/v"]

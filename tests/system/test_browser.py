@@ -19,12 +19,10 @@ import sys
 import time
 import urllib.request
 
-import pytest
-
 import fiftyone as fo
 import fiftyone.operators.delegated as food
+import pytest
 from fiftyone.operators.executor import ExecutionRunState
-
 from helpers import skip_unless_ci
 
 try:

@@ -11,17 +11,15 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pytest
-
 import fiftyone as fo
 import fiftyone.core.odm as foo
+import numpy as np
+import pytest
+from helpers import HELPERS_DIR, crash_driver
+from helpers.tiny import TINY_KWARGS, build_tiny_datasets
 
 import transferscope as ts
 from transferscope import writes
-
-from helpers import HELPERS_DIR, crash_driver
-from helpers.tiny import TINY_KWARGS, build_tiny_datasets
 
 TESTS_DIR = os.path.dirname(HELPERS_DIR)  # where `helpers` imports from
 DRIVER = os.path.join(HELPERS_DIR, "crash_driver.py")

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-
+from helpers import skip_unless_ci
 from transferscope.compute import ResultsStore, open_store, run_subset_models
 from transferscope.compute.executors import (
     LocalExecutor,
@@ -24,8 +24,6 @@ from transferscope.compute.executors import (
     make_executor,
 )
 from transferscope.compute.store import OUTPUT_NAMES
-
-from helpers import skip_unless_ci
 
 try:
     import ray

@@ -4,7 +4,6 @@ TRAK scores against the formula computed here by hand, resumable models."""
 import numpy as np
 import pytest
 import torch
-
 from transferscope.compute import attribution as attr
 from transferscope.compute.config import InfluenceConfig
 from transferscope.compute.train import TransferData, fit_probe, probe_layer, probe_logits

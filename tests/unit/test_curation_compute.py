@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from transferscope.compute import curation as cur
 
 NAMES = ["a", "b", "c", "d", "e", "f"]

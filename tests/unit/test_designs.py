@@ -7,7 +7,6 @@ The additive model of the issue that set the defaults: one strong class
 import numpy as np
 import pytest
 from scipy import stats
-
 from transferscope.compute import (
     InfluenceConfig,
     aggregate_influence,

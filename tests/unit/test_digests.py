@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from transferscope.compute import engine
 from transferscope.compute.config import InfluenceConfig
 from transferscope.compute.curation import CurationPlan

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from transferscope.compute import diversity as dv
 
 TRUE = dict(a=0.6, p=0.5, b=0.9, q=0.5, c=0.08)  # p = q: the best ratio is the same for any N

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-
+from helpers.tiny import _pattern
 from transferscope.compute import (
     InfluenceConfig,
     ResultsStore,
@@ -18,8 +18,6 @@ from transferscope.compute import (
     train_subset_model,
 )
 from transferscope.compute.train import outputs_from_logits
-
-from helpers.tiny import _pattern
 
 
 def tiny_data(num_classes=6, per_class=12, seed=0):
@@ -276,7 +274,6 @@ def test_training_constants_are_validated(field, value):
 
 def test_batchnorm_constants_reach_every_batchnorm_layer():
     from torch import nn
-
     from transferscope.compute.nets import network_for
 
     for arch in ("resnet_small", "resnet18"):
@@ -335,7 +332,6 @@ def test_narrow_networks_train_on_the_cpu_without_the_onednn_crash():
 
 def test_wide_networks_keep_channels_last_and_narrow_ones_the_default_layout():
     import torch
-
     from transferscope.compute.nets import network_for, place_network
 
     def inner_conv(width):

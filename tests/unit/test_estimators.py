@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 from scipy import stats
-
 from transferscope.compute import (
     aggregate_influence,
     check_design,
@@ -12,7 +11,6 @@ from transferscope.compute import (
     top_k_classes,
 )
 from transferscope.compute.estimators import split_halves
-
 
 MASKS = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=bool)
 # outputs of 5 models on 2 targets

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from transferscope.compute import InfluenceConfig, LocalExecutor, make_executor, train_subset_model
 from transferscope.compute.executors import ModelJob
 from transferscope.compute.grouped import (

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 from sklearn.datasets import load_digits
-
 from transferscope.compute import matching as mt
 
 

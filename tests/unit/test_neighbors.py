@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from transferscope.compute import neighbors as nb
 
 

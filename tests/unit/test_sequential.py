@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-
 from transferscope.compute import sequential as sq
 
 # Measured on the demo: the per-seed spread of paired accuracy differences

@@ -7,9 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-
-from transferscope.compute import InfluenceConfig, TransferData, train_subset_model
-from transferscope.compute import train
+from transferscope.compute import InfluenceConfig, TransferData, train, train_subset_model
 from transferscope.compute.train import MappedArrayFile, NormalisedImages, channel_mean_std
 
 
