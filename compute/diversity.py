@@ -22,8 +22,8 @@ import math
 import numpy as np
 from scipy import optimize
 
-from .curation import paired_comparison
-from .estimators import mean_ci
+from .curation import arm_summary, sequential_comparison
+from .sequential import StoppingRule
 
 
 def log_grid(budget, max_classes, max_per_class, num_points, min_per_class=2, min_classes=2):
@@ -445,9 +445,10 @@ def feasible_plan(k_pred, budget, sizes):
     return k, n, excluded, adapted
 
 
-def check_cells(full_budget, k_plan, n_plan, plan_rows, all_k, num_seeds, epochs):
+def check_cells(full_budget, k_plan, n_plan, plan_rows, all_k, num_seeds, epochs, first_seed=0):
     """The full budget's check: the predicted ``K`` (random classes), all classes,
-    and the plan itself (its sample rows), ``num_seeds`` each."""
+    and the plan itself (its sample rows), seeds ``first_seed`` to ``num_seeds - 1``
+    of each (a round of a sequential check)."""
     arms = [
         ("predicted_K", k_plan, n_plan, None),
         ("all_classes", all_k, full_budget // all_k, None),
@@ -455,7 +456,7 @@ def check_cells(full_budget, k_plan, n_plan, plan_rows, all_k, num_seeds, epochs
     ]
     cells = []
     for arm, K, n, rows in arms:
-        for s in range(num_seeds):
+        for s in range(first_seed, num_seeds):
             cell = {
                 "budget": full_budget,
                 "classes": K,
@@ -470,9 +471,11 @@ def check_cells(full_budget, k_plan, n_plan, plan_rows, all_k, num_seeds, epochs
     return cells
 
 
-def verification_summary(cells, per_budget, full_budget, all_k):
-    """What the full budget's cells measured: its own best ``K`` and the
-    accuracy (mean, 95% CI) of each check arm."""
+def verification_summary(cells, per_budget, full_budget, all_k, rule=None):
+    """What the full budget's cells measured: its own best ``K``, the accuracy
+    (mean, anytime-valid 95% interval) of each check arm, and the plan's and
+    the predicted ``K``'s verdicts against all classes, paired by seed and
+    decided by ``rule`` (a :class:`StoppingRule`)."""
     full = [c for c in cells if c["budget"] == full_budget and c["arm"] == "sweep"]
     by_k = {}
     for c in full:
@@ -480,7 +483,8 @@ def verification_summary(cells, per_budget, full_budget, all_k):
     best_grid_k = min(by_k, key=lambda k: np.mean(by_k[k]))
 
     def acc(arm):
-        mean, lo, hi = mean_ci([1 - c["error"] for c in cells if c["arm"] == arm])
+        per_seed = sorted((c["seed"], 1 - c["error"]) for c in cells if c["arm"] == arm)
+        mean, lo, hi = arm_summary([a for _, a in per_seed])
         return mean, [lo, hi]
 
     def by_seed(arm):
@@ -489,7 +493,8 @@ def verification_summary(cells, per_budget, full_budget, all_k):
     def paired(arm, other):
         a, b = by_seed(arm), by_seed(other)
         seeds = sorted(set(a) & set(b))
-        return paired_comparison([a[s] for s in seeds], [b[s] for s in seeds])
+        pair = (np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds]))
+        return sequential_comparison(pair, pair, rule or StoppingRule(), None, "accuracy")
 
     grid = sorted(by_k)
     predicted_k = next((c["classes"] for c in cells if c["arm"] == "predicted_K"), None)

@@ -331,7 +331,7 @@ def training_inputs(inputs, ctx):
         block(inputs, "gpus_error", "GPUs per model cannot be negative")
 
 
-def stopping_inputs(inputs, ctx):
+def stopping_inputs(inputs, ctx, outcome=True):
     """The sequential check's stopping rule: seed budget, round size, error level,
     minimal effect and the outcome verdicts are decided on; bad values block the form."""
     from transferscope.compute import sequential
@@ -362,19 +362,20 @@ def stopping_inputs(inputs, ctx):
         label="Smallest effect that matters (points)",
         description="an interval within +- this is 'negligible'; 0: never",
     )
-    outcome = types.RadioGroup()
-    outcome.add_choice("accuracy", label="accuracy")
-    outcome.add_choice("prob", label="correct-class probability")
-    inputs.enum(
-        "outcome", outcome.values(), default=DEFAULT_OUTCOME, label="Decide on", view=outcome
-    )
+    if outcome:
+        choices = types.RadioGroup()
+        choices.add_choice("accuracy", label="accuracy")
+        choices.add_choice("prob", label="correct-class probability")
+        inputs.enum(
+            "outcome", choices.values(), default=DEFAULT_OUTCOME, label="Decide on", view=choices
+        )
     try:
         stopping_kwargs(ctx.params, checked=True)
     except ValueError as e:
         block(inputs, "stopping_error", str(e))
 
 
-def stopping_kwargs(params, checked=False):
+def stopping_kwargs(params, checked=False, outcome=True):
     """The stopping rule's keyword arguments from a form's params (``checked``:
     raise ``ValueError`` naming a bad one)."""
     from transferscope.compute import sequential
@@ -394,6 +395,8 @@ def stopping_kwargs(params, checked=False):
     )
     if checked:
         sequential.StoppingRule(**{k: v for k, v in kwargs.items() if k != "outcome"})
+    if not outcome:
+        del kwargs["outcome"]
     return kwargs
 
 

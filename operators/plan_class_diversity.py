@@ -66,8 +66,11 @@ class PlanClassDiversity(foo.Operator):
             "verify",
             default=True,
             label="Check at the full budget",
-            description="sweep the full budget too, and train the plan",
+            description="sweep the full budget too, and train the plan against all "
+            "classes, seed after seed until the verdict settles",
         )
+        if ctx.params.get("verify", True):
+            _forms.stopping_inputs(inputs, ctx, outcome=False)
         _forms.training_inputs(inputs, ctx)
         _forms.run_key_input(inputs, ctx, default="diversity")
         return types.Property(inputs, view=types.View(label="Plan class diversity"))
@@ -90,6 +93,7 @@ class PlanClassDiversity(foo.Operator):
             verify=p.get("verify", True),
             overwrite=p.get("overwrite", False),
             progress=_forms.progress_reporter(ctx, "models trained"),
+            **_forms.stopping_kwargs(p, outcome=False),
             **_forms.executor_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)

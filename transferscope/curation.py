@@ -29,6 +29,7 @@ from .results import JobResults
 from .retraining import (
     DEFAULT_MIN_EFFECT,
     DEFAULT_OUTCOME,
+    RoundStores,
     describe_check,
     describe_stopping,
     points_interval,
@@ -367,17 +368,21 @@ def _retrain_classes(plan_for, config, data, runner, path, classes, stopping, ou
         plan = plan_for(num_seeds)
         return plan.masks, plan.seeds
 
-    rounds = retrain_in_rounds(
+    rounds = RoundStores(
         rows_for,
         lambda store, done: tsc.run_retraining(config, data, store, done, runner),
         path,
         lambda p, masks, seeds: tsc.open_retrain_store(p, config, data, masks, seeds, meta),
-        lambda rounds, n: tsc.curation.curation_decided(summarize(rounds, n)),
         stopping,
         progress,
         "Retraining for the curation counterfactual",
     )
-    return summarize(rounds, rounds.num_seeds)
+    num_seeds = retrain_in_rounds(
+        rounds.train_round,
+        lambda n: tsc.curation.curation_decided(summarize(rounds, n)),
+        stopping,
+    )
+    return summarize(rounds, num_seeds)
 
 
 def _curated_classes(pretrain, key, results, rule, k, threshold, classes, fdr_level):
@@ -697,19 +702,23 @@ def evaluate_sample_curation(
         )
 
     path = os.path.join(config.output_dir, "curation")
-    rounds = retrain_in_rounds(
+    rounds = RoundStores(
         lambda n: plan_for(n)[:2],
         lambda store, done: tsc.engine.run_sample_retraining(
             train_config, data, store, done, runner
         ),
         path,
         lambda p, masks, seeds: tsc.open_retrain_store(p, train_config, data, masks, seeds),
-        lambda rounds, n: tsc.curation.sample_curation_decided(summarize(rounds, n)),
         stopping,
         progress,
         "Retraining for the image curation counterfactual",
     )
-    summary = summarize(rounds, rounds.num_seeds)
+    num_seeds = retrain_in_rounds(
+        rounds.train_round,
+        lambda n: tsc.curation.sample_curation_decided(summarize(rounds, n)),
+        stopping,
+    )
+    summary = summarize(rounds, num_seeds)
     summary.update(
         rule=rule_label,
         k=k,

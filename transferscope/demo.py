@@ -45,7 +45,9 @@ SAMPLE_CURATION = dict(k=100, max_seeds=16)
 # explain_failures' counterfactual: the seed budget per arm (full, culprit removed, random)
 FAILURE_SEEDS = 16
 # the diversity planner: small budgets, the full budget it predicts, and its check
-DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=8)
+# (num_seeds per sweep point; the plan's check against all classes in rounds, at
+# most max_seeds)
+DIVERSITY = dict(budgets=[165, 330], full_budget=660, num_points=5, num_seeds=8, max_seeds=16)
 # bump when the generated data changes, so old demo datasets are rebuilt
 DEMO_VERSION = 7  # 7: the second (transformed) planted leak
 

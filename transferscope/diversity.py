@@ -26,6 +26,7 @@ from .embeddings import from_run
 from .influence_run import InfluenceRun, prepare_executor, run_with_progress
 from .plots import diversity_plotly
 from .results import JobResults
+from .retraining import DEFAULT_MIN_EFFECT, describe_check, retrain_in_rounds, stopping_rule
 from .runs import commit_run, open_write
 from .views import DatasetLike, Progress, TransferScopeError
 
@@ -64,6 +65,10 @@ def plan_class_diversity(
     progress: Progress = None,
     executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
     executor_options: dict | None = None,
+    max_seeds: int = tsc.sequential.DEFAULT_MAX_SEEDS,
+    round_seeds: int = tsc.sequential.DEFAULT_ROUND_SEEDS,
+    alpha: float = tsc.sequential.DEFAULT_ALPHA,
+    min_effect: float = DEFAULT_MIN_EFFECT,
 ) -> DiversityResults:
     """Plans the number of classes ``K*`` and samples per class ``n*`` for a budget.
 
@@ -75,8 +80,12 @@ def plan_class_diversity(
     many steps as a full-budget model. Fits ``err = a K^-p + b n^-q + c``
     (bootstrap intervals), reports the best ratio ``r* = K/n`` per budget
     (from the fit and from each budget's own sweep) and predicts ``K*`` for
-    ``full_budget``. With ``verify``, also sweeps the full budget, trains at
-    the predicted ``K*``, at all classes, and on the plan itself.
+    ``full_budget``. With ``verify``, also sweeps the full budget (``num_seeds``
+    per point) and checks the plan: trains at the predicted ``K*``, at all
+    classes, and on the plan itself, seed after seed in rounds of
+    ``round_seeds`` until the verdict of the plan against all classes
+    (paired by seed) settles or ``max_seeds`` are spent; ``alpha`` and
+    ``min_effect`` as in :func:`transferscope.evaluate_curation`.
 
     The plan (saved view ``<key>_plan`` on the pretraining dataset): ``K*``
     classes, most helpful first by the run's aggregate influence
@@ -95,6 +104,7 @@ def plan_class_diversity(
     run = InfluenceRun.load(dataset, influence_key)
     pretrain, target = run.datasets
     _check_plan_arguments(key, class_choice, sample_choice, num_points, num_seeds)
+    stopping = stopping_rule(alpha, min_effect, round_seeds, max_seeds, "accuracy")
     view_name = f"{key}_plan"
     results = run.results
     labelled = run.labelled(unchanged_for="planning class diversity")
@@ -140,12 +150,32 @@ def plan_class_diversity(
         verification = None
         if verify:
             all_k = int((sizes >= full_budget // num_classes).sum())
-            extra = dv.check_cells(
-                full_budget, k_plan, n_plan, plan_rows, all_k, num_seeds, epochs_for(full_budget)
+            checked = []
+
+            def train_round(first, last):
+                cells = dv.check_cells(
+                    full_budget,
+                    k_plan,
+                    n_plan,
+                    plan_rows,
+                    all_k,
+                    last,
+                    epochs_for(full_budget),
+                    first,
+                )
+                checked.extend(run_cells(cells, "check"))
+
+            def verify_plan(num_seeds):
+                table = sweep + [c for c in checked if c["seed"] < num_seeds]
+                return dv.verification_summary(table, per_budget, full_budget, all_k, stopping)
+
+            used = retrain_in_rounds(
+                train_round,
+                lambda n: verify_plan(n)["plan_vs_all_classes"]["verdict"] != "undecided",
+                stopping,
             )
-            table = sweep + run_cells(extra, "check")
-            verification = dv.verification_summary(table, per_budget, full_budget, all_k)
-            sweep = table
+            verification = dict(verify_plan(used), num_seeds=used, stopping_rule=stopping.to_dict())
+            sweep = sweep + checked
 
         summary = {
             "run_key": influence_key,  # stored under its 0.2 name
@@ -299,13 +329,12 @@ def describe_diversity(summary):
             f"[{100 * ver['accuracy_all_classes_ci95'][0]:.1f}, "
             f"{100 * ver['accuracy_all_classes_ci95'][1]:.1f}]",
         ]
-        gain = ver.get("plan_vs_all_classes")
-        if gain:
-            lo, hi = gain["ci95"]
-            lines.append(
-                f"  plan - all classes, paired by seed: {100 * gain['diff']:+.1f} points "
-                f"[{100 * lo:+.1f}, {100 * hi:+.1f}] ({gain['num_pairs']} seeds)"
-            )
+        for name, label in (
+            ("plan_vs_all_classes", "plan - all classes"),
+            ("predicted_K_vs_all_classes", "predicted K - all classes"),
+        ):
+            if ver.get(name):
+                lines.append(describe_check(label, ver[name]))
         if ver.get("predicted_vs_best_grid_K_steps") is not None:
             lines.append(
                 f"  predicted K {ver['predicted_K']} vs best grid K "

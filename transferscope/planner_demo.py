@@ -37,7 +37,9 @@ PLANNER_RUN_KEY = "demo_planner_influence"
 PLANNER_KEY = "demo_planner"
 PLANNER_DATA = dict(num_classes=48, per_class=520)
 # budgets 160 .. 2,560: a 16x range; 8 seeds per point to tell neighbouring K apart
-PLANNER = dict(budgets=[160, 320, 640, 1280], full_budget=2560, num_points=5, num_seeds=8)
+PLANNER = dict(
+    budgets=[160, 320, 640, 1280], full_budget=2560, num_points=5, num_seeds=8, max_seeds=16
+)
 # the protocol's run: its models are not what the planner measures
 PROTOCOL_RUN = dict(num_models=16, design="balanced", holdout_models=0)
 PLANNER_DEMO_VERSION = 1
@@ -184,7 +186,9 @@ def planner_table(report):
         f"| accuracy at N = {report['full_budget']:,}: plan / all {report['all_classes_K']} "
         f"classes | {100 * report['accuracy_plan']:.1f}% / "
         f"{100 * report['accuracy_all_classes']:.1f}%: {100 * gain['diff']:+.1f} points "
-        f"{_ci(100 * gain['ci95'][0], 100 * gain['ci95'][1], fmt='{:+.1f}')}, paired by seed |"
+        f"{_ci(100 * gain['ci95'][0], 100 * gain['ci95'][1], fmt='{:+.1f}')}, paired by seed"
+        + (f": **{gain['verdict']}** ({gain['num_pairs']} seeds)" if "verdict" in gain else "")
+        + " |"
     )
     minutes = f", {report['minutes']} min" if report.get("minutes") is not None else ""
     rows.append(f"| cost | {report['models']} models{minutes} on this 2-core CPU |")

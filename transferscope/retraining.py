@@ -4,15 +4,16 @@ Every retraining check (a class curation, an image curation, a failure's
 culprit) trains the same arms for seed after seed and compares them in pairs.
 :func:`retrain_in_rounds` adds ``rule.round_seeds`` seeds to every arm, looks,
 and stops when the check's verdicts are decided or the seed budget is spent
-(see :mod:`transferscope.compute.sequential`). Each round is its own
-resumable store named by its rows, so a process killed anywhere, then the
+(see :mod:`transferscope.compute.sequential`). :class:`RoundStores` keeps a
+check's rounds when its rows are (mask, seed) pairs; the class-count
+planner keeps its own (cells). Each round is its own resumable store named
+by its rows, so a process killed anywhere, then the
 same call again, trains only what is missing and reaches the same stopping
 point (the decision after a round depends only on the stored outputs).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 
@@ -35,12 +36,42 @@ DEFAULT_MIN_EFFECT = 0.01
 _STORE_OUTPUT = {"prob": "prob", "accuracy": "correct"}
 
 
-@dataclasses.dataclass
-class RoundOutputs:
-    """The stored outputs of every round so far, read row by row of a plan."""
+class RoundStores:
+    """The rounds of a check whose rows are ``(mask, seed)`` pairs: one resumable
+    store per round, named by its rows, and the outputs of every round so far
+    read row by row of a plan.
 
-    stores: list
-    num_seeds: int = 0
+    Args:
+        plan_for: ``n -> (masks, seeds)``, every row of the check at ``n``
+            seeds; the rows of seed ``s`` must not depend on ``n``
+        train: ``(store, on_model_done) -> None``, trains a store's pending rows
+        store_root: folder of the round stores
+        open_store: ``(path, masks, seeds) -> store``
+        rule: the stopping rule (its budget sizes the progress count)
+        progress: as :func:`transferscope.compute_class_influence`; a callable
+            gets ``(done, total)`` with ``total`` the models at the full budget
+        start_msg: what the progress bar says
+    """
+
+    def __init__(self, plan_for, train, store_root, open_store, rule, progress, start_msg):
+        self.plan_for, self.train, self.open_store = plan_for, train, open_store
+        self.store_root, self.progress, self.start_msg = store_root, progress, start_msg
+        self.max_seeds = rule.max_seeds
+        self.total_rows = len(plan_for(rule.max_seeds)[1])
+        self.stores = []
+
+    def train_round(self, first, last):
+        """Trains seeds ``first`` to ``last - 1`` of every arm (resumable)."""
+        masks, seeds = self.plan_for(last)
+        new = seeds >= first
+        path = os.path.join(self.store_root, tsc.digests.digest(masks[new], seeds[new]))
+        store = self.open_store(path, masks[new], seeds[new])
+        run_with_progress(
+            (store, lambda done: self.train(store, done)),
+            _offset(self.progress, int((~new).sum()), self.total_rows),
+            f"{self.start_msg} (seeds {first + 1}-{last} of at most {self.max_seeds})",
+        )
+        self.stores.append(store)
 
     def outputs(self, name, masks, seeds):
         """``(R, T)`` output ``name`` of each ``(mask, seed)`` row of a plan."""
@@ -77,48 +108,26 @@ def stopping_rule(alpha, min_effect, round_seeds, max_seeds, outcome):
 
 
 def retrain_in_rounds(
-    plan_for: Callable[[int], tuple[np.ndarray, np.ndarray]],
-    train: Callable,
-    store_root: str,
-    open_store: Callable[[str, np.ndarray, np.ndarray], object],
-    decided: Callable[[RoundOutputs, int], bool],
+    train_round: Callable[[int, int], None],
+    decided: Callable[[int], bool],
     rule: tsc.StoppingRule,
-    progress,
-    start_msg: str,
-) -> RoundOutputs:
-    """Trains a retraining check round by round until ``decided`` or the budget.
+) -> int:
+    """The one loop of every retraining check: trains round after round until
+    ``decided`` or the budget; the number of seeds per arm it stopped at.
 
-    Args:
-        plan_for: ``n -> (masks, seeds)``, every row of the check at ``n``
-            seeds; the rows of seed ``s`` must not depend on ``n``
-        train: ``(store, on_model_done) -> None``, trains a store's pending rows
-        store_root: folder of the round stores (one per round, named by its rows)
-        open_store: ``(path, masks, seeds) -> store``
-        decided: ``(outputs, n) -> bool`` after each look at ``n`` seeds
-        rule: when to look, the seed budget
-        progress: as :func:`transferscope.compute_class_influence`; a callable
-            gets ``(done, total)`` with ``total`` the models at the full budget
-
-    Returns:
-        the :class:`RoundOutputs` at the stopping point
+    ``train_round(first, last)`` trains seeds ``first`` to ``last - 1`` of
+    every arm (resumably: a round already trained costs nothing);
+    ``decided(n)`` looks at the evidence of the first ``n`` seeds. Looks come
+    after every ``rule.round_seeds`` seeds (:meth:`StoppingRule.looks`), so
+    the check stops where an uninterrupted call would, whatever was resumed.
     """
-    total_rows = len(plan_for(rule.max_seeds)[1])
-    rounds = RoundOutputs([])
+    done = 0
     for look in rule.looks():
-        masks, seeds = plan_for(look)
-        new = seeds >= rounds.num_seeds
-        path = os.path.join(store_root, tsc.digests.digest(masks[new], seeds[new]))
-        store = open_store(path, masks[new], seeds[new])
-        run_with_progress(
-            (store, lambda done, store=store: train(store, done)),
-            _offset(progress, int((~new).sum()), total_rows),
-            f"{start_msg} (seeds {rounds.num_seeds + 1}-{look} of at most {rule.max_seeds})",
-        )
-        rounds.stores.append(store)
-        rounds.num_seeds = look
-        if decided(rounds, look):
+        train_round(done, look)
+        done = look
+        if decided(look):
             break
-    return rounds
+    return done
 
 
 def _offset(progress, already, total):

@@ -25,6 +25,7 @@ from .results import JobResults
 from .retraining import (
     DEFAULT_MIN_EFFECT,
     DEFAULT_OUTCOME,
+    RoundStores,
     describe_check,
     retrain_in_rounds,
     stopping_rule,
@@ -427,17 +428,20 @@ def _check_culprit(
             outcome,
         )
 
-    rounds = retrain_in_rounds(
+    rounds = RoundStores(
         lambda n: sp.plan_culprit_check(len(classes), culprit, n, seed)[:2],
         lambda store, done: tsc.run_retraining(config, data, store, done, runner),
         os.path.join(results.config.output_dir, "failures"),
         lambda path, masks, seeds: tsc.open_retrain_store(path, config, data, masks, seeds, meta),
-        lambda rounds, n: verdicts(rounds, n)["culprit_vs_full"]["verdict"] != "undecided",
         stopping,
         progress,
         "Retraining without the top culprit",
     )
-    num_seeds = rounds.num_seeds
+    num_seeds = retrain_in_rounds(
+        rounds.train_round,
+        lambda n: verdicts(rounds, n)["culprit_vs_full"]["verdict"] != "undecided",
+        stopping,
+    )
     masks, seeds, randoms = sp.plan_culprit_check(len(classes), culprit, num_seeds, seed)
     correct = rounds.outputs("correct", masks, seeds)
     return {

@@ -96,6 +96,8 @@ def run(job, pre, tgt, store, overwrite):
             full_budget=30,
             num_points=4,
             num_seeds=2,
+            max_seeds=4,
+            round_seeds=2,
             sample_choice="random",
             overwrite=overwrite,
             progress=progress,

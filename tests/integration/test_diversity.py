@@ -27,6 +27,8 @@ def test_plan_end_to_end_writes_the_plan_view_and_run(influence_run):
         full_budget=30,
         num_points=4,
         num_seeds=2,
+        max_seeds=4,
+        round_seeds=2,
         sample_choice="coverage",
         progress=lambda d, t: calls.append((d, t)),
     )
