@@ -7,6 +7,7 @@ does not hide the others.
 import os
 
 import fiftyone as fo
+import numpy as np
 import pytest
 from helpers import REPO_ROOT
 
@@ -83,7 +84,7 @@ def test_the_default_design_is_one_orthogonal_block_with_intervals_the_halves_ag
     _, report = demo_run
     assert report["design"] == "orthogonal" and report["num_models"] == 144
     assert 0.85 <= report["split_half_z_sd"] <= 1.15
-    assert report["lds"] is not None and -1 <= report["lds"] <= 1
+    assert report["lds"] is not None and np.isfinite(report["lds"])
 
 
 @pytest.mark.slow
@@ -147,7 +148,8 @@ def test_leakage_finds_the_planted_copies(datasets, demo_run):
     assert leak["precision"] >= 0.9, leak
     assert len(tgt.load_saved_view("demo_leakage_likely_leaks")) == leak["flagged"]
     brain = demo_run[1]["leakage_brain"]  # reported next to ours, on the same embeddings
-    assert brain["planted_leaked_tests"] == 65 and 0 <= brain["recall"] <= 1
+    assert brain["planted_leaked_tests"] == 65
+    assert brain["recall"] == brain["true_positives"] / 65 and brain["flagged"] >= 0
 
 
 @pytest.mark.slow
@@ -167,7 +169,7 @@ def test_subpopulations_split_every_digit_and_report_the_planted_styles(datasets
     # styles' effect is small next to `bold`'s, which splits the 9s by ink weight.
     _, tgt = datasets
     subpops = demo_run[1]["subpopulations"]
-    assert subpops["samples"] == 170 and -1 <= subpops["adjusted_rand_index"] <= 1
+    assert subpops["samples"] == 170 and np.isfinite(subpops["adjusted_rand_index"])
     assert sum(subpops["planted_style_to_found_group"].values()) == 170
     labels = tgt.match_tags("test").values("demo_subpops.label")
     assert None not in labels and len(set(labels)) == 20  # two groups for each of 10 digits
@@ -196,7 +198,10 @@ def test_the_diversity_planner_predicts_and_checks_at_the_full_budget(datasets, 
     pred, ver = div["prediction"], div["verification"]
     assert pred["K_plan"] * pred["n_plan"] <= 660
     assert set(div["per_budget"]) == {"165", "330", "660"}
-    assert 0 < ver["accuracy_plan"] <= 1 and 0 < ver["accuracy_all_classes"] <= 1
+    # the check stopped at a look, early only when its verdict was decided
+    assert ver["num_seeds"] in range(4, demo.DIVERSITY["max_seeds"] + 1, 4)
+    decided = ver["plan_vs_all_classes"]["verdict"] != "undecided"
+    assert decided or ver["num_seeds"] == demo.DIVERSITY["max_seeds"]
     assert len(pre.load_saved_view("demo_diversity_plan")) == pred["K_plan"] * pred["n_plan"]
 
 

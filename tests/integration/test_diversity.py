@@ -1,6 +1,7 @@
 """plan_class_diversity end to end on a tiny configuration, and its bad input."""
 
 import fiftyone.operators as foo
+import numpy as np
 import pytest
 
 from transferscope import TransferScopeError
@@ -45,8 +46,14 @@ def test_plan_end_to_end_writes_the_plan_view_and_run(influence_run):
     assert len(view.distinct("ground_truth.label")) == k
     assert view.count_values("ground_truth.label") == {c: n for c in summary["plan_classes"]}
     ver = summary["verification"]
-    for name in ("accuracy_at_predicted_K", "accuracy_all_classes", "accuracy_plan"):
-        assert 0 <= ver[name] <= 1
+    for name, arm in (
+        ("accuracy_at_predicted_K", "predicted_K"),
+        ("accuracy_all_classes", "all_classes"),
+        ("accuracy_plan", "plan"),
+    ):  # each arm's accuracy is the mean of its seeds' cells
+        errors = [c["error"] for c in summary["cells"] if c["arm"] == arm]
+        assert len(errors) == ver["num_seeds"]
+        assert ver[name] == pytest.approx(1 - np.mean(errors))
     assert "div" in pre.list_runs()
     assert pre.load_run_results("div").summary["prediction"]["K_plan"] == k
     assert calls and calls[-1][0] == calls[-1][1]

@@ -79,9 +79,16 @@ def test_a_run_from_a_class_run_writes_scores_ranks_and_top_images(tiny_run, tmp
     assert "samp_helpful.classifications.score" in tgt.get_field_schema(flat=True)
 
     # tied to the class level: the summed image scores per class against the class influence
-    assert -1 <= results.metrics["class_spearman"] <= 1
+    from scipy.stats import spearmanr
+
+    classes = list(class_results.classes)
+    labels = pre.select(results.pretrain_ids, ordered=True).values("ground_truth.label")
+    rows = np.array([classes.index(c) for c in labels])
+    summed = np.bincount(rows, weights=np.asarray(scores, np.float64).sum(axis=1))
+    rho = spearmanr(summed, class_results.class_influence).statistic
+    assert results.metrics["class_spearman"] == pytest.approx(rho)
     # reliability: the example-level datamodeling score on 3 models on random halves
-    assert -1 <= results.metrics["lds"] <= 1 and results.metrics["holdout_models"] == 3
+    assert np.isfinite(results.metrics["lds"]) and results.metrics["holdout_models"] == 3
     assert results.config.influence_key == "infl" and results.config.epochs == 1
 
     # deleting the run deletes its fields, and with its last side, its store
@@ -241,7 +248,7 @@ def test_tagging_the_most_harmful_images_and_checking_it_by_retraining(sample_ru
     assert calls[-1] == 6  # 2 seeds x (full, curated, random)
     assert summary["num_removed"] == 1 and summary["rule"] == "tagged (below_threshold)"
     assert [c["arm"] for c in summary["cells"]] == ["full", "curated", "random"]
-    assert all(0 <= c["accuracy"] <= 1 for c in summary["cells"])
+    assert summary["num_seeds"] == 2 and all(np.isfinite(c["accuracy"]) for c in summary["cells"])
     assert summary["curated_vs_random"]["num_pairs"] == 2
     assert any("curated - random" in line for line in summary.describe())
     assert tgt.get_run_info("samp").config.curation["num_removed"] == 1

@@ -276,7 +276,19 @@ def test_default_design_is_orthogonal_rounded_to_blocks_with_q_values_and_lds(
     assert m["num_models"] == 32 and results.config.num_models == 32
     assert m["design"] == "orthogonal" and "20 models rounded up to 32" in m["design_note"]
     assert m["estimator"] == "regression" and m["standard_errors"] == "residuals"
-    assert m["num_holdout_models"] == 3 and -1 <= m["lds"] <= 1
+    assert m["num_holdout_models"] == 3
+    # the LDS the run reports is the one its stored models give
+    from transferscope.compute import ResultsStore, linear_datamodeling_score
+
+    from transferscope.influence_run import HOLDOUT_DIR
+
+    out_dir = results.config.output_dir
+    store = ResultsStore.load(out_dir)
+    held = ResultsStore.load(os.path.join(out_dir, HOLDOUT_DIR))
+    again = linear_datamodeling_score(
+        store.masks, store.outputs("prob"), held.masks, held.outputs("prob"), m["estimator"]
+    )
+    assert m["lds"] == pytest.approx(again["lds"])
     loaded = tgt.load_run_results("ortho", cache=False)
     q = loaded.q_values
     assert q.shape == (6,) and ((q >= loaded.class_p_value - 1e-12) & (q <= 1)).all()
