@@ -37,7 +37,7 @@ _MODULE_EXPORTS = {
         "run_retraining",
         "run_subset_models",
     ),
-    "executors": ("LocalExecutor", "ModelsFailedError", "RayExecutor", "make_executor"),
+    "executors": ("Executor", "LocalExecutor", "ModelsFailedError", "RayExecutor", "make_executor"),
     "estimators": (
         "ESTIMATORS",
         "aggregate_influence",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # names in annotations only
     from collections.abc import Callable, Sequence
 
     from .config import InfluenceConfig
-    from .executors import RayExecutor
+    from .executors import Executor
     from .subsets import Design
     from .train import TransferData
 
@@ -101,7 +101,7 @@ def run_holdout_models(
     data: TransferData,
     store: ResultsStore,
     on_model_done: Callable[[int, int, int], None] | None = None,
-    executor: LocalExecutor | RayExecutor | None = None,
+    executor: Executor | None = None,
 ):
     """Trains the held-out models a store lacks (resumable)."""
     indices = HOLDOUT_INDEX_BASE + np.arange(len(store.completed))
@@ -116,7 +116,7 @@ def run_subset_models(
     store: ResultsStore,
     on_model_done: Callable[[int, int, int], None] | None = None,
     model_indices: Sequence[int] | None = None,
-    executor: LocalExecutor | RayExecutor | None = None,
+    executor: Executor | None = None,
 ):
     """Trains every model whose row is not complete, writing each as it ends.
 
@@ -196,7 +196,7 @@ def run_retraining(
     data: TransferData,
     store: ResultsStore,
     on_model_done: Callable[[int, int, int], None] | None = None,
-    executor: LocalExecutor | RayExecutor | None = None,
+    executor: Executor | None = None,
 ):
     """Trains the rows of a retrain store that are not complete (resumable)."""
     seeds = np.asarray(store.spec["meta"]["seeds"], dtype=np.int64)
@@ -322,7 +322,7 @@ def run_sample_retraining(
     data: TransferData,
     store: ResultsStore,
     on_model_done: Callable[[int, int, int], None] | None = None,
-    executor: LocalExecutor | RayExecutor | None = None,
+    executor: Executor | None = None,
 ):
     """Trains the pending rows of a retrain store whose masks mark pretraining
     *images* (every class kept; see :func:`open_retrain_store`), seed ``s`` as

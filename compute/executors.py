@@ -15,7 +15,9 @@ import dataclasses
 import logging
 import socket
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -95,6 +97,23 @@ def _torch_threads(threads):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where models train: what the engine needs of an executor.
+
+    ``check(config)`` refuses, before any work, what it cannot run (bad
+    options, an unreachable cluster, missing resources); ``run(jobs, data,
+    on_done)`` trains the :class:`ModelJob` s, calls ``on_done(row, outputs)``
+    on the driver for each finished one and returns ``{row: reason}`` for
+    the ones that failed. :class:`LocalExecutor` and :class:`RayExecutor`
+    are the two this package has; any object with these methods will do.
+    """
+
+    def check(self, config: InfluenceConfig) -> None: ...
+
+    def run(self, jobs: list[ModelJob], data, on_done: Callable[[int, dict], None]) -> dict: ...
 
 
 class LocalExecutor:
@@ -380,7 +399,7 @@ class RayExecutor:
 def make_executor(executor="local", **options):
     """An executor from its name (``"local"`` or ``"ray"``) and options, or as given."""
     if not isinstance(executor, str):
-        if not (hasattr(executor, "run") and hasattr(executor, "check")):
+        if not isinstance(executor, Executor):
             raise ValueError(
                 f"executor must be one of {EXECUTORS} or an executor; got {executor!r}"
             )

@@ -66,7 +66,7 @@ class TorchvisionBackbone(nn.Module):
 
     def __init__(self, arch, num_classes, in_channels=3):
         super().__init__()
-        net = _torchvision_builder(arch)(weights=None, num_classes=num_classes)
+        net = torchvision_builder(arch)(weights=None, num_classes=num_classes)
         head = _strip_head(net)
         self.body = net
         self.in_channels = in_channels
@@ -82,7 +82,7 @@ class TorchvisionBackbone(nn.Module):
         return self.head(self.features(x))
 
 
-def _torchvision_builder(arch):
+def torchvision_builder(arch):
     import torchvision
 
     try:
@@ -115,7 +115,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         import torch
 
-        net = _torchvision_builder(arch)(weights=None)
+        net = torchvision_builder(arch)(weights=None)
         if weights_path is not None:  # the full classifier's, head included
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state:

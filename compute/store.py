@@ -53,7 +53,7 @@ class ForeignFilesError(ValueError):
 # --- the manifest: what transferscope wrote in a directory -----------------------
 
 
-def _read_manifest(folder):
+def read_manifest(folder):
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
         return []
@@ -93,17 +93,17 @@ def _adopt_legacy_store(folder):
     present = [
         n for n in _LEGACY_STORE_FILES + _LEGACY_SUBDIRS if os.path.exists(os.path.join(folder, n))
     ]
-    _write_json(os.path.join(folder, MANIFEST), sorted(present))
+    write_json(os.path.join(folder, MANIFEST), sorted(present))
 
 
 def claim(folder, name):
     """Records ``name`` in ``folder``'s manifest (before it is created there)."""
     _adopt_legacy_store(folder)
-    names = _read_manifest(folder)
+    names = read_manifest(folder)
     if name in names:
         return
     os.makedirs(folder, exist_ok=True)
-    _write_json(os.path.join(folder, MANIFEST), sorted(names + [name]))
+    write_json(os.path.join(folder, MANIFEST), sorted(names + [name]))
 
 
 def make_dirs(path):
@@ -128,7 +128,7 @@ def check_dir_is_ours(folder):
     if not os.path.isdir(folder):
         raise ForeignFilesError(f"{folder} exists and is not a directory")
     _adopt_legacy_store(folder)
-    names = set(_read_manifest(folder)) | {MANIFEST}
+    names = set(read_manifest(folder)) | {MANIFEST}
     # a file being replaced (written as <name>.tmp, then renamed) is ours too
     foreign = sorted(
         n for n in set(os.listdir(folder)) - names if not (n.endswith(".tmp") and n[:-4] in names)
@@ -146,7 +146,7 @@ def clear_dir(folder: str):
     folder = os.path.abspath(folder)
     if not os.path.isdir(folder):
         return
-    for name in _read_manifest(folder):
+    for name in read_manifest(folder):
         path = os.path.join(folder, name)
         if os.path.isdir(path) and not os.path.islink(path):
             clear_dir(path)
@@ -161,9 +161,9 @@ def clear_dir(folder: str):
     if not os.listdir(folder):
         os.rmdir(folder)
         parent = os.path.dirname(folder)
-        names = [n for n in _read_manifest(parent) if n != os.path.basename(folder)]
+        names = [n for n in read_manifest(parent) if n != os.path.basename(folder)]
         if os.path.exists(os.path.join(parent, MANIFEST)):
-            _write_json(os.path.join(parent, MANIFEST), names)
+            write_json(os.path.join(parent, MANIFEST), names)
 
 
 def remove_scratch(folder: str):
@@ -176,10 +176,10 @@ def remove_scratch(folder: str):
     parent, name = os.path.split(folder)
     if not os.path.lexists(folder):
         return
-    if name not in _read_manifest(parent) or os.path.islink(folder):
+    if name not in read_manifest(parent) or os.path.islink(folder):
         raise ForeignFilesError(f"{folder} is not a scratch folder transferscope made; left alone")
     shutil.rmtree(folder)
-    _write_json(os.path.join(parent, MANIFEST), [n for n in _read_manifest(parent) if n != name])
+    write_json(os.path.join(parent, MANIFEST), [n for n in read_manifest(parent) if n != name])
 
 
 # --- arrays -------------------------------------------------------------------
@@ -303,7 +303,7 @@ class ResultsStore:
         for arr in arrays.values():
             arr.flush()
         # spec last: a store without spec.json is not a store yet
-        _write_json(spec_path, spec)
+        write_json(spec_path, spec)
         return cls(path, spec, arrays)
 
     @classmethod
@@ -424,7 +424,7 @@ def _load_spec(spec_path):
         ) from None
 
 
-def _write_json(path, obj):
+def write_json(path, obj):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)

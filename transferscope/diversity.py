@@ -63,7 +63,7 @@ def plan_class_diversity(
     seed: int = 0,
     overwrite: bool = False,
     progress: Progress = None,
-    executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
+    executor: str | tsc.Executor = "local",
     executor_options: dict | None = None,
     max_seeds: int = tsc.sequential.DEFAULT_MAX_SEEDS,
     round_seeds: int = tsc.sequential.DEFAULT_ROUND_SEEDS,

@@ -77,7 +77,7 @@ def from_model(view, arch, weights_path, role, image_size=64, device="auto", bat
     else:
         logger.warning("model %r without weights_path: randomly initialised features", arch)
     try:
-        tsc.nets._torchvision_builder(arch)
+        tsc.nets.torchvision_builder(arch)
     except ValueError as e:  # unknown arch
         raise TransferScopeError(f"cannot build model {arch!r}: {e}") from e
     try:

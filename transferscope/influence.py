@@ -77,7 +77,7 @@ def compute_class_influence(
     output_dir: str | None = None,
     overwrite: bool = False,
     progress: Progress = None,
-    executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
+    executor: str | tsc.Executor = "local",
     executor_options: dict | None = None,
     **train_kwargs,
 ) -> ClassInfluenceResults:
@@ -277,7 +277,7 @@ def _open_stores(run_dir, config, data, meta, overwrite):
 
 def _remove_other_stores(run_dir, keep):
     """After a commit: the stores of this run directory written for other configs."""
-    for name in tsc.store._read_manifest(run_dir):
+    for name in tsc.store.read_manifest(run_dir):
         path = os.path.join(run_dir, name)
         if os.path.abspath(path) != os.path.abspath(keep) and os.path.exists(
             os.path.join(path, "spec.json")

@@ -267,7 +267,7 @@ def save_matrices(store_path, results_kwargs, target_function, estimator):
         for name, matrix in matrices.items()
     }
     keep = {os.path.basename(p) for p in paths.values()}
-    for name in tsc.store._read_manifest(store_path):
+    for name in tsc.store.read_manifest(store_path):
         if name.startswith(tuple(f"{m}-" for m in MATRIX_NAMES)) and name not in keep:
             os.remove(os.path.join(store_path, name))  # ours: the manifest names it
     return matrices, dict(results_kwargs, matrix_paths=paths)

@@ -343,13 +343,13 @@ def _mark_store(store, key, target_id):
     path = os.path.join(store, STORE_OWNER)
     if not os.path.exists(path):
         tsc.store.claim(store, STORE_OWNER)
-        tsc.store._write_json(path, {"key": key, "target_dataset_id": target_id})
+        tsc.store.write_json(path, {"key": key, "target_dataset_id": target_id})
 
 
 def _remove_other_stores(store, key, target_id):
     """After a commit: this run's stores written for other settings (an overwrite)."""
     run_dir = os.path.dirname(store)
-    for name in tsc.store._read_manifest(run_dir):
+    for name in tsc.store.read_manifest(run_dir):
         path = os.path.join(run_dir, name)
         owner = os.path.join(path, STORE_OWNER)
         if path == store or not os.path.exists(owner):

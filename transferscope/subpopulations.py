@@ -253,7 +253,7 @@ def explain_failures(
     device: str | None = None,
     overwrite: bool = False,
     progress: Progress = None,
-    executor: str | tsc.LocalExecutor | tsc.RayExecutor = "local",
+    executor: str | tsc.Executor = "local",
     executor_options: dict | None = None,
     alpha: float = tsc.sequential.DEFAULT_ALPHA,
     min_effect: float = DEFAULT_MIN_EFFECT,

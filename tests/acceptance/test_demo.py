@@ -149,7 +149,7 @@ def test_leakage_finds_the_planted_copies(datasets, demo_run):
     assert len(tgt.load_saved_view("demo_leakage_likely_leaks")) == leak["flagged"]
     brain = demo_run[1]["leakage_brain"]  # reported next to ours, on the same embeddings
     assert brain["planted_leaked_tests"] == 65
-    assert brain["recall"] == brain["true_positives"] / 65 and brain["flagged"] >= 0
+    assert brain["recall"] == brain["true_positives"] / 65
 
 
 @pytest.mark.slow
