@@ -54,6 +54,7 @@ class ForeignFilesError(ValueError):
 
 
 def read_manifest(folder):
+    """The names transferscope wrote in ``folder`` (its manifest; [] when none)."""
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
         return []
@@ -425,6 +426,7 @@ def _load_spec(spec_path):
 
 
 def write_json(path, obj):
+    """Writes ``obj`` as JSON at ``path`` atomically (a temporary file, then a rename)."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
