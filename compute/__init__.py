@@ -78,6 +78,7 @@ _SUBMODULES = (
     "config",
     "curation",
     "digests",
+    "disk",
     "diversity",
     "engine",
     "estimators",

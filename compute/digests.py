@@ -7,6 +7,8 @@ use a faster hash (``store.row_checksum``).
 """
 
 import hashlib
+import os
+import stat
 
 import numpy as np
 
@@ -31,8 +33,37 @@ def digest(*parts, length=16):
     return h.hexdigest() if length is None else h.hexdigest()[:length]
 
 
+# An input file larger than this is refused, not read (a image this size is
+# almost surely a mistake: a video, a disk image, a device)
+MAX_FILE_BYTES = 1 << 30
+
+
+class NotAnImageFileError(ValueError):
+    """A path that names no regular file of a readable size (a FIFO, a device,
+    a folder, a file above :data:`MAX_FILE_BYTES`)."""
+
+
+def check_regular_file(path, max_bytes=MAX_FILE_BYTES):
+    """``os.stat(path)`` of a regular file of at most ``max_bytes``, or
+    :class:`NotAnImageFileError` naming it. Looks without opening, so a FIFO
+    or a device never blocks or streams forever."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAnImageFileError(
+            f"{path} is not a regular file (a FIFO, a device or a folder); only files are read"
+        )
+    if st.st_size > max_bytes:
+        raise NotAnImageFileError(
+            f"{path} holds {st.st_size:,} bytes, more than the {max_bytes:,} an input file "
+            f"may have; it was not read"
+        )
+    return st
+
+
 def file_digest(path, length=None):
-    """:func:`digest` of a file's bytes, read in chunks (never whole into memory)."""
+    """:func:`digest` of a file's bytes, read in chunks (never whole into memory);
+    only regular files (:func:`check_regular_file`)."""
+    check_regular_file(path)
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()[:length]
 
@@ -43,6 +74,7 @@ def pixel_digest(path, length=None):
     bytes differ."""
     from PIL import Image
 
+    check_regular_file(path)
     with Image.open(path) as img:
         img.load()
         h = hashlib.sha256(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())

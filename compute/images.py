@@ -29,7 +29,8 @@ from PIL import Image, ImageOps
 
 from .checks import check_choice
 from .config import RESIZE_POLICIES
-from .digests import digest
+from .digests import NotAnImageFileError, check_regular_file, digest
+from .disk import open_memmap_reserved
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def fit(im: Image.Image, size: int, resize: str = "crop") -> Image.Image:
 
 def load_image(path, size: int, channels: int, resize: str = "crop") -> np.ndarray:
     """One file as uint8 ``(size, size, channels)`` (see the module's docstring)."""
+    check_regular_file(path)  # a FIFO or a device would block or never end
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         im = _to_eight_bit(im)
@@ -121,6 +123,8 @@ DIGESTS_DB = "digests.sqlite"
 INDEX_DB = "index.sqlite"
 # the only files the cache writes (and so the only ones it removes)
 CACHE_FILE_RE = re.compile(r"^[0-9a-f]{32}(\.rows)?\.npy$")
+# a set being written: <name>.npy.<pid>.tmp (renamed when complete)
+CACHE_TMP_RE = re.compile(r"^[0-9a-f]{32}(\.rows)?\.npy\.(\d+)\.tmp$")
 # images decoded per chunk: the bound on the decoded pixels held in memory at once
 DECODE_CHUNK = 2048
 
@@ -194,17 +198,20 @@ def file_digests(paths, folder):
             fresh = []
             for i, p in enumerate(chunk, start):
                 try:
-                    st = os.stat(p)
-                except OSError:
-                    return None
+                    st = check_regular_file(p)
+                except (OSError, NotAnImageFileError):
+                    return None  # not cached: decoding names the file
                 key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 row = known.get(p)
                 if row is not None and tuple(row[:4]) == key:
                     out[i] = row[4]
                     continue
                 try:
+                    hasher = xxhash.xxh3_128()
                     with open(p, "rb") as f:
-                        file_digest = xxhash.xxh3_128_hexdigest(f.read())
+                        while chunk := f.read(1 << 20):
+                            hasher.update(chunk)
+                    file_digest = hasher.hexdigest()
                 except OSError:
                     return None
                 out[i] = file_digest
@@ -266,7 +273,7 @@ def decode_images(paths, names, size, channels, resize="crop", num_workers=None)
         return cached
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        out = open_memmap_reserved(tmp, np.uint8, shape)
     except OSError as e:  # a read-only or full disk costs speed, not results
         logger.warning("could not cache decoded images in %s: %s", folder, e)
         return _decode_in_memory(paths, names, size, channels, resize, num_workers)
@@ -366,7 +373,13 @@ def _copy_cached_rows(folder, decoding, want, out):
 
 def _register(folder, name, decoding, num, size):
     """Records a new cached set, then removes the least recently used others
-    while the cache is over its size limit."""
+    while the cache is over its size limit, and the half-written sets of
+    processes that are gone."""
+    for leftover in _dead_writers_files(folder):
+        try:
+            os.remove(os.path.join(folder, leftover))
+        except FileNotFoundError:
+            pass
     limit = cache_limit_bytes()
     db = _index(folder)
     try:
@@ -424,14 +437,36 @@ def clear_cache(folder=None):
     returns how many bytes it freed."""
     folder = folder or image_cache_dir()
     freed = 0
-    names = _cache_files(folder) + [
-        f for f in (INDEX_DB, DIGESTS_DB) if os.path.exists(os.path.join(folder, f))
-    ]
+    names = (
+        _cache_files(folder)
+        + _dead_writers_files(folder)
+        + [f for f in (INDEX_DB, DIGESTS_DB) if os.path.exists(os.path.join(folder, f))]
+    )
     for f in names:
         path = os.path.join(folder, f)
         freed += os.path.getsize(path)
         os.remove(path)
     return freed
+
+
+def _dead_writers_files(folder):
+    """The cache's own temporary files whose writing process no longer runs."""
+    out = []
+    for f in os.listdir(folder) if folder and os.path.isdir(folder) else []:
+        match = CACHE_TMP_RE.match(f)
+        if match and not _process_alive(int(match.group(2))):
+            out.append(f)
+    return sorted(out)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _cache_files(folder):

@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 
+from .disk import named_when_full, open_memmap_reserved
 from .train import OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ def save_array(folder, name, array):
     claim(folder, name)
     path = os.path.join(folder, name)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with named_when_full(tmp), open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
     os.replace(tmp, path)
     return path
@@ -395,7 +396,10 @@ def _open_arrays(path, shape, mode):
                 arrays[name] = _add_checksums(path, arrays, num_models)
                 continue
             _check_npy(file, dtype, shp)
-        arrays[name] = np.lib.format.open_memmap(file, mode=mode, dtype=dtype, shape=shp)
+        if mode == "w+":  # blocks reserved: a full disk raises here, not SIGBUS later
+            arrays[name] = open_memmap_reserved(file, dtype, shp)
+        else:
+            arrays[name] = np.lib.format.open_memmap(file, mode=mode, dtype=dtype, shape=shp)
     return arrays
 
 
@@ -403,7 +407,7 @@ def _add_checksums(path, arrays, num_models):
     """Checksums for a store written before they existed (its rows are trusted)."""
     claim(path, "checksums.npy")
     file = os.path.join(path, "checksums.npy")
-    sums = np.lib.format.open_memmap(file, mode="w+", dtype=np.int64, shape=(num_models,))
+    sums = open_memmap_reserved(file, np.int64, (num_models,))
     done = np.load(os.path.join(path, "completed.npy"), allow_pickle=False)
     for i in np.flatnonzero(done):
         sums[i] = row_checksum({n: arrays[n][i] for n in OUTPUT_NAMES})
@@ -428,6 +432,6 @@ def _load_spec(spec_path):
 def write_json(path, obj):
     """Writes ``obj`` as JSON at ``path`` atomically (a temporary file, then a rename)."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with named_when_full(tmp), open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
     os.replace(tmp, path)

@@ -140,8 +140,11 @@ def validate_tag(tag):
 
 
 def check_run_key_free(collection, run_key, overwrite, fields):
-    """Refuses an existing run key (unless overwrite) or fields a run does not own."""
+    """Refuses an existing run key (unless overwrite) or fields a run does not own,
+    as the database has them now (another process may have committed a run
+    since this dataset object was loaded)."""
     dataset = collection._root_dataset
+    dataset.reload()
     if run_key in dataset.list_runs():
         if not overwrite:
             raise TransferScopeError(

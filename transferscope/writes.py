@@ -31,8 +31,12 @@ whose process is gone (same host), or whose heartbeat is older than
 import datetime
 import logging
 import os
+import signal
 import socket
+import threading
+import time
 import uuid
+from contextlib import contextmanager
 
 import fiftyone as fo
 import fiftyone.core.labels as fol
@@ -49,6 +53,85 @@ _HEARTBEAT_EVERY_S = 30
 
 class RunLockedError(TransferScopeError):
     """Another process is writing the same run key on the same dataset."""
+
+
+# How long a writer waits for another process's schema change on the same
+# dataset (they are short: adding, renaming or filling a field, a commit).
+SCHEMA_WAIT_S = 600.0
+_SCHEMA_POLL_S = 0.05
+# the schema locks this process holds, with their depth (they nest)
+_schema_held = {}
+
+
+@contextmanager
+def schema_lock(datasets, wait_s=None):
+    """One writer at a time changes each of ``datasets``' schema, runs and views.
+
+    FiftyOne keeps a dataset's field list and run references in one document
+    that each change reads, modifies and saves whole: two processes changing
+    it at once lose one another's changes (a staged field, a rename, a run).
+    Every transferscope write to a dataset's schema, runs or views happens
+    under this lock, after the dataset is read again from the database. The
+    locks are documents of the journal collection, taken in the datasets' id
+    order (no deadlock), reentrant within a process, and taken over from a
+    holder whose process is gone. A writer that waits longer than
+    ``wait_s`` (default :data:`SCHEMA_WAIT_S`) is refused with the holder
+    named; nothing of its own has changed then.
+    """
+    from pymongo.errors import DuplicateKeyError
+
+    roots = {d._root_dataset.name: d._root_dataset for d in datasets}
+    ordered = sorted(roots.values(), key=lambda d: str(d._doc.id))
+    wait_s = SCHEMA_WAIT_S if wait_s is None else wait_s
+    taken = []
+    try:
+        for ds in ordered:
+            lock_id = f"{ds._doc.id}:schema"
+            if _schema_held.get(lock_id):
+                _schema_held[lock_id] += 1
+                taken.append(lock_id)
+                continue
+            deadline = time.monotonic() + wait_s
+            waited = False
+            while True:
+                try:
+                    _journal().insert_one(
+                        {"_id": lock_id, "dataset": ds.name, "method": "schema", "owner": _me()}
+                    )
+                    break
+                except DuplicateKeyError:
+                    held = _journal().find_one({"_id": lock_id})
+                    if held is None:
+                        continue
+                    if not owner_alive(held["owner"]):
+                        _journal().delete_one({"_id": lock_id, "owner": held["owner"]})
+                        continue
+                    if time.monotonic() > deadline:
+                        raise RunLockedError(
+                            f"dataset {ds.name!r} has had its fields changed by "
+                            f"{describe_owner(held['owner'])} for more than {wait_s:g} s; "
+                            f"try again when it is done"
+                        ) from None
+                    if not waited:
+                        logger.info(
+                            "waiting for %s to finish changing the fields of %r",
+                            describe_owner(held["owner"]),
+                            ds.name,
+                        )
+                        waited = True
+                    time.sleep(_SCHEMA_POLL_S)
+            _schema_held[lock_id] = 1
+            taken.append(lock_id)
+            ds.reload()  # what other processes committed, not this object's copy
+        yield
+    finally:
+        for lock_id in reversed(taken):
+            _schema_held[lock_id] -= 1
+            if not _schema_held[lock_id]:
+                del _schema_held[lock_id]
+                _journal().delete_one(
+                    {"_id": lock_id, "owner.pid": os.getpid(), "owner.host": socket.gethostname()}
+                )
 
 
 def _journal():
@@ -95,11 +178,38 @@ def describe_owner(owner):
 
 
 def _checkpoint(name):
-    """A named point of the write; the kill-anywhere tests stop the process here."""
+    """A named point of the write; the kill-anywhere tests stop the process here
+    (``TRANSFERSCOPE_KILL_AT``), with SIGKILL or the signal
+    ``TRANSFERSCOPE_KILL_SIGNAL`` names (``INT``, ``TERM``)."""
     if os.environ.get("TRANSFERSCOPE_KILL_AT") == name:
-        import signal
+        sig = getattr(signal, "SIG" + os.environ.get("TRANSFERSCOPE_KILL_SIGNAL", "KILL"))
+        os.kill(os.getpid(), sig)
 
-        os.kill(os.getpid(), signal.SIGKILL)
+
+@contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM received inside the block take effect when it ends.
+
+    The commit switches a run on every dataset in a few statements; a
+    ctrl-C between them would leave the old run on one dataset and the new
+    one on the other until the same call ran again. Outside the main thread
+    (where Python cannot set handlers) the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            logger.warning("signal %d arrived while committing; acting on it now", received[0])
+            signal.raise_signal(received[0])
 
 
 class RunWrite:
@@ -187,7 +297,8 @@ class RunWrite:
             ds.name,
             describe_owner(old["owner"]),
         )
-        recover(ds, old)
+        with schema_lock([ds]):
+            recover(ds, old)
         coll.replace_one({"_id": fresh["_id"]}, fresh)
 
     def __exit__(self, exc_type, exc, tb):
@@ -231,21 +342,24 @@ class RunWrite:
         self._journal_update(ds, {"$set": {f"staged.{field}": staged, "phase": "staging"}})
         self._staged[(ds.name, field)] = staged
         self._types[(ds.name, field)] = ftype
-        if isinstance(ftype, type) and issubclass(ftype, fol.Label):
-            ds.add_sample_field(staged, fo.EmbeddedDocumentField, embedded_doc_type=ftype)
-        else:
-            ds.add_sample_field(staged, ftype)
+        with schema_lock([ds]):
+            if isinstance(ftype, type) and issubclass(ftype, fol.Label):
+                ds.add_sample_field(staged, fo.EmbeddedDocumentField, embedded_doc_type=ftype)
+            else:
+                ds.add_sample_field(staged, ftype)
         return staged
 
     def declare_subfield(self, ds, field, path, ftype):
         """Declares ``<field>.<path>`` (a dynamic attribute the App should filter on)."""
-        ds.add_sample_field(f"{self.staged_name(ds, field)}.{path}", ftype)
+        with schema_lock([ds]):
+            ds.add_sample_field(f"{self.staged_name(ds, field)}.{path}", ftype)
 
     def set_values(self, ds, field, values, view=None):
         """``values``: ``{sample id: value}`` for the staged ``field``."""
-        (view if view is not None else ds).set_values(
-            self.staged_name(ds, field), values, key_field="id"
-        )
+        with schema_lock([ds]):  # new attributes of labels extend the schema
+            (view if view is not None else ds).set_values(
+                self.staged_name(ds, field), values, key_field="id"
+            )
         _checkpoint("field_staged")
 
     def tag(self, ds, ids, tag):
@@ -290,7 +404,26 @@ class RunWrite:
 
     def commit(self):
         """Replaces the old run (with ``overwrite``), renames the staged fields, tags,
-        saves views and registers the runs; releases the lock."""
+        saves views and registers the runs; releases the lock. The datasets'
+        schema lock is held throughout, and the datasets are read again first:
+        a run that another process registered under this key meanwhile is
+        refused, not replaced, unless ``overwrite``."""
+        with schema_lock(self.datasets), signals_deferred():
+            self._check_key_still_free()
+            self._commit()
+
+    def _check_key_still_free(self):
+        if self.overwrite or not self._runs:
+            return
+        for ds, _, _ in self._runs:
+            if self.key in ds.list_runs():
+                raise TransferScopeError(
+                    f"dataset {ds.name!r} got a run with key {self.key!r} from another "
+                    f"process while this one computed; nothing was changed: pass "
+                    f"overwrite=True to replace it, or choose another key"
+                )
+
+    def _commit(self):
         self._check_views()
         olds = {}
         for ds in self.datasets:
@@ -347,7 +480,8 @@ class RunWrite:
             doc = _journal().find_one({"_id": self._id(ds)})
             if doc is not None:
                 try:
-                    recover(ds, doc)
+                    with schema_lock([ds]):
+                        recover(ds, doc)
                 except Exception:  # keep the original error
                     logger.exception("could not undo the writes of key %r on %r", self.key, ds.name)
 

@@ -233,6 +233,25 @@ def kill_and_rerun(job, points, pre, tgt, store, overwrite=False, before=None):
 
 
 @pytest.mark.slow
+def test_ctrl_c_inside_the_commit_takes_effect_after_it_on_both_datasets(
+    persistent_tiny, monkeypatch
+):
+    pre, tgt, store = persistent_tiny
+    again("influence", pre, tgt, store, False)
+    reference = snapshot(pre, tgt)
+    monkeypatch.setenv("TRANSFERSCOPE_KILL_SIGNAL", "INT")
+    for point in ("commit_started", "old_removed", "field_renamed", "run_registered"):
+        undo("influence", pre, tgt)
+        proc, _ = drive("influence", pre, tgt, store, kill_at=point)
+        # the interrupt arrived, and acted once the commit was whole
+        assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr, proc.stderr[-2000:]
+        assert "DONE" not in proc.stdout
+        for ds in (pre, tgt):
+            ds.reload()
+        assert snapshot(pre, tgt) == reference, f"interrupted at {point}: state differs"
+
+
+@pytest.mark.slow
 def test_influence_killed_anywhere_then_rerun_ends_as_an_uninterrupted_run(persistent_tiny):
     pre, tgt, store = persistent_tiny
     killed = kill_and_rerun("influence", ALL_POINTS, pre, tgt, store)

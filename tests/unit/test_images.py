@@ -162,3 +162,52 @@ def test_unreadable_files_are_named_and_leave_no_cache_file(tmp_path, cache):
         images.decode_images(files, ["a", "b", "c"], 8, 1)
     assert images.cache_info()["sets"] == 0
     assert not [f for f in os.listdir(cache) if f.endswith(".tmp")]
+
+
+def test_fifos_devices_and_huge_files_are_refused_without_being_opened(cache, tmp_path):
+    import time
+
+    from transferscope.compute import digests
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    start = time.monotonic()
+    for path in (str(fifo), "/dev/zero", str(tmp_path)):
+        with pytest.raises(digests.NotAnImageFileError, match="not a regular file"):
+            images.load_image(path, 8, 1)
+        with pytest.raises(digests.NotAnImageFileError, match="not a regular file"):
+            digests.file_digest(path)
+    with pytest.raises(
+        images.UnreadableImagesError, match=r"pipe \(.*pipe.png: NotAnImageFileError"
+    ):
+        images.decode_images([str(fifo)], ["pipe"], 8, 1)
+    big = tmp_path / "big.png"
+    _save(big, np.zeros((4, 4), np.uint8))
+    with pytest.raises(digests.NotAnImageFileError, match="more than the 10 an input file"):
+        digests.check_regular_file(str(big), max_bytes=10)
+    assert time.monotonic() - start < 10
+
+
+def test_the_cache_sweeps_its_own_half_written_files_of_dead_processes(cache, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    pid = int(dead.stdout)
+    folder = images.image_cache_dir()
+    os.makedirs(folder, exist_ok=True)
+    leftover = os.path.join(folder, f"{'a' * 32}.npy.{pid}.tmp")
+    mine = os.path.join(folder, f"{'b' * 32}.npy.{os.getpid()}.tmp")  # a live writer's
+    users = os.path.join(folder, "notes.txt")
+    for path in (leftover, mine, users):
+        open(path, "w").close()
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"img{i}.png"
+        _save(path, np.full((4, 4), i, np.uint8))
+        paths.append(str(path))
+    images.decode_images(paths, ["a", "b"], 4, 1)  # a new set: the sweep runs
+    assert not os.path.exists(leftover)
+    assert os.path.exists(mine) and os.path.exists(users)
