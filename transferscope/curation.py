@@ -29,11 +29,10 @@ from .results import JobResults
 from .retraining import (
     DEFAULT_MIN_EFFECT,
     DEFAULT_OUTCOME,
-    RoundStores,
     describe_check,
     describe_stopping,
     points_interval,
-    retrain_in_rounds,
+    retrain_until_decided,
     stopping_rule,
 )
 from .runs import load_sample_run, run_record
@@ -368,19 +367,18 @@ def _retrain_classes(plan_for, config, data, runner, path, classes, stopping, ou
         plan = plan_for(num_seeds)
         return plan.masks, plan.seeds
 
-    rounds = RoundStores(
+    rounds, num_seeds = retrain_until_decided(
         rows_for,
-        lambda store, done: tsc.run_retraining(config, data, store, done, runner),
+        tsc.run_retraining,
+        config,
+        data,
+        runner,
         path,
-        lambda p, masks, seeds: tsc.open_retrain_store(p, config, data, masks, seeds, meta),
+        lambda rounds, n: tsc.curation.curation_decided(summarize(rounds, n)),
         stopping,
         progress,
         "Retraining for the curation counterfactual",
-    )
-    num_seeds = retrain_in_rounds(
-        rounds.train_round,
-        lambda n: tsc.curation.curation_decided(summarize(rounds, n)),
-        stopping,
+        meta,
     )
     return summarize(rounds, num_seeds)
 
@@ -702,21 +700,17 @@ def evaluate_sample_curation(
         )
 
     path = os.path.join(config.output_dir, "curation")
-    rounds = RoundStores(
+    rounds, num_seeds = retrain_until_decided(
         lambda n: plan_for(n)[:2],
-        lambda store, done: tsc.engine.run_sample_retraining(
-            train_config, data, store, done, runner
-        ),
+        tsc.engine.run_sample_retraining,
+        train_config,
+        data,
+        runner,
         path,
-        lambda p, masks, seeds: tsc.open_retrain_store(p, train_config, data, masks, seeds),
+        lambda rounds, n: tsc.curation.sample_curation_decided(summarize(rounds, n)),
         stopping,
         progress,
         "Retraining for the image curation counterfactual",
-    )
-    num_seeds = retrain_in_rounds(
-        rounds.train_round,
-        lambda n: tsc.curation.sample_curation_decided(summarize(rounds, n)),
-        stopping,
     )
     summary = summarize(rounds, num_seeds)
     summary.update(

@@ -150,31 +150,10 @@ def plan_class_diversity(
         verification = None
         if verify:
             all_k = int((sizes >= full_budget // num_classes).sum())
-            checked = []
-
-            def train_round(first, last):
-                cells = dv.check_cells(
-                    full_budget,
-                    k_plan,
-                    n_plan,
-                    plan_rows,
-                    all_k,
-                    last,
-                    epochs_for(full_budget),
-                    first,
-                )
-                checked.extend(run_cells(cells, "check"))
-
-            def verify_plan(num_seeds):
-                table = sweep + [c for c in checked if c["seed"] < num_seeds]
-                return dv.verification_summary(table, per_budget, full_budget, all_k, stopping)
-
-            used = retrain_in_rounds(
-                train_round,
-                lambda n: verify_plan(n)["plan_vs_all_classes"]["verdict"] != "undecided",
-                stopping,
+            check = dict(k_plan=k_plan, n_plan=n_plan, plan_rows=plan_rows, all_k=all_k)
+            verification, checked = _check_plan(
+                sweep, per_budget, full_budget, check, epochs_for(full_budget), run_cells, stopping
             )
-            verification = dict(verify_plan(used), num_seeds=used, stopping_rule=stopping.to_dict())
             sweep = sweep + checked
 
         summary = {
@@ -194,6 +173,37 @@ def plan_class_diversity(
         views = {view_name: lambda: pretrain.select(plan_ids)}
         commit_run(write, pretrain, "class_diversity", {}, {}, views, summary, params)
         return DiversityResults(summary)
+
+
+def _check_plan(sweep, per_budget, full_budget, check, epochs, run_cells, stopping):
+    """The plan against all classes (and the predicted K) at the full budget,
+    round by round until the plan's verdict settles: ``(verification, cells)``."""
+    checked = []
+
+    def train_round(first, last):
+        cells = dv.check_cells(
+            full_budget,
+            check["k_plan"],
+            check["n_plan"],
+            check["plan_rows"],
+            check["all_k"],
+            last,
+            epochs,
+            first,
+        )
+        checked.extend(run_cells(cells, "check"))
+
+    def verify_plan(num_seeds):
+        table = sweep + [c for c in checked if c["seed"] < num_seeds]
+        return dv.verification_summary(table, per_budget, full_budget, check["all_k"], stopping)
+
+    used = retrain_in_rounds(
+        train_round,
+        lambda n: verify_plan(n)["plan_vs_all_classes"]["verdict"] != "undecided",
+        stopping,
+    )
+    verification = dict(verify_plan(used), num_seeds=used, stopping_rule=stopping.to_dict())
+    return verification, checked
 
 
 def _check_plan_arguments(key, class_choice, sample_choice, num_points, num_seeds):

@@ -130,6 +130,39 @@ def retrain_in_rounds(
     return done
 
 
+def retrain_until_decided(
+    plan_for,
+    trainer,
+    config,
+    data,
+    runner,
+    store_root,
+    decided,
+    rule,
+    progress,
+    start_msg,
+    meta=None,
+):
+    """A check whose rows are ``(mask, seed)`` pairs, trained round by round until
+    ``decided(rounds, n)`` or the budget; ``(rounds, seeds per arm)``.
+
+    ``trainer``: :func:`transferscope.compute.run_retraining` (class masks) or
+    ``compute.engine.run_sample_retraining`` (image masks); ``config``,
+    ``data``, ``runner``: what it trains with; ``meta``: kept in each round's
+    store; the rest as :class:`RoundStores` and :func:`retrain_in_rounds`.
+    """
+    rounds = RoundStores(
+        plan_for,
+        lambda store, done: trainer(config, data, store, done, runner),
+        store_root,
+        lambda path, masks, seeds: tsc.open_retrain_store(path, config, data, masks, seeds, meta),
+        rule,
+        progress,
+        start_msg,
+    )
+    return rounds, retrain_in_rounds(rounds.train_round, lambda n: decided(rounds, n), rule)
+
+
 def _offset(progress, already, total):
     """A progress callback that counts earlier rounds' models and the full budget."""
     if not callable(progress):

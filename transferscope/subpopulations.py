@@ -25,9 +25,8 @@ from .results import JobResults
 from .retraining import (
     DEFAULT_MIN_EFFECT,
     DEFAULT_OUTCOME,
-    RoundStores,
     describe_check,
-    retrain_in_rounds,
+    retrain_until_decided,
     stopping_rule,
 )
 from .runs import commit_run, open_write
@@ -428,19 +427,18 @@ def _check_culprit(
             outcome,
         )
 
-    rounds = RoundStores(
+    rounds, num_seeds = retrain_until_decided(
         lambda n: sp.plan_culprit_check(len(classes), culprit, n, seed)[:2],
-        lambda store, done: tsc.run_retraining(config, data, store, done, runner),
+        tsc.run_retraining,
+        config,
+        data,
+        runner,
         os.path.join(results.config.output_dir, "failures"),
-        lambda path, masks, seeds: tsc.open_retrain_store(path, config, data, masks, seeds, meta),
+        lambda rounds, n: verdicts(rounds, n)["culprit_vs_full"]["verdict"] != "undecided",
         stopping,
         progress,
         "Retraining without the top culprit",
-    )
-    num_seeds = retrain_in_rounds(
-        rounds.train_round,
-        lambda n: verdicts(rounds, n)["culprit_vs_full"]["verdict"] != "undecided",
-        stopping,
+        meta,
     )
     masks, seeds, randoms = sp.plan_culprit_check(len(classes), culprit, num_seeds, seed)
     correct = rounds.outputs("correct", masks, seeds)

@@ -62,7 +62,7 @@ def test_the_readme_quickstart_runs_on_a_tiny_problem_up_to_the_curation_it_need
             ds.delete()
 
 
-def test_the_readme_quotes_the_planner_demos_report():
+def test_the_demo_page_quotes_the_planner_demos_report():
     # the table is written from the committed report of `transferscope demo --planner`
     import json
 
@@ -70,6 +70,6 @@ def test_the_readme_quotes_the_planner_demos_report():
 
     with open(os.path.join(REPO_ROOT, "docs", "planner_report.json")) as f:
         report = json.load(f)
-    with open(os.path.join(REPO_ROOT, "README.md")) as f:
-        readme = f.read()
-    assert planner_table(report) in readme
+    with open(os.path.join(REPO_ROOT, "docs", "demo.md")) as f:
+        page = f.read()
+    assert planner_table(report) in page
