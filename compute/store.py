@@ -64,6 +64,11 @@ def read_manifest(folder):
             names = json.load(f)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("not a list of names")
+        # only plain names of entries inside the folder: a path, "..", or an
+        # absolute name would make clean-up reach files transferscope did not write
+        bad = [n for n in names if not _plain_name(n)]
+        if bad:
+            raise ValueError(f"entries that are not plain names in the folder: {bad[:3]}")
         return names
     except (OSError, ValueError) as e:
         raise StoreCorruptError(
@@ -71,6 +76,16 @@ def read_manifest(folder):
             f"its files from others there, so it changes nothing in "
             f"{folder}"
         ) from None
+
+
+def _plain_name(name):
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and os.sep not in name
+        and "\0" not in name
+    )
 
 
 # what a store folder of transferscope before manifests (0.1) held

@@ -1,0 +1,31 @@
+"""The store's manifest: what transferscope wrote in a folder, and nothing else."""
+
+import json
+import os
+
+import pytest
+from transferscope.compute import store
+
+
+@pytest.mark.parametrize("entry", ["../outside.txt", "/etc/hostname", "a/b", "..", "", "x\0y"])
+def test_a_tampered_manifest_is_refused_and_nothing_is_deleted(tmp_path, entry):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("a user's file")
+    (folder / "a").mkdir()
+    (folder / "a" / "b").write_text("inside, but not ours by name")
+    (folder / "mine.npy").write_text("ours")
+    (folder / store.MANIFEST).write_text(json.dumps(["mine.npy", entry]))
+    with pytest.raises(store.StoreCorruptError, match="not plain names"):
+        store.clear_dir(str(folder))
+    assert outside.read_text() == "a user's file"
+    assert (folder / "a" / "b").exists() and (folder / "mine.npy").exists()
+
+
+def test_a_plain_manifest_clears_only_its_entries(tmp_path):
+    folder = tmp_path / "run"
+    store.save_array(str(folder), "mine.npy", [1, 2, 3])
+    (folder / "theirs.txt").write_text("a user's file")
+    store.clear_dir(str(folder))
+    assert sorted(os.listdir(folder)) == ["theirs.txt"]
