@@ -148,7 +148,9 @@ class CurationPlan:
     Attributes:
         masks: ``(R, C)`` bool, the classes each retrained model sees
         seeds: ``(R,)`` model seed index of each row
-        cells: ``[{"arm", "k", "rows"}]``; ``rows[s]`` is the row of seed ``s``.
+        cells: ``[{"arm", "k", "rows"}]``; ``rows[s]`` is the row of seed ``s``;
+            ``"sweep": True`` on the sweep's own arms once their seed count is
+            the fixed ``sweep_seeds`` (it does not depend on when the check stops)
             Arms: ``"full"`` (k=0), ``"curated"``, the orders
             ``"harmful_first"``, ``"helpful_first"``, ``"random"``, and
             ``"each"`` (k=1, with ``"class"``: one curated class removed alone)
@@ -208,6 +210,7 @@ def plan_curation(
     if sweep_seeds is not None:
         check_int(sweep_seeds, "sweep_seeds", 2)
     plot_seeds = num_seeds if sweep_seeds is None else min(num_seeds, sweep_seeds)
+    fixed_sweep = sweep_seeds is not None and num_seeds >= sweep_seeds
     removed = [int(c) for c in removed]
     if not removed or len(set(removed)) != len(removed) or not all(0 <= c < num for c in removed):
         raise ValueError(f"removed must be distinct class indices in [0, {num}); got {removed}")
@@ -244,10 +247,13 @@ def plan_curation(
     add("full", 0, lambda s: [])
     add("curated", k_cur, lambda s: removed)
     for k in sorted(set(ks) | {k_cur}):
-        verdict_seeds = num_seeds if k == k_cur else plot_seeds
-        add("harmful_first", k, lambda s, k=k: harmful_first[:k], verdict_seeds)
-        add("helpful_first", k, lambda s, k=k: helpful_first[:k], verdict_seeds)
-        add("random", k, random_classes(k), verdict_seeds)
+        # the sweep's own arms have a seed count fixed in advance when the
+        # budget reaches sweep_seeds (then their fixed-sample intervals hold)
+        extra = {} if k == k_cur else {"sweep": fixed_sweep}
+        seeds_k = num_seeds if k == k_cur else plot_seeds
+        add("harmful_first", k, lambda s, k=k: harmful_first[:k], seeds_k, **extra)
+        add("helpful_first", k, lambda s, k=k: helpful_first[:k], seeds_k, **extra)
+        add("random", k, random_classes(k), seeds_k, **extra)
     if each:
         for c in removed:
             add("each", 1, lambda s, c=c: [c], **{"class": c})
@@ -336,7 +342,8 @@ def summarize_curation(
     cells = []
     for c in plan.cells:
         per_seed = acc[c["rows"]]
-        mean, lo, hi = arm_summary(per_seed)
+        # fixed-size arms: Student's t; the others stopped with the check: anytime-valid
+        mean, lo, hi = mean_ci(per_seed) if c.get("sweep") else arm_summary(per_seed)
         cells.append(
             {
                 "arm": c["arm"],
@@ -356,6 +363,13 @@ def summarize_curation(
             (acc[rows], acc[base]), (dec[rows], dec[base]), rule, alpha, outcome
         )
 
+    def sweep_point(c):
+        if not c.get("sweep"):
+            return versus(c["rows"])
+        # a fixed number of seeds: the paired t-interval, no verdict
+        point = paired_comparison(acc[c["rows"]], acc[full[: len(c["rows"])]])
+        return dict(point, verdict=None, interval_kind="fixed-sample t")
+
     each_cells = [c for c in plan.cells if c["arm"] == "each"]
     each_alpha = rule.alpha / max(1, len(each_cells))
     each = [{"class": name_of(c["class"]), **versus(c["rows"], each_alpha)} for c in each_cells]
@@ -374,7 +388,7 @@ def summarize_curation(
         "most_helpful_removed_vs_full": versus(plan.cell("helpful_first", k_cur)["rows"]),
         # every order at every k against the full set, paired by seed
         "vs_full": [
-            {"arm": c["arm"], "k": c["k"], **versus(c["rows"])}
+            {"arm": c["arm"], "k": c["k"], **sweep_point(c)}
             for c in plan.cells
             if c["arm"] in ORDERS
         ],

@@ -463,7 +463,14 @@ def describe_curation(summary):
     ks = sorted({row["k"] for row in summary.get("vs_full", [])})
     if len(ks) > 1:
         by = {(row["arm"], row["k"]): row for row in summary["vs_full"]}
-        lines.append("Sweep, accuracy change against the full set (points, 95% interval):")
+        fixed = [row["num_pairs"] for row in summary["vs_full"] if row.get("interval_kind")]
+        kind = (
+            f"paired 95% t-intervals over the first {fixed[0]} seeds; at k = "
+            f"{summary['num_removed']} anytime-valid over all {summary['num_seeds']}"
+            if fixed
+            else "95% interval"
+        )
+        lines.append(f"Sweep, accuracy change against the full set (points, {kind}):")
         lines.append(
             f"  {'k':>4s}  {'most harmful first':>22s}  {'most helpful first':>22s}  "
             f"{'random':>22s}"

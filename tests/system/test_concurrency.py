@@ -134,3 +134,24 @@ def test_a_stale_dataset_object_does_not_replace_a_run_committed_meanwhile(
         )
     tgt.reload()
     assert tgt._doc.runs["k"].id == committed  # the other process's run, untouched
+
+
+def test_a_run_committed_between_the_check_and_the_commit_is_not_replaced(
+    persistent_pair, tmp_path, monkeypatch
+):
+    from transferscope import views
+
+    pre, tgt = persistent_pair
+    ts.compute_class_influence(
+        pre, tgt, "k", output_dir=str(tmp_path / "a"), progress=False, **TINY_KWARGS
+    )
+    first = tgt._doc.runs["k"].id
+    # as if another process committed "k" after this call's check had passed
+    monkeypatch.setattr(views, "check_run_key_free", lambda *a, **k: None)
+    with pytest.raises(ts.TransferScopeError, match="got a run with key 'k' from another process"):
+        ts.compute_class_influence(
+            pre, tgt, "k", output_dir=str(tmp_path / "b"), progress=False, **TINY_KWARGS
+        )
+    tgt.reload()
+    assert tgt._doc.runs["k"].id == first
+    assert not [f for f in tgt.get_field_schema() if STAGED.match(f)]
