@@ -139,12 +139,44 @@ def validate_tag(tag):
         )
 
 
+def refresh_if_changed_elsewhere(dataset):
+    """Reads ``dataset`` again when another process changed its fields, runs or
+    saved views since this object was loaded; otherwise leaves it (and the
+    samples a caller holds) as they are.
+
+    A hard reload builds a new sample class, which samples already in memory
+    do not follow, so it happens only when the stored document differs.
+    """
+    import fiftyone.core.odm as foo
+
+    stored = foo.get_db_conn().datasets.find_one(
+        {"_id": dataset._doc.id}, {"sample_fields": 1, "runs": 1, "saved_views": 1}
+    )
+    if stored is None:
+        return
+    doc = dataset._doc
+
+    def outline(fields, name, nested):
+        return sorted((name(f), outline(nested(f) or [], name, nested)) for f in fields)
+
+    same = (
+        outline(stored.get("sample_fields") or [], lambda f: f["name"], lambda f: f.get("fields"))
+        == outline(doc.sample_fields or [], lambda f: f.name, lambda f: f.fields)
+        and sorted((k, str(v)) for k, v in (stored.get("runs") or {}).items())
+        == sorted((k, str(v.id if hasattr(v, "id") else v)) for k, v in (doc.runs or {}).items())
+        and sorted(str(v) for v in stored.get("saved_views") or [])
+        == sorted(str(getattr(v, "id", v)) for v in doc.saved_views or [])
+    )
+    if not same:
+        dataset.reload()
+
+
 def check_run_key_free(collection, run_key, overwrite, fields):
     """Refuses an existing run key (unless overwrite) or fields a run does not own,
     as the database has them now (another process may have committed a run
     since this dataset object was loaded)."""
     dataset = collection._root_dataset
-    dataset.reload()
+    refresh_if_changed_elsewhere(dataset)
     if run_key in dataset.list_runs():
         if not overwrite:
             raise TransferScopeError(

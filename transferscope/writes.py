@@ -41,7 +41,7 @@ from contextlib import contextmanager
 import fiftyone as fo
 import fiftyone.core.labels as fol
 
-from .views import TransferScopeError
+from .views import TransferScopeError, refresh_if_changed_elsewhere
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def schema_lock(datasets, wait_s=None):
                     time.sleep(_SCHEMA_POLL_S)
             _schema_held[lock_id] = 1
             taken.append(lock_id)
-            ds.reload()  # what other processes committed, not this object's copy
+            refresh_if_changed_elsewhere(ds)  # what other processes committed
         yield
     finally:
         for lock_id in reversed(taken):
