@@ -23,7 +23,8 @@ class DiskFullError(OSError):
 def open_memmap_reserved(path, dtype, shape):
     """``np.lib.format.open_memmap(path, "w+", dtype, shape)`` with every block of
     the file reserved, or :class:`DiskFullError` (the file removed again)."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with named_when_full(path):  # the header itself may not fit
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     try:
         reserve(path)
     except DiskFullError:
