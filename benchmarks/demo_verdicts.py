@@ -27,9 +27,8 @@ def _check(row):
     if not row:
         return "-"
     lo, hi = row["ci95"]
-    return (
-        f"{row['verdict']} ({_pts(row['diff'])} [{_pts(lo)}, {_pts(hi)}], {row['num_pairs']} seeds)"
-    )
+    verdict = row.get("verdict") or "no verdict (fixed seeds)"
+    return f"{verdict} ({_pts(row['diff'])} [{_pts(lo)}, {_pts(hi)}], {row['num_pairs']} seeds)"
 
 
 def verdict_rows(report):
