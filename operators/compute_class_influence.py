@@ -6,6 +6,24 @@ import fiftyone.operators.types as types
 
 from . import _forms
 
+# the form's settings passed to the SDK as they are (empty ones: its defaults)
+FORM_SETTINGS = (
+    "split_by",
+    "split_field",
+    "num_models",
+    "alpha",
+    "design",
+    "estimator",
+    "epochs",
+    "arch",
+    "image_size",
+    "resize",
+    "transfer",
+    "seed",
+    "overwrite",
+    "precision",
+)
+
 
 class ComputeClassInfluence(foo.Operator):
     @property
@@ -53,6 +71,8 @@ class ComputeClassInfluence(foo.Operator):
         from transferscope.influence import influence_defaults
 
         p, d = ctx.params, influence_defaults()
+        # what the form left empty takes the SDK's own default
+        chosen = _forms.given(p, FORM_SETTINGS)
         results = compute_class_influence(
             p["pretrain_dataset"],
             p["target_dataset"],
@@ -61,24 +81,11 @@ class ComputeClassInfluence(foo.Operator):
             target_label_field=p["target_label_field"],
             train_split=p["train_split"],
             test_split=p["test_split"],
-            split_by=p.get("split_by", d["split_by"]),
-            split_field=p.get("split_field", d["split_field"]),
-            num_models=p.get("num_models", d["num_models"]),
-            alpha=p.get("alpha", d["alpha"]),
-            design=p.get("design", d["design"]),
-            estimator=p.get("estimator", d["estimator"]),
             holdout_models=int(p.get("holdout_models", d["holdout_models"]) or 0),
-            epochs=p.get("epochs", d["epochs"]),
-            arch=p.get("arch", d["arch"]),
-            image_size=p.get("image_size", d["image_size"]),
             channels=None if p.get("channels", "auto") == "auto" else int(p["channels"]),
-            resize=p.get("resize", "crop"),
-            transfer=p.get("transfer", d["transfer"]),
-            seed=p.get("seed", d["seed"]),
-            overwrite=p.get("overwrite", d["overwrite"]),
-            precision=p.get("precision", d["precision"]),
             augment_shift=int(p.get("augment_shift") or 0),
             progress=_forms.progress_reporter(ctx, "models trained"),
+            **chosen,
             **_forms.executor_kwargs(p),
         )
         _forms.reload_if_immediate(ctx)
