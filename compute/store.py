@@ -124,7 +124,9 @@ def claim(folder, name):
 
 
 def make_dirs(path):
-    """Creates ``path`` and any missing parents, claiming each one it creates."""
+    """Creates ``path`` and any missing parents, claiming each one it creates in
+    its parent's manifest, except in a folder that is not transferscope's (no
+    manifest there): nothing is written outside the folders it made."""
     path = os.path.abspath(path)
     missing = []
     head = path
@@ -132,7 +134,9 @@ def make_dirs(path):
         missing.append(head)
         head = os.path.dirname(head)
     for folder in reversed(missing):
-        claim(os.path.dirname(folder), os.path.basename(folder))
+        parent = os.path.dirname(folder)
+        if parent != head or os.path.exists(os.path.join(parent, MANIFEST)):
+            claim(parent, os.path.basename(folder))
         os.makedirs(folder, exist_ok=True)
     if not os.path.isdir(path):
         raise ForeignFilesError(f"{path} exists and is not a directory")

@@ -29,3 +29,15 @@ def test_a_plain_manifest_clears_only_its_entries(tmp_path):
     (folder / "theirs.txt").write_text("a user's file")
     store.clear_dir(str(folder))
     assert sorted(os.listdir(folder)) == ["theirs.txt"]
+
+
+def test_making_folders_writes_nothing_in_a_folder_that_is_not_ours(tmp_path):
+    users = tmp_path / "data"
+    users.mkdir()
+    store.make_dirs(str(users / "runs" / "a" / "b"))
+    assert os.listdir(users) == ["runs"]  # no manifest in the user's folder
+    assert json.loads((users / "runs" / store.MANIFEST).read_text()) == ["a"]
+    assert json.loads((users / "runs" / "a" / store.MANIFEST).read_text()) == ["b"]
+    # inside a folder transferscope made, new folders are claimed as before
+    store.make_dirs(str(users / "runs" / "c"))
+    assert json.loads((users / "runs" / store.MANIFEST).read_text()) == ["a", "c"]
