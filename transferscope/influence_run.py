@@ -3,6 +3,7 @@ training config, its results store and its transfer problem, resolved once
 (:class:`InfluenceRun`), and the steps every training job shares (labels,
 executor, progress, estimation)."""
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -535,6 +536,7 @@ def validate_transfer_request(
         tsc.check_architecture(config, len(classes))
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
+    warn_small_classes(labelled.pre_labels)
     unlabelled = len(pretrain) - len(labelled.pre_ids)
     if unlabelled:
         logger.warning(
@@ -543,6 +545,27 @@ def validate_transfer_request(
             pretrain_label_field,
         )
     return TransferRequest(pretrain, target, labelled, config, design, unlabelled, channels_note)
+
+
+# A pretraining class with fewer samples than this teaches a subset model little,
+# so its influence is mostly noise; it is kept, with a warning
+MIN_CLASS_SAMPLES = 5
+
+
+def warn_small_classes(pre_labels):
+    """Warns about pretraining classes with fewer than :data:`MIN_CLASS_SAMPLES`
+    samples (names them); returns them."""
+    counts = collections.Counter(pre_labels)
+    small = sorted((c for c, n in counts.items() if n < MIN_CLASS_SAMPLES), key=str)
+    if small:
+        logger.warning(
+            "%d pretraining class(es) have fewer than %d samples (%s): their influence "
+            "rests on very little data",
+            len(small),
+            MIN_CLASS_SAMPLES,
+            ", ".join(f"{c!r}: {counts[c]}" for c in small[:10]),
+        )
+    return small
 
 
 def check_decoded_size(num_images, image_size, channels):

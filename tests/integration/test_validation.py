@@ -289,3 +289,13 @@ def test_compute_class_influence_names_the_run_it_writes_key():
     assert list(params)[:3] == ["pretrain_dataset", "target_dataset", "key"]
     with pytest.raises(TypeError, match="pass only key="):
         ts.compute_class_influence("a", "b", key="k", run_key="k")
+
+
+def test_classes_with_very_few_samples_are_named_in_a_warning(caplog):
+    from transferscope.influence_run import MIN_CLASS_SAMPLES, warn_small_classes
+
+    labels = ["a"] * 10 + ["b"] + ["$5"] * (MIN_CLASS_SAMPLES - 1) + ["c"] * MIN_CLASS_SAMPLES
+    with caplog.at_level("WARNING"):
+        assert warn_small_classes(labels) == ["$5", "b"]
+    assert "2 pretraining class(es) have fewer than 5 samples ('$5': 4, 'b': 1)" in caplog.text
+    assert warn_small_classes(["a"] * MIN_CLASS_SAMPLES) == []
