@@ -94,6 +94,11 @@ class StoppingRule:
             counts.append(self.max_seeds)
         return [n for n in counts if n >= MIN_SEEDS]
 
+    def can_decide(self) -> bool:
+        """Whether the budget can decide anything: below a few seeds (7 at alpha
+        0.05) the anytime-valid interval is unbounded whatever the data."""
+        return math.isfinite(_half_width(self.max_seeds, 1.0, self.alpha, self.prior_variance))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

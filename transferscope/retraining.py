@@ -14,6 +14,7 @@ point (the decision after a round depends only on the stored outputs).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ import numpy as np
 from . import compute as tsc
 from .influence_run import run_with_progress
 from .views import TransferScopeError
+
+logger = logging.getLogger(__name__)
 
 # What a check decides on: the per-model mean over the target's test samples,
 # of 0/1 accuracy (the default: what users act on) or of the correct class's
@@ -100,11 +103,19 @@ def stopping_rule(alpha, min_effect, round_seeds, max_seeds, outcome):
     the bad argument (before anything is trained or written)."""
     try:
         tsc.checks.check_choice(outcome, "outcome", DECISION_OUTCOMES)
-        return tsc.StoppingRule(
+        rule = tsc.StoppingRule(
             alpha=alpha, min_effect=min_effect, round_seeds=round_seeds, max_seeds=max_seeds
         )
     except ValueError as e:
         raise TransferScopeError(str(e)) from e
+    if not rule.can_decide():
+        logger.warning(
+            "a seed budget of %d cannot decide anything at alpha %g (the interval stays "
+            "unbounded below about 7 seeds): every verdict will be undecided",
+            max_seeds,
+            alpha,
+        )
+    return rule
 
 
 def retrain_in_rounds(

@@ -138,3 +138,9 @@ def test_bad_stopping_rules_name_the_problem(kw, message):
 def test_looks_are_every_round_and_the_budget():
     assert sq.StoppingRule(round_seeds=4, max_seeds=10).looks() == [4, 8, 10]
     assert sq.StoppingRule(round_seeds=1, max_seeds=3).looks() == [2, 3]
+
+
+def test_a_budget_too_small_to_decide_is_known_in_advance():
+    assert not sq.StoppingRule(max_seeds=6, round_seeds=2).can_decide()
+    assert sq.StoppingRule(max_seeds=8).can_decide()
+    assert not sq.StoppingRule(max_seeds=8, alpha=0.001).can_decide()
