@@ -56,3 +56,25 @@ def test_the_cache_command_reports_and_clears_the_decoded_images(tmp_path, monke
     assert "1 decoded set(s)" in capsys.readouterr().out
     assert cli.main(["cache", "clear"]) == 0
     assert "freed" in capsys.readouterr().out and images.cache_info()["sets"] == 0
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--alpha", "0.7"], r"alpha must be a finite number in \(0, 0.5\)"),
+        (["--max-seeds", "2"], "max_seeds must be an integer >= 4"),
+        (["--min-effect", "-0.01"], "min_effect must be a finite number"),
+        (["--outcome", "loss"], "outcome must be one of"),
+    ],
+)
+def test_a_bad_stopping_rule_on_the_command_line_exits_2_with_the_reason(
+    capsys, tiny_run, flags, message
+):
+    import re
+
+    _, tgt, _ = tiny_run
+    code = cli.main(
+        ["evaluate-curation", tgt.name, "infl", "--rule", "most_harmful", "--k", "1"] + flags
+    )
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)

@@ -329,3 +329,29 @@ def test_bad_stopping_rules_are_refused_before_anything_changes(influence_run, k
         ts.explain_failures(tgt, "infl", key="bad_rule", **kw)
     assert state() == before
     assert "bad_rule" not in fo.load_dataset(tgt.name).list_runs()
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(alpha=0.7), "alpha must be"),
+        (dict(max_seeds=2), "max_seeds must be an integer >= 4"),
+        (dict(min_effect_points=-1.0), "min_effect must be"),
+    ],
+)
+def test_the_curation_operator_refuses_a_bad_stopping_rule_and_writes_nothing(
+    influence_run, params, message
+):
+    from fiftyone.operators.executor import ExecutionError
+
+    pre, tgt, results = influence_run
+    before = run_record(tgt, "infl", "curation")
+    with pytest.raises(ExecutionError, match=message):
+        foo.execute_operator(
+            f"{PLUGIN}/evaluate_curation",
+            ctx=dict(
+                dataset=tgt,
+                params=dict(run_key="infl", rule="most_harmful", k=1, sweep=False, **params),
+            ),
+        )
+    assert run_record(tgt, "infl", "curation") == before
