@@ -22,6 +22,7 @@ import concurrent.futures
 import logging
 import os
 import re
+import sqlite3
 import time
 
 import numpy as np
@@ -161,8 +162,6 @@ def cache_limit_bytes():
 
 
 def _connect(folder, name):
-    import sqlite3
-
     os.makedirs(folder, exist_ok=True)
     return sqlite3.connect(os.path.join(folder, name), timeout=60)
 
@@ -260,7 +259,14 @@ def decode_images(paths, names, size, channels, resize="crop", num_workers=None)
     check_choice(resize, "resize", RESIZE_POLICIES)
     shape = (len(paths), size, size, channels)
     folder = image_cache_dir()
-    digests = file_digests(paths, folder) if folder is not None and len(paths) else None
+    digests = None
+    if folder is not None and len(paths):
+        try:
+            digests = file_digests(paths, folder)
+        except (OSError, sqlite3.Error) as e:  # read-only or full: slower, same result
+            logger.warning(
+                "the decoded image cache in %s cannot be used (%s); decoding in memory", folder, e
+            )
     if digests is None:  # no cache, or a missing file (decoding names it)
         return _decode_in_memory(paths, names, size, channels, resize, num_workers)
     decoding = f"{size}/{channels}/{resize}/v{DECODE_VERSION}"

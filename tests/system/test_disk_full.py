@@ -71,3 +71,31 @@ def test_a_run_on_a_full_disk_fails_with_a_message_and_completes_after_space_is_
         pre, tgt, "ref", output_dir=str(tmp_path / "ref"), progress=False, **TINY_KWARGS
     )
     np.testing.assert_array_equal(again.class_influence, elsewhere.class_influence)
+
+
+def test_a_read_only_image_cache_costs_speed_not_results(tmp_path, monkeypatch, caplog):
+    from PIL import Image
+    from transferscope.compute import images
+
+    cache = tmp_path / "ro"
+    cache.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(cache)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (it needs root): {done.stderr.strip()}")
+    try:
+        paths = []
+        for i in range(3):
+            path = tmp_path / f"{i}.png"
+            Image.fromarray(np.full((4, 4), 40 * i, np.uint8)).save(path)
+            paths.append(str(path))
+        monkeypatch.setenv(images.IMAGE_CACHE_ENV, str(cache))
+        with caplog.at_level("WARNING"):
+            out = images.decode_images(paths, ["a", "b", "c"], 4, 1)
+        assert list(out[:, 0, 0, 0]) == [0, 40, 80]
+        assert "cannot be used" in caplog.text and str(cache) in caplog.text
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], check=False)
