@@ -183,8 +183,8 @@ def compute_class_influence(
     target_fields, pretrain_fields = field_names(key)
 
     with RunWrite(key, "class_influence", [target_root, pretrain_root], overwrite) as write:
-        tsv.check_run_key_free(target_root, key, overwrite, target_fields)
-        tsv.check_run_key_free(pretrain_root, key, overwrite, pretrain_fields)
+        write.check_key_free(target_root, target_fields)
+        write.check_key_free(pretrain_root, pretrain_fields)
         store, holdout = _train(request, num_models, run_dir, overwrite, runner, progress, write)
         results_kwargs = estimate(store, target_function, estimator, holdout)
         results_kwargs["metrics"]["unlabelled_pretraining_samples"] = request.num_unlabelled

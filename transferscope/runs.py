@@ -270,7 +270,7 @@ def open_write(root, key, method, overwrite, fields, others=()):
     ``fields``: the fields the job writes on ``root``."""
     tsv.validate_run_key(key)
     with RunWrite(key, method, [root, *others], overwrite) as write:
-        tsv.check_run_key_free(root, key, overwrite, fields)
+        write.check_key_free(root, fields)
         yield write
 
 

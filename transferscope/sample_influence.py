@@ -149,8 +149,8 @@ def compute_sample_influence(
         attribution_fingerprint(config, data),
     )
     with RunWrite(key, "sample_influence", [target_root, pretrain_root], overwrite) as write:
-        tsv.check_run_key_free(target_root, key, overwrite, target_fields)
-        tsv.check_run_key_free(pretrain_root, key, overwrite, pretrain_fields)
+        write.check_key_free(target_root, target_fields)
+        write.check_key_free(pretrain_root, pretrain_fields)
         try:
             tsc.store.check_dir_is_ours(os.path.dirname(store))
         except tsc.ForeignFilesError as e:

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 import fiftyone as fo
 import fiftyone.core.labels as fol
 
-from .views import TransferScopeError, refresh_if_changed_elsewhere
+from .views import TransferScopeError, check_run_key_free, refresh_if_changed_elsewhere
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +329,13 @@ class RunWrite:
 
     def _journal_update(self, ds, update):
         _journal().update_one({"_id": self._id(ds)}, update)
+
+    def check_key_free(self, ds, fields):
+        """Refuses the key if ``ds`` has a run of it (unless ``overwrite``) or fields
+        another run owns, read under the schema lock: another writer's commit
+        is never seen half done."""
+        with schema_lock([ds]):
+            check_run_key_free(ds, self.key, self.overwrite, fields)
 
     # --- staging --------------------------------------------------------------
     def staged_name(self, ds, field):

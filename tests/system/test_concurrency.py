@@ -36,9 +36,15 @@ for t in range(trials):
     try:
         ts.compute_class_influence(pre, tgt, key, output_dir=store, progress=False,
                                    overwrite=True, **TINY_KWARGS)
-        print("OK", t, flush=True)
+        print("TRIAL", t, "OK", flush=True)
     except Exception as e:
-        print("ERR", t, type(e).__name__, str(e).replace(chr(10), " ")[:400], flush=True)
+        import traceback
+        where = " | ".join(
+            f"{{f.filename.rsplit('/', 2)[-1]}}:{{f.lineno}} {{f.name}}"
+            for f in traceback.extract_tb(e.__traceback__)[-6:]
+        )
+        print("TRIAL", t, "ERR", type(e).__name__, str(e).replace(chr(10), " ")[:300], "AT",
+              where, flush=True)
 """
 
 
@@ -51,6 +57,16 @@ def persistent_pair(tmp_path):
     for ds in (pre, tgt):
         if not ds.deleted:
             ds.delete()
+
+
+def _trial_line(proc, t):
+    """The writer's line for trial ``t`` (other output, such as log lines, skipped)."""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            return f"TRIAL {t} ERR the writer exited: {proc.stderr.read()[-2000:]}"
+        if line.startswith(f"TRIAL {t} "):
+            return line.strip()
 
 
 def _problems(pre, tgt, keys):
@@ -97,8 +113,8 @@ def test_two_processes_writing_different_keys_on_the_same_datasets_lose_nothing(
     try:
         for t in range(trials):
             open(f"{barrier}.{t}", "w").close()  # both start this trial together
-            lines = [p.stdout.readline().strip() for p in procs]
-            problems = [line for line in lines if not line.startswith("OK")]
+            lines = [_trial_line(p, t) for p in procs]
+            problems = [line for line in lines if not line.endswith(" OK")]
             problems += _problems(pre, tgt, keys)
             if problems:
                 failures[t] = problems
@@ -139,15 +155,13 @@ def test_a_stale_dataset_object_does_not_replace_a_run_committed_meanwhile(
 def test_a_run_committed_between_the_check_and_the_commit_is_not_replaced(
     persistent_pair, tmp_path, monkeypatch
 ):
-    from transferscope import views
-
     pre, tgt = persistent_pair
     ts.compute_class_influence(
         pre, tgt, "k", output_dir=str(tmp_path / "a"), progress=False, **TINY_KWARGS
     )
     first = tgt._doc.runs["k"].id
     # as if another process committed "k" after this call's check had passed
-    monkeypatch.setattr(views, "check_run_key_free", lambda *a, **k: None)
+    monkeypatch.setattr(writes, "check_run_key_free", lambda *a, **k: None)
     with pytest.raises(ts.TransferScopeError, match="got a run with key 'k' from another process"):
         ts.compute_class_influence(
             pre, tgt, "k", output_dir=str(tmp_path / "b"), progress=False, **TINY_KWARGS
