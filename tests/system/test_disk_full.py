@@ -7,6 +7,7 @@ folder and the bytes, and the same call again after space is freed completes
 as an uninterrupted run would.
 """
 
+import contextlib
 import os
 import subprocess
 
@@ -19,19 +20,27 @@ from transferscope.compute.store import ResultsStore
 import transferscope as ts
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    mount = tmp_path / "small"
+@contextlib.contextmanager
+def tmpfs(mount, options):
+    """A tmpfs mounted at ``mount`` with ``options`` for the block (skips without root)."""
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (it needs root): {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    with tmpfs(tmp_path / "small", "size=4m") as mount:
+        yield mount
 
 
 def _fill(folder, leave):
@@ -77,16 +86,7 @@ def test_a_read_only_image_cache_costs_speed_not_results(tmp_path, monkeypatch, 
     from PIL import Image
     from transferscope.compute import images
 
-    cache = tmp_path / "ro"
-    cache.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(cache)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (it needs root): {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as cache:
         paths = []
         for i in range(3):
             path = tmp_path / f"{i}.png"
@@ -97,5 +97,3 @@ def test_a_read_only_image_cache_costs_speed_not_results(tmp_path, monkeypatch, 
             out = images.decode_images(paths, ["a", "b", "c"], 4, 1)
         assert list(out[:, 0, 0, 0]) == [0, 40, 80]
         assert "cannot be used" in caplog.text and str(cache) in caplog.text
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], check=False)
